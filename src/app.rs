@@ -1,0 +1,188 @@
+//! Wiring on one screen: open the database, build store and queue, start sources and
+//! listeners, and shut everything down in order.
+
+use anyhow::Context;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::queue::{self, RetryPolicy, SharedQueue, sqlite::SqliteQueue};
+use crate::server::{self, AppState, Shared, WebSettings, webconfig};
+use crate::sources::{self, Poller};
+use crate::store::{SharedStore, sqlite::SqliteStore};
+use crate::telemetry::Telemetry;
+
+/// How long shutdown waits for in-flight requests and polls.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How often idempotency and deduplication keys past their retention are removed.
+const GC_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Launched {
+    pub addrs: Vec<SocketAddr>,
+    pub state: Shared,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Launched {
+    /// Waits until shutdown is requested and every task has drained.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        self.state.ready.store(false, Ordering::Relaxed);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN + Duration::from_secs(1), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: some tasks did not stop in time");
+        }
+    }
+}
+
+/// Builds the sources enabled in `config`.
+fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> Vec<Arc<dyn Poller>> {
+    let _ = (config, telemetry);
+    Vec::new()
+}
+
+/// The seam for tests and `demo`: runs the service on already-bound listeners until
+/// `shutdown` fires.
+pub async fn launch(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Launched> {
+    let config = Arc::new(config);
+    let web = match &config.web.config_file {
+        Some(p) => webconfig::load(p).context("loading --web.config.file")?,
+        None => WebSettings::none(),
+    };
+    let web = Arc::new(web);
+    let db = Db::open(&config.storage.path).context("opening the embedded database")?;
+    let store = Arc::new(SqliteStore::open(db.clone()).context("loading the store")?);
+    let sqlite_queue = SqliteQueue::open(
+        db,
+        RetryPolicy {
+            max_attempts: config.queue.max_attempts,
+            initial_backoff: config.queue.initial_backoff,
+            max_backoff: config.queue.max_backoff,
+        },
+    )
+    .context("loading the queue")?;
+    let queue: SharedQueue = Arc::new(sqlite_queue.clone());
+    let telemetry = Arc::new(Telemetry::default());
+    telemetry.add_collector(store.clone());
+    telemetry.add_collector(Arc::new(queue::Collector(queue.clone())));
+    let shared_store: SharedStore = store.clone();
+
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store: shared_store.clone(),
+        queue: queue.clone(),
+        telemetry: telemetry.clone(),
+        ready: Default::default(),
+        basic_auth: web.basic_auth.clone(),
+    });
+
+    let mut tasks = JoinSet::new();
+    for poller in pollers(&config, &telemetry) {
+        tasks.spawn(sources::run_poller(
+            poller,
+            shared_store.clone(),
+            telemetry.clone(),
+            shutdown.clone(),
+        ));
+    }
+    {
+        let (store, queue, shutdown) = (store.clone(), sqlite_queue, shutdown.clone());
+        let (keys, dedupe) = (
+            config.storage.idempotency_retention,
+            config.queue.dedupe_retention,
+        );
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(GC_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = store.gc(keys).await {
+                    tracing::warn!(error = %e, "removing expired idempotency keys failed");
+                }
+                if let Err(e) = queue.gc(dedupe).await {
+                    tracing::warn!(error = %e, "removing expired deduplication keys failed");
+                }
+            }
+        });
+    }
+
+    let router = server::router(state.clone(), Router::new());
+    let mut addrs = Vec::new();
+    for listener in listeners {
+        addrs.push(listener.local_addr()?);
+        tasks.spawn(server::serve(
+            listener,
+            router.clone(),
+            web.clone(),
+            config.web.read_header_timeout,
+            shutdown.clone(),
+            DRAIN,
+        ));
+    }
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        addresses = ?addrs,
+        tls = web.tls.is_some(),
+        basic_auth = web.basic_auth.is_some(),
+        storage = %config.storage.path.display(),
+        "devmetrics started"
+    );
+    Ok(Launched {
+        addrs,
+        state,
+        tasks,
+        shutdown,
+    })
+}
+
+pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in &config.web.listen_addresses {
+        out.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives, then cancels `token`.
+pub async fn signals(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+        _ = token.cancelled() => return,
+    }
+    tracing::info!("shutdown requested; draining");
+    token.cancel();
+}

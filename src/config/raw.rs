@@ -1,0 +1,260 @@
+//! Stage one: the raw shape, as written in YAML (all optional, unknown keys refused); and
+//! stage two: [`RawConfig::resolve`] into typed, validated values.
+
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Error, parse_duration};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub web: RawWeb,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub queue: RawQueue,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    #[serde(default, deserialize_with = "string_or_seq")]
+    pub listen_addresses: Option<Vec<String>>,
+    pub telemetry_path: Option<String>,
+    pub config_file: Option<PathBuf>,
+    pub max_request_body_bytes: Option<u64>,
+    pub read_header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub path: Option<PathBuf>,
+    pub idempotency_retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub dedupe_retention: Option<String>,
+}
+
+/// Accepts `a` or `[a, b]` (and `a,b` from an environment variable).
+pub fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(s.split(',').map(|x| x.trim().to_string()).collect()),
+        Some(OneOrMany::Many(v)) => Some(v),
+    })
+}
+
+/// The default port: the Prometheus wiki's default-port allocations fill 9100–9999, so we
+/// take one outside that range that no exporter there claims.
+pub const DEFAULT_PORT: u16 = 10477;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    pub listen_addresses: Vec<SocketAddr>,
+    pub telemetry_path: String,
+    pub config_file: Option<PathBuf>,
+    pub max_request_body_bytes: u64,
+    pub read_header_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub idempotency_retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub dedupe_retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub web: WebConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub storage: StorageConfig,
+    pub queue: QueueConfig,
+}
+
+pub(crate) fn duration(
+    key: &str,
+    v: Option<&String>,
+    default: Duration,
+) -> Result<Duration, Error> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s)
+            .map_err(|p| Error::invalid(key, Some(s), format!("invalid duration: {p}"))),
+    }
+}
+
+pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, Error> {
+    // Go's ":9100" form means every interface.
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        Error::invalid(
+            key,
+            Some(s),
+            "expected HOST:PORT with an IP address, e.g. 0.0.0.0:10477 or :10477",
+        )
+    })
+}
+
+impl RawConfig {
+    /// `base` is the config file's directory; relative paths inside the file resolve from it.
+    pub fn resolve(self, base: Option<&Path>) -> Result<Config, Error> {
+        let rel = |p: PathBuf| match base {
+            Some(b) if p.is_relative() && !b.as_os_str().is_empty() => b.join(p),
+            _ => p,
+        };
+        let listen_addresses = self
+            .web
+            .listen_addresses
+            .unwrap_or_else(|| vec![format!(":{DEFAULT_PORT}")])
+            .iter()
+            .map(|s| parse_listen("web.listen_addresses", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen_addresses.is_empty() {
+            return Err(Error::invalid(
+                "web.listen_addresses",
+                None,
+                "needs at least one address",
+            ));
+        }
+        let telemetry_path = self.web.telemetry_path.unwrap_or_else(|| "/metrics".into());
+        if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 {
+            return Err(Error::invalid(
+                "web.telemetry_path",
+                Some(&telemetry_path),
+                "must be an absolute path other than /, e.g. /metrics",
+            ));
+        }
+        let level = self.log.level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            return Err(Error::invalid(
+                "log.level",
+                Some(&level),
+                "expected one of error, warn, info, debug, trace",
+            ));
+        }
+        let log_format = match self.log.format.as_deref().unwrap_or("logfmt") {
+            "logfmt" => LogFormat::Logfmt,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(Error::invalid(
+                    "log.format",
+                    Some(other),
+                    "expected logfmt or json",
+                ));
+            }
+        };
+        let max_attempts = self.queue.max_attempts.unwrap_or(8);
+        if max_attempts == 0 {
+            return Err(Error::invalid(
+                "queue.max_attempts",
+                Some("0"),
+                "must be at least 1",
+            ));
+        }
+        let initial_backoff = duration(
+            "queue.initial_backoff",
+            self.queue.initial_backoff.as_ref(),
+            Duration::from_secs(1),
+        )?;
+        let max_backoff = duration(
+            "queue.max_backoff",
+            self.queue.max_backoff.as_ref(),
+            Duration::from_secs(300),
+        )?;
+        if max_backoff < initial_backoff {
+            return Err(Error::invalid(
+                "queue.max_backoff",
+                self.queue.max_backoff.as_deref(),
+                "must not be shorter than queue.initial_backoff",
+            ));
+        }
+        Ok(Config {
+            web: WebConfig {
+                listen_addresses,
+                telemetry_path,
+                config_file: self.web.config_file.map(rel),
+                max_request_body_bytes: self.web.max_request_body_bytes.unwrap_or(25 * 1024 * 1024),
+                read_header_timeout: duration(
+                    "web.read_header_timeout",
+                    self.web.read_header_timeout.as_ref(),
+                    Duration::from_secs(10),
+                )?,
+                request_timeout: duration(
+                    "web.request_timeout",
+                    self.web.request_timeout.as_ref(),
+                    Duration::from_secs(60),
+                )?,
+            },
+            log_level: level,
+            log_format,
+            storage: StorageConfig {
+                path: rel(self
+                    .storage
+                    .path
+                    .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db"))),
+                idempotency_retention: duration(
+                    "storage.idempotency_retention",
+                    self.storage.idempotency_retention.as_ref(),
+                    Duration::from_secs(30 * 86_400),
+                )?,
+            },
+            queue: QueueConfig {
+                max_attempts,
+                initial_backoff,
+                max_backoff,
+                dedupe_retention: duration(
+                    "queue.dedupe_retention",
+                    self.queue.dedupe_retention.as_ref(),
+                    Duration::from_secs(7 * 86_400),
+                )?,
+            },
+        })
+    }
+}

@@ -1,0 +1,48 @@
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+
+/// A credential from config, env or a `*_file`. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(SecretString::from(s.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a secret comes from. A file is re-read on each use by callers that rotate
+/// (`read`), so a mounted Kubernetes secret can change under a running process.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    Value(Secret),
+    File(std::path::PathBuf),
+}
+
+impl SecretSource {
+    pub fn read(&self) -> std::io::Result<Secret> {
+        match self {
+            SecretSource::Value(s) => Ok(s.clone()),
+            SecretSource::File(p) => {
+                let text = std::fs::read_to_string(p)?;
+                Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The embedded database: one SQLite file in WAL mode, written by one thread.
+//!
+//! Every mutation (store updates, queue publishes and acks, key-value writes) is a [`Job`]
+//! sent to the writer thread. The writer drains whatever jobs are waiting, runs each in its
+//! own savepoint inside one transaction and commits once with `synchronous=FULL`: concurrent
+//! writers share one fsync (group commit). A job's in-memory effects and its reply run only
+//! after the commit succeeded, so memory never shows what the disk does not have.
+//!
+//! Reads that cannot be served from memory use a separate read-only connection; WAL lets
+//! them run beside the writer.
+
+mod schema;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::telemetry::Histogram;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("creating directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Open { .. } | Error::CreateDir { .. } => "open",
+            Error::Sql(_) => "sql",
+            Error::Commit(_) => "commit",
+            Error::WriterGone => "writer_gone",
+        }
+    }
+}
+
+/// Called once the group a job belonged to has been committed (`Ok`) or not (`Err`).
+pub type Finish = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+/// A unit of work for the writer: runs inside a savepoint and returns what to do after the
+/// commit. `Err(finish)` rolls the job's savepoint back (the job already knows why) while the
+/// rest of the group still commits.
+pub type Job = Box<dyn FnOnce(&Connection) -> Result<Finish, Finish> + Send>;
+
+/// Upper bound on jobs grouped into one commit: large enough to amortise the fsync, small
+/// enough that one commit stays in the low milliseconds.
+const MAX_GROUP: usize = 1024;
+
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub commit_seconds: Histogram,
+    pub batch_size: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            commits: AtomicU64::new(0),
+            commit_seconds: Histogram::for_family("devmetrics_store_commit_duration_seconds"),
+            batch_size: Histogram::for_family("devmetrics_store_commit_batch_size"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Db {
+    tx: mpsc::SyncSender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    pub stats: Arc<Stats>,
+    path: Arc<PathBuf>,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let writer = Connection::open(path).map_err(open_err)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 PRAGMA synchronous=FULL;
+                 PRAGMA busy_timeout=5000;
+                 PRAGMA wal_autocheckpoint=4000;",
+            )
+            .map_err(open_err)?;
+        schema::migrate(&writer).map_err(open_err)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout=5000;")
+            .map_err(open_err)?;
+
+        let stats = Arc::new(Stats::default());
+        // A bounded channel applies back-pressure to producers when the disk falls behind.
+        let (tx, rx) = mpsc::sync_channel::<Job>(16 * MAX_GROUP);
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("devmetrics-db-writer".into())
+            .spawn(move || writer_loop(writer, rx, thread_stats))
+            .expect("spawning the database writer thread");
+        Ok(Db {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            stats,
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a job; its `Finish` reports the outcome. Blocks only when 16k jobs are waiting.
+    pub fn submit(&self, job: Job) -> Result<(), Error> {
+        self.tx.send(job).map_err(|_| Error::WriterGone)
+    }
+
+    /// Runs `f` in the writer's transaction and waits for the commit. For callers that have no
+    /// in-memory effects to order after the commit.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Box::new(move |conn| match f(conn) {
+            Ok(v) => Ok(Box::new(move |r: Result<(), &Error>| {
+                let _ = tx.send(r.map(|()| v).map_err(|e| Error::Commit(e.to_string())));
+            }) as Finish),
+            Err(e) => Err(Box::new(move |_: Result<(), &Error>| {
+                let _ = tx.send(Err(Error::Sql(e)));
+            }) as Finish),
+        }))?;
+        rx.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Runs a read on the read-only connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader.lock()).map_err(Error::Sql))
+            .await
+            .map_err(|_| Error::WriterGone)?
+    }
+
+    /// Synchronous read, for start-up loading.
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        f(&self.reader.lock()).map_err(Error::Sql)
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let n = group.len();
+        let mut finishes: Vec<Finish> = Vec::with_capacity(n);
+        let result = (|| -> Result<(), Error> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for job in group.drain(..) {
+                tx.execute_batch("SAVEPOINT job")?;
+                match job(&tx) {
+                    Ok(finish) => finishes.push(finish),
+                    Err(finish) => {
+                        tx.execute_batch("ROLLBACK TO job")?;
+                        finishes.push(finish);
+                    }
+                }
+                tx.execute_batch("RELEASE job")?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        // Jobs not reached because the transaction failed early are dropped with the group;
+        // their callers see their reply channel close and report WriterGone.
+        group.clear();
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        stats.batch_size.observe(n as f64);
+        match &result {
+            Ok(()) => finishes.into_iter().for_each(|f| f(Ok(()))),
+            Err(e) => {
+                tracing::error!(error = %e, jobs = n, "database commit failed");
+                finishes.into_iter().for_each(|f| f(Err(e)));
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! devmetrics: delivery telemetry (GitHub activity, CI, DORA, Copilot, Spacelift) as
+//! Prometheus/OpenMetrics. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod exposition;
+pub mod metrics;
+pub mod queue;
+pub mod server;
+pub mod sim;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

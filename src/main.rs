@@ -1,0 +1,282 @@
+//! The binary's edge: parse the command line, load config, start the app. The only place
+//! errors meet the user.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+use devmetrics::{app, config, metrics};
+
+#[derive(Parser)]
+#[command(
+    name = "devmetrics",
+    version,
+    about = "Delivery metrics (GitHub activity, CI, DORA, Copilot, Spacelift) for Prometheus and OpenTelemetry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the exporter.
+    Serve(Common),
+    /// Run the exporter against built-in simulated upstreams with live activity.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Seed for the simulated data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Validate a configuration and exit (status 2 when invalid).
+    CheckConfig(Common),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+    /// Print version information.
+    Version,
+    /// Generated documentation.
+    #[command(hide = true)]
+    Docs {
+        #[command(subcommand)]
+        what: DocsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated example configuration.
+    Example,
+}
+
+#[derive(Subcommand)]
+enum DocsCommand {
+    /// The metrics reference (docs/metrics.md).
+    Metrics,
+}
+
+#[derive(Args, Clone, Default)]
+struct Common {
+    /// YAML configuration file.
+    #[arg(long = "config.file", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Address to listen on (repeatable). Default :10477.
+    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    listen_address: Vec<String>,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    telemetry_path: Option<String>,
+    /// Exporter-toolkit web configuration file (TLS, basic auth).
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: logfmt or json.
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// SQLite file holding state, queue and keys.
+    #[arg(long = "storage.path", value_name = "PATH")]
+    storage_path: Option<PathBuf>,
+}
+
+impl Common {
+    fn overrides(&self) -> config::Overrides {
+        use serde_yaml::Value;
+        let mut o = config::Overrides::default();
+        if !self.listen_address.is_empty() {
+            let seq = self
+                .listen_address
+                .iter()
+                .cloned()
+                .map(Value::String)
+                .collect();
+            o.set(
+                "web.listen_addresses",
+                Value::Sequence(seq),
+                "web.listen-address",
+            );
+        }
+        let s = |v: &Option<String>| v.clone().map(Value::String);
+        let p = |v: &Option<PathBuf>| v.as_ref().map(|p| Value::String(p.display().to_string()));
+        for (key, flag, v) in [
+            (
+                "web.telemetry_path",
+                "web.telemetry-path",
+                s(&self.telemetry_path),
+            ),
+            (
+                "web.config_file",
+                "web.config.file",
+                p(&self.web_config_file),
+            ),
+            ("log.level", "log.level", s(&self.log_level)),
+            ("log.format", "log.format", s(&self.log_format)),
+            ("storage.path", "storage.path", p(&self.storage_path)),
+        ] {
+            if let Some(v) = v {
+                o.set(key, v, flag);
+            }
+        }
+        o
+    }
+
+    fn load(&self) -> Result<config::Config, config::Error> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        config::load(self.config_file.as_deref(), &env, &self.overrides())
+    }
+}
+
+fn init_logging(cfg: &config::Config) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},hyper=warn,h2=warn,rustls=warn",
+        cfg.log_level
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match cfg.log_format {
+        config::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        config::LogFormat::Logfmt => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(tracing_logfmt::EventsFormatter::default())
+                    .fmt_fields(tracing_logfmt::FieldsFormatter::default())
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+}
+
+fn invalid(e: config::Error) -> ExitCode {
+    eprintln!("devmetrics: invalid configuration: {e}");
+    ExitCode::from(config::EXIT_INVALID as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!(
+                "devmetrics {} (revision {})",
+                env!("CARGO_PKG_VERSION"),
+                option_env!("DEVMETRICS_REVISION").unwrap_or("unknown")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            what: ConfigCommand::Example,
+        } => {
+            print!("{}", config::EXAMPLE);
+            ExitCode::SUCCESS
+        }
+        Command::Docs {
+            what: DocsCommand::Metrics,
+        } => {
+            print!("{}", metrics::docs::markdown());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig(common) => match common.load() {
+            Ok(cfg) => {
+                println!(
+                    "configuration is valid: listening on {:?}, storage {}",
+                    cfg.web.listen_addresses,
+                    cfg.storage.path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => invalid(e),
+        },
+        Command::Serve(common) => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return invalid(e),
+            };
+            init_logging(&cfg);
+            run(serve(cfg))
+        }
+        Command::Demo { common, seed } => {
+            let mut common = common;
+            let demo_dir = tempfile::tempdir().ok();
+            if common.storage_path.is_none() {
+                common.storage_path = demo_dir.as_ref().map(|d| d.path().join("demo.db"));
+            }
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return invalid(e),
+            };
+            init_logging(&cfg);
+            run(demo(cfg, seed))
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("devmetrics: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("devmetrics: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app::signals(shutdown.clone()));
+    let listeners = app::bind(&cfg).await?;
+    let launched = app::launch(cfg, listeners, shutdown).await?;
+    launched.wait().await;
+    Ok(())
+}
+
+async fn demo(mut cfg: config::Config, seed: u64) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app::signals(shutdown.clone()));
+    let fakes = devmetrics::sim::demo::Demo::start(&mut cfg, seed)
+        .await
+        .context("starting the simulated upstreams")?;
+    let listeners = app::bind(&cfg).await?;
+    let path = cfg.web.telemetry_path.clone();
+    let launched = app::launch(cfg, listeners, shutdown).await?;
+    println!("devmetrics demo is running against simulated upstreams. Open:");
+    for addr in &launched.addrs {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        println!("  http://{host}:{}/          status page", addr.port());
+        println!("  http://{host}:{}{path}   metrics", addr.port());
+    }
+    for f in &fakes.fakes {
+        println!("  simulated {} at {}", f.name, f.base_url());
+    }
+    println!("Press Ctrl-C to stop.");
+    launched.wait().await;
+    drop(fakes);
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Every metric family, once. Sections follow the data flow: the exporter itself, then one
+//! block per source. `docs/metrics.md` is generated from this table (`devmetrics docs metrics`).
+
+use super::{FamilyDef, Kind, Origin};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+const fn core(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    FamilyDef {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+        origin: Origin::Devmetrics,
+        source: "core",
+        buckets: &[],
+    }
+}
+
+const fn core_histogram(
+    name: &'static str,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+) -> FamilyDef {
+    FamilyDef {
+        name,
+        kind: Kind::Histogram,
+        unit,
+        help,
+        labels,
+        origin: Origin::Devmetrics,
+        source: "core",
+        buckets,
+    }
+}
+
+use Kind::{Counter, Gauge};
+
+pub static FAMILIES: &[FamilyDef] = &[
+    // ── the exporter itself ─────────────────────────────────────────────────────────────
+    core(
+        "devmetrics_build_info",
+        Gauge,
+        None,
+        "A metric with a constant '1' value labeled by version and revision of devmetrics.",
+        &["version", "revision"],
+    ),
+    core(
+        "devmetrics_start_time_seconds",
+        Gauge,
+        Some("seconds"),
+        "Unix time at which the process started.",
+        &[],
+    ),
+    core(
+        "devmetrics_source_up",
+        Gauge,
+        None,
+        "1 if the last scrape of the source succeeded, 0 otherwise.",
+        &["source"],
+    ),
+    core(
+        "devmetrics_source_scrape_duration_seconds",
+        Gauge,
+        Some("seconds"),
+        "Duration of the last scrape of the source.",
+        &["source"],
+    ),
+    core(
+        "devmetrics_source_scrapes_total",
+        Counter,
+        None,
+        "Scrapes of the source by result (success or the error kind).",
+        &["source", "result"],
+    ),
+    core(
+        "devmetrics_source_last_success_timestamp_seconds",
+        Gauge,
+        Some("seconds"),
+        "Unix time of the last successful scrape of the source; the age of its values.",
+        &["source"],
+    ),
+    core(
+        "devmetrics_http_requests_total",
+        Counter,
+        None,
+        "HTTP requests served, by route and status code.",
+        &["route", "code"],
+    ),
+    core_histogram(
+        "devmetrics_http_request_duration_seconds",
+        Some("seconds"),
+        "Time to answer an HTTP request, by route.",
+        &["route"],
+        LATENCY_BUCKETS,
+    ),
+    core(
+        "devmetrics_upstream_requests_total",
+        Counter,
+        None,
+        "Requests to upstream APIs, by upstream, endpoint class and status (a code, or the error kind).",
+        &["upstream", "endpoint", "status"],
+    ),
+    core_histogram(
+        "devmetrics_upstream_request_duration_seconds",
+        Some("seconds"),
+        "Latency of upstream API requests, by upstream and endpoint class.",
+        &["upstream", "endpoint"],
+        LATENCY_BUCKETS,
+    ),
+    core(
+        "devmetrics_queue_depth",
+        Gauge,
+        None,
+        "Messages waiting in the queue (ready, scheduled for retry or in flight).",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_oldest_message_age_seconds",
+        Gauge,
+        Some("seconds"),
+        "Age of the oldest message still in the queue; 0 when empty.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_published_total",
+        Counter,
+        None,
+        "Messages durably published to the queue.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_duplicates_total",
+        Counter,
+        None,
+        "Publishes refused because a message with the same deduplication key was seen.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_acked_total",
+        Counter,
+        None,
+        "Messages acknowledged (processed) and removed from the queue.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_retried_total",
+        Counter,
+        None,
+        "Messages scheduled for another attempt after a failure.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_dead_lettered_total",
+        Counter,
+        None,
+        "Messages moved to the dead-letter table after their last attempt.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_queue_dead_letters",
+        Gauge,
+        None,
+        "Messages currently held in the dead-letter table.",
+        &["topic"],
+    ),
+    core(
+        "devmetrics_store_series",
+        Gauge,
+        None,
+        "Series held by the store, across all scopes.",
+        &[],
+    ),
+    core(
+        "devmetrics_store_scopes",
+        Gauge,
+        None,
+        "Scopes (units of atomic replacement) held by the store.",
+        &[],
+    ),
+    core(
+        "devmetrics_store_commits_total",
+        Counter,
+        None,
+        "Transactions committed by the embedded database writer.",
+        &[],
+    ),
+    core_histogram(
+        "devmetrics_store_commit_duration_seconds",
+        Some("seconds"),
+        "Time to execute and durably commit one group of writes.",
+        &[],
+        LATENCY_BUCKETS,
+    ),
+    core_histogram(
+        "devmetrics_store_commit_batch_size",
+        None,
+        "Operations grouped into one commit.",
+        &[],
+        BATCH_BUCKETS,
+    ),
+    core(
+        "devmetrics_store_duplicate_updates_total",
+        Counter,
+        None,
+        "Event updates skipped because their idempotency key was already applied.",
+        &[],
+    ),
+    core(
+        "devmetrics_exposition_render_duration_seconds",
+        Gauge,
+        Some("seconds"),
+        "Duration of the last /metrics render, by format.",
+        &["format"],
+    ),
+];

@@ -1,0 +1,382 @@
+//! The embedded queue: messages are rows of the SQLite file; the schedule of what is ready,
+//! delayed or in flight is kept in memory and rebuilt from the rows on start (every row not
+//! acked is delivered again: at-least-once).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::params;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+use super::{Acker, Delivery, Error, Published, Queue, RetryPolicy, TopicStats};
+use crate::db::{Db, Finish};
+use crate::store::now_unix;
+
+/// Payloads at least this large are stored LZ4-compressed: webhook bodies are JSON that
+/// shrinks 4–6×, and durable ingest is bound by bytes written (design.md §7).
+const COMPRESS_FROM: usize = 512;
+const CODEC_RAW: u8 = 0;
+const CODEC_LZ4: u8 = 1;
+
+fn encode_payload(p: &[u8]) -> Vec<u8> {
+    if p.len() >= COMPRESS_FROM {
+        let mut out = vec![CODEC_LZ4];
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(p));
+        out
+    } else {
+        let mut out = Vec::with_capacity(p.len() + 1);
+        out.push(CODEC_RAW);
+        out.extend_from_slice(p);
+        out
+    }
+}
+
+fn decode_payload(stored: &[u8]) -> Option<Vec<u8>> {
+    match stored.split_first()? {
+        (&CODEC_RAW, rest) => Some(rest.to_vec()),
+        (&CODEC_LZ4, rest) => lz4_flex::decompress_size_prepended(rest).ok(),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+struct Msg {
+    id: i64,
+    payload: Bytes,
+    attempts: u32,
+    published_at: f64,
+}
+
+#[derive(Default)]
+struct Topic {
+    ready: VecDeque<Msg>,
+    /// Keyed by (due time in ms since the epoch, id).
+    delayed: BTreeMap<(u64, i64), Msg>,
+    inflight: HashMap<i64, Msg>,
+    stats: TopicStats,
+    notify: Arc<Notify>,
+}
+
+impl Topic {
+    fn promote_due(&mut self, now_ms: u64) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+    }
+}
+
+struct Inner {
+    db: Db,
+    policy: RetryPolicy,
+    topics: Mutex<HashMap<Arc<str>, Topic>>,
+}
+
+impl Inner {
+    fn with_topic<T>(&self, topic: &str, f: impl FnOnce(&mut Topic) -> T) -> T {
+        let mut topics = self.topics.lock();
+        if !topics.contains_key(topic) {
+            topics.insert(Arc::from(topic), Topic::default());
+        }
+        f(topics.get_mut(topic).expect("inserted above"))
+    }
+
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        let mut topics = self.topics.lock();
+        if let Some((k, _)) = topics.get_key_value(topic) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(topic);
+        topics.insert(k.clone(), Topic::default());
+        k
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteQueue {
+    inner: Arc<Inner>,
+}
+
+impl SqliteQueue {
+    pub fn open(db: Db, policy: RetryPolicy) -> Result<SqliteQueue, Error> {
+        let inner = Arc::new(Inner {
+            db: db.clone(),
+            policy,
+            topics: Mutex::new(HashMap::new()),
+        });
+        let (rows, dead) = db.read_blocking(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, topic, payload, attempts, available_at, published_at FROM queue ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, u32>(3)?,
+                        r.get::<_, f64>(4)?,
+                        r.get::<_, f64>(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = c.prepare("SELECT topic, count(*) FROM dead_letters GROUP BY topic")?;
+            let dead = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((rows, dead))
+        })?;
+        let now_ms = (now_unix() * 1000.0) as u64;
+        for (id, topic, payload, attempts, available_at, published_at) in rows {
+            let Some(payload) = decode_payload(&payload) else {
+                tracing::error!(
+                    id,
+                    topic,
+                    "queued message has an unreadable payload; left in place"
+                );
+                continue;
+            };
+            let msg = Msg {
+                id,
+                payload: Bytes::from(payload),
+                attempts,
+                published_at,
+            };
+            let due = (available_at * 1000.0) as u64;
+            inner.with_topic(&topic, |t| {
+                if due <= now_ms {
+                    t.ready.push_back(msg)
+                } else {
+                    t.delayed.insert((due, id), msg);
+                }
+            });
+        }
+        for (topic, n) in dead {
+            inner.with_topic(&topic, |t| t.stats.dead_letters = n);
+        }
+        Ok(SqliteQueue { inner })
+    }
+
+    /// Forgets deduplication keys older than `retention`.
+    pub async fn gc(&self, retention: Duration) -> Result<usize, Error> {
+        let cutoff = now_unix() as i64 - retention.as_secs() as i64;
+        Ok(self
+            .inner
+            .db
+            .write(move |c| c.execute("DELETE FROM queue_dedupe WHERE seen_at < ?1", [cutoff]))
+            .await?)
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        effect: impl FnOnce(&T) + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.db.submit(Box::new(move |conn| match run(conn) {
+            Ok(v) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| {
+                let _ = tx.send(match r {
+                    Ok(()) => {
+                        effect(&v);
+                        Ok(v)
+                    }
+                    Err(e) => Err(Error::Db(crate::db::Error::Commit(e.to_string()))),
+                });
+            }) as Finish),
+            Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
+                let _ = tx.send(Err(Error::Db(crate::db::Error::Sql(e))));
+            }) as Finish),
+        }))?;
+        Ok(rx)
+    }
+}
+
+async fn wait<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
+    rx.await
+        .map_err(|_| Error::Db(crate::db::Error::WriterGone))?
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn publish(
+        &self,
+        topic: &str,
+        dedupe_key: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        let topic_name = self.inner.topic_name(topic);
+        let stored = encode_payload(&payload);
+        let key = dedupe_key.map(str::to_string);
+        let now = now_unix();
+        let inner = self.inner.clone();
+        let t = topic_name.clone();
+        let rx = self.submit(
+            move |c| {
+                if let Some(key) = &key {
+                    let fresh = c
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![&*t, key, now as i64])?;
+                    if fresh == 0 {
+                        return Ok(Published::Duplicate);
+                    }
+                }
+                c.prepare_cached(
+                    "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
+                )?
+                .execute(params![&*t, stored, now])?;
+                Ok(Published::Published(c.last_insert_rowid()))
+            },
+            move |outcome| {
+                inner.with_topic(&topic_name, |t| match outcome {
+                    Published::Published(id) => {
+                        t.stats.published += 1;
+                        t.ready.push_back(Msg {
+                            id: *id,
+                            payload,
+                            attempts: 0,
+                            published_at: now,
+                        });
+                        t.notify.notify_one();
+                    }
+                    Published::Duplicate => t.stats.duplicates += 1,
+                })
+            },
+        )?;
+        wait(rx).await
+    }
+
+    async fn receive(&self, topic: &str) -> Result<Delivery, Error> {
+        let topic_name = self.inner.topic_name(topic);
+        loop {
+            let now_ms = (now_unix() * 1000.0) as u64;
+            let (msg, notify, next_due) = self.inner.with_topic(topic, |t| {
+                t.promote_due(now_ms);
+                let msg = t.ready.pop_front();
+                if let Some(m) = &msg {
+                    t.inflight.insert(m.id, m.clone());
+                }
+                (msg, t.notify.clone(), t.delayed.keys().next().map(|k| k.0))
+            });
+            if let Some(m) = msg {
+                return Ok(Delivery::new(
+                    m.id,
+                    topic_name,
+                    m.payload,
+                    m.attempts,
+                    m.published_at,
+                    self.inner.clone() as Arc<dyn Acker>,
+                ));
+            }
+            let sleep = next_due
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn stats(&self) -> Vec<(String, TopicStats)> {
+        let now = now_unix();
+        let topics = self.inner.topics.lock();
+        let mut out: Vec<_> = topics
+            .iter()
+            .map(|(name, t)| {
+                let mut s = t.stats.clone();
+                s.depth = (t.ready.len() + t.delayed.len() + t.inflight.len()) as u64;
+                let oldest = t
+                    .ready
+                    .iter()
+                    .chain(t.delayed.values())
+                    .chain(t.inflight.values())
+                    .map(|m| m.published_at)
+                    .fold(f64::INFINITY, f64::min);
+                s.oldest_age_seconds = if oldest.is_finite() {
+                    (now - oldest).max(0.0)
+                } else {
+                    0.0
+                };
+                (name.to_string(), s)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+#[async_trait]
+impl Acker for Inner {
+    async fn ack(&self, topic: &str, id: i64) -> Result<(), Error> {
+        self.db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                    .execute([id])
+            })
+            .await?;
+        self.with_topic(topic, |t| {
+            t.inflight.remove(&id);
+            t.stats.acked += 1;
+        });
+        Ok(())
+    }
+
+    async fn nack(&self, topic: &str, id: i64, attempts: u32, reason: &str) -> Result<(), Error> {
+        let reason: String = reason.chars().take(1024).collect();
+        let dead = attempts >= self.policy.max_attempts;
+        let now = now_unix();
+        let due = now + self.policy.backoff(attempts).as_secs_f64();
+        let result = self
+            .db
+            .write(move |c| {
+                if dead {
+                    c.prepare_cached(
+                        "INSERT INTO dead_letters (id, topic, payload, attempts, published_at, dead_at, last_error)
+                         SELECT id, topic, payload, ?2, published_at, ?3, ?4 FROM queue WHERE id = ?1",
+                    )?
+                    .execute(params![id, attempts, now, reason])?;
+                    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?.execute([id])?;
+                } else {
+                    c.prepare_cached(
+                        "UPDATE queue SET attempts = ?2, available_at = ?3, last_error = ?4 WHERE id = ?1",
+                    )?
+                    .execute(params![id, attempts, due, reason])?;
+                }
+                Ok(())
+            })
+            .await;
+        result?;
+        self.with_topic(topic, |t| {
+            let Some(mut m) = t.inflight.remove(&id) else {
+                return;
+            };
+            if dead {
+                t.stats.dead_lettered += 1;
+                t.stats.dead_letters += 1;
+                tracing::warn!(topic, id, attempts, "message dead-lettered");
+            } else {
+                t.stats.retried += 1;
+                m.attempts = attempts;
+                t.delayed.insert(((due * 1000.0) as u64, id), m);
+                t.notify.notify_one();
+            }
+        });
+        Ok(())
+    }
+
+    fn release(&self, topic: &str, id: i64) {
+        self.with_topic(topic, |t| {
+            if let Some(m) = t.inflight.remove(&id) {
+                t.ready.push_front(m);
+                t.notify.notify_one();
+            }
+        });
+    }
+}

@@ -1,0 +1,101 @@
+//! Upstreams. Each is one folder owning its client, wire types, pollers or webhook handlers,
+//! and its fake (under `crate::sim`).
+//!
+//! A poller never writes metric state: it returns results per scope and the [`run_poller`]
+//! loop replaces those scopes in the store. A scope that failed keeps its last good values
+//! (their age shows in `devmetrics_source_last_success_timestamp_seconds`).
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Sample, SharedStore};
+use crate::telemetry::Telemetry;
+
+/// A failed part of a poll: a bounded kind for metric labels, a message for people.
+#[derive(Clone, Debug)]
+pub struct PollError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl PollError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        PollError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One scope of a poll: its complete new series, or why they could not be fetched.
+pub struct ScopeResult {
+    pub scope: String,
+    pub result: Result<Vec<Sample>, PollError>,
+}
+
+#[async_trait]
+pub trait Poller: Send + Sync {
+    /// Source name as shown in `devmetrics_source_*{source}` and on the status page.
+    fn name(&self) -> &'static str;
+    fn interval(&self) -> Duration;
+    /// Deadline for one whole poll.
+    fn timeout(&self) -> Duration;
+    async fn poll(&self) -> Vec<ScopeResult>;
+}
+
+/// Runs `poller` every interval until `shutdown`. A poll that overruns its timeout is
+/// abandoned and counted as a `timeout`.
+pub async fn run_poller(
+    poller: Arc<dyn Poller>,
+    store: SharedStore,
+    telemetry: Arc<Telemetry>,
+    shutdown: CancellationToken,
+) {
+    telemetry.register_source(poller.name());
+    let mut ticker = tokio::time::interval(poller.interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        poll_once(&*poller, &*store, &telemetry).await;
+    }
+}
+
+pub async fn poll_once(
+    poller: &dyn Poller,
+    store: &dyn crate::store::Store,
+    telemetry: &Telemetry,
+) {
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(poller.timeout(), poller.poll()).await {
+        Ok(results) => {
+            let mut first_error: Option<PollError> = None;
+            for r in results {
+                match r.result {
+                    Ok(samples) => {
+                        if let Err(e) = store.replace_scope(&r.scope, samples).await {
+                            first_error.get_or_insert(PollError::new("store", e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = poller.name(), scope = %r.scope, kind = e.kind, error = %e.message, "poll of scope failed; keeping its last values");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                None => Ok(()),
+                Some(e) => Err((e.kind, e.message)),
+            }
+        }
+        Err(_) => {
+            tracing::warn!(source = poller.name(), timeout = ?poller.timeout(), "poll timed out");
+            Err(("timeout", format!("poll exceeded {:?}", poller.timeout())))
+        }
+    };
+    telemetry.source_scraped(poller.name(), started.elapsed(), outcome);
+}

@@ -1,0 +1,262 @@
+//! The exporter's own telemetry (`devmetrics_*`): cheap in-process counters kept beside the
+//! code that moves them, turned into a scope of series at scrape time. Nothing here is
+//! persisted: these are process metrics, and Prometheus handles their resets.
+
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::{FamilyId, Labels, family, id};
+use crate::store::{HistogramValue, ScopeData, Value, now_unix};
+
+/// A histogram over a catalog family's buckets, for hot paths that are not events.
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistogramValue>,
+}
+
+impl Histogram {
+    pub fn for_family(name: &str) -> Self {
+        let bounds = family(id(name)).buckets;
+        Histogram {
+            bounds,
+            inner: Mutex::new(HistogramValue::new(bounds)),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        self.inner.lock().observe(self.bounds, v);
+    }
+
+    pub fn value(&self) -> HistogramValue {
+        self.inner.lock().clone()
+    }
+}
+
+/// Health of one source, shown on `/`, `/healthz` and as `devmetrics_source_*`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceHealth {
+    pub enabled: bool,
+    pub up: bool,
+    pub scrapes: u64,
+    pub last_duration_seconds: f64,
+    pub last_success_timestamp: Option<f64>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    results: BTreeMap<&'static str, u64>,
+}
+
+/// Anything that contributes series at scrape time (queue, store, sources' live gauges).
+pub trait Collect: Send + Sync {
+    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>);
+}
+
+pub struct Telemetry {
+    started_at: f64,
+    revision: &'static str,
+    http: Mutex<HashMap<(&'static str, u16), u64>>,
+    http_latency: Mutex<HashMap<&'static str, HistogramValue>>,
+    upstream: Mutex<HashMap<(&'static str, &'static str, String), u64>>,
+    upstream_latency: Mutex<HashMap<(&'static str, &'static str), HistogramValue>>,
+    sources: Mutex<BTreeMap<String, SourceHealth>>,
+    render: Mutex<BTreeMap<&'static str, f64>>,
+    collectors: Mutex<Vec<Arc<dyn Collect>>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            started_at: now_unix(),
+            revision: option_env!("DEVMETRICS_REVISION").unwrap_or("unknown"),
+            http: Default::default(),
+            http_latency: Default::default(),
+            upstream: Default::default(),
+            upstream_latency: Default::default(),
+            sources: Default::default(),
+            render: Default::default(),
+            collectors: Default::default(),
+        }
+    }
+}
+
+impl Telemetry {
+    pub fn add_collector(&self, c: Arc<dyn Collect>) {
+        self.collectors.lock().push(c);
+    }
+
+    pub fn http_request(&self, route: &'static str, code: u16, elapsed: Duration) {
+        *self.http.lock().entry((route, code)).or_default() += 1;
+        let bounds = family(id("devmetrics_http_request_duration_seconds")).buckets;
+        self.http_latency
+            .lock()
+            .entry(route)
+            .or_insert_with(|| HistogramValue::new(bounds))
+            .observe(bounds, elapsed.as_secs_f64());
+    }
+
+    /// Records one upstream request; `status` is the HTTP code or a bounded error kind.
+    pub fn upstream_request(
+        &self,
+        upstream: &'static str,
+        endpoint: &'static str,
+        status: &str,
+        elapsed: Duration,
+    ) {
+        *self
+            .upstream
+            .lock()
+            .entry((upstream, endpoint, status.to_string()))
+            .or_default() += 1;
+        let bounds = family(id("devmetrics_upstream_request_duration_seconds")).buckets;
+        self.upstream_latency
+            .lock()
+            .entry((upstream, endpoint))
+            .or_insert_with(|| HistogramValue::new(bounds))
+            .observe(bounds, elapsed.as_secs_f64());
+    }
+
+    pub fn register_source(&self, name: &str) {
+        self.sources
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .enabled = true;
+    }
+
+    /// Records the outcome of one scrape of `source`; `Err` carries a bounded error kind and
+    /// a message for the status page (never a secret: callers pass their error's Display).
+    pub fn source_scraped(
+        &self,
+        source: &str,
+        elapsed: Duration,
+        result: Result<(), (&'static str, String)>,
+    ) {
+        let mut sources = self.sources.lock();
+        let h = sources.entry(source.to_string()).or_default();
+        h.enabled = true;
+        h.scrapes += 1;
+        h.last_duration_seconds = elapsed.as_secs_f64();
+        match result {
+            Ok(()) => {
+                h.up = true;
+                h.last_success_timestamp = Some(now_unix());
+                h.last_error = None;
+                *h.results.entry("success").or_default() += 1;
+            }
+            Err((kind, msg)) => {
+                h.up = false;
+                h.last_error = Some(msg);
+                *h.results.entry(kind).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn sources(&self) -> BTreeMap<String, SourceHealth> {
+        self.sources.lock().clone()
+    }
+
+    pub fn rendered(&self, format: &'static str, elapsed: Duration) {
+        self.render.lock().insert(format, elapsed.as_secs_f64());
+    }
+
+    pub fn started_at(&self) -> f64 {
+        self.started_at
+    }
+
+    /// The exporter's own series, as one scope rendered after the store's.
+    pub fn scope(&self) -> ScopeData {
+        let mut rows: Vec<(FamilyId, Labels, Value)> = Vec::new();
+        let mut push = |name: &str, values: &[&str], v: Value| {
+            let fid = id(name);
+            let labels = Labels::new(fid, values).expect("telemetry label arity matches catalog");
+            rows.push((fid, labels, v));
+        };
+        let n = |v: f64| Value::Number(v);
+        push(
+            "devmetrics_build_info",
+            &[env!("CARGO_PKG_VERSION"), self.revision],
+            n(1.0),
+        );
+        push(
+            "devmetrics_start_time_seconds",
+            &[],
+            n(self.started_at.floor()),
+        );
+        for ((route, code), c) in self.http.lock().iter() {
+            push(
+                "devmetrics_http_requests_total",
+                &[route, itoa::Buffer::new().format(*code)],
+                n(*c as f64),
+            );
+        }
+        for (route, h) in self.http_latency.lock().iter() {
+            push(
+                "devmetrics_http_request_duration_seconds",
+                &[route],
+                Value::Histogram(Box::new(h.clone())),
+            );
+        }
+        for ((u, e, s), c) in self.upstream.lock().iter() {
+            push(
+                "devmetrics_upstream_requests_total",
+                &[u, e, s],
+                n(*c as f64),
+            );
+        }
+        for ((u, e), h) in self.upstream_latency.lock().iter() {
+            push(
+                "devmetrics_upstream_request_duration_seconds",
+                &[u, e],
+                Value::Histogram(Box::new(h.clone())),
+            );
+        }
+        for (name, h) in self.sources.lock().iter() {
+            push(
+                "devmetrics_source_up",
+                &[name],
+                n(if h.up { 1.0 } else { 0.0 }),
+            );
+            if h.scrapes > 0 {
+                push(
+                    "devmetrics_source_scrape_duration_seconds",
+                    &[name],
+                    n(h.last_duration_seconds),
+                );
+            }
+            if let Some(t) = h.last_success_timestamp {
+                push(
+                    "devmetrics_source_last_success_timestamp_seconds",
+                    &[name],
+                    n(t),
+                );
+            }
+            for (result, c) in &h.results {
+                push(
+                    "devmetrics_source_scrapes_total",
+                    &[name, result],
+                    n(*c as f64),
+                );
+            }
+        }
+        for (format, secs) in self.render.lock().iter() {
+            push(
+                "devmetrics_exposition_render_duration_seconds",
+                &[format],
+                n(*secs),
+            );
+        }
+        for c in self.collectors.lock().iter() {
+            c.collect(&mut rows);
+        }
+        let mut data = ScopeData {
+            name: Arc::from("devmetrics/telemetry"),
+            updated_at: now_unix(),
+            families: BTreeMap::new(),
+        };
+        for (fid, labels, v) in rows {
+            data.families.entry(fid).or_default().insert(labels, v);
+        }
+        data
+    }
+}
