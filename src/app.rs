@@ -49,7 +49,13 @@ impl Launched {
 /// Builds the sources enabled in `config`.
 fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> Vec<Arc<dyn Poller>> {
     let _ = (config, telemetry);
-    Vec::new()
+    #[allow(unused_mut)]
+    let mut out: Vec<Arc<dyn Poller>> = Vec::new();
+    // github (issue 4)
+    //
+    // spacelift (issue 6)
+    //
+    out
 }
 
 /// The seam for tests and `demo`: runs the service on already-bound listeners until
@@ -123,7 +129,13 @@ pub async fn launch(
         });
     }
 
-    let router = server::router(state.clone(), Router::new());
+    #[allow(unused_mut)]
+    let mut extra: Router<Shared> = Router::new();
+    // webhooks (issue 5)
+    //
+    // spacelift compatibility routes (issue 6)
+    //
+    let router = server::router(state.clone(), extra);
     let mut addrs = Vec::new();
     for listener in listeners {
         addrs.push(listener.local_addr()?);

@@ -19,6 +19,15 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub queue: RawQueue,
+    // Source sections: each source owns its raw and resolved config types in
+    // `src/sources/<name>/config.rs`.
+    //
+    // github (issue 4)
+    //
+    // webhooks (issue 5)
+    //
+    // spacelift (issue 6)
+    //
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +121,12 @@ pub struct Config {
     pub log_format: LogFormat,
     pub storage: StorageConfig,
     pub queue: QueueConfig,
+    // github (issue 4)
+    //
+    // webhooks (issue 5)
+    //
+    // spacelift (issue 6)
+    //
 }
 
 pub(crate) fn duration(

@@ -227,4 +227,10 @@ pub static FAMILIES: &[FamilyDef] = &[
         "Duration of the last /metrics render, by format.",
         &["format"],
     ),
+    // ── source: github (activity; issue 4) ──────────────────────────────────────────────
+    //
+    // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────
+    //
+    // ── source: spacelift (issue 6) ──────────────────────────────────────────────────────
+    //
 ];

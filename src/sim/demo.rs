@@ -13,7 +13,15 @@ pub struct Demo {
 impl Demo {
     /// Starts every fake and points `config` at them.
     pub async fn start(config: &mut Config, seed: u64) -> std::io::Result<Demo> {
-        let _ = (config, seed);
-        Ok(Demo { fakes: Vec::new() })
+        let _ = (&config, seed);
+        #[allow(unused_mut)]
+        let mut fakes: Vec<Arc<super::FakeServer>> = Vec::new();
+        // github (issue 4)
+        //
+        // webhook sender (issue 5)
+        //
+        // spacelift (issue 6)
+        //
+        Ok(Demo { fakes })
     }
 }
