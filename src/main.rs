@@ -82,6 +82,9 @@ struct Common {
     /// Log format: logfmt or json.
     #[arg(long = "log.format", value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Separate address for the webhook receivers, so /metrics can stay private.
+    #[arg(long = "web.webhook-listen-address", value_name = "HOST:PORT")]
+    webhook_listen_address: Option<String>,
     /// SQLite file holding state, queue and keys.
     #[arg(long = "storage.path", value_name = "PATH")]
     storage_path: Option<PathBuf>,
@@ -120,6 +123,11 @@ impl Common {
             ("log.level", "log.level", s(&self.log_level)),
             ("log.format", "log.format", s(&self.log_format)),
             ("storage.path", "storage.path", p(&self.storage_path)),
+            (
+                "webhooks.listen_address",
+                "web.webhook-listen-address",
+                s(&self.webhook_listen_address),
+            ),
         ] {
             if let Some(v) = v {
                 o.set(key, v, flag);

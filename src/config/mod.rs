@@ -68,7 +68,10 @@ impl Error {
 
 /// Environment variables of the replaced tools, honoured as aliases of our keys. Our own
 /// `DEVMETRICS_*` form wins when both are set.
-pub const ENV_ALIASES: &[(&str, &str)] = &[];
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    // github-telemetry
+    ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
+];
 
 /// Settings given as command-line flags, applied last. Each entry is a dotted key and a
 /// YAML value, so flags share the env/file validation path.

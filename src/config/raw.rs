@@ -25,7 +25,7 @@ pub struct RawConfig {
     // github (issue 4)
     //
     // webhooks (issue 5)
-    //
+    pub webhooks: Option<crate::sources::webhooks::config::RawWebhooks>,
     // spacelift (issue 6)
     //
 }
@@ -124,7 +124,7 @@ pub struct Config {
     // github (issue 4)
     //
     // webhooks (issue 5)
-    //
+    pub webhooks: crate::sources::webhooks::WebhooksConfig,
     // spacelift (issue 6)
     //
 }
@@ -270,6 +270,7 @@ impl RawConfig {
                     Duration::from_secs(7 * 86_400),
                 )?,
             },
+            webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
         })
     }
 }

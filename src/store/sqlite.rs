@@ -359,6 +359,7 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
     use crate::metrics::id;
