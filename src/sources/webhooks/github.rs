@@ -346,3 +346,57 @@ mod tests {
         assert!(!receiver(&["It's a Secret to Everybody"]).verify(Some(b"sha256=zz"), body));
     }
 }
+
+#[cfg(test)]
+mod unavailable {
+    use super::*;
+    use crate::config::Secret;
+    use crate::queue::{Delivery, Queue, TopicStats};
+
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl Queue for Broken {
+        async fn publish(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: bytes::Bytes,
+        ) -> Result<Published, crate::queue::Error> {
+            Err(crate::queue::Error::Closed)
+        }
+        async fn receive(&self, _: &str) -> Result<Delivery, crate::queue::Error> {
+            Err(crate::queue::Error::Closed)
+        }
+        fn stats(&self) -> Vec<(String, TopicStats)> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_cannot_take_it_gives_503_without_internals() {
+        let r = Receiver::new(
+            &GithubConfig {
+                secrets: vec![Secret::new("s")],
+                insecure_skip_verify: false,
+                max_body_bytes: 1024,
+                workflows: Default::default(),
+            },
+            Arc::new(Broken),
+        );
+        let body = br#"{"action":"queued"}"#;
+        let mut h = HeaderMap::new();
+        h.insert("x-github-event", "workflow_job".parse().unwrap());
+        h.insert("x-github-delivery", "d".parse().unwrap());
+        h.insert(
+            "x-hub-signature-256",
+            crate::sim::webhooks::signature("s", body).parse().unwrap(),
+        );
+        let e = r.handle(&h, Body::from(&body[..])).await.unwrap_err();
+        assert_eq!(e.kind(), "unavailable");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&text).contains("closed"));
+    }
+}
