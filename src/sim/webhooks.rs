@@ -91,9 +91,9 @@ impl Generator {
                 let created_at = t0 + i as f64;
                 let started_at = created_at + self.rng.random_range(1..30) as f64;
                 let mut t = started_at;
-                let steps = (1..=self.rng.random_range(2..6))
+                let steps = (1..=self.rng.random_range(8..16))
                     .map(|n| {
-                        let d = self.rng.random_range(1..20) as f64;
+                        let d = self.rng.random_range(1..8) as f64;
                         t += d;
                         (format!("step {n}"), t - d, t, "success".to_string())
                     })
