@@ -160,12 +160,35 @@ pub async fn launch(
             }
             None => extra = extra.merge(routes),
         }
+        use crate::exposition::{appinsights, otlp, sink};
+        let mut sinks: Vec<Arc<dyn sink::Sink>> = Vec::new();
+        if let Some(o) = &config.webhooks.sinks.otlp {
+            let headers = o
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect();
+            sinks.push(Arc::new(otlp::Otlp::new(
+                &o.endpoint,
+                headers,
+                o.service_name.clone(),
+            )));
+        }
+        if let Some(c) = &config.webhooks.sinks.appinsights {
+            sinks.push(Arc::new(appinsights::AppInsights::new(c.clone())));
+        }
+        let sink_topics: Arc<Vec<String>> =
+            Arc::new(sinks.iter().map(|s| sink::topic(s.name())).collect());
+        for s in sinks {
+            tasks.spawn(sink::run(queue.clone(), s, shutdown.clone()));
+        }
         let opts = Arc::new(gh.workflows.clone());
         for _ in 0..WEBHOOK_CONSUMERS {
             tasks.spawn(crate::processors::run_consumer(
                 queue.clone(),
                 shared_store.clone(),
                 opts.clone(),
+                sink_topics.clone(),
                 shutdown.clone(),
             ));
         }

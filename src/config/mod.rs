@@ -71,6 +71,10 @@ impl Error {
 pub const ENV_ALIASES: &[(&str, &str)] = &[
     // github-telemetry
     ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
+    (
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "webhooks.sinks.appinsights.connection_string",
+    ),
 ];
 
 /// Settings given as command-line flags, applied last. Each entry is a dotted key and a

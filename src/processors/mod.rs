@@ -68,6 +68,8 @@ pub enum Error {
     Workflows(#[from] workflows::Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::Error),
 }
 
 impl Error {
@@ -76,6 +78,7 @@ impl Error {
             Error::Envelope => "envelope",
             Error::Workflows(e) => e.kind(),
             Error::Store(e) => e.kind(),
+            Error::Queue(e) => e.kind(),
         }
     }
 }
@@ -88,6 +91,14 @@ pub async fn apply(
     opts: &workflows::Options,
 ) -> Result<usize, Error> {
     let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
+    apply_envelope(store, &env, opts).await
+}
+
+async fn apply_envelope(
+    store: &dyn crate::store::Store,
+    env: &Envelope,
+    opts: &workflows::Options,
+) -> Result<usize, Error> {
     let batches = workflows::process(&env.event, &env.body, opts)?;
     let n = batches.len();
     let results = futures_util::future::join_all(
@@ -102,12 +113,36 @@ pub async fn apply(
     Ok(n)
 }
 
+/// Applies a delivery and hands finished runs and jobs to the sinks' topics, keyed by the
+/// completion so each sink gets each run attempt and job once whatever the deliveries.
+pub async fn apply_and_forward(
+    store: &dyn crate::store::Store,
+    queue: &dyn crate::queue::Queue,
+    payload: &Bytes,
+    opts: &workflows::Options,
+    sink_topics: &[String],
+) -> Result<usize, Error> {
+    let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
+    let n = apply_envelope(store, &env, opts).await?;
+    if sink_topics.is_empty() {
+        return Ok(n);
+    }
+    if let Some(item) = workflows::item(&env.event, &env.body)? {
+        let key = item.key();
+        for t in sink_topics {
+            queue.publish(t, Some(&key), payload.clone()).await?;
+        }
+    }
+    Ok(n)
+}
+
 /// Receives GitHub deliveries until `shutdown`. Several of these may run at once: the
 /// processors' keys make the result independent of order.
 pub async fn run_consumer(
     queue: SharedQueue,
     store: SharedStore,
     opts: Arc<workflows::Options>,
+    sink_topics: Arc<Vec<String>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -122,7 +157,7 @@ pub async fn run_consumer(
                 }
             },
         };
-        match apply(&*store, &delivery.payload, &opts).await {
+        match apply_and_forward(&*store, &*queue, &delivery.payload, &opts, &sink_topics).await {
             Ok(_) => {
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(error = %e, "ack failed; the delivery will be applied again (harmlessly)");

@@ -69,6 +69,12 @@ pub struct Batch {
 #[derive(Deserialize)]
 struct Repository {
     full_name: String,
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +82,14 @@ struct JobEvent {
     action: String,
     workflow_job: Job,
     repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct RunEventFull {
+    action: String,
+    workflow_run: Run,
+    repository: Repository,
+    sender: Option<User>,
 }
 
 #[derive(Deserialize)]
@@ -97,12 +111,12 @@ pub(crate) struct Job {
     pub runner_group_name: Option<String>,
     #[serde(default)]
     pub steps: Vec<Step>,
+    pub html_url: Option<String>,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct Step {
     pub name: String,
-    #[allow(dead_code)]
     pub number: u32,
     pub status: Option<String>,
     pub conclusion: Option<String>,
@@ -120,6 +134,11 @@ struct RunEvent {
 #[derive(Deserialize)]
 pub(crate) struct Run {
     pub id: u64,
+    pub workflow_id: Option<u64>,
+    pub run_number: Option<u64>,
+    pub status: Option<String>,
+    pub created_at: Option<String>,
+    pub html_url: Option<String>,
     pub run_attempt: Option<u32>,
     pub name: Option<String>,
     pub path: Option<String>,
@@ -128,6 +147,167 @@ pub(crate) struct Run {
     pub conclusion: Option<String>,
     pub run_started_at: Option<String>,
     pub updated_at: Option<String>,
+}
+
+// ── telemetry items for the sinks (domain types, not wire types) ──────────────────────
+
+/// A finished step of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepItem {
+    pub name: String,
+    pub number: u32,
+    pub status: String,
+    pub conclusion: String,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobItem {
+    pub job_id: u64,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub name: String,
+    pub workflow: String,
+    pub repo: String,
+    pub repo_id: Option<u64>,
+    pub branch: String,
+    pub action: String,
+    pub status: String,
+    pub conclusion: String,
+    pub runner_name: String,
+    pub runner_group: String,
+    pub labels: Vec<String>,
+    pub created_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    pub url: String,
+    pub steps: Vec<StepItem>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunItem {
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub run_number: u64,
+    pub workflow_id: u64,
+    pub workflow: String,
+    pub repo: String,
+    pub repo_id: Option<u64>,
+    pub branch: String,
+    pub event: String,
+    pub action: String,
+    pub status: String,
+    pub conclusion: String,
+    pub triggered_by: String,
+    pub created_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    pub url: String,
+}
+
+/// A finished run or job, as the sinks see it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Run(RunItem),
+    Job(JobItem),
+}
+
+impl Item {
+    /// The completion's idempotency key: the same for every delivery of it, so a sink sends
+    /// each run attempt and each job once.
+    pub fn key(&self) -> String {
+        match self {
+            Item::Run(r) => format!("wr/{}/{}/completed", r.run_id, r.run_attempt),
+            Item::Job(j) => format!("wj/{}/{}/{}/completed", j.run_id, j.run_attempt, j.job_id),
+        }
+    }
+}
+
+fn ts(s: &Option<String>) -> Option<f64> {
+    s.as_deref().and_then(parse_rfc3339)
+}
+
+fn text(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+/// The sink item of a terminal delivery (`completed`), or None for any other.
+pub fn item(event: &str, body: &[u8]) -> Result<Option<Item>, Error> {
+    match event {
+        "workflow_job" => {
+            let e: JobEvent = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_job",
+                source,
+            })?;
+            let j = e.workflow_job;
+            if rank(&e.action, j.status.as_deref()) != 3 {
+                return Ok(None);
+            }
+            Ok(Some(Item::Job(JobItem {
+                job_id: j.id,
+                run_id: j.run_id,
+                run_attempt: j.run_attempt.unwrap_or(1),
+                workflow: text(&j.workflow_name),
+                repo: e.repository.full_name,
+                repo_id: e.repository.id,
+                branch: text(&j.head_branch),
+                action: e.action,
+                status: text(&j.status),
+                conclusion: j.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+                runner_name: text(&j.runner_name),
+                runner_group: text(&j.runner_group_name),
+                created_at: ts(&j.created_at),
+                started_at: ts(&j.started_at),
+                completed_at: ts(&j.completed_at),
+                url: text(&j.html_url),
+                steps: j
+                    .steps
+                    .iter()
+                    .map(|s| StepItem {
+                        name: s.name.clone(),
+                        number: s.number,
+                        status: text(&s.status),
+                        conclusion: text(&s.conclusion),
+                        started_at: ts(&s.started_at),
+                        completed_at: ts(&s.completed_at),
+                    })
+                    .collect(),
+                labels: j.labels,
+                name: j.name,
+            })))
+        }
+        "workflow_run" => {
+            let e: RunEventFull = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_run",
+                source,
+            })?;
+            if e.action != "completed" {
+                return Ok(None);
+            }
+            let r = &e.workflow_run;
+            Ok(Some(Item::Run(RunItem {
+                run_id: r.id,
+                run_attempt: r.run_attempt.unwrap_or(1),
+                run_number: r.run_number.unwrap_or(0),
+                workflow_id: r.workflow_id.unwrap_or(0),
+                workflow: workflow_name(r).to_string(),
+                repo: e.repository.full_name.clone(),
+                repo_id: e.repository.id,
+                branch: text(&r.head_branch),
+                event: text(&r.event),
+                action: e.action.clone(),
+                status: text(&r.status),
+                conclusion: r.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+                triggered_by: e.sender.map(|s| s.login).unwrap_or_default(),
+                created_at: ts(&r.created_at),
+                started_at: ts(&r.run_started_at),
+                completed_at: ts(&r.updated_at),
+                url: text(&r.html_url),
+            })))
+        }
+        _ => Ok(None),
+    }
 }
 
 // ── processing ─────────────────────────────────────────────────────────────────────────

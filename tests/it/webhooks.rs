@@ -555,3 +555,296 @@ async fn generated_activity_matches_the_senders_ground_truth() {
     assert_eq!(app.sum("devmetrics_workflow_jobs_in_progress", &[]), 0.0);
     app.stop().await;
 }
+
+/// The real binary, SIGKILLed under a flood of signed deliveries and restarted: every
+/// delivery that got 202 was durable (its redelivery is a duplicate), and after GitHub-style
+/// redelivery of everything, each job is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_accepted_delivery_and_counts_none_twice() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "web: {{listen_addresses: ['127.0.0.1:{port}']}}\nstorage: {{path: {}}}\nlog: {{level: error}}\nwebhooks: {{github: {{secrets: [{SECRET}]}}}}\n",
+            dir.path().join("d.db").display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+            .args(["serve", "--config.file"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let c = client();
+    let ready = |c: reqwest::Client, base: String| async move {
+        for _ in 0..500 {
+            if let Ok(r) = c.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("devmetrics did not become ready");
+    };
+
+    const N: usize = 3000;
+    let mut g = Generator::new(5);
+    let deliveries: Arc<Vec<Vec<u8>>> = Arc::new((0..N).map(|_| job_body(&mut g)).collect());
+    let mut child = start();
+    ready(c.clone(), base.clone()).await;
+
+    let url = format!("{base}/webhooks/github");
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        let (s, next, accepted, deliveries) = (
+            Sender::new(url.clone(), SECRET),
+            next.clone(),
+            accepted.clone(),
+            deliveries.clone(),
+        );
+        flood.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= N {
+                    return;
+                }
+                match s
+                    .send("workflow_job", &format!("crash-{i}"), deliveries[i].clone())
+                    .await
+                {
+                    Ok(202) => accepted.lock().push(i),
+                    Ok(other) => panic!("delivery {i} got {other}"),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill mid-flood, once a good share has been accepted.
+    for _ in 0..3000 {
+        if accepted.lock().len() >= N / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for t in flood {
+        t.await.unwrap();
+    }
+    let accepted = accepted.lock().clone();
+    assert!(
+        !accepted.is_empty() && accepted.len() < N,
+        "the kill should land mid-flood ({} accepted)",
+        accepted.len()
+    );
+
+    eprintln!(
+        "killed after {} of {N} deliveries got 202 ({} sent)",
+        accepted.len(),
+        next.load(Ordering::Relaxed).min(N)
+    );
+    let mut child = start();
+    ready(c.clone(), base.clone()).await;
+    let s = Sender::new(url.clone(), SECRET);
+    let accepted: std::collections::HashSet<usize> = accepted.into_iter().collect();
+    for (i, body) in deliveries.iter().enumerate() {
+        let got = s
+            .send("workflow_job", &format!("crash-{i}"), body.clone())
+            .await
+            .unwrap();
+        if accepted.contains(&i) {
+            assert_eq!(
+                got, 200,
+                "delivery {i} got 202 before the crash but was not kept"
+            );
+        } else {
+            assert!(got == 202 || got == 200, "delivery {i}: {got}");
+        }
+    }
+    let scrape = |c: reqwest::Client| {
+        let base = base.clone();
+        async move {
+            let text = c
+                .get(format!("{base}/metrics"))
+                .header("accept", "text/plain; version=0.0.4")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let sum = |prefix: &str| -> f64 {
+                text.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                    .sum()
+            };
+            (
+                sum("devmetrics_workflow_jobs_total{"),
+                sum("devmetrics_queue_depth{topic=\"webhooks/github\"}"),
+            )
+        }
+    };
+    let mut last = (0.0, 0.0);
+    for _ in 0..3000 {
+        last = scrape(c.clone()).await;
+        if last.1 == 0.0 && last.0 >= N as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, (N as f64, 0.0), "jobs counted, queue depth");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Both sinks receive the run → job → step hierarchy once per run attempt and job, with the
+/// payloads' times and deterministic ids, even while they fail at first and while deliveries
+/// are duplicated; their receivers decode the real wire formats.
+#[tokio::test]
+async fn sinks_get_each_run_and_job_once_and_retry_through_outages() {
+    use devmetrics::exposition::otlp;
+    use devmetrics::sim::sinks::{appinsights_receiver, otlp_receiver};
+    use std::sync::atomic::Ordering;
+
+    let (otlp_fake, spans) = otlp_receiver(1).await.unwrap();
+    let (ai_fake, events) = appinsights_receiver(2).await.unwrap();
+    // Both are down for their first requests.
+    otlp_fake.faults.fail_next.store(3, Ordering::Relaxed);
+    ai_fake.faults.fail_next.store(2, Ordering::Relaxed);
+    let conn = format!(
+        "InstrumentationKey=ikey;IngestionEndpoint={}/",
+        ai_fake.base_url()
+    );
+    let app = App::start(&[
+        (
+            "DEVMETRICS_WEBHOOKS__SINKS__OTLP__ENDPOINT",
+            &otlp_fake.base_url(),
+        ),
+        ("DEVMETRICS_WEBHOOKS__SINKS__OTLP__SERVICE_NAME", "ci"),
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", &conn),
+        ("DEVMETRICS_QUEUE__INITIAL_BACKOFF", "10ms"),
+        ("DEVMETRICS_QUEUE__MAX_BACKOFF", "50ms"),
+    ])
+    .await;
+    let s = Sender::new(app.url.clone(), SECRET);
+    let mut g = Generator::new(11);
+    let jobs = g.run_plan(1_700_000_000.0, 2);
+    let mut n = 0;
+    for round in 0..2 {
+        for j in &jobs {
+            for action in ["queued", "in_progress", "completed"] {
+                n += 1;
+                let body = g.job_payload(j, action, round == 0);
+                assert_eq!(
+                    s.send("workflow_job", &format!("s-{n}"), body)
+                        .await
+                        .unwrap(),
+                    202
+                );
+            }
+        }
+        n += 1;
+        let body = g.run_payload(&jobs, "completed", round == 0);
+        assert_eq!(
+            s.send("workflow_run", &format!("s-{n}"), body)
+                .await
+                .unwrap(),
+            202
+        );
+    }
+    app.drained().await;
+    let steps: usize = jobs.iter().map(|j| j.steps.len()).sum();
+    let want_spans = 1 + jobs.len() + steps;
+    for _ in 0..500 {
+        let done = |t: &str| {
+            app.state()
+                .queue
+                .stats()
+                .into_iter()
+                .find(|(name, _)| name == t)
+                .is_some_and(|(_, s)| s.depth == 0 && s.published > 0)
+        };
+        if done("sink/otlp") && done("sink/appinsights") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spans = spans.spans.lock().clone();
+    assert_eq!(spans.len(), want_spans, "{spans:#?}");
+    let run_id = jobs[0].run_id;
+    let tid = otlp::trace_id(run_id, 1).to_vec();
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id == tid && s.service_name == "ci")
+    );
+    let run = spans.iter().find(|s| s.parent_span_id.is_empty()).unwrap();
+    assert_eq!(run.span_id, otlp::run_span_id(run_id, 1).to_vec());
+    for j in &jobs {
+        let js = spans
+            .iter()
+            .find(|s| s.span_id == otlp::job_span_id(j.job_id).to_vec())
+            .unwrap();
+        assert_eq!(js.parent_span_id, run.span_id);
+        assert_eq!(js.name, j.name);
+        assert_eq!(js.start_unix_nano, (j.started_at * 1e9) as u64);
+        assert_eq!(js.end_unix_nano, (j.completed_at * 1e9) as u64);
+        let children = spans
+            .iter()
+            .filter(|s| s.parent_span_id == js.span_id)
+            .count();
+        assert_eq!(children, j.steps.len());
+    }
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id.clone()).collect();
+    assert_eq!(ids.len(), spans.len(), "span ids never collide");
+
+    let events = events.events.lock().clone();
+    let names = |n: &str| {
+        events
+            .iter()
+            .filter(|e| e["data"]["baseData"]["name"] == n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names("WorkflowRun").len(), 1);
+    assert_eq!(names("WorkflowJob").len(), jobs.len());
+    assert_eq!(names("WorkflowStep").len(), steps);
+    let job = names("WorkflowJob")
+        .into_iter()
+        .find(|e| {
+            e["data"]["baseData"]["properties"]["job_id"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                == Some(jobs[0].job_id)
+        })
+        .unwrap();
+    let d = &job["data"]["baseData"];
+    assert_eq!(d["properties"]["job_name"], jobs[0].name.as_str());
+    assert_eq!(
+        d["properties"]["repository_full_name"],
+        jobs[0].repo.as_str()
+    );
+    assert_eq!(d["properties"]["conclusion"], jobs[0].conclusion.as_str());
+    assert_eq!(
+        d["measurements"]["duration_seconds"].as_f64().unwrap(),
+        jobs[0].completed_at - jobs[0].started_at
+    );
+    assert_eq!(job["iKey"], "ikey");
+    app.stop().await;
+}

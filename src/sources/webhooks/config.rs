@@ -15,6 +15,30 @@ pub struct RawWebhooks {
     /// A separate listener for the receivers, so `/metrics` can stay private.
     pub listen_address: Option<String>,
     pub github: Option<RawGithub>,
+    pub sinks: Option<RawSinks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinks {
+    pub otlp: Option<RawOtlp>,
+    pub appinsights: Option<RawAppInsights>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppInsights {
+    pub connection_string: Option<String>,
+    pub connection_string_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +82,21 @@ pub struct RawWorkflows {
 pub struct WebhooksConfig {
     pub listen_address: Option<SocketAddr>,
     pub github: Option<GithubConfig>,
+    pub sinks: SinksConfig,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SinksConfig {
+    pub otlp: Option<OtlpConfig>,
+    pub appinsights: Option<crate::exposition::appinsights::ConnectionString>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    /// Header values often carry tokens: kept as secrets.
+    pub headers: Vec<(String, Secret)>,
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug)]
@@ -76,9 +115,85 @@ impl RawWebhooks {
             .map(|s| crate::config::raw::parse_listen("webhooks.listen_address", s))
             .transpose()?;
         let github = self.github.map(|g| g.resolve(rel)).transpose()?;
+        let sinks = self.sinks.unwrap_or_default();
+        let otlp = sinks.otlp.map(|o| o.resolve()).transpose()?;
+        let appinsights = sinks.appinsights.map(|a| a.resolve(rel)).transpose()?;
         Ok(WebhooksConfig {
             listen_address,
             github,
+            sinks: SinksConfig { otlp, appinsights },
+        })
+    }
+}
+
+impl RawOtlp {
+    fn resolve(self) -> Result<OtlpConfig, Error> {
+        let endpoint = self.endpoint.ok_or_else(|| {
+            Error::invalid(
+                "webhooks.sinks.otlp.endpoint",
+                None,
+                "is required, e.g. http://otel-collector:4318",
+            )
+        })?;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(Error::invalid(
+                "webhooks.sinks.otlp.endpoint",
+                Some(&endpoint),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        match self.protocol.as_deref().unwrap_or("http/protobuf") {
+            "http/protobuf" => {}
+            other => {
+                return Err(Error::invalid(
+                    "webhooks.sinks.otlp.protocol",
+                    Some(other),
+                    "only http/protobuf is supported (grpc is not yet)",
+                ));
+            }
+        }
+        Ok(OtlpConfig {
+            endpoint,
+            headers: self
+                .headers
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, Secret::new(v)))
+                .collect(),
+            service_name: self.service_name.unwrap_or_else(|| "github-actions".into()),
+        })
+    }
+}
+
+impl RawAppInsights {
+    fn resolve(
+        self,
+        rel: &dyn Fn(PathBuf) -> PathBuf,
+    ) -> Result<crate::exposition::appinsights::ConnectionString, Error> {
+        let (key, source) = match (self.connection_string, self.connection_string_file) {
+            (Some(v), None) => (
+                "webhooks.sinks.appinsights.connection_string",
+                SecretSource::Value(Secret::new(v)),
+            ),
+            (None, Some(p)) => (
+                "webhooks.sinks.appinsights.connection_string_file",
+                SecretSource::File(rel(p)),
+            ),
+            _ => {
+                return Err(Error::invalid(
+                    "webhooks.sinks.appinsights",
+                    None,
+                    "needs exactly one of connection_string or connection_string_file",
+                ));
+            }
+        };
+        let s = read_secret(key, source)?;
+        crate::exposition::appinsights::ConnectionString::parse(s.expose()).ok_or_else(|| {
+            Error::invalid(
+                key,
+                None,
+                "is not an Application Insights connection string (needs InstrumentationKey=…)",
+            )
         })
     }
 }
