@@ -4,7 +4,8 @@
 //! docs/performance.md. Run: `cargo bench --bench webhook_ingest` (release).
 //!
 //! Environment: `INGEST_SECONDS` per level (default 10), `INGEST_LEVELS` (default 1,16,64),
-//! `INGEST_DIR` for the database (default a temp dir; put it on the disk you measure).
+//! `INGEST_DIR` for the database (default a temp dir; put it on the disk you measure),
+//! `INGEST_CONSUMERS` (default 4; 0 measures receiving without processing).
 
 use devmetrics::sim::webhooks::{Generator, signature};
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &str = "bench-secret";
 
 fn main() {
+    // The service gets the runtime `serve` would have: one worker per core.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +45,10 @@ async fn run() {
     );
     env.insert("DEVMETRICS_WEBHOOKS__GITHUB__SECRET".into(), SECRET.into());
     env.insert("DEVMETRICS_LOG__LEVEL".into(), "warn".into());
+    // INGEST_CONSUMERS=0 measures receiving alone; by default deliveries are also processed.
+    if let Ok(n) = std::env::var("INGEST_CONSUMERS") {
+        env.insert("DEVMETRICS_WEBHOOKS__GITHUB__CONSUMERS".into(), n);
+    }
     let cfg = devmetrics::config::load(None, &env, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();
@@ -64,65 +70,187 @@ async fn run() {
     let avg = bodies.iter().map(|b| b.0.len()).sum::<usize>() / bodies.len();
     let bodies = Arc::new(bodies);
     println!("payload: {avg} bytes on average (signed workflow_job, completed)");
-    println!("| connections | accepted/s | p50 ms | p99 ms | non-202 |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| connections | accepted/s | p50 ms | p99 ms | non-202 | service CPU µs/delivery | load generator CPU µs/delivery |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let addr = launched.addrs[0];
     let mut seq = 0u64;
     for c in levels {
         let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut tasks = Vec::new();
-        for conn in 0..c {
-            let (url, bodies) = (url.clone(), bodies.clone());
-            let base = seq + conn as u64 * 10_000_000;
-            tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
+        let base = seq;
+        seq += 1_000_000_000;
+        let bodies = bodies.clone();
+        // The load runs on its own thread and runtime, like an external tool would, with a
+        // minimal HTTP/1.1 client (pre-rendered requests on keep-alive connections) so the
+        // generator costs little next to the service.
+        let cpu_before = cpu_seconds();
+        let (lat, bad, elapsed, loadgen_cpu) = std::thread::Builder::new()
+            .name("loadgen".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
                     .build()
                     .unwrap();
-                let mut lat = Vec::new();
-                let mut bad = 0u64;
-                let mut i = 0u64;
-                while Instant::now() < deadline {
-                    let (body, sig) = &bodies[(base + i) as usize % bodies.len()];
-                    let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-github-event", "workflow_job")
-                        .header("x-github-delivery", format!("bench-{}", base + i))
-                        .header("x-hub-signature-256", sig.as_str())
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status().as_u16() == 202 => {
-                            lat.push(t.elapsed().as_secs_f64());
-                        }
-                        _ => bad += 1,
+                let out = rt.block_on(async move {
+                    let started = Instant::now();
+                    let mut tasks = Vec::new();
+                    for conn in 0..c {
+                        let bodies = bodies.clone();
+                        let first = base + conn as u64 * 10_000_000;
+                        tasks.push(tokio::spawn(connection(addr, bodies, first, deadline)));
                     }
-                    i += 1;
-                }
-                (lat, bad)
-            }));
-        }
-        let started = Instant::now();
-        let mut lat = Vec::new();
-        let mut bad = 0;
-        for t in tasks {
-            let (l, b) = t.await.unwrap();
-            lat.extend(l);
-            bad += b;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        seq += 1_000_000_000;
+                    let mut lat = Vec::new();
+                    let mut bad = 0;
+                    for t in tasks {
+                        let (l, b) = t.await.unwrap();
+                        lat.extend(l);
+                        bad += b;
+                    }
+                    (lat, bad, started.elapsed().as_secs_f64())
+                });
+                (out.0, out.1, out.2, thread_cpu_seconds())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let cpu_after = cpu_seconds();
+        let mut lat = lat;
         lat.sort_by(|a, b| a.total_cmp(b));
         let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] * 1000.0;
+        let n = lat.len() as f64;
         println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {bad} |",
-            lat.len() as f64 / elapsed,
+            "| {c} | {:.0} | {:.2} | {:.2} | {bad} | {:.0} | {:.0} |",
+            n / elapsed,
             q(0.50),
-            q(0.99)
+            q(0.99),
+            (cpu_after - cpu_before) / n * 1e6,
+            loadgen_cpu / n * 1e6,
         );
     }
+    // The database writer's view: how many deliveries shared each fsync, and how long a
+    // commit took.
+    let text = reqwest::get(url.replace("/webhooks/github", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let commits = value("devmetrics_store_commit_duration_seconds_count");
+    println!(
+        "commits: {commits}, mean {:.2} ms, mean batch {:.1} writes",
+        value("devmetrics_store_commit_duration_seconds_sum") / commits * 1000.0,
+        value("devmetrics_store_commit_batch_size_sum")
+            / value("devmetrics_store_commit_batch_size_count"),
+    );
     shutdown.cancel();
     launched.wait().await;
+}
+
+/// One keep-alive connection sending deliveries back to back until `deadline`; returns the
+/// latencies of the 202s and the count of anything else.
+async fn connection(
+    addr: std::net::SocketAddr,
+    bodies: Arc<Vec<(bytes::Bytes, String)>>,
+    first: u64,
+    deadline: Instant,
+) -> (Vec<f64>, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut lat = Vec::new();
+    let mut bad = 0u64;
+    let mut buf = vec![0u8; 4096];
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        let (body, sig) = &bodies[((first + i) % bodies.len() as u64) as usize];
+        let mut req = format!(
+            "POST /webhooks/github HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             x-github-event: workflow_job\r\nx-github-delivery: bench-{}\r\n\
+             x-hub-signature-256: {sig}\r\ncontent-length: {}\r\n\r\n",
+            first + i,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let t = Instant::now();
+        if stream.write_all(&req).await.is_err() {
+            bad += 1;
+            break;
+        }
+        // Reads one response: headers, then content-length bytes of body.
+        let mut have = 0;
+        let (status, need) = loop {
+            let n = stream.read(&mut buf[have..]).await.unwrap_or(0);
+            if n == 0 {
+                return (lat, bad + 1);
+            }
+            have += n;
+            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+                let status = head.get(9..12).unwrap_or("").to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                break (status, end + 4 + len);
+            }
+        };
+        while have < need {
+            let n = stream.read(&mut buf[have..]).await.unwrap_or(0);
+            if n == 0 {
+                return (lat, bad + 1);
+            }
+            have += n;
+        }
+        if status == "202" {
+            lat.push(t.elapsed().as_secs_f64());
+        } else {
+            bad += 1;
+        }
+        i += 1;
+    }
+    (lat, bad)
+}
+
+fn ticks(stat: &str) -> f64 {
+    // utime and stime are fields 14 and 15; the comm (field 2) may contain spaces.
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+    rest.get(11..13)
+        .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum::<f64>() / 100.0)
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of every live thread of this process except the load generator's.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|s| !s.contains("(loadgen)"))
+        .map(|s| ticks(&s))
+        .sum()
+}
+
+/// CPU seconds of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .map(|s| ticks(&s))
+        .unwrap_or(f64::NAN)
 }

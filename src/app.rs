@@ -21,9 +21,6 @@ use crate::telemetry::Telemetry;
 
 /// How long shutdown waits for in-flight requests and polls.
 const DRAIN: Duration = Duration::from_secs(10);
-/// Consumers of GitHub deliveries: their batches share group commits, and the processors'
-/// keys make the order irrelevant.
-const WEBHOOK_CONSUMERS: usize = 4;
 /// How often idempotency and deduplication keys past their retention are removed.
 const GC_EVERY: Duration = Duration::from_secs(3600);
 
@@ -183,7 +180,7 @@ pub async fn launch(
             tasks.spawn(sink::run(queue.clone(), s, shutdown.clone()));
         }
         let opts = Arc::new(gh.workflows.clone());
-        for _ in 0..WEBHOOK_CONSUMERS {
+        for _ in 0..gh.consumers {
             tasks.spawn(crate::processors::run_consumer(
                 queue.clone(),
                 shared_store.clone(),

@@ -83,8 +83,8 @@ impl Error {
     }
 }
 
-/// Applies one queued delivery. Batches go to the store together so they share a commit;
-/// each is keyed, so a partial apply before a crash is completed, never repeated, on retry.
+/// Applies one queued delivery: all its keyed batches in one store transaction (each key
+/// still applied at most once, so a retry after a crash repeats nothing).
 pub async fn apply(
     store: &dyn crate::store::Store,
     payload: &Bytes,
@@ -101,14 +101,13 @@ async fn apply_envelope(
 ) -> Result<usize, Error> {
     let batches = workflows::process(&env.event, &env.body, opts)?;
     let n = batches.len();
-    let results = futures_util::future::join_all(
-        batches
-            .into_iter()
-            .map(|b| async move { store.apply_once(&b.key, workflows::SCOPE, b.updates).await }),
-    )
-    .await;
-    for r in results {
-        r?;
+    if n > 0 {
+        store
+            .apply_each_once(
+                workflows::SCOPE,
+                batches.into_iter().map(|b| (b.key, b.updates)).collect(),
+            )
+            .await?;
     }
     Ok(n)
 }

@@ -39,6 +39,7 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
         secrets: Vec::new(),
         insecure_skip_verify: false,
         max_body_bytes: GITHUB_MAX_BODY,
+        consumers: 4,
         workflows: Default::default(),
     });
     gh.secrets.push(crate::config::Secret::new(secret.clone()));

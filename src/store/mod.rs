@@ -170,6 +170,21 @@ pub trait Store: Send + Sync {
         updates: Vec<Update>,
     ) -> Result<Applied, Error>;
 
+    /// Applies several keyed batches to `scope` in one atomic step, each key at most once
+    /// (a processor's transitions for one event). Backends should override this to use one
+    /// transaction; the default applies them one by one, which is equally correct.
+    async fn apply_each_once(
+        &self,
+        scope: &str,
+        batches: Vec<(String, Vec<Update>)>,
+    ) -> Result<Vec<Applied>, Error> {
+        let mut out = Vec::with_capacity(batches.len());
+        for (key, updates) in batches {
+            out.push(self.apply_once(&key, scope, updates).await?);
+        }
+        Ok(out)
+    }
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error>;
     async fn kv_put(
         &self,

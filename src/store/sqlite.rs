@@ -321,6 +321,68 @@ impl Store for SqliteStore {
         Ok(applied)
     }
 
+    async fn apply_each_once(
+        &self,
+        scope: &str,
+        batches: Vec<(String, Vec<Update>)>,
+    ) -> Result<Vec<Applied>, Error> {
+        for (_, updates) in &batches {
+            for u in updates {
+                u.validate()?;
+            }
+        }
+        let scope = scope.to_string();
+        let (tx, rx) = oneshot::channel();
+        let state = self.state.clone();
+        self.db.submit(Box::new(move |conn| {
+            type Out = (Vec<Applied>, Vec<(FamilyId, Labels, Value)>);
+            let run = || -> rusqlite::Result<Out> {
+                let now = now_unix();
+                let mut applied = Vec::with_capacity(batches.len());
+                let mut values = Vec::new();
+                for (key, updates) in batches {
+                    let fresh = conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![key, now as i64])?;
+                    if fresh == 0 {
+                        applied.push(Applied::Duplicate);
+                        continue;
+                    }
+                    applied.push(Applied::Applied);
+                    for u in updates {
+                        let cur = read_series(conn, &scope, u.family, &u.labels)?;
+                        let next = apply_op(u.family, cur, &u.op);
+                        write_series(conn, &scope, u.family, &u.labels, &next)?;
+                        values.push((u.family, u.labels, next));
+                    }
+                }
+                if !values.is_empty() {
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO scopes (scope, updated_at) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![scope, now])?;
+                }
+                Ok((applied, values))
+            };
+            match run() {
+                Ok((applied, values)) => Ok(reply(tx, applied, move || {
+                    // Later values of the same series come later in `values`, so the last
+                    // write wins as it did in the transaction.
+                    if !values.is_empty() {
+                        state.set_values(&scope, now_unix(), values)
+                    }
+                })),
+                Err(e) => Err(fail(tx, e)),
+            }
+        }))?;
+        let applied = recv(rx).await?;
+        let dups = applied.iter().filter(|a| **a == Applied::Duplicate).count();
+        self.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
+        Ok(applied)
+    }
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let now = now_unix() as i64;
@@ -481,6 +543,49 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::WrongKind { .. }));
+    }
+
+    #[tokio::test]
+    async fn apply_each_once_applies_each_key_once_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let fam = id("devmetrics_http_requests_total");
+        let inc = || {
+            vec![Update {
+                family: fam,
+                labels: labels("/a"),
+                op: Op::Inc(1.0),
+            }]
+        };
+        let got = store
+            .apply_each_once(
+                "s",
+                vec![
+                    ("k1".into(), inc()),
+                    ("k1".into(), inc()),
+                    ("k2".into(), inc()),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [Applied::Applied, Applied::Duplicate, Applied::Applied]
+        );
+        let again = store
+            .apply_each_once("s", vec![("k2".into(), inc()), ("k3".into(), inc())])
+            .await
+            .unwrap();
+        assert_eq!(again, [Applied::Duplicate, Applied::Applied]);
+        assert_eq!(
+            store.snapshot().get("s", fam, &labels("/a")),
+            Some(&Value::Number(3.0))
+        );
+        drop(store);
+        assert_eq!(
+            open(&dir).snapshot().get("s", fam, &labels("/a")),
+            Some(&Value::Number(3.0))
+        );
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ pub struct RawGithub {
     pub secret_file: Option<PathBuf>,
     pub insecure_skip_verify: Option<bool>,
     pub max_body_bytes: Option<u64>,
+    /// Tasks applying queued deliveries; 0 makes a receive-only instance.
+    pub consumers: Option<usize>,
     pub workflows: Option<RawWorkflows>,
 }
 
@@ -104,6 +106,7 @@ pub struct GithubConfig {
     pub secrets: Vec<Secret>,
     pub insecure_skip_verify: bool,
     pub max_body_bytes: u64,
+    pub consumers: usize,
     pub workflows: crate::processors::workflows::Options,
 }
 
@@ -279,10 +282,19 @@ impl RawGithub {
                 "must be between 1 and 16",
             ));
         }
+        let consumers = self.consumers.unwrap_or(4);
+        if consumers > 64 {
+            return Err(Error::invalid(
+                "webhooks.github.consumers",
+                Some(&consumers.to_string()),
+                "must be at most 64",
+            ));
+        }
         Ok(GithubConfig {
             secrets,
             insecure_skip_verify,
             max_body_bytes,
+            consumers,
             workflows: crate::processors::workflows::Options {
                 step_metrics: w.step_metrics.unwrap_or(false),
                 branch_label: w.branch_label.unwrap_or(false),
