@@ -361,3 +361,47 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// The commented webhooks section of `config example`, uncommented, loads as documented.
+    #[test]
+    fn the_documented_example_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hook");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let conn = dir.path().join("ai");
+        std::fs::write(&conn, "InstrumentationKey=k;IngestionEndpoint=https://x/\n").unwrap();
+        let text = crate::config::EXAMPLE;
+        let at = text
+            .find("# webhooks:")
+            .expect("example has a webhooks section");
+        let mut yaml = text[..at].to_string();
+        for line in text[at..].lines() {
+            yaml.push_str(line.strip_prefix("# ").unwrap_or(line));
+            yaml.push('\n');
+        }
+        let yaml = yaml
+            .replace("/run/secrets/github-webhook", &secret.display().to_string())
+            .replace(
+                "/run/secrets/appinsights-connection-string",
+                &conn.display().to_string(),
+            );
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let cfg =
+            crate::config::load(Some(&file), &Default::default(), &Default::default()).unwrap();
+        let gh = cfg.webhooks.github.unwrap();
+        assert_eq!(gh.secrets[0].expose(), "s3cret");
+        assert_eq!(gh.consumers, 4);
+        assert_eq!(cfg.webhooks.listen_address.unwrap().port(), 10478);
+        assert_eq!(
+            cfg.webhooks.sinks.otlp.unwrap().endpoint,
+            "http://otel-collector:4318"
+        );
+        assert_eq!(
+            cfg.webhooks.sinks.appinsights.unwrap().ingestion_endpoint,
+            "https://x"
+        );
+    }
+}
