@@ -1,0 +1,8 @@
+//! The integration test binary: one binary, a module per area.
+
+mod cli;
+mod crash;
+mod docs;
+mod exposition;
+mod server;
+mod support;
