@@ -47,15 +47,19 @@ impl Launched {
 }
 
 /// Builds the sources enabled in `config`.
-fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> Vec<Arc<dyn Poller>> {
+fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<Vec<Arc<dyn Poller>>> {
     let _ = (config, telemetry);
     #[allow(unused_mut)]
     let mut out: Vec<Arc<dyn Poller>> = Vec::new();
     // github (issue 4)
     //
     // spacelift (issue 6)
-    //
-    out
+    if let Some(c) = &config.spacelift {
+        let poller = sources::spacelift::Spacelift::new(c.clone(), telemetry.clone())
+            .context("building the Spacelift client")?;
+        out.push(Arc::new(poller));
+    }
+    Ok(out)
 }
 
 /// The seam for tests and `demo`: runs the service on already-bound listeners until
@@ -98,7 +102,7 @@ pub async fn launch(
     });
 
     let mut tasks = JoinSet::new();
-    for poller in pollers(&config, &telemetry) {
+    for poller in pollers(&config, &telemetry)? {
         tasks.spawn(sources::run_poller(
             poller,
             shared_store.clone(),
@@ -134,7 +138,9 @@ pub async fn launch(
     // webhooks (issue 5)
     //
     // spacelift compatibility routes (issue 6)
-    //
+    if config.spacelift.is_some() {
+        extra = extra.merge(sources::spacelift::compat_routes());
+    }
     let router = server::router(state.clone(), extra);
     let mut addrs = Vec::new();
     for listener in listeners {

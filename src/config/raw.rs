@@ -27,7 +27,7 @@ pub struct RawConfig {
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,7 +126,7 @@ pub struct Config {
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
 
 pub(crate) fn duration(
@@ -230,7 +230,12 @@ impl RawConfig {
                 "must not be shorter than queue.initial_backoff",
             ));
         }
+        let spacelift = match self.spacelift {
+            Some(raw) => raw.resolve(base)?,
+            None => None,
+        };
         Ok(Config {
+            spacelift,
             web: WebConfig {
                 listen_addresses,
                 telemetry_path,

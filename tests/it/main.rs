@@ -5,4 +5,5 @@ mod crash;
 mod docs;
 mod exposition;
 mod server;
+mod spacelift;
 mod support;
