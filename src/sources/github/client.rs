@@ -424,8 +424,12 @@ impl Client {
             let body = match r.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
-                    self.telemetry
-                        .upstream_request("github", endpoint, "network", started.elapsed());
+                    self.telemetry.upstream_request(
+                        "github",
+                        endpoint,
+                        "network",
+                        started.elapsed(),
+                    );
                     if attempt >= self.retry.max_attempts {
                         return Err(Error::Network {
                             endpoint,
@@ -474,7 +478,12 @@ impl Client {
                         v.push(b'\n');
                         v.extend_from_slice(&body);
                         self.store
-                            .kv_put(ETAG_NS, &cache_key, v, Some(Duration::from_secs(30 * 86_400)))
+                            .kv_put(
+                                ETAG_NS,
+                                &cache_key,
+                                v,
+                                Some(Duration::from_secs(30 * 86_400)),
+                            )
                             .await
                             .map_err(|e| Error::Store(e.to_string()))?;
                     }
@@ -763,8 +772,11 @@ pub fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
     link.split(',').find_map(|part| {
         let mut it = part.split(';');
         let url = it.next()?.trim();
-        it.any(|p| p.trim() == "rel=\"next\"")
-            .then(|| url.trim_start_matches('<').trim_end_matches('>').to_string())
+        it.any(|p| p.trim() == "rel=\"next\"").then(|| {
+            url.trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -780,10 +792,7 @@ fn split_next(v: &Bytes) -> (Option<String>, Bytes) {
     match v.iter().position(|b| *b == b'\n') {
         Some(i) => {
             let next = String::from_utf8_lossy(&v[..i]).into_owned();
-            (
-                (!next.is_empty()).then_some(next),
-                v.slice(i + 1..),
-            )
+            ((!next.is_empty()).then_some(next), v.slice(i + 1..))
         }
         None => (None, v.clone()),
     }
@@ -802,8 +811,14 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(next_link(&h).as_deref(), Some("https://api.github.com/x?page=2"));
-        h.insert("link", "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap());
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        h.insert(
+            "link",
+            "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap(),
+        );
         assert_eq!(next_link(&h), None);
     }
 

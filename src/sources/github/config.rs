@@ -95,6 +95,9 @@ pub struct RawLoc {
     pub fallback_max_commit_detail_calls_per_org_per_hour: Option<u32>,
     pub large_repo_zero_detection_windows: Option<u32>,
     pub large_repo_cooldown: Option<String>,
+    /// Delay between polls of a `/stats/contributors` that answered 202, and how many.
+    pub stats_retry_delay: Option<String>,
+    pub stats_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,7 +408,9 @@ impl RawGithub {
             (None, None) => None,
         };
         if user_label_mode == UserLabelMode::Hashed
-            && user_label_secret.as_ref().is_none_or(|s| s.expose().is_empty())
+            && user_label_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
         {
             return Err(Error::invalid(
                 "github.activity.user_label_secret",
@@ -490,8 +495,12 @@ impl RawGithub {
                 fallback_enabled,
                 fallback_max_commits_per_repo_per_week: per_week,
                 fallback_max_commit_detail_calls_per_org_per_hour: per_hour,
-                pending_retry_delay: Duration::from_secs(2),
-                pending_retries: 3,
+                pending_retry_delay: duration(
+                    "github.loc.stats_retry_delay",
+                    l.stats_retry_delay.as_ref(),
+                    Duration::from_secs(2),
+                )?,
+                pending_retries: l.stats_retries.unwrap_or(3),
             },
             backfill: BackfillConfig {
                 max_message_age: duration(
@@ -599,12 +608,7 @@ pub fn translate_legacy(tree: &mut Value) -> Vec<String> {
             ("retry", &["jitter"][..]),
             (
                 "backfill",
-                &[
-                    "enabled",
-                    "requeue_delays",
-                    "coalesce_window",
-                    "dedup_ttl",
-                ][..],
+                &["enabled", "requeue_delays", "coalesce_window", "dedup_ttl"][..],
             ),
         ] {
             if let Some(Value::Mapping(m)) = gh.get_mut(key(section)) {

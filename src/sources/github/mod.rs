@@ -170,7 +170,11 @@ impl Collect for Collector {
                 &[org],
                 f64::from(u8::from(live.cooldown)),
             );
-            push("devmetrics_github_scrape_progress_ratio", &[org], live.progress);
+            push(
+                "devmetrics_github_scrape_progress_ratio",
+                &[org],
+                live.progress,
+            );
             push("devmetrics_github_scrape_eta_seconds", &[org], live.eta);
             push(
                 "devmetrics_github_series_budget_exceeded",
@@ -198,7 +202,10 @@ pub fn research_dir(sub: &str) -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!("{} is missing and DEVMETRICS_REQUIRE_SHARED=1", dir.display());
+        panic!(
+            "{} is missing and DEVMETRICS_REQUIRE_SHARED=1",
+            dir.display()
+        );
     }
     eprintln!("skipping: {} is absent", dir.display());
     None

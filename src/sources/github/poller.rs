@@ -132,12 +132,7 @@ impl OrgPoller {
             window_end,
             reason: reason.to_string(),
         };
-        let key = format!(
-            "github:{}:{}:{}",
-            job.org,
-            repo.unwrap_or("*"),
-            window_end
-        );
+        let key = format!("github:{}:{}:{}", job.org, repo.unwrap_or("*"), window_end);
         let payload = Bytes::from(serde_json::to_vec(&job).expect("job serializes"));
         match self
             .queue
@@ -152,13 +147,7 @@ impl OrgPoller {
     }
 
     fn count_backfill(&self, result: &'static str) {
-        *self
-            .state
-            .lock()
-            .live
-            .backfill
-            .entry(result)
-            .or_default() += 1;
+        *self.state.lock().live.backfill.entry(result).or_default() += 1;
     }
 
     /// Scrapes one repo's window `[end − 24h, end]`. `fresh` forbids serving it from the
@@ -382,7 +371,11 @@ impl OrgPoller {
     fn stretch(&self, started: i64, requests: u64) {
         let interval = self.org.scrape_interval.as_secs_f64();
         let b = self.client.budget().snapshot();
-        let limit = if b.known && b.limit > 0 { b.limit } else { 5000 } as f64;
+        let limit = if b.known && b.limit > 0 {
+            b.limit
+        } else {
+            5000
+        } as f64;
         let allowed = (limit * interval / 3600.0 - f64::from(self.gh.rate_limit.reserve)).max(1.0);
         let mut s = self.state.lock();
         s.live.cycle_requests = requests;
