@@ -48,6 +48,32 @@ enum Command {
         #[command(subcommand)]
         what: DocsCommand,
     },
+    /// Load generators for the crash tests: they drive the real store and queue and print
+    /// each operation once it is durable, so a test can SIGKILL them at any point.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        what: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// apply_once keys k0..k<keys> (concurrently), printing "applied <key>" or "duplicate <key>".
+    StoreLoad {
+        #[arg(long = "storage.path")]
+        storage_path: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+    },
+    /// publish messages m0..m<messages> with dedupe keys, printing "published <key>" or
+    /// "duplicate <key>".
+    QueueLoad {
+        #[arg(long = "storage.path")]
+        storage_path: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +215,7 @@ fn main() -> ExitCode {
             print!("{}", metrics::docs::markdown());
             ExitCode::SUCCESS
         }
+        Command::Debug { what } => run(debug(what)),
         Command::CheckConfig(common) => match common.load() {
             Ok(cfg) => {
                 println!(
@@ -278,5 +305,82 @@ async fn demo(mut cfg: config::Config, seed: u64) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
     launched.wait().await;
     drop(fakes);
+    Ok(())
+}
+
+async fn debug(what: DebugCommand) -> anyhow::Result<()> {
+    use devmetrics::db::Db;
+    use devmetrics::metrics::{Labels, id};
+    use devmetrics::queue::{Published, Queue, RetryPolicy, sqlite::SqliteQueue};
+    use devmetrics::store::{Applied, Op, Store, Update, sqlite::SqliteStore};
+    use std::io::Write;
+    use std::sync::Arc;
+
+    const CONCURRENCY: u64 = 64;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let print = move |line: String| {
+        let mut o = out.lock().expect("stdout lock");
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    };
+    match what {
+        DebugCommand::StoreLoad { storage_path, keys } => {
+            let store = Arc::new(SqliteStore::open(Db::open(&storage_path)?)?);
+            let fam = id("devmetrics_store_duplicate_updates_total");
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..CONCURRENCY {
+                let (store, print) = (store.clone(), print.clone());
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while i < keys {
+                        let key = format!("k{i}");
+                        let update = Update {
+                            family: fam,
+                            labels: Labels::empty(),
+                            op: Op::Inc(1.0),
+                        };
+                        match store.apply_once(&key, "crash-test", vec![update]).await? {
+                            Applied::Applied => print(format!("applied {key}")),
+                            Applied::Duplicate => print(format!("duplicate {key}")),
+                        }
+                        i += CONCURRENCY;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+        DebugCommand::QueueLoad {
+            storage_path,
+            messages,
+        } => {
+            let queue = Arc::new(SqliteQueue::open(
+                Db::open(&storage_path)?,
+                RetryPolicy::default(),
+            )?);
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..CONCURRENCY {
+                let (queue, print) = (queue.clone(), print.clone());
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while i < messages {
+                        let key = format!("m{i}");
+                        let body = bytes::Bytes::from(key.clone().into_bytes());
+                        match queue.publish("crash-test", Some(&key), body).await? {
+                            Published::Published(_) => print(format!("published {key}")),
+                            Published::Duplicate => print(format!("duplicate {key}")),
+                        }
+                        i += CONCURRENCY;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
     Ok(())
 }

@@ -358,6 +358,37 @@ impl Store for SqliteStore {
     }
 }
 
+impl crate::telemetry::Collect for SqliteStore {
+    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
+        let stats = &self.db.stats;
+        let mut push = |name: &str, v: Value| out.push((metrics::id(name), Labels::empty(), v));
+        push(
+            "devmetrics_store_series",
+            Value::Number(self.state.series_count() as f64),
+        );
+        push(
+            "devmetrics_store_scopes",
+            Value::Number(self.state.scope_count() as f64),
+        );
+        push(
+            "devmetrics_store_commits_total",
+            Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
+        );
+        push(
+            "devmetrics_store_commit_duration_seconds",
+            Value::Histogram(Box::new(stats.commit_seconds.value())),
+        );
+        push(
+            "devmetrics_store_commit_batch_size",
+            Value::Histogram(Box::new(stats.batch_size.value())),
+        );
+        push(
+            "devmetrics_store_duplicate_updates_total",
+            Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,36 +526,5 @@ mod tests {
             Some(b"x".to_vec())
         );
         assert_eq!(store.kv_get("etag", "b").await.unwrap(), None);
-    }
-}
-
-impl crate::telemetry::Collect for SqliteStore {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let stats = &self.db.stats;
-        let mut push = |name: &str, v: Value| out.push((metrics::id(name), Labels::empty(), v));
-        push(
-            "devmetrics_store_series",
-            Value::Number(self.state.series_count() as f64),
-        );
-        push(
-            "devmetrics_store_scopes",
-            Value::Number(self.state.scope_count() as f64),
-        );
-        push(
-            "devmetrics_store_commits_total",
-            Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
-        );
-        push(
-            "devmetrics_store_commit_duration_seconds",
-            Value::Histogram(Box::new(stats.commit_seconds.value())),
-        );
-        push(
-            "devmetrics_store_commit_batch_size",
-            Value::Histogram(Box::new(stats.batch_size.value())),
-        );
-        push(
-            "devmetrics_store_duplicate_updates_total",
-            Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
-        );
     }
 }

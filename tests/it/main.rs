@@ -1,3 +1,9 @@
-//! The one integration-test binary; a module per area.
+//! The integration test binary: one binary, a module per area.
 
+mod cli;
+mod crash;
+mod docs;
+mod exposition;
 mod github;
+mod server;
+mod support;
