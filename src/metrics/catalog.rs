@@ -375,7 +375,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         "devmetrics_github_backfill_jobs_total",
         Counter,
         None,
-        "Backfill jobs by result: enqueued, applied, superseded (a newer window already shown), failed.",
+        "Backfill jobs by result: enqueued, dropped (per-minute cap), applied, superseded (a newer window already shown), failed, expired.",
         &["org", "result"],
     ),
     // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────

@@ -125,7 +125,7 @@ impl RepoData {
     }
 
     fn sort(&mut self) {
-        self.commits.sort_by(|a, b| b.at.cmp(&a.at));
+        self.commits.sort_by_key(|c| std::cmp::Reverse(c.at));
         self.prs
             .sort_by(|a, b| b.updated.cmp(&a.updated).then(b.number.cmp(&a.number)));
     }

@@ -54,6 +54,8 @@ struct OrgState {
     consecutive_failures: u32,
     cooldown_until: i64,
     next_start: i64,
+    /// Backfill jobs published in the current minute: (unix minute, count).
+    enqueued_minute: (i64, u32),
     live: OrgLive,
 }
 
@@ -126,6 +128,19 @@ impl OrgPoller {
     }
 
     async fn enqueue(&self, repo: Option<&str>, window_end: i64, reason: &str) {
+        let cap = self.gh.backfill.max_enqueues_per_org_per_minute;
+        if cap > 0 {
+            let minute = (self.clock)() / 60;
+            let mut s = self.state.lock();
+            if s.enqueued_minute.0 != minute {
+                s.enqueued_minute = (minute, 0);
+            }
+            if s.enqueued_minute.1 >= cap {
+                *s.live.backfill.entry("dropped").or_default() += 1;
+                return;
+            }
+            s.enqueued_minute.1 += 1;
+        }
         let job = BackfillJob {
             org: self.org.org.clone(),
             repo: repo.map(str::to_string),
