@@ -110,6 +110,29 @@ pub async fn launch(
             shutdown.clone(),
         ));
     }
+    // github (issue 4): one activity poller per org, and the backfill consumers.
+    if let Some(gh) = &config.github {
+        let github = sources::github::Github::build(
+            gh,
+            shared_store.clone(),
+            queue.clone(),
+            telemetry.clone(),
+            shutdown.clone(),
+            sources::github::poller::system_clock(),
+        )
+        .context("building the GitHub clients")?;
+        for p in &github.pollers {
+            tasks.spawn(sources::run_poller(
+                p.clone(),
+                shared_store.clone(),
+                telemetry.clone(),
+                shutdown.clone(),
+            ));
+        }
+        for c in github.consumers(shutdown.clone()) {
+            tasks.spawn(c);
+        }
+    }
     {
         let (store, queue, shutdown) = (store.clone(), sqlite_queue, shutdown.clone());
         let (keys, dedupe) = (

@@ -129,6 +129,8 @@ pub fn load(
         }
         None => Value::Mapping(Mapping::new()),
     };
+    // github-stats-exporter's config files load as they are (issue 4).
+    let github_compat = crate::sources::github::config::translate_legacy(&mut tree);
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, key) in ENV_ALIASES {
         if let Some(v) = env.get(*var) {
@@ -165,6 +167,12 @@ pub fn load(
         }
     })?;
     raw.resolve(file.and_then(Path::parent))
+        .map(|mut c| {
+            if let Some(g) = c.github.as_mut() {
+                g.compat_warnings = github_compat;
+            }
+            c
+        })
         .map_err(|e| match e {
             Error::Invalid {
                 key,

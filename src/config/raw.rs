@@ -23,7 +23,8 @@ pub struct RawConfig {
     // `src/sources/<name>/config.rs`.
     //
     // github (issue 4)
-    //
+    #[serde(default)]
+    pub github: Option<crate::sources::github::config::RawGithub>,
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
@@ -122,7 +123,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     // github (issue 4)
-    //
+    pub github: Option<crate::sources::github::GithubConfig>,
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
@@ -234,8 +235,13 @@ impl RawConfig {
             Some(raw) => raw.resolve(base)?,
             None => None,
         };
+        let github = match self.github {
+            Some(g) => g.resolve(base)?,
+            None => None,
+        };
         Ok(Config {
             spacelift,
+            github,
             web: WebConfig {
                 listen_addresses,
                 telemetry_path,

@@ -68,6 +68,39 @@ const fn spacelift(
     }
 }
 
+const fn github(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    FamilyDef {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+        origin: Origin::Devmetrics,
+        source: "github",
+        buckets: &[],
+    }
+}
+
+/// github-stats-exporter's activity gauges: names and labels kept exactly.
+const fn gh_activity(name: &'static str, help: &'static str) -> FamilyDef {
+    FamilyDef {
+        name,
+        kind: Kind::Gauge,
+        unit: None,
+        help,
+        labels: &["org", "repo", "user"],
+        origin: Origin::GithubStatsExporter,
+        source: "github",
+        buckets: &[],
+    }
+}
+
 use Kind::{Counter, Gauge};
 
 pub static FAMILIES: &[FamilyDef] = &[
@@ -249,6 +282,122 @@ pub static FAMILIES: &[FamilyDef] = &[
     ),
     // ── source: github (activity; issue 4) ──────────────────────────────────────────────
     //
+    gh_activity(
+        "gh_activity_commits_24h",
+        "Commits on the default branch in the 24 hours ending at the repo's last scrape, by attributed user.",
+    ),
+    gh_activity(
+        "gh_activity_prs_opened_24h",
+        "Pull requests opened in the 24 hours ending at the repo's last scrape, by PR author.",
+    ),
+    gh_activity(
+        "gh_activity_prs_merged_24h",
+        "Pull requests merged in the 24 hours ending at the repo's last scrape, by PR author.",
+    ),
+    gh_activity(
+        "gh_activity_reviews_submitted_24h",
+        "Pull request reviews submitted (any state) in the 24 hours ending at the repo's last scrape, by reviewer.",
+    ),
+    gh_activity(
+        "gh_activity_issue_comments_24h",
+        "Issue and pull request conversation comments created in the 24 hours ending at the repo's last scrape, by commenter.",
+    ),
+    gh_activity(
+        "gh_activity_loc_added_weekly",
+        "Lines added in the last complete statistics week (Sunday 00:00 UTC), from /stats/contributors.",
+    ),
+    gh_activity(
+        "gh_activity_loc_removed_weekly",
+        "Lines removed in the last complete statistics week (Sunday 00:00 UTC), from /stats/contributors.",
+    ),
+    gh_activity(
+        "gh_activity_last_event_unixtime",
+        "Unix time of the user's latest commit, PR opened or merged, review or comment in the 24-hour window.",
+    ),
+    github(
+        "devmetrics_github_rate_limit_remaining",
+        Gauge,
+        None,
+        "Primary rate limit left for the org's installation (or token), from the last x-ratelimit-remaining.",
+        &["org", "installation_id"],
+    ),
+    github(
+        "devmetrics_github_rate_limit_reset_timestamp_seconds",
+        Gauge,
+        Some("seconds"),
+        "When the org's primary rate-limit window resets.",
+        &["org", "installation_id"],
+    ),
+    github(
+        "devmetrics_github_secondary_limit_hits_total",
+        Counter,
+        None,
+        "Secondary rate-limit answers (403/429 with Retry-After or a secondary-limit message).",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_not_modified_total",
+        Counter,
+        None,
+        "Conditional requests answered 304 (no primary rate limit spent).",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_cycle_requests",
+        Gauge,
+        None,
+        "Requests of the org's last scrape cycle that counted against the primary rate limit.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_budget_overcommitted",
+        Gauge,
+        None,
+        "1 when the org's scrape interval cannot fit its rate-limit budget and the interval is being stretched.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_effective_interval_seconds",
+        Gauge,
+        Some("seconds"),
+        "The org's scrape interval after stretching to fit the rate-limit budget.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_org_cooldown",
+        Gauge,
+        None,
+        "1 while the org is in cooldown after repeated failures (its skipped cycles are backfilled).",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_scrape_progress_ratio",
+        Gauge,
+        Some("ratio"),
+        "Repos done of the total in the org's current (or last) scrape cycle.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_scrape_eta_seconds",
+        Gauge,
+        Some("seconds"),
+        "Estimated time left in the org's current scrape cycle; 0 when idle.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_series_budget_exceeded",
+        Gauge,
+        None,
+        "1 when the org's last cycle hit github.activity.series_budget_per_org and dropped series.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_backfill_jobs_total",
+        Counter,
+        None,
+        "Backfill jobs by result: enqueued, dropped (per-minute cap), applied, superseded (a newer window already shown), failed, expired.",
+        &["org", "result"],
+    ),
     // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────
     //
     // ── source: spacelift (issue 6) ──────────────────────────────────────────────────────

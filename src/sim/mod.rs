@@ -6,6 +6,7 @@
 //! knobs in [`Faults`]; each upstream's fake supplies only its router and its data.
 
 pub mod demo;
+pub mod github;
 pub mod spacelift;
 
 use axum::Router;

@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod docs;
 mod exposition;
+mod github;
 mod server;
 mod spacelift;
 mod support;
