@@ -68,6 +68,8 @@ const MAX_GROUP: usize = 1024;
 
 pub struct Stats {
     pub commits: AtomicU64,
+    /// The error of the last commit when it failed; cleared by the next success.
+    pub last_error: Mutex<Option<String>>,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
 }
@@ -76,6 +78,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             commits: AtomicU64::new(0),
+            last_error: Mutex::new(None),
             commit_seconds: Histogram::for_family("devmetrics_store_commit_duration_seconds"),
             batch_size: Histogram::for_family("devmetrics_store_commit_batch_size"),
         }
@@ -254,6 +257,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>)
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         stats.batch_size.observe(n as f64);
+        *stats.last_error.lock() = result.as_ref().err().map(|e| e.to_string());
         match &result {
             Ok(()) => finishes.into_iter().for_each(|f| f(Ok(()))),
             Err(e) => {

@@ -179,6 +179,11 @@ pub trait Store: Send + Sync {
         ttl: Option<std::time::Duration>,
     ) -> Result<(), Error>;
 
+    /// `Err` with the reason while the backend cannot persist (shown on `/healthz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Time of the last successful replace of each scope, for ages and the status page.
     fn scope_updated_at(&self, scope: &str) -> Option<f64> {
         self.snapshot().scope(scope).map(|s| s.updated_at)

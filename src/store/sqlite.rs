@@ -229,6 +229,13 @@ impl Store for SqliteStore {
         self.state.snapshot()
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.db.stats.last_error.lock().clone() {
+            None => Ok(()),
+            Some(e) => Err(format!("last commit failed: {e}")),
+        }
+    }
+
     async fn replace_scope(&self, scope: &str, samples: Vec<Sample>) -> Result<(), Error> {
         let now = now_unix();
         let mut data = ScopeData {

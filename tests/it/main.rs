@@ -5,6 +5,7 @@ mod crash;
 mod docs;
 mod exposition;
 mod github;
+mod secrets;
 mod server;
 mod spacelift;
 mod support;
