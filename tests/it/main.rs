@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod demo;
 mod docs;
 mod exposition;
 mod github;
