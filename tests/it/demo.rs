@@ -81,11 +81,11 @@ fn demo_binary_serves_parseable_live_metrics() {
         // Wait until every source has produced its first scrape.
         let mut body = String::new();
         for _ in 0..200 {
-            if let Ok(b) = fetch().await {
-                if EXPECTED.iter().all(|f| b.contains(&format!("\n{f}"))) {
-                    body = b;
-                    break;
-                }
+            if let Ok(b) = fetch().await
+                && EXPECTED.iter().all(|f| b.contains(&format!("\n{f}")))
+            {
+                body = b;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
