@@ -805,3 +805,35 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_disabled_group_clears_what_an_earlier_run_left() {
+    let rig = Rig::new(4, |_| {}).await;
+    let s = rig.poll().await;
+    assert_eq!(count(&s, "spacelift_stack_state"), 4);
+    assert!(get(&s, "spacelift_current_billing_period_used_seats", &[]).is_some());
+    // A restart with the groups switched off, on the same database.
+    let mut cfg = demo_config(&rig.fake.base_url());
+    cfg.stacks.enabled = false;
+    cfg.collectors.usage = false;
+    let off = Spacelift::new(cfg, rig.telemetry.clone()).unwrap();
+    poll_once(&off, &rig.store, &rig.telemetry).await;
+    let s = rig.store.snapshot();
+    assert_eq!(count(&s, "spacelift_stack_state"), 0);
+    assert_eq!(count(&s, "spacelift_current_billing_period_used_seats"), 0);
+    assert_eq!(count(&s, "spacelift_scrape_collector_success"), 3);
+    assert_matches_pools(&s, &rig.fake.sim.account());
+}
+
+fn assert_matches_pools(s: &Snapshot, a: &Account) {
+    for pool in &a.worker_pools {
+        assert_eq!(
+            get(
+                s,
+                "spacelift_worker_pool_workers",
+                &[pool.id.as_str(), pool.name.as_str()]
+            ),
+            Some(pool.workers.len() as f64)
+        );
+    }
+}

@@ -204,6 +204,14 @@ impl Spacelift {
                 result,
             });
         }
+        // A group switched off keeps nothing: its scope may still hold series persisted by
+        // an earlier run, which would otherwise be shown forever without being refreshed.
+        for g in Group::ALL.into_iter().filter(|g| !g.enabled(&self.config)) {
+            results.push(ScopeResult {
+                scope: g.scope().to_string(),
+                result: Ok(Vec::new()),
+            });
+        }
         let last = self.last_success.lock().clone();
         results.push(ScopeResult {
             scope: SCRAPE_SCOPE.to_string(),
@@ -267,7 +275,16 @@ impl Spacelift {
                 _ => break,
             }
         }
+        let total = nodes.len();
         let (samples, filtered, over_budget) = stack_samples(nodes, &self.config.stacks);
+        if over_budget > 0 {
+            tracing::warn!(
+                stacks = total,
+                omitted = over_budget,
+                budget = self.config.stacks.series_budget,
+                "Spacelift per-stack series budget reached; narrow spacelift.stacks filters or raise series_budget"
+            );
+        }
         Ok(Fetched::Stacks {
             samples,
             filtered,
