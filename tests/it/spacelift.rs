@@ -721,6 +721,33 @@ async fn demo_metrics_serve_every_dashboard_query_and_health() {
             );
         }
     }
+    // The same, read by an independent OpenMetrics parser when one is installed.
+    if let Some(py) = crate::support::python_with_parser() {
+        let om = c
+            .get(format!("{}/metrics", running.base))
+            .header("Accept", "application/openmetrics-text; version=1.0.0")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let parsed = parse_independently(&py, &om);
+        for q in &queries {
+            for (name, labels) in needs(q) {
+                let fam = parsed["families"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|f| f["name"] == name.as_str())
+                    .unwrap_or_else(|| panic!("{name} missing from the parsed OpenMetrics"));
+                let sample = &fam["samples"][0];
+                for l in &labels {
+                    assert!(sample[1].get(l).is_some(), "{name} lacks {l}");
+                }
+            }
+        }
+    }
     let health = c
         .get(format!("{}/health", running.base))
         .send()
@@ -836,4 +863,75 @@ fn assert_matches_pools(s: &Snapshot, a: &Account) {
             Some(pool.workers.len() as f64)
         );
     }
+}
+
+fn parse_independently(py: &std::path::Path, body: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/parse_metrics.py"
+        ))
+        .arg("openmetrics")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "rejected by prometheus_client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn http_errors_and_malformed_answers_fail_groups_with_bounded_kinds() {
+    let rig = Rig::new(3, |_| {}).await;
+    rig.poll().await;
+    let faults = &rig.fake.server.faults;
+    faults.fail_next.store(2, Ordering::Relaxed);
+    let s = rig.poll().await;
+    let failed = spacelift::Group::ALL
+        .iter()
+        .filter(|g| collector(&s, "spacelift_scrape_collector_success", g.collector()) == Some(0.0))
+        .count();
+    assert_eq!(failed, 2, "two 503s fail exactly two groups");
+    faults.malformed_per_mille.store(1000, Ordering::Relaxed);
+    let s = rig.poll().await;
+    for g in spacelift::Group::ALL {
+        assert_eq!(
+            collector(&s, "spacelift_scrape_collector_success", g.collector()),
+            Some(0.0)
+        );
+    }
+    faults.clear();
+    let s = rig.poll().await;
+    assert!(rig.source_up());
+    assert_matches(&s, &rig.fake.sim.account());
+    let text = {
+        let mut out = Vec::new();
+        devmetrics::exposition::render(
+            &[Arc::new(rig.telemetry.scope())],
+            devmetrics::exposition::Format::Text,
+            &mut out,
+        )
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    for kind in ["http_status", "decode"] {
+        let line =
+            format!("devmetrics_source_scrapes_total{{source=\"spacelift\",result=\"{kind}\"}} 1");
+        assert!(text.contains(&line), "{line} missing: {text}");
+    }
+    assert!(text.contains("upstream=\"spacelift\",endpoint=\"usage\",status=\"200\""));
+    assert!(text.contains(",status=\"503\"}"), "{text}");
 }
