@@ -380,13 +380,13 @@ async fn a_failing_group_keeps_its_last_values_marked_stale_and_blanks_nothing_e
 
 #[tokio::test]
 async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
-    let rig = Rig::new(4, |c| c.scrape_timeout = Duration::from_millis(400)).await;
+    let rig = Rig::new(4, |c| c.scrape_timeout = Duration::from_secs(1)).await;
     let sim = &rig.fake.sim;
-    sim.delay_field("metrics", 5_000);
+    sim.delay_field("metrics", 10_000);
     let started = std::time::Instant::now();
     let s = rig.poll().await;
-    // Not a performance figure: proof the deadline cut the 5 s answer short.
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Not a performance figure: proof the deadline cut the 10 s answer short.
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
         collector(&s, "spacelift_scrape_collector_success", "aggregates"),
         Some(0.0)
@@ -402,7 +402,8 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
     );
     let h = &rig.telemetry.sources()["spacelift"];
     assert!(!h.up);
-    assert!(h.last_error.as_deref().unwrap().contains("timeout"));
+    let err = h.last_error.as_deref().unwrap();
+    assert!(err.contains("timeout"), "{err}");
 
     // A slow upstream: the token exchange counts against the same deadline.
     sim.clear_knobs();
@@ -420,7 +421,7 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
         );
     }
     assert_eq!(count(&s, "spacelift_build_info"), 0);
-    assert!(get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap() < 1.5);
+    assert!(get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap() < 3.5);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ pub enum Error {
     GraphQl { message: String },
     #[error("decoding the Spacelift answer: {message}")]
     Decode { message: String },
-    #[error("request to Spacelift failed: {message}")]
+    #[error("request to Spacelift failed{}: {message}", if *.timeout { " (timeout)" } else { "" })]
     Transport { message: String, timeout: bool },
     #[error("reading the API key secret file: {0}")]
     Secret(String),
@@ -100,7 +100,8 @@ impl Client {
         telemetry: Arc<Telemetry>,
     ) -> Result<Client, Error> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            // A backstop only: the poller's deadline over the whole scrape fires first.
+            .timeout(timeout + Duration::from_secs(1))
             .user_agent(concat!("devmetrics/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Transport {

@@ -17,7 +17,6 @@ pub use config::SpaceliftConfig;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,7 +122,6 @@ enum Fetched {
 pub struct Spacelift {
     config: SpaceliftConfig,
     client: Client,
-    last_success: Mutex<BTreeMap<Group, f64>>,
 }
 
 impl Spacelift {
@@ -135,11 +133,7 @@ impl Spacelift {
             config.scrape_timeout,
             telemetry,
         )?;
-        Ok(Spacelift {
-            config,
-            client,
-            last_success: Mutex::new(BTreeMap::new()),
-        })
+        Ok(Spacelift { config, client })
     }
 
     /// One scrape: every enabled group, concurrently, under one deadline.
@@ -195,10 +189,18 @@ impl Spacelift {
                     format!("{} collector: {e}", g.collector()),
                 )),
             };
-            if result.is_ok() {
+            // The fetch time travels with the data in the group's own scope: a failed group
+            // keeps both, so the age shown is always the age of the values shown, across
+            // restarts too.
+            let result = result.map(|mut samples| {
                 any_ok = true;
-                self.last_success.lock().insert(g, now);
-            }
+                samples.push(sample(
+                    "devmetrics_spacelift_collector_last_success_timestamp_seconds",
+                    &[g.collector()],
+                    now,
+                ));
+                samples
+            });
             results.push(ScopeResult {
                 scope: g.scope().to_string(),
                 result,
@@ -212,10 +214,9 @@ impl Spacelift {
                 result: Ok(Vec::new()),
             });
         }
-        let last = self.last_success.lock().clone();
         results.push(ScopeResult {
             scope: SCRAPE_SCOPE.to_string(),
-            result: Ok(scrape_samples(elapsed, &status, &last, any_ok, omitted)),
+            result: Ok(scrape_samples(elapsed, &status, any_ok, omitted)),
         });
         results
     }
@@ -518,7 +519,6 @@ pub fn stack_samples(
 fn scrape_samples(
     elapsed: Duration,
     status: &[(Group, bool, bool, Duration)],
-    last_success: &BTreeMap<Group, f64>,
     any_ok: bool,
     omitted: Option<(usize, usize)>,
 ) -> Vec<Sample> {
@@ -541,13 +541,6 @@ fn scrape_samples(
             &c,
             took.as_secs_f64(),
         ));
-        if let Some(t) = last_success.get(g) {
-            out.push(sample(
-                "devmetrics_spacelift_collector_last_success_timestamp_seconds",
-                &c,
-                *t,
-            ));
-        }
     }
     // The replaced exporter emitted build info only on a successful scrape; dashboards use
     // its presence as "the exporter reaches Spacelift".
