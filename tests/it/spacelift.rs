@@ -12,14 +12,14 @@ use std::time::Duration;
 use devmetrics::config::{Secret, SecretSource};
 use devmetrics::metrics::{Labels, id};
 use devmetrics::sim::spacelift::{Account, MACHINE_SESSION_GATE, SpaceliftFake};
-use devmetrics::sources::spacelift::{self, Spacelift, SpaceliftConfig, config::demo_config};
+use devmetrics::sources::spacelift::{self, SpaceliftConfig, config::demo_config};
 use devmetrics::sources::{Poller, poll_once};
 use devmetrics::store::{Snapshot, Store, sqlite::SqliteStore};
 use devmetrics::telemetry::Telemetry;
 
 struct Rig {
     fake: SpaceliftFake,
-    poller: Spacelift,
+    poller: spacelift::Source,
     store: SqliteStore,
     telemetry: Arc<Telemetry>,
     _dir: tempfile::TempDir,
@@ -31,7 +31,7 @@ impl Rig {
         let mut cfg = demo_config(&fake.base_url());
         tweak(&mut cfg);
         let telemetry = Arc::new(Telemetry::default());
-        let poller = Spacelift::new(cfg, telemetry.clone()).unwrap();
+        let poller = spacelift::Source::new(cfg, telemetry.clone()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = devmetrics::db::Db::open(&dir.path().join("t.db")).unwrap();
         let store = SqliteStore::open(db).unwrap();
@@ -844,7 +844,7 @@ async fn a_disabled_group_clears_what_an_earlier_run_left() {
     let mut cfg = demo_config(&rig.fake.base_url());
     cfg.stacks.enabled = false;
     cfg.collectors.usage = false;
-    let off = Spacelift::new(cfg, rig.telemetry.clone()).unwrap();
+    let off = spacelift::Source::new(cfg, rig.telemetry.clone()).unwrap();
     poll_once(&off, &rig.store, &rig.telemetry).await;
     let s = rig.store.snapshot();
     assert_eq!(count(&s, "spacelift_stack_state"), 0);

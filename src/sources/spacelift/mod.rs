@@ -119,13 +119,14 @@ enum Fetched {
     Unsupported,
 }
 
-pub struct Spacelift {
+/// The Spacelift poller.
+pub struct Source {
     config: SpaceliftConfig,
     client: Client,
 }
 
-impl Spacelift {
-    pub fn new(config: SpaceliftConfig, telemetry: Arc<Telemetry>) -> Result<Spacelift, Error> {
+impl Source {
+    pub fn new(config: SpaceliftConfig, telemetry: Arc<Telemetry>) -> Result<Source, Error> {
         let client = Client::new(
             &config.api_endpoint,
             &config.api_key_id,
@@ -133,7 +134,7 @@ impl Spacelift {
             config.scrape_timeout,
             telemetry,
         )?;
-        Ok(Spacelift { config, client })
+        Ok(Source { config, client })
     }
 
     /// One scrape: every enabled group, concurrently, under one deadline.
@@ -295,7 +296,7 @@ impl Spacelift {
 }
 
 #[async_trait]
-impl Poller for Spacelift {
+impl Poller for Source {
     fn name(&self) -> &'static str {
         SOURCE
     }
