@@ -174,6 +174,14 @@ fn assert_matches(s: &Snapshot, a: &Account) {
         get(s, "spacelift_current_median_run_duration", &[]),
         a.median_run_duration_ns()
     );
+    assert_eq!(
+        get(s, "spacelift_runs_needing_approval", &[]),
+        Some(a.runs_needing_approval() as f64)
+    );
+    assert_eq!(
+        get(s, "spacelift_runs_requiring_attention", &[]),
+        Some(a.runs_requiring_attention() as f64)
+    );
     // Per stack (no filters, default budget: every stack).
     assert_eq!(count(s, "spacelift_stack_state"), a.stacks.len());
     let mut runs: BTreeMap<(String, String, String), f64> = BTreeMap::new();
@@ -258,6 +266,7 @@ async fn every_exported_value_equals_ground_truth_as_the_account_changes() {
     assert_eq!(
         ops,
         [
+            "DevmetricsAttention",
             "DevmetricsStacks",
             "PrometheusExporterAggregates",
             "PrometheusExporterPublicWorkerPool",
@@ -269,8 +278,8 @@ async fn every_exported_value_equals_ground_truth_as_the_account_changes() {
     );
     assert_eq!(
         rig.fake.server.requests.count("POST /graphql"),
-        1 + 2 * (4 + 3),
-        "one exchange, then per poll four groups and three stack pages"
+        1 + 2 * (5 + 3),
+        "one exchange, then per poll five groups and three stack pages"
     );
 }
 
@@ -289,7 +298,7 @@ async fn token_expiry_mid_run_refreshes_once_and_loses_nothing() {
     assert!(rig.source_up());
     assert_matches(&s, &sim.account());
     assert_eq!(sim.exchanges.load(Ordering::Relaxed), 2);
-    assert_eq!(sim.unauthorized_answers.load(Ordering::Relaxed), 5);
+    assert_eq!(sim.unauthorized_answers.load(Ordering::Relaxed), 6);
 
     // Expiry announced by validUntil: the client refreshes before asking, so the API never
     // has to refuse it.
@@ -849,7 +858,7 @@ async fn a_disabled_group_clears_what_an_earlier_run_left() {
     let s = rig.store.snapshot();
     assert_eq!(count(&s, "spacelift_stack_state"), 0);
     assert_eq!(count(&s, "spacelift_current_billing_period_used_seats"), 0);
-    assert_eq!(count(&s, "spacelift_scrape_collector_success"), 3);
+    assert_eq!(count(&s, "spacelift_scrape_collector_success"), 4);
     assert_matches_pools(&s, &rig.fake.sim.account());
 }
 

@@ -60,7 +60,11 @@ impl Error {
         // "unauthenticated" too, so a server-side expiry always gets one refresh.
         if lower.contains("unauthorized") || lower.contains("unauthenticated") {
             Error::Unauthorized { message }
-        } else if lower.contains("not available for machine sessions") {
+        } else if lower.contains("not available for machine sessions")
+            || lower.contains("cannot query field")
+        {
+            // An older Self-Hosted schema without a field we select is "not supported
+            // here", not a failing upstream.
             Error::Unsupported { message }
         } else {
             Error::GraphQl { message }

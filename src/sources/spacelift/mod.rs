@@ -41,15 +41,17 @@ pub enum Group {
     WorkerPools,
     Usage,
     Aggregates,
+    Attention,
     Stacks,
 }
 
 impl Group {
-    pub const ALL: [Group; 5] = [
+    pub const ALL: [Group; 6] = [
         Group::PublicWorkerPool,
         Group::WorkerPools,
         Group::Usage,
         Group::Aggregates,
+        Group::Attention,
         Group::Stacks,
     ];
 
@@ -60,6 +62,7 @@ impl Group {
             Group::WorkerPools => "workerpools",
             Group::Usage => "usage",
             Group::Aggregates => "aggregates",
+            Group::Attention => "attention",
             Group::Stacks => "stacks",
         }
     }
@@ -70,6 +73,7 @@ impl Group {
             Group::WorkerPools => "spacelift/worker_pools",
             Group::Usage => "spacelift/usage",
             Group::Aggregates => "spacelift/aggregates",
+            Group::Attention => "spacelift/attention",
             Group::Stacks => "spacelift/stacks",
         }
     }
@@ -80,6 +84,7 @@ impl Group {
             Group::WorkerPools => wire::WORKER_POOLS,
             Group::Usage => wire::USAGE,
             Group::Aggregates => wire::AGGREGATES,
+            Group::Attention => wire::ATTENTION,
             Group::Stacks => wire::STACKS,
         }
     }
@@ -90,6 +95,7 @@ impl Group {
             Group::WorkerPools => "worker_pools",
             Group::Usage => "usage",
             Group::Aggregates => "aggregates",
+            Group::Attention => "attention",
             Group::Stacks => "stacks",
         }
     }
@@ -100,6 +106,7 @@ impl Group {
             Group::WorkerPools => c.collectors.worker_pools,
             Group::Usage => c.collectors.usage,
             Group::Aggregates => c.collectors.aggregates,
+            Group::Attention => c.collectors.attention,
             Group::Stacks => c.stacks.enabled,
         }
     }
@@ -240,6 +247,10 @@ impl Source {
                 .query::<wire::AggregatesData>(g, None)
                 .await
                 .map(|d| Fetched::Samples(aggregate_samples(&d.metrics.unwrap_or_default()))),
+            Group::Attention => self
+                .query::<wire::AttentionData>(g, None)
+                .await
+                .map(|d| Fetched::Samples(attention_samples(&d.metrics.unwrap_or_default()))),
             Group::Stacks => self.stacks().await,
         };
         match r {
@@ -449,6 +460,21 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
         }
     }
     out
+}
+
+pub fn attention_samples(m: &wire::Attention) -> Vec<Sample> {
+    vec![
+        sample(
+            "spacelift_runs_needing_approval",
+            &[],
+            m.needs_approval_runs.len() as f64,
+        ),
+        sample(
+            "spacelift_runs_requiring_attention",
+            &[],
+            m.runs_requiring_attention.len() as f64,
+        ),
+    ]
 }
 
 /// Per-stack series for the stacks the filters admit, in (space, stack id) order, until
