@@ -945,3 +945,38 @@ async fn http_errors_and_malformed_answers_fail_groups_with_bounded_kinds() {
     assert!(text.contains("upstream=\"spacelift\",endpoint=\"usage\",status=\"200\""));
     assert!(text.contains(",status=\"503\"}"), "{text}");
 }
+
+/// The commented spacelift section of `config example`, uncommented, is a valid config.
+#[test]
+fn example_spacelift_section_is_valid_when_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut out = String::new();
+    let mut inside = false;
+    for line in devmetrics::config::EXAMPLE.lines() {
+        if line.starts_with("# spacelift:") {
+            inside = true;
+        }
+        if inside && line.starts_with("# ") {
+            let l = line.trim_start_matches("# ");
+            if !l.trim_start().starts_with('#') {
+                out.push_str(
+                    &l.replace("/etc/devmetrics/spacelift-secret", secret.to_str().unwrap()),
+                );
+                out.push('\n');
+            }
+        } else if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(out.contains("spacelift:\n  api_endpoint:"), "{out}");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, out).unwrap();
+    let c = devmetrics::config::load(Some(&path), &Default::default(), &Default::default())
+        .expect("uncommented example loads");
+    let s = c.spacelift.expect("section enabled");
+    assert_eq!(s.stacks.series_budget, 10_000);
+    assert!(s.collectors.attention && s.stacks.enabled);
+}

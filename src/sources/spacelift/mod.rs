@@ -186,7 +186,7 @@ impl Source {
                     Ok(samples)
                 }
                 Ok(Fetched::Unsupported) => {
-                    tracing::info!(
+                    tracing::debug!(
                         collector = g.collector(),
                         "Spacelift refuses this data to the API key; collector marked unsupported"
                     );
