@@ -55,7 +55,7 @@ fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<Vec<Ar
     //
     // spacelift (issue 6)
     if let Some(c) = &config.spacelift {
-        let poller = sources::spacelift::Spacelift::new(c.clone(), telemetry.clone())
+        let poller = sources::spacelift::Source::new(c.clone(), telemetry.clone())
             .context("building the Spacelift client")?;
         out.push(Arc::new(poller));
     }

@@ -595,6 +595,22 @@ pub static FAMILIES: &[FamilyDef] = &[
         Origin::Devmetrics,
     ),
     spacelift(
+        "spacelift_runs_needing_approval",
+        Gauge,
+        None,
+        "Runs waiting for someone to approve them.",
+        &[],
+        Origin::Devmetrics,
+    ),
+    spacelift(
+        "spacelift_runs_requiring_attention",
+        Gauge,
+        None,
+        "Runs that need a person: unconfirmed plans and failures Spacelift flags for attention.",
+        &[],
+        Origin::Devmetrics,
+    ),
+    spacelift(
         "spacelift_stack_state",
         Gauge,
         None,

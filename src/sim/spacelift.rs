@@ -60,6 +60,10 @@ const DOCUMENTS: &[(&str, &[&str])] = &[
         &["metrics"],
     ),
     (
+        "query DevmetricsAttention{metrics{needsApprovalRuns{id},runsRequiringAttention{id}}}",
+        &["metrics/attention"],
+    ),
+    (
         "query DevmetricsStacks($input:SearchInput!){searchStacks(input: $input){edges{node{id,name,space,state,runs{type,state},entities{drifted}}},pageInfo{endCursor,hasNextPage}}}",
         &["searchStacks"],
     ),
@@ -283,6 +287,24 @@ impl Account {
         ((all.len() - drifted) as f64, drifted as f64)
     }
 
+    /// Runs waiting for confirmation of their plan.
+    pub fn runs_needing_approval(&self) -> usize {
+        self.stacks
+            .iter()
+            .flat_map(|s| &s.runs)
+            .filter(|r| r.state == "UNCONFIRMED")
+            .count()
+    }
+
+    /// Stacks whose latest run failed or waits for confirmation: one run each.
+    pub fn runs_requiring_attention(&self) -> usize {
+        self.stacks
+            .iter()
+            .filter_map(|s| s.runs.first())
+            .filter(|r| r.state == "FAILED" || r.state == "UNCONFIRMED")
+            .count()
+    }
+
     pub fn avg_stack_size(&self) -> Option<f64> {
         if self.stacks.is_empty() {
             return None;
@@ -487,11 +509,13 @@ async fn graphql(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -
             .unwrap_or("")
             .to_string(),
     );
+    // "metrics/attention" is the `metrics` root with another selection: knobs act on roots.
+    let root = |f: &str| f.split('/').next().unwrap_or(f).to_string();
     let delay: u64 = {
         let d = sim.field_delay_ms.lock();
         fields
             .iter()
-            .filter_map(|f| d.get(*f))
+            .filter_map(|f| d.get(&root(f)))
             .max()
             .copied()
             .unwrap_or(0)
@@ -503,7 +527,7 @@ async fn graphql(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -
         let e = sim.field_errors.lock();
         fields
             .iter()
-            .find_map(|f| e.get(*f).map(|m| (f.to_string(), m.clone())))
+            .find_map(|f| e.get(&root(f)).map(|m| (root(f), m.clone())))
     };
     if let Some((field, message)) = failing {
         // Non-null roots: one field error nulls the whole `data`.
@@ -541,10 +565,21 @@ async fn graphql(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -
                 "usedSeats": account.usage.used_seats,
             }),
             "metrics" => aggregates(&account),
+            "metrics/attention" => {
+                let ids = |n: usize, tag: &str| {
+                    (0..n)
+                        .map(|i| json!({"id": format!("{tag}-{i:04}")}))
+                        .collect::<Vec<_>>()
+                };
+                json!({
+                    "needsApprovalRuns": ids(account.runs_needing_approval(), "approve"),
+                    "runsRequiringAttention": ids(account.runs_requiring_attention(), "attend"),
+                })
+            }
             "searchStacks" => search_stacks(&account, req.pointer("/variables/input")),
             _ => Value::Null,
         };
-        data.insert(f.to_string(), v);
+        data.insert(root(f), v);
     }
     axum::Json(json!({ "data": data })).into_response()
 }

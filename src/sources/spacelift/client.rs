@@ -27,7 +27,7 @@ pub enum Error {
     GraphQl { message: String },
     #[error("decoding the Spacelift answer: {message}")]
     Decode { message: String },
-    #[error("request to Spacelift failed: {message}")]
+    #[error("request to Spacelift failed{}: {message}", if *.timeout { " (timeout)" } else { "" })]
     Transport { message: String, timeout: bool },
     #[error("reading the API key secret file: {0}")]
     Secret(String),
@@ -60,7 +60,11 @@ impl Error {
         // "unauthenticated" too, so a server-side expiry always gets one refresh.
         if lower.contains("unauthorized") || lower.contains("unauthenticated") {
             Error::Unauthorized { message }
-        } else if lower.contains("not available for machine sessions") {
+        } else if lower.contains("not available for machine sessions")
+            || lower.contains("cannot query field")
+        {
+            // An older Self-Hosted schema without a field we select is "not supported
+            // here", not a failing upstream.
             Error::Unsupported { message }
         } else {
             Error::GraphQl { message }
@@ -100,7 +104,8 @@ impl Client {
         telemetry: Arc<Telemetry>,
     ) -> Result<Client, Error> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            // A backstop only: the poller's deadline over the whole scrape fires first.
+            .timeout(timeout + Duration::from_secs(1))
             .user_agent(concat!("devmetrics/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Transport {

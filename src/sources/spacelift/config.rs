@@ -31,6 +31,7 @@ pub struct RawCollectors {
     pub worker_pools: Option<bool>,
     pub usage: Option<bool>,
     pub aggregates: Option<bool>,
+    pub attention: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +69,8 @@ pub struct Collectors {
     pub worker_pools: bool,
     pub usage: bool,
     pub aggregates: bool,
+    /// Runs needing approval or attention (ours).
+    pub attention: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -247,6 +250,7 @@ impl RawSpacelift {
                 worker_pools: c.worker_pools.unwrap_or(true),
                 usage: c.usage.unwrap_or(true),
                 aggregates: c.aggregates.unwrap_or(true),
+                attention: c.attention.unwrap_or(true),
             },
             stacks: StacksConfig {
                 enabled: self.stacks.enabled.unwrap_or(true),
@@ -274,6 +278,7 @@ pub fn demo_config(endpoint: &str) -> SpaceliftConfig {
             worker_pools: true,
             usage: true,
             aggregates: true,
+            attention: true,
         },
         stacks: StacksConfig {
             enabled: true,

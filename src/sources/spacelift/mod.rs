@@ -17,7 +17,6 @@ pub use config::SpaceliftConfig;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,15 +41,17 @@ pub enum Group {
     WorkerPools,
     Usage,
     Aggregates,
+    Attention,
     Stacks,
 }
 
 impl Group {
-    pub const ALL: [Group; 5] = [
+    pub const ALL: [Group; 6] = [
         Group::PublicWorkerPool,
         Group::WorkerPools,
         Group::Usage,
         Group::Aggregates,
+        Group::Attention,
         Group::Stacks,
     ];
 
@@ -61,6 +62,7 @@ impl Group {
             Group::WorkerPools => "workerpools",
             Group::Usage => "usage",
             Group::Aggregates => "aggregates",
+            Group::Attention => "attention",
             Group::Stacks => "stacks",
         }
     }
@@ -71,6 +73,7 @@ impl Group {
             Group::WorkerPools => "spacelift/worker_pools",
             Group::Usage => "spacelift/usage",
             Group::Aggregates => "spacelift/aggregates",
+            Group::Attention => "spacelift/attention",
             Group::Stacks => "spacelift/stacks",
         }
     }
@@ -81,6 +84,7 @@ impl Group {
             Group::WorkerPools => wire::WORKER_POOLS,
             Group::Usage => wire::USAGE,
             Group::Aggregates => wire::AGGREGATES,
+            Group::Attention => wire::ATTENTION,
             Group::Stacks => wire::STACKS,
         }
     }
@@ -91,6 +95,7 @@ impl Group {
             Group::WorkerPools => "worker_pools",
             Group::Usage => "usage",
             Group::Aggregates => "aggregates",
+            Group::Attention => "attention",
             Group::Stacks => "stacks",
         }
     }
@@ -101,6 +106,7 @@ impl Group {
             Group::WorkerPools => c.collectors.worker_pools,
             Group::Usage => c.collectors.usage,
             Group::Aggregates => c.collectors.aggregates,
+            Group::Attention => c.collectors.attention,
             Group::Stacks => c.stacks.enabled,
         }
     }
@@ -120,14 +126,14 @@ enum Fetched {
     Unsupported,
 }
 
-pub struct Spacelift {
+/// The Spacelift poller.
+pub struct Source {
     config: SpaceliftConfig,
     client: Client,
-    last_success: Mutex<BTreeMap<Group, f64>>,
 }
 
-impl Spacelift {
-    pub fn new(config: SpaceliftConfig, telemetry: Arc<Telemetry>) -> Result<Spacelift, Error> {
+impl Source {
+    pub fn new(config: SpaceliftConfig, telemetry: Arc<Telemetry>) -> Result<Source, Error> {
         let client = Client::new(
             &config.api_endpoint,
             &config.api_key_id,
@@ -135,11 +141,7 @@ impl Spacelift {
             config.scrape_timeout,
             telemetry,
         )?;
-        Ok(Spacelift {
-            config,
-            client,
-            last_success: Mutex::new(BTreeMap::new()),
-        })
+        Ok(Source { config, client })
     }
 
     /// One scrape: every enabled group, concurrently, under one deadline.
@@ -184,7 +186,7 @@ impl Spacelift {
                     Ok(samples)
                 }
                 Ok(Fetched::Unsupported) => {
-                    tracing::info!(
+                    tracing::debug!(
                         collector = g.collector(),
                         "Spacelift refuses this data to the API key; collector marked unsupported"
                     );
@@ -195,19 +197,34 @@ impl Spacelift {
                     format!("{} collector: {e}", g.collector()),
                 )),
             };
-            if result.is_ok() {
+            // The fetch time travels with the data in the group's own scope: a failed group
+            // keeps both, so the age shown is always the age of the values shown, across
+            // restarts too.
+            let result = result.map(|mut samples| {
                 any_ok = true;
-                self.last_success.lock().insert(g, now);
-            }
+                samples.push(sample(
+                    "devmetrics_spacelift_collector_last_success_timestamp_seconds",
+                    &[g.collector()],
+                    now,
+                ));
+                samples
+            });
             results.push(ScopeResult {
                 scope: g.scope().to_string(),
                 result,
             });
         }
-        let last = self.last_success.lock().clone();
+        // A group switched off keeps nothing: its scope may still hold series persisted by
+        // an earlier run, which would otherwise be shown forever without being refreshed.
+        for g in Group::ALL.into_iter().filter(|g| !g.enabled(&self.config)) {
+            results.push(ScopeResult {
+                scope: g.scope().to_string(),
+                result: Ok(Vec::new()),
+            });
+        }
         results.push(ScopeResult {
             scope: SCRAPE_SCOPE.to_string(),
-            result: Ok(scrape_samples(elapsed, &status, &last, any_ok, omitted)),
+            result: Ok(scrape_samples(elapsed, &status, any_ok, omitted)),
         });
         results
     }
@@ -230,6 +247,10 @@ impl Spacelift {
                 .query::<wire::AggregatesData>(g, None)
                 .await
                 .map(|d| Fetched::Samples(aggregate_samples(&d.metrics.unwrap_or_default()))),
+            Group::Attention => self
+                .query::<wire::AttentionData>(g, None)
+                .await
+                .map(|d| Fetched::Samples(attention_samples(&d.metrics.unwrap_or_default()))),
             Group::Stacks => self.stacks().await,
         };
         match r {
@@ -267,7 +288,16 @@ impl Spacelift {
                 _ => break,
             }
         }
+        let total = nodes.len();
         let (samples, filtered, over_budget) = stack_samples(nodes, &self.config.stacks);
+        if over_budget > 0 {
+            tracing::warn!(
+                stacks = total,
+                omitted = over_budget,
+                budget = self.config.stacks.series_budget,
+                "Spacelift per-stack series budget reached; narrow spacelift.stacks filters or raise series_budget"
+            );
+        }
         Ok(Fetched::Stacks {
             samples,
             filtered,
@@ -277,7 +307,7 @@ impl Spacelift {
 }
 
 #[async_trait]
-impl Poller for Spacelift {
+impl Poller for Source {
     fn name(&self) -> &'static str {
         SOURCE
     }
@@ -432,6 +462,21 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
     out
 }
 
+pub fn attention_samples(m: &wire::Attention) -> Vec<Sample> {
+    vec![
+        sample(
+            "spacelift_runs_needing_approval",
+            &[],
+            m.needs_approval_runs.len() as f64,
+        ),
+        sample(
+            "spacelift_runs_requiring_attention",
+            &[],
+            m.runs_requiring_attention.len() as f64,
+        ),
+    ]
+}
+
 /// Per-stack series for the stacks the filters admit, in (space, stack id) order, until
 /// the series budget is reached. Returns the samples and the stacks filtered out and left
 /// over the budget.
@@ -501,7 +546,6 @@ pub fn stack_samples(
 fn scrape_samples(
     elapsed: Duration,
     status: &[(Group, bool, bool, Duration)],
-    last_success: &BTreeMap<Group, f64>,
     any_ok: bool,
     omitted: Option<(usize, usize)>,
 ) -> Vec<Sample> {
@@ -524,13 +568,6 @@ fn scrape_samples(
             &c,
             took.as_secs_f64(),
         ));
-        if let Some(t) = last_success.get(g) {
-            out.push(sample(
-                "devmetrics_spacelift_collector_last_success_timestamp_seconds",
-                &c,
-                *t,
-            ));
-        }
     }
     // The replaced exporter emitted build info only on a successful scrape; dashboards use
     // its presence as "the exporter reaches Spacelift".

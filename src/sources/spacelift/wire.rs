@@ -35,6 +35,13 @@ pub const AGGREGATES: Document = Document {
     operation: "PrometheusExporterAggregates",
     query: "query PrometheusExporterAggregates{metrics{stacksCountByState{value,labels},resourcesCountByDrift{value,labels},avgStackSizeByResourceCount{value,labels},averageRunDuration{value,labels},medianRunDuration{value,labels}}}",
 };
+/// Runs waiting on people: fields of the same `metrics` root that the replaced exporter's
+/// "parity" pull request (#65) proposed; a separate group so an older schema without them
+/// fails (as unsupported) alone.
+pub const ATTENTION: Document = Document {
+    operation: "DevmetricsAttention",
+    query: "query DevmetricsAttention{metrics{needsApprovalRuns{id},runsRequiringAttention{id}}}",
+};
 /// Per-stack state, recent runs and managed resources, one page of `searchStacks`.
 /// Not used by the replaced exporter; the field names follow the public schema as used by
 /// spacectl and the Terraform provider, not a live capture.
@@ -154,6 +161,23 @@ pub struct DataPoint {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct AttentionData {
+    pub metrics: Option<Attention>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attention {
+    pub needs_approval_runs: Vec<RunRef>,
+    pub runs_requiring_attention: Vec<RunRef>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct RunRef {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StacksData {
     pub search_stacks: StackConnection,
@@ -221,7 +245,14 @@ mod tests {
 
     #[test]
     fn documents_name_their_operation() {
-        for d in [PUBLIC_WORKER_POOL, WORKER_POOLS, USAGE, AGGREGATES, STACKS] {
+        for d in [
+            PUBLIC_WORKER_POOL,
+            WORKER_POOLS,
+            USAGE,
+            AGGREGATES,
+            ATTENTION,
+            STACKS,
+        ] {
             assert!(d.query.starts_with(&format!("query {}", d.operation)));
         }
     }
