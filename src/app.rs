@@ -101,6 +101,8 @@ pub async fn launch(
         basic_auth: web.basic_auth.clone(),
     });
 
+    drop_unconfigured_scopes(&config, &*shared_store).await?;
+
     let mut tasks = JoinSet::new();
     for poller in pollers(&config, &telemetry)? {
         tasks.spawn(sources::run_poller(
@@ -191,6 +193,46 @@ pub async fn launch(
         tasks,
         shutdown,
     })
+}
+
+/// Scopes persisted by a source that is no longer configured (or a GitHub org no longer
+/// listed) would otherwise be served forever with a frozen age; they are removed at start.
+async fn drop_unconfigured_scopes(
+    config: &Config,
+    store: &dyn crate::store::Store,
+) -> anyhow::Result<()> {
+    let orgs: Vec<String> = config
+        .github
+        .as_ref()
+        .map(|g| g.orgs.iter().map(|o| o.org.clone()).collect())
+        .unwrap_or_default();
+    let stale: Vec<String> = store
+        .snapshot()
+        .scopes
+        .iter()
+        .map(|s| s.name.to_string())
+        .filter(|name| {
+            if name.starts_with("spacelift/") {
+                return config.spacelift.is_none();
+            }
+            if let Some(rest) = name.strip_prefix("github/") {
+                let org = rest.split('/').next().unwrap_or("");
+                return !orgs.iter().any(|o| o == org);
+            }
+            false
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(
+            scopes = stale.len(),
+            "removing stored series of sources no longer configured"
+        );
+        store
+            .drop_scopes(stale)
+            .await
+            .context("removing unconfigured scopes")?;
+    }
+    Ok(())
 }
 
 pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {

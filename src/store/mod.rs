@@ -170,6 +170,9 @@ pub trait Store: Send + Sync {
         updates: Vec<Update>,
     ) -> Result<Applied, Error>;
 
+    /// Removes whole scopes and their series (e.g. of a source no longer configured).
+    async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error>;
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error>;
     async fn kv_put(
         &self,

@@ -328,6 +328,31 @@ impl Store for SqliteStore {
         Ok(applied)
     }
 
+    async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let state = self.state.clone();
+        self.db.submit(Box::new(move |conn| {
+            let run = || -> rusqlite::Result<()> {
+                for scope in &scopes {
+                    conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
+                        .execute([scope])?;
+                    conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
+                        .execute([scope])?;
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => Ok(reply(tx, (), move || {
+                    for scope in &scopes {
+                        state.remove(scope);
+                    }
+                })),
+                Err(e) => Err(fail(tx, e)),
+            }
+        }))?;
+        recv(rx).await
+    }
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let now = now_unix() as i64;
