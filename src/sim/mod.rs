@@ -7,7 +7,9 @@
 
 pub mod demo;
 pub mod github;
+pub mod sinks;
 pub mod spacelift;
+pub mod webhooks;
 
 use axum::Router;
 use axum::body::Body;

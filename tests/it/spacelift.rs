@@ -958,6 +958,9 @@ fn example_spacelift_section_is_valid_when_uncommented() {
         if line.starts_with("# spacelift:") {
             inside = true;
         }
+        if inside && line.trim().is_empty() {
+            break;
+        }
         if inside && line.starts_with("# ") {
             let l = line.trim_start_matches("# ");
             if !l.trim_start().starts_with('#') {
