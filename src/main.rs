@@ -48,6 +48,32 @@ enum Command {
         #[command(subcommand)]
         what: DocsCommand,
     },
+    /// Load generators for the crash tests: they drive the real store and queue and print
+    /// each operation once it is durable, so a test can SIGKILL them at any point.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        what: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// apply_once keys k0..k<keys> (concurrently), printing "applied <key>" or "duplicate <key>".
+    StoreLoad {
+        #[arg(long = "storage.path")]
+        storage_path: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+    },
+    /// publish messages m0..m<messages> with dedupe keys, printing "published <key>" or
+    /// "duplicate <key>".
+    QueueLoad {
+        #[arg(long = "storage.path")]
+        storage_path: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +114,25 @@ struct Common {
     /// SQLite file holding state, queue and keys.
     #[arg(long = "storage.path", value_name = "PATH")]
     storage_path: Option<PathBuf>,
+    /// Spacelift API endpoint, e.g. https://ACCOUNT.app.spacelift.io (enables the source).
+    #[arg(long = "spacelift.api-endpoint", value_name = "URL")]
+    spacelift_api_endpoint: Option<String>,
+    /// Spacelift admin API key id.
+    #[arg(long = "spacelift.api-key-id", value_name = "ID")]
+    spacelift_api_key_id: Option<String>,
+    /// Spacelift API key secret (prefer --spacelift.api-key-secret-file).
+    #[arg(
+        long = "spacelift.api-key-secret",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    spacelift_api_key_secret: Option<String>,
+    /// File holding the Spacelift API key secret, re-read on every token exchange.
+    #[arg(long = "spacelift.api-key-secret-file", value_name = "PATH")]
+    spacelift_api_key_secret_file: Option<PathBuf>,
+    /// Deadline for one whole Spacelift scrape (token exchange included). Default 5s.
+    #[arg(long = "spacelift.scrape-timeout", value_name = "DURATION")]
+    spacelift_scrape_timeout: Option<String>,
 }
 
 impl Common {
@@ -123,6 +168,31 @@ impl Common {
             ("log.level", "log.level", s(&self.log_level)),
             ("log.format", "log.format", s(&self.log_format)),
             ("storage.path", "storage.path", p(&self.storage_path)),
+            (
+                "spacelift.api_endpoint",
+                "spacelift.api-endpoint",
+                s(&self.spacelift_api_endpoint),
+            ),
+            (
+                "spacelift.api_key_id",
+                "spacelift.api-key-id",
+                s(&self.spacelift_api_key_id),
+            ),
+            (
+                "spacelift.api_key_secret",
+                "spacelift.api-key-secret",
+                s(&self.spacelift_api_key_secret),
+            ),
+            (
+                "spacelift.api_key_secret_file",
+                "spacelift.api-key-secret-file",
+                p(&self.spacelift_api_key_secret_file),
+            ),
+            (
+                "spacelift.scrape_timeout",
+                "spacelift.scrape-timeout",
+                s(&self.spacelift_scrape_timeout),
+            ),
             (
                 "webhooks.listen_address",
                 "web.webhook-listen-address",
@@ -197,6 +267,7 @@ fn main() -> ExitCode {
             print!("{}", metrics::docs::markdown());
             ExitCode::SUCCESS
         }
+        Command::Debug { what } => run(debug(what)),
         Command::CheckConfig(common) => match common.load() {
             Ok(cfg) => {
                 println!(
@@ -286,5 +357,82 @@ async fn demo(mut cfg: config::Config, seed: u64) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
     launched.wait().await;
     drop(fakes);
+    Ok(())
+}
+
+async fn debug(what: DebugCommand) -> anyhow::Result<()> {
+    use devmetrics::db::Db;
+    use devmetrics::metrics::{Labels, id};
+    use devmetrics::queue::{Published, Queue, RetryPolicy, sqlite::SqliteQueue};
+    use devmetrics::store::{Applied, Op, Store, Update, sqlite::SqliteStore};
+    use std::io::Write;
+    use std::sync::Arc;
+
+    const CONCURRENCY: u64 = 64;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let print = move |line: String| {
+        let mut o = out.lock().expect("stdout lock");
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    };
+    match what {
+        DebugCommand::StoreLoad { storage_path, keys } => {
+            let store = Arc::new(SqliteStore::open(Db::open(&storage_path)?)?);
+            let fam = id("devmetrics_store_duplicate_updates_total");
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..CONCURRENCY {
+                let (store, print) = (store.clone(), print.clone());
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while i < keys {
+                        let key = format!("k{i}");
+                        let update = Update {
+                            family: fam,
+                            labels: Labels::empty(),
+                            op: Op::Inc(1.0),
+                        };
+                        match store.apply_once(&key, "crash-test", vec![update]).await? {
+                            Applied::Applied => print(format!("applied {key}")),
+                            Applied::Duplicate => print(format!("duplicate {key}")),
+                        }
+                        i += CONCURRENCY;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+        DebugCommand::QueueLoad {
+            storage_path,
+            messages,
+        } => {
+            let queue = Arc::new(SqliteQueue::open(
+                Db::open(&storage_path)?,
+                RetryPolicy::default(),
+            )?);
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..CONCURRENCY {
+                let (queue, print) = (queue.clone(), print.clone());
+                tasks.spawn(async move {
+                    let mut i = w;
+                    while i < messages {
+                        let key = format!("m{i}");
+                        let body = bytes::Bytes::from(key.clone().into_bytes());
+                        match queue.publish("crash-test", Some(&key), body).await? {
+                            Published::Published(_) => print(format!("published {key}")),
+                            Published::Duplicate => print(format!("duplicate {key}")),
+                        }
+                        i += CONCURRENCY;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
     Ok(())
 }

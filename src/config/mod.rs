@@ -69,6 +69,22 @@ impl Error {
 /// Environment variables of the replaced tools, honoured as aliases of our keys. Our own
 /// `DEVMETRICS_*` form wins when both are set.
 pub const ENV_ALIASES: &[(&str, &str)] = &[
+    // spacelift-io/prometheus-exporter (issue 6)
+    ("SPACELIFT_PROMEX_API_ENDPOINT", "spacelift.api_endpoint"),
+    ("SPACELIFT_PROMEX_API_KEY_ID", "spacelift.api_key_id"),
+    (
+        "SPACELIFT_PROMEX_API_KEY_SECRET",
+        "spacelift.api_key_secret",
+    ),
+    (
+        "SPACELIFT_PROMEX_API_KEY_SECRET_FILE",
+        "spacelift.api_key_secret_file",
+    ),
+    (
+        "SPACELIFT_PROMEX_SCRAPE_TIMEOUT",
+        "spacelift.scrape_timeout",
+    ),
+    ("SPACELIFT_PROMEX_LISTEN_ADDRESS", "web.listen_addresses"),
     // github-telemetry
     ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
     (
@@ -119,6 +135,8 @@ pub fn load(
         }
         None => Value::Mapping(Mapping::new()),
     };
+    // github-stats-exporter's config files load as they are (issue 4).
+    let github_compat = crate::sources::github::config::translate_legacy(&mut tree);
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, key) in ENV_ALIASES {
         if let Some(v) = env.get(*var) {
@@ -155,6 +173,12 @@ pub fn load(
         }
     })?;
     raw.resolve(file.and_then(Path::parent))
+        .map(|mut c| {
+            if let Some(g) = c.github.as_mut() {
+                g.compat_warnings = github_compat;
+            }
+            c
+        })
         .map_err(|e| match e {
             Error::Invalid {
                 key,

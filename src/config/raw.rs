@@ -23,11 +23,12 @@ pub struct RawConfig {
     // `src/sources/<name>/config.rs`.
     //
     // github (issue 4)
-    //
+    #[serde(default)]
+    pub github: Option<crate::sources::github::config::RawGithub>,
     // webhooks (issue 5)
     pub webhooks: Option<crate::sources::webhooks::config::RawWebhooks>,
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,11 +123,11 @@ pub struct Config {
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     // github (issue 4)
-    //
+    pub github: Option<crate::sources::github::GithubConfig>,
     // webhooks (issue 5)
     pub webhooks: crate::sources::webhooks::WebhooksConfig,
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
 
 pub(crate) fn duration(
@@ -230,7 +231,17 @@ impl RawConfig {
                 "must not be shorter than queue.initial_backoff",
             ));
         }
+        let spacelift = match self.spacelift {
+            Some(raw) => raw.resolve(base)?,
+            None => None,
+        };
+        let github = match self.github {
+            Some(g) => g.resolve(base)?,
+            None => None,
+        };
         Ok(Config {
+            spacelift,
+            github,
             web: WebConfig {
                 listen_addresses,
                 telemetry_path,

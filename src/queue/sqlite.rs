@@ -380,3 +380,118 @@ impl Acker for Inner {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir, policy: RetryPolicy) -> SqliteQueue {
+        SqliteQueue::open(Db::open(&dir.path().join("q.db")).unwrap(), policy).unwrap()
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_dedupes_and_delivers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        assert!(matches!(
+            q.publish("t", Some("a"), Bytes::from_static(b"1"))
+                .await
+                .unwrap(),
+            Published::Published(_)
+        ));
+        assert_eq!(
+            q.publish("t", Some("a"), Bytes::from_static(b"1"))
+                .await
+                .unwrap(),
+            Published::Duplicate
+        );
+        let big = Bytes::from(vec![b'x'; 10_000]);
+        q.publish("t", None, big.clone()).await.unwrap();
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(&d.payload[..], b"1");
+        d.ack().await.unwrap();
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(d.payload, big);
+        d.ack().await.unwrap();
+        let s = &q.stats()[0].1;
+        assert_eq!((s.published, s.duplicates, s.acked, s.depth), (2, 1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn nack_retries_with_backoff_then_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"bad"))
+            .await
+            .unwrap();
+        for attempt in 0..3 {
+            let d = q.receive("t").await.unwrap();
+            assert_eq!(d.attempts, attempt);
+            d.nack("boom").await.unwrap();
+        }
+        let s = &q.stats()[0].1;
+        assert_eq!(
+            (s.retried, s.dead_lettered, s.dead_letters, s.depth),
+            (2, 1, 1, 0)
+        );
+        let dead: (u32, String) = q
+            .inner
+            .db
+            .read(|c| {
+                c.query_row("SELECT attempts, last_error FROM dead_letters", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead, (3, "boom".to_string()));
+        // Reopening keeps the dead-letter count.
+        drop(q);
+        let q = open(&dir, fast());
+        assert_eq!(q.stats()[0].1.dead_letters, 1);
+    }
+
+    #[tokio::test]
+    async fn unacked_and_dropped_deliveries_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = open(&dir, fast());
+            q.publish("t", None, Bytes::from_static(b"a"))
+                .await
+                .unwrap();
+            let d = q.receive("t").await.unwrap();
+            drop(d); // released, not an attempt
+            let d = q.receive("t").await.unwrap();
+            assert_eq!(d.attempts, 0);
+            std::mem::forget(d); // as if the process died mid-processing
+        }
+        let q = open(&dir, fast());
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(&d.payload[..], b"a");
+        d.ack().await.unwrap();
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        };
+        for _ in 0..50 {
+            let b1 = p.backoff(1);
+            assert!(b1 >= Duration::from_millis(500) && b1 <= Duration::from_secs(1));
+            let b4 = p.backoff(4);
+            assert!(b4 >= Duration::from_secs(4) && b4 <= Duration::from_secs(8));
+            assert!(p.backoff(30) <= Duration::from_secs(60));
+        }
+    }
+}

@@ -5,6 +5,8 @@
 //! loop replaces those scopes in the store. A scope that failed keeps its last good values
 //! (their age shows in `devmetrics_source_last_success_timestamp_seconds`).
 
+pub mod github;
+pub mod spacelift;
 pub mod webhooks;
 
 use async_trait::async_trait;

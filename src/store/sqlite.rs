@@ -229,6 +229,13 @@ impl Store for SqliteStore {
         self.state.snapshot()
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.db.stats.last_error.lock().clone() {
+            None => Ok(()),
+            Some(e) => Err(format!("last commit failed: {e}")),
+        }
+    }
+
     async fn replace_scope(&self, scope: &str, samples: Vec<Sample>) -> Result<(), Error> {
         let now = now_unix();
         let mut data = ScopeData {
@@ -383,6 +390,31 @@ impl Store for SqliteStore {
         Ok(applied)
     }
 
+    async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let state = self.state.clone();
+        self.db.submit(Box::new(move |conn| {
+            let run = || -> rusqlite::Result<()> {
+                for scope in &scopes {
+                    conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
+                        .execute([scope])?;
+                    conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
+                        .execute([scope])?;
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => Ok(reply(tx, (), move || {
+                    for scope in &scopes {
+                        state.remove(scope);
+                    }
+                })),
+                Err(e) => Err(fail(tx, e)),
+            }
+        }))?;
+        recv(rx).await
+    }
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let (ns, key) = (ns.to_string(), key.to_string());
         let now = now_unix() as i64;
@@ -417,6 +449,37 @@ impl Store for SqliteStore {
                 .map(|_| ())
             })
             .await?)
+    }
+}
+
+impl crate::telemetry::Collect for SqliteStore {
+    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
+        let stats = &self.db.stats;
+        let mut push = |name: &str, v: Value| out.push((metrics::id(name), Labels::empty(), v));
+        push(
+            "devmetrics_store_series",
+            Value::Number(self.state.series_count() as f64),
+        );
+        push(
+            "devmetrics_store_scopes",
+            Value::Number(self.state.scope_count() as f64),
+        );
+        push(
+            "devmetrics_store_commits_total",
+            Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
+        );
+        push(
+            "devmetrics_store_commit_duration_seconds",
+            Value::Histogram(Box::new(stats.commit_seconds.value())),
+        );
+        push(
+            "devmetrics_store_commit_batch_size",
+            Value::Histogram(Box::new(stats.batch_size.value())),
+        );
+        push(
+            "devmetrics_store_duplicate_updates_total",
+            Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
+        );
     }
 }
 
@@ -601,36 +664,5 @@ mod tests {
             Some(b"x".to_vec())
         );
         assert_eq!(store.kv_get("etag", "b").await.unwrap(), None);
-    }
-}
-
-impl crate::telemetry::Collect for SqliteStore {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let stats = &self.db.stats;
-        let mut push = |name: &str, v: Value| out.push((metrics::id(name), Labels::empty(), v));
-        push(
-            "devmetrics_store_series",
-            Value::Number(self.state.series_count() as f64),
-        );
-        push(
-            "devmetrics_store_scopes",
-            Value::Number(self.state.scope_count() as f64),
-        );
-        push(
-            "devmetrics_store_commits_total",
-            Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
-        );
-        push(
-            "devmetrics_store_commit_duration_seconds",
-            Value::Histogram(Box::new(stats.commit_seconds.value())),
-        );
-        push(
-            "devmetrics_store_commit_batch_size",
-            Value::Histogram(Box::new(stats.batch_size.value())),
-        );
-        push(
-            "devmetrics_store_duplicate_updates_total",
-            Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
-        );
     }
 }

@@ -1,3 +1,13 @@
-//! The one integration test binary; a module per area.
+//! The integration test binary: one binary, a module per area.
 
+mod cli;
+mod crash;
+mod demo;
+mod docs;
+mod exposition;
+mod github;
+mod secrets;
+mod server;
+mod spacelift;
+mod support;
 mod webhooks;

@@ -1,0 +1,842 @@
+//! The GitHub REST client shared by every GitHub-facing source: App or token auth per org,
+//! Link pagination, conditional requests backed by the store's kv (so a 304 survives
+//! restarts), a rate-limit budget per installation, retries, and cancellable waits.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{Auth, GithubConfig, OrgConfig, RateLimitConfig, RetryConfig};
+use super::wire;
+use crate::store::SharedStore;
+use crate::telemetry::Telemetry;
+
+const ETAG_NS: &str = "github.etag";
+const USER_AGENT: &str = concat!("devmetrics/", env!("CARGO_PKG_VERSION"));
+/// A token is renewed this long before GitHub says it expires.
+const TOKEN_MARGIN: i64 = 300;
+/// Waits for a primary reset, per request, before giving up.
+const MAX_RESET_WAITS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("GitHub answered {status} for {endpoint}: {message}")]
+    Status {
+        status: u16,
+        endpoint: &'static str,
+        message: String,
+    },
+    #[error("network error calling {endpoint}: {message}")]
+    Network {
+        endpoint: &'static str,
+        message: String,
+    },
+    #[error("request to {endpoint} timed out")]
+    Timeout { endpoint: &'static str },
+    #[error("primary rate limit exhausted until {reset_at}")]
+    RateLimited { reset_at: i64 },
+    #[error("secondary rate limit persisted on {endpoint}")]
+    SecondaryLimit { endpoint: &'static str },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("decoding {endpoint}: {message}")]
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
+    #[error("contributor statistics still being computed")]
+    StatsPending,
+    #[error("cancelled by shutdown")]
+    Cancelled,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Status { status, .. } if *status >= 500 => "http_5xx",
+            Error::Status { status: 404, .. } => "not_found",
+            Error::Status { .. } => "http_4xx",
+            Error::Network { .. } => "network",
+            Error::Timeout { .. } => "timeout",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::SecondaryLimit { .. } => "secondary_limit",
+            Error::Auth(_) => "auth",
+            Error::Decode { .. } => "decode",
+            Error::StatsPending => "stats_pending",
+            Error::Cancelled => "cancelled",
+            Error::Store(_) => "store",
+        }
+    }
+}
+
+/// What one installation (or token) may still spend, from the last `x-ratelimit-*` headers.
+#[derive(Debug, Default)]
+pub struct Budget {
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BudgetState {
+    pub known: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_at: i64,
+    /// Responses that spent quota (not 304s) and secondary-limit hits, since start.
+    pub spent: u64,
+    pub secondary_hits: u64,
+}
+
+impl Budget {
+    pub fn snapshot(&self) -> BudgetState {
+        *self.state.lock()
+    }
+
+    /// How long to wait before the next request: until the reset when the reserve is
+    /// reached, and spaced out over the reset window when running low.
+    fn delay(&self, reserve: u32, buffer: Duration, now: i64) -> Duration {
+        let mut s = self.state.lock();
+        if !s.known || s.reset_at <= now {
+            return Duration::ZERO;
+        }
+        let left = s.remaining.saturating_sub(u64::from(reserve));
+        let until_reset = (s.reset_at - now) as u64;
+        if left == 0 {
+            return Duration::from_secs(until_reset) + buffer;
+        }
+        // Claim the request now so concurrent workers do not all see the same remainder.
+        s.remaining -= 1;
+        if left < s.limit / 10 {
+            return Duration::from_secs_f64(until_reset as f64 / left as f64);
+        }
+        Duration::ZERO
+    }
+
+    fn observe(&self, h: &reqwest::header::HeaderMap, spent: bool) {
+        let num = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        let resource = h
+            .get("x-ratelimit-resource")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("core");
+        let mut s = self.state.lock();
+        if spent {
+            s.spent += 1;
+        }
+        if resource != "core" {
+            return;
+        }
+        if let (Some(rem), Some(reset)) = (num("x-ratelimit-remaining"), num("x-ratelimit-reset")) {
+            s.known = true;
+            s.remaining = rem.max(0) as u64;
+            s.reset_at = reset;
+            if let Some(l) = num("x-ratelimit-limit") {
+                s.limit = l.max(0) as u64;
+            }
+        }
+    }
+}
+
+/// Budgets shared by every client of the same installation or token.
+#[derive(Default)]
+pub struct Budgets(Mutex<HashMap<String, Arc<Budget>>>);
+
+impl Budgets {
+    pub fn get(&self, key: &str) -> Arc<Budget> {
+        self.0.lock().entry(key.to_string()).or_default().clone()
+    }
+}
+
+/// One HTTP answer after conditional-request handling: a 304 comes back as the cached 200.
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub body: Bytes,
+    pub next: Option<String>,
+    pub not_modified: bool,
+}
+
+struct CachedToken {
+    token: String,
+    expires_at: i64,
+}
+
+/// Request counts since start, for cost accounting and tests.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub sent: AtomicU64,
+    pub not_modified: AtomicU64,
+}
+
+pub struct Client {
+    org: String,
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+    store: SharedStore,
+    telemetry: Arc<Telemetry>,
+    budget: Arc<Budget>,
+    retry: RetryConfig,
+    rate: RateLimitConfig,
+    shutdown: CancellationToken,
+    pub counts: Counts,
+}
+
+pub fn now_secs() -> i64 {
+    crate::store::now_unix() as i64
+}
+
+impl Client {
+    pub fn new(
+        gh: &GithubConfig,
+        org: &OrgConfig,
+        store: SharedStore,
+        telemetry: Arc<Telemetry>,
+        budgets: &Budgets,
+        shutdown: CancellationToken,
+    ) -> Result<Client, Error> {
+        let mut b = reqwest::Client::builder()
+            .timeout(gh.request_timeout)
+            .connect_timeout(gh.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(USER_AGENT);
+        if let Some(p) = &gh.proxy_url {
+            b = b.proxy(reqwest::Proxy::all(p).map_err(|e| Error::Network {
+                endpoint: "proxy",
+                message: e.to_string(),
+            })?);
+        }
+        if let Some(ca) = &gh.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| Error::Network {
+                endpoint: "ca_file",
+                message: format!("{}: {e}", ca.display()),
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Network {
+                endpoint: "ca_file",
+                message: e.to_string(),
+            })? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let http = b.build().map_err(|e| Error::Network {
+            endpoint: "client",
+            message: e.to_string(),
+        })?;
+        Ok(Client {
+            org: org.org.clone(),
+            base: org.api_base_url.clone(),
+            http,
+            auth: org.auth.clone(),
+            token: tokio::sync::Mutex::new(None),
+            store,
+            telemetry,
+            budget: budgets.get(&org.auth.budget_key(&org.org)),
+            retry: gh.retry.clone(),
+            rate: gh.rate_limit.clone(),
+            shutdown,
+            counts: Counts::default(),
+        })
+    }
+
+    pub fn org(&self) -> &str {
+        &self.org
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Sleeps unless shutdown comes first.
+    pub async fn wait(&self, d: Duration) -> Result<(), Error> {
+        if d.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.shutdown.cancelled() => Err(Error::Cancelled),
+        }
+    }
+
+    async fn authorization(&self) -> Result<String, Error> {
+        match &self.auth {
+            Auth::Token(src) => {
+                let t = src
+                    .read()
+                    .map_err(|e| Error::Auth(format!("reading the token file: {e}")))?;
+                Ok(format!("token {}", t.expose()))
+            }
+            Auth::App {
+                app_id,
+                installation_id,
+                key,
+            } => {
+                let mut cached = self.token.lock().await;
+                let now = now_secs();
+                if let Some(t) = cached.as_ref()
+                    && t.expires_at - TOKEN_MARGIN > now
+                {
+                    return Ok(format!("token {}", t.token));
+                }
+                let pem = key
+                    .read()
+                    .map_err(|e| Error::Auth(format!("reading the App private key: {e}")))?;
+                let jwt = app_jwt(*app_id, pem.expose().as_bytes(), now)?;
+                let tok = self.exchange(*installation_id, &jwt).await?;
+                let header = format!("token {}", tok.token);
+                *cached = Some(tok);
+                Ok(header)
+            }
+        }
+    }
+
+    /// `POST {base}/app/installations/{id}/access_tokens`, on the org's own base URL so GHES
+    /// and GHE.com exchange tokens with their own server.
+    async fn exchange(&self, installation_id: u64, jwt: &str) -> Result<CachedToken, Error> {
+        let url = format!(
+            "{}/app/installations/{installation_id}/access_tokens",
+            self.base
+        );
+        let started = Instant::now();
+        let r = self
+            .http
+            .post(&url)
+            .header("authorization", format!("Bearer {jwt}"))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .send()
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.telemetry.upstream_request(
+                    "github",
+                    "installation_token",
+                    "network",
+                    started.elapsed(),
+                );
+                return Err(Error::Auth(format!("token exchange failed: {e}")));
+            }
+        };
+        let status = r.status().as_u16();
+        self.telemetry.upstream_request(
+            "github",
+            "installation_token",
+            &status.to_string(),
+            started.elapsed(),
+        );
+        let body = r.bytes().await.unwrap_or_default();
+        if status != 201 && status != 200 {
+            return Err(Error::Auth(format!(
+                "token exchange answered {status}: {}",
+                message_of(&body)
+            )));
+        }
+        let t: wire::InstallationToken = serde_json::from_slice(&body)
+            .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
+        Ok(CachedToken {
+            expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
+            token: t.token,
+        })
+    }
+
+    /// One GET of `path_or_url` (a path under the base URL, or a full `next` link), with
+    /// retries, rate-limit waits and, when `conditional`, an ETag kept in the store.
+    pub async fn get(
+        &self,
+        path_or_url: &str,
+        endpoint: &'static str,
+        conditional: bool,
+    ) -> Result<Page, Error> {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
+        let cache_key = format!("{}|{}", self.org, url);
+        let cached = if conditional {
+            self.store
+                .kv_get(ETAG_NS, &cache_key)
+                .await
+                .map_err(|e| Error::Store(e.to_string()))?
+                .and_then(|v| split_cached(&v))
+        } else {
+            None
+        };
+        let mut attempt = 0u32;
+        let mut reset_waits = 0u32;
+        let mut secondary = 0u32;
+        loop {
+            let d = self
+                .budget
+                .delay(self.rate.reserve, self.rate.reset_buffer, now_secs());
+            if d > Duration::from_secs(30) {
+                tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate-limit reserve reached; waiting for the reset");
+            }
+            self.wait(d).await?;
+            let auth = self.authorization().await?;
+            let mut req = self
+                .http
+                .get(&url)
+                .header("authorization", auth)
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28");
+            if let Some((etag, _)) = &cached {
+                req = req.header("if-none-match", etag.as_str());
+            }
+            let started = Instant::now();
+            self.counts.sent.fetch_add(1, Ordering::Relaxed);
+            let res = req.send().await;
+            attempt += 1;
+            let r = match res {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.is_timeout() { "timeout" } else { "network" };
+                    self.telemetry
+                        .upstream_request("github", endpoint, kind, started.elapsed());
+                    let err = if e.is_timeout() {
+                        Error::Timeout { endpoint }
+                    } else {
+                        Error::Network {
+                            endpoint,
+                            message: e.to_string(),
+                        }
+                    };
+                    if attempt >= self.retry.max_attempts {
+                        return Err(err);
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                    continue;
+                }
+            };
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            self.budget.observe(&headers, status != 304);
+            let body = match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.telemetry.upstream_request(
+                        "github",
+                        endpoint,
+                        "network",
+                        started.elapsed(),
+                    );
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Network {
+                            endpoint,
+                            message: e.to_string(),
+                        });
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                    continue;
+                }
+            };
+            self.telemetry.upstream_request(
+                "github",
+                endpoint,
+                &status.to_string(),
+                started.elapsed(),
+            );
+            let next = next_link(&headers);
+            match status {
+                304 => {
+                    self.counts.not_modified.fetch_add(1, Ordering::Relaxed);
+                    if let Some((_, body)) = cached {
+                        // The cached page's own next link was stored with it.
+                        let (next, body) = split_next(&body);
+                        return Ok(Page {
+                            status: 200,
+                            body,
+                            next: next.or(next_link(&headers)),
+                            not_modified: true,
+                        });
+                    }
+                    return Err(Error::Status {
+                        status,
+                        endpoint,
+                        message: "304 without a cached body".into(),
+                    });
+                }
+                200..=299 => {
+                    if conditional
+                        && status == 200
+                        && let Some(etag) = headers.get("etag").and_then(|v| v.to_str().ok())
+                    {
+                        let mut v = Vec::with_capacity(body.len() + 64);
+                        v.extend_from_slice(etag.as_bytes());
+                        v.push(b'\n');
+                        v.extend_from_slice(next.as_deref().unwrap_or("").as_bytes());
+                        v.push(b'\n');
+                        v.extend_from_slice(&body);
+                        self.store
+                            .kv_put(
+                                ETAG_NS,
+                                &cache_key,
+                                v,
+                                Some(Duration::from_secs(30 * 86_400)),
+                            )
+                            .await
+                            .map_err(|e| Error::Store(e.to_string()))?;
+                    }
+                    return Ok(Page {
+                        status,
+                        body,
+                        next,
+                        not_modified: false,
+                    });
+                }
+                403 | 429 => {
+                    let retry_after = headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let msg = message_of(&body);
+                    let remaining = headers
+                        .get("x-ratelimit-remaining")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i64>().ok());
+                    let is_secondary = msg.to_ascii_lowercase().contains("secondary rate limit")
+                        || (retry_after.is_some() && remaining != Some(0))
+                        || (status == 429 && remaining != Some(0));
+                    if is_secondary {
+                        self.budget.state.lock().secondary_hits += 1;
+                        secondary += 1;
+                        if secondary > self.retry.max_attempts.max(3) {
+                            return Err(Error::SecondaryLimit { endpoint });
+                        }
+                        let base = Duration::from_secs(retry_after.unwrap_or(0))
+                            .max(self.rate.secondary_backoff)
+                            * secondary;
+                        let jitter = rand::rng().random_range(0.0..0.25);
+                        let wait = base.mul_f64(1.0 + jitter);
+                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs_f64(), "GitHub secondary rate limit; backing off");
+                        self.wait(wait).await?;
+                        attempt -= 1;
+                        continue;
+                    }
+                    if remaining == Some(0) {
+                        let reset = headers
+                            .get("x-ratelimit-reset")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .unwrap_or(now_secs() + 60);
+                        reset_waits += 1;
+                        if reset_waits > MAX_RESET_WAITS {
+                            return Err(Error::RateLimited { reset_at: reset });
+                        }
+                        let wait = Duration::from_secs((reset - now_secs()).max(1) as u64)
+                            + self.rate.reset_buffer;
+                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs(), "GitHub primary rate limit exhausted; waiting for the reset");
+                        self.wait(wait).await?;
+                        attempt -= 1;
+                        continue;
+                    }
+                    return Err(Error::Status {
+                        status,
+                        endpoint,
+                        message: msg,
+                    });
+                }
+                s if s >= 500 => {
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Status {
+                            status,
+                            endpoint,
+                            message: message_of(&body),
+                        });
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                }
+                401 => {
+                    // A revoked or expired token: drop it so the next call exchanges anew.
+                    *self.token.lock().await = None;
+                    if attempt >= self.retry.max_attempts.min(2) {
+                        return Err(Error::Status {
+                            status,
+                            endpoint,
+                            message: message_of(&body),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(Error::Status {
+                        status,
+                        endpoint,
+                        message: message_of(&body),
+                    });
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.retry.max_backoff);
+        // Equal jitter: half fixed, half random.
+        capped / 2 + capped.mul_f64(rand::rng().random_range(0.0..0.5))
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        endpoint: &'static str,
+        conditional: bool,
+    ) -> Result<(T, Page), Error> {
+        let page = self.get(path, endpoint, conditional).await?;
+        let v = decode(&page.body, endpoint)?;
+        Ok((v, page))
+    }
+
+    /// Follows `Link: rel="next"` from `path`. `more` sees each page's items and returns
+    /// false to stop early (e.g. once a list sorted by time passes the window).
+    pub async fn paginate<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        endpoint: &'static str,
+        conditional: bool,
+        mut more: impl FnMut(&[T]) -> bool,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
+        let mut next = Some(path.to_string());
+        while let Some(p) = next.take() {
+            let page = self.get(&p, endpoint, conditional).await?;
+            let items: Vec<T> = decode(&page.body, endpoint)?;
+            let go_on = more(&items);
+            out.extend(items);
+            if go_on {
+                next = page.next;
+            }
+        }
+        Ok(out)
+    }
+
+    // ── typed methods ───────────────────────────────────────────────────────────────────
+
+    pub async fn org_repos(&self) -> Result<Vec<wire::Repo>, Error> {
+        let path = format!("/orgs/{}/repos?type=all&per_page=100", self.org);
+        match self.paginate(&path, "org_repos", true, |_| true).await {
+            Err(Error::Status { status: 404, .. }) => {
+                let path = format!("/users/{}/repos?type=all&per_page=100", self.org);
+                self.paginate(&path, "org_repos", true, |_| true).await
+            }
+            r => r,
+        }
+    }
+
+    pub async fn commits(
+        &self,
+        repo: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<wire::Commit>, Error> {
+        let path = format!(
+            "/repos/{}/{repo}/commits?since={}&until={}&per_page=100",
+            self.org,
+            wire::format_time(since),
+            wire::format_time(until)
+        );
+        self.paginate(&path, "commits", true, |_| true).await
+    }
+
+    /// PRs by `updated_at` descending, stopping at the first page that reaches `since`.
+    pub async fn pulls_updated_since(
+        &self,
+        repo: &str,
+        since: i64,
+    ) -> Result<Vec<wire::Pull>, Error> {
+        let path = format!(
+            "/repos/{}/{repo}/pulls?state=all&sort=updated&direction=desc&per_page=100",
+            self.org
+        );
+        let mut pulls: Vec<wire::Pull> = self
+            .paginate(&path, "pulls", true, |page: &[wire::Pull]| {
+                page.last()
+                    .and_then(|p| wire::parse_time(&p.updated_at))
+                    .is_some_and(|t| t >= since)
+            })
+            .await?;
+        pulls.retain(|p| wire::parse_time(&p.updated_at).is_some_and(|t| t >= since));
+        Ok(pulls)
+    }
+
+    pub async fn reviews(&self, repo: &str, number: u64) -> Result<Vec<wire::Review>, Error> {
+        let path = format!(
+            "/repos/{}/{repo}/pulls/{number}/reviews?per_page=100",
+            self.org
+        );
+        self.paginate(&path, "reviews", true, |_| true).await
+    }
+
+    /// Issue and PR conversation comments updated since `since`, repo-wide.
+    pub async fn issue_comments_since(
+        &self,
+        repo: &str,
+        since: i64,
+    ) -> Result<Vec<wire::IssueComment>, Error> {
+        let path = format!(
+            "/repos/{}/{repo}/issues/comments?since={}&per_page=100",
+            self.org,
+            wire::format_time(since)
+        );
+        self.paginate(&path, "issue_comments", true, |_| true).await
+    }
+
+    /// The newest item of a list endpoint, conditionally: a cheap "did anything change" probe
+    /// whose 304 costs no primary rate limit.
+    pub async fn probe(&self, path: &str, endpoint: &'static str) -> Result<bool, Error> {
+        let page = self.get(path, endpoint, true).await?;
+        Ok(!page.not_modified)
+    }
+
+    /// `/stats/contributors`; 202 ("computing") is retried `retries` times after `delay`,
+    /// then reported as [`Error::StatsPending`]. 204 (empty repo) is an empty list.
+    pub async fn contributor_stats(
+        &self,
+        repo: &str,
+        retries: u32,
+        delay: Duration,
+    ) -> Result<Vec<wire::ContributorStats>, Error> {
+        let path = format!("/repos/{}/{repo}/stats/contributors", self.org);
+        for i in 0..=retries {
+            let page = self.get(&path, "contributor_stats", true).await?;
+            match page.status {
+                202 => {
+                    if i < retries {
+                        self.wait(delay).await?;
+                    }
+                }
+                204 => return Ok(Vec::new()),
+                _ => return decode(&page.body, "contributor_stats"),
+            }
+        }
+        Err(Error::StatsPending)
+    }
+}
+
+/// The App JWT: RS256, issued a minute in the past against clock skew, valid 9 minutes.
+pub fn app_jwt(app_id: u64, pem: &[u8], now: i64) -> Result<String, Error> {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        iat: i64,
+        exp: i64,
+        iss: String,
+    }
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem)
+        .map_err(|e| Error::Auth(format!("the App private key is not an RSA PEM: {e}")))?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &Claims {
+            iat: now - 60,
+            exp: now + 540,
+            iss: app_id.to_string(),
+        },
+        &key,
+    )
+    .map_err(|e| Error::Auth(format!("signing the App JWT: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], endpoint: &'static str) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode {
+        endpoint,
+        message: e.to_string(),
+    })
+}
+
+/// GitHub's error bodies carry `message`; anything else is cut short.
+fn message_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct M {
+        message: String,
+    }
+    match serde_json::from_slice::<M>(body) {
+        Ok(m) => m.message,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
+    let link = h.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let mut it = part.split(';');
+        let url = it.next()?.trim();
+        it.any(|p| p.trim() == "rel=\"next\"").then(|| {
+            url.trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+fn split_cached(v: &[u8]) -> Option<(String, Bytes)> {
+    let i = v.iter().position(|b| *b == b'\n')?;
+    Some((
+        String::from_utf8(v[..i].to_vec()).ok()?,
+        Bytes::copy_from_slice(&v[i + 1..]),
+    ))
+}
+
+fn split_next(v: &Bytes) -> (Option<String>, Bytes) {
+    match v.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            let next = String::from_utf8_lossy(&v[..i]).into_owned();
+            ((!next.is_empty()).then_some(next), v.slice(i + 1..))
+        }
+        None => (None, v.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header_next() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "link",
+            "<https://api.github.com/x?page=2>; rel=\"next\", <https://api.github.com/x?page=5>; rel=\"last\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        h.insert(
+            "link",
+            "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap(),
+        );
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn budget_waits_for_reset_at_the_reserve() {
+        let b = Budget::default();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-limit", "5000".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "100".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1100".parse().unwrap());
+        b.observe(&h, true);
+        assert!(b.delay(100, Duration::from_secs(5), 1000) >= Duration::from_secs(105));
+        h.insert("x-ratelimit-remaining", "4000".parse().unwrap());
+        b.observe(&h, true);
+        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::ZERO);
+        // Low but above the reserve: spaced over what is left of the window.
+        h.insert("x-ratelimit-remaining", "150".parse().unwrap());
+        b.observe(&h, true);
+        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::from_secs(2));
+    }
+}

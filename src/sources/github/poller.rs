@@ -1,0 +1,614 @@
+//! The activity poller of one org: list repos, scrape each repo's exact 24-hour window as
+//! cheaply as possible, and hand back one scope per repo. Failed windows go to the queue
+//! as backfill jobs for the same full window.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::activity::{self, Loc, RepoEvents, Users};
+use super::client::{self, Client};
+use super::config::{GithubConfig, OrgConfig, glob_match};
+use super::wire;
+use super::{Clock, Error};
+use crate::queue::SharedQueue;
+use crate::sources::{PollError, Poller, ScopeResult};
+use crate::store::{Sample, SharedStore};
+
+pub const BACKFILL_TOPIC: &str = "github.backfill";
+const WINDOW: i64 = 86_400;
+const EVENTS_NS: &str = "github.events";
+const LOC_NS: &str = "github.loc";
+const SHOWN_NS: &str = "github.window";
+const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
+
+/// A window to scrape again: `repo` none means every repo of the org.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackfillJob {
+    pub org: String,
+    pub repo: Option<String>,
+    pub window_end: i64,
+    pub reason: String,
+}
+
+/// Live figures of the org for `devmetrics_github_*`.
+#[derive(Debug, Default, Clone)]
+pub struct OrgLive {
+    pub cycle_requests: u64,
+    pub overcommitted: bool,
+    pub effective_interval: f64,
+    pub cooldown: bool,
+    pub progress: f64,
+    pub eta: f64,
+    pub series_budget_exceeded: bool,
+    pub backfill: HashMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+struct OrgState {
+    consecutive_failures: u32,
+    cooldown_until: i64,
+    next_start: i64,
+    /// Backfill jobs published in the current minute: (unix minute, count).
+    enqueued_minute: (i64, u32),
+    live: OrgLive,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedEvents {
+    marker: (Option<String>, Option<String>),
+    events: RepoEvents,
+}
+
+pub struct OrgPoller {
+    name: &'static str,
+    pub org: OrgConfig,
+    gh: Arc<GithubConfig>,
+    pub client: Arc<Client>,
+    store: SharedStore,
+    queue: SharedQueue,
+    clock: Clock,
+    state: Mutex<OrgState>,
+}
+
+impl OrgPoller {
+    pub fn new(
+        org: OrgConfig,
+        gh: Arc<GithubConfig>,
+        client: Arc<Client>,
+        store: SharedStore,
+        queue: SharedQueue,
+        clock: Clock,
+    ) -> OrgPoller {
+        // Source names are `&'static str`; one per configured org, made once at start.
+        let name: &'static str = Box::leak(format!("github/{}", org.org).into_boxed_str());
+        let state = OrgState {
+            live: OrgLive {
+                effective_interval: org.scrape_interval.as_secs_f64(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        OrgPoller {
+            name,
+            org,
+            gh,
+            client,
+            store,
+            queue,
+            clock,
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn live(&self) -> OrgLive {
+        self.state.lock().live.clone()
+    }
+
+    fn scope(&self, repo: &str) -> String {
+        format!("github/{}/{repo}", self.org.org)
+    }
+
+    fn wanted(&self, r: &wire::Repo) -> bool {
+        let a = &self.gh.activity;
+        if r.disabled || (r.archived && !a.include_archived) || (r.fork && !a.include_forks) {
+            return false;
+        }
+        if !self.org.repo_include.is_empty()
+            && !self.org.repo_include.iter().any(|g| glob_match(g, &r.name))
+        {
+            return false;
+        }
+        !self.org.repo_exclude.iter().any(|g| glob_match(g, &r.name))
+    }
+
+    async fn enqueue(&self, repo: Option<&str>, window_end: i64, reason: &str) {
+        let cap = self.gh.backfill.max_enqueues_per_org_per_minute;
+        if cap > 0 {
+            let minute = (self.clock)() / 60;
+            let mut s = self.state.lock();
+            if s.enqueued_minute.0 != minute {
+                s.enqueued_minute = (minute, 0);
+            }
+            if s.enqueued_minute.1 >= cap {
+                *s.live.backfill.entry("dropped").or_default() += 1;
+                return;
+            }
+            s.enqueued_minute.1 += 1;
+        }
+        let job = BackfillJob {
+            org: self.org.org.clone(),
+            repo: repo.map(str::to_string),
+            window_end,
+            reason: reason.to_string(),
+        };
+        let key = format!("github:{}:{}:{}", job.org, repo.unwrap_or("*"), window_end);
+        let payload = Bytes::from(serde_json::to_vec(&job).expect("job serializes"));
+        match self
+            .queue
+            .publish(BACKFILL_TOPIC, Some(&key), payload)
+            .await
+        {
+            Ok(_) => self.count_backfill("enqueued"),
+            Err(e) => {
+                tracing::warn!(org = %self.org.org, error = %e, "could not enqueue a backfill job")
+            }
+        }
+    }
+
+    fn count_backfill(&self, result: &'static str) {
+        *self.state.lock().live.backfill.entry(result).or_default() += 1;
+    }
+
+    /// Scrapes one repo's window `[end − 24h, end]`. `fresh` forbids serving it from the
+    /// event cache (backfills of past windows).
+    async fn scrape_repo(
+        &self,
+        repo: &wire::Repo,
+        end: i64,
+        fresh: bool,
+    ) -> Result<Vec<Sample>, Error> {
+        let start = end - WINDOW;
+        let name = &repo.name;
+        let key = format!("{}/{name}", self.org.org);
+        let t = |s: &Option<String>| s.as_deref().and_then(wire::parse_time).unwrap_or(0);
+        let (pushed, updated) = (t(&repo.pushed_at), t(&repo.updated_at));
+        let marker = (repo.pushed_at.clone(), repo.updated_at.clone());
+        let events = if pushed.max(updated) < start {
+            // Nothing happened in the repo during the window: no request needed.
+            RepoEvents::default()
+        } else {
+            let cached: Option<CachedEvents> = self
+                .kv_json(EVENTS_NS, &key)
+                .await?
+                .filter(|c: &CachedEvents| c.marker == marker && c.events.since <= start);
+            let reuse = match (&cached, fresh) {
+                (Some(c), false) if c.events.until <= end => self.unchanged(name).await?,
+                _ => false,
+            };
+            match cached {
+                Some(c) if reuse => c.events,
+                _ => {
+                    let ev = self.fetch_events(name, start, end).await?;
+                    if !fresh {
+                        // The probes' ETags now describe the state the events came from.
+                        self.unchanged(name).await?;
+                        let c = CachedEvents {
+                            marker,
+                            events: ev.clone(),
+                        };
+                        self.kv_put_json(EVENTS_NS, &key, &c).await?;
+                    }
+                    ev
+                }
+            }
+        };
+        let loc = self.loc(name, pushed, end).await?;
+        let acts = activity::compute(&events, loc.as_ref(), start, end);
+        Ok(activity::samples(
+            &self.org.org,
+            name,
+            &acts,
+            &Users {
+                cfg: &self.gh.activity,
+            },
+        ))
+    }
+
+    /// Conditional probes of the newest PR page and the newest comment: two 304s (free)
+    /// when nothing changed.
+    async fn unchanged(&self, repo: &str) -> Result<bool, Error> {
+        let org = &self.org.org;
+        let pulls = self
+            .client
+            .probe(
+                &format!(
+                    "/repos/{org}/{repo}/pulls?state=all&sort=updated&direction=desc&per_page=100"
+                ),
+                "pulls",
+            )
+            .await?;
+        let comments = self
+            .client
+            .probe(
+                &format!(
+                    "/repos/{org}/{repo}/issues/comments?sort=updated&direction=desc&per_page=1"
+                ),
+                "issue_comments",
+            )
+            .await?;
+        Ok(!pulls && !comments)
+    }
+
+    async fn fetch_events(&self, repo: &str, start: i64, end: i64) -> Result<RepoEvents, Error> {
+        let commits = self.client.commits(repo, start, end).await?;
+        let pulls = self.client.pulls_updated_since(repo, start).await?;
+        let mut reviews = Vec::new();
+        for p in &pulls {
+            reviews.extend(self.client.reviews(repo, p.number).await?);
+        }
+        let comments = self.client.issue_comments_since(repo, start).await?;
+        Ok(RepoEvents::from_wire(
+            start, end, &commits, &pulls, &reviews, &comments,
+        ))
+    }
+
+    /// LOC of the last complete week before `end`, fetched at most once per week and
+    /// `loc.refresh_interval`; `None` when the repo had no push since that week began.
+    async fn loc(&self, repo: &str, pushed: i64, end: i64) -> Result<Option<Loc>, Error> {
+        let week = wire::week_start(end) - 7 * 86_400;
+        if pushed < week {
+            return Ok(None);
+        }
+        let key = format!("{}/{repo}", self.org.org);
+        let cached: Option<Loc> = self.kv_json(LOC_NS, &key).await?;
+        if let Some(c) = &cached
+            && c.week_start == week
+            && end - c.fetched_at < self.gh.loc.refresh_interval.as_secs() as i64
+        {
+            return Ok(cached);
+        }
+        match self
+            .client
+            .contributor_stats(
+                repo,
+                self.gh.loc.pending_retries,
+                self.gh.loc.pending_retry_delay,
+            )
+            .await
+        {
+            Ok(stats) => {
+                let loc = Loc::from_stats(&stats, end);
+                self.kv_put_json(LOC_NS, &key, &loc).await?;
+                Ok(Some(loc))
+            }
+            Err(Error::StatsPending) => {
+                tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
+                Ok(cached.filter(|c| c.week_start == week))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn kv_json<T: serde::de::DeserializeOwned>(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Option<T>, Error> {
+        let v = self
+            .store
+            .kv_get(ns, key)
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
+        Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn kv_put_json<T: Serialize>(&self, ns: &str, key: &str, v: &T) -> Result<(), Error> {
+        self.store
+            .kv_put(
+                ns,
+                key,
+                serde_json::to_vec(v).expect("serializes"),
+                Some(KV_TTL),
+            )
+            .await
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    async fn shown_window(&self, repo: &str) -> Result<i64, Error> {
+        Ok(self
+            .kv_json::<i64>(SHOWN_NS, &format!("{}/{repo}", self.org.org))
+            .await?
+            .unwrap_or(0))
+    }
+
+    async fn set_shown_window(&self, repo: &str, end: i64) -> Result<(), Error> {
+        self.kv_put_json(SHOWN_NS, &format!("{}/{repo}", self.org.org), &end)
+            .await
+    }
+
+    fn fail_cycle(&self, now: i64) {
+        let mut s = self.state.lock();
+        s.consecutive_failures += 1;
+        if s.consecutive_failures >= self.gh.unhealthy_failure_threshold {
+            s.cooldown_until = now + self.gh.unhealthy_cooldown.as_secs() as i64;
+            s.consecutive_failures = 0;
+            s.live.cooldown = true;
+            tracing::warn!(org = %self.org.org, cooldown = ?self.gh.unhealthy_cooldown, "GitHub org failed repeatedly; cooling down (skipped cycles are backfilled)");
+        }
+    }
+
+    /// Runs a backfill job. `Ok` when applied or superseded; `Err` to retry later.
+    pub async fn backfill(&self, job: &BackfillJob) -> Result<(), Error> {
+        let repos = self.client.org_repos().await?;
+        let mut first_err = None;
+        for r in repos.iter().filter(|r| self.wanted(r)) {
+            if job.repo.as_deref().is_some_and(|n| n != r.name) {
+                continue;
+            }
+            if self.shown_window(&r.name).await? >= job.window_end {
+                self.count_backfill("superseded");
+                continue;
+            }
+            match self.scrape_repo(r, job.window_end, true).await {
+                Ok(samples) => {
+                    // Check again: a regular cycle may have finished meanwhile.
+                    if self.shown_window(&r.name).await? >= job.window_end {
+                        self.count_backfill("superseded");
+                        continue;
+                    }
+                    self.store
+                        .replace_scope(&self.scope(&r.name), samples)
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))?;
+                    self.set_shown_window(&r.name, job.window_end).await?;
+                    self.count_backfill("applied");
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => {
+                self.count_backfill("failed");
+                Err(e)
+            }
+        }
+    }
+
+    fn stretch(&self, started: i64, requests: u64) {
+        let interval = self.org.scrape_interval.as_secs_f64();
+        let b = self.client.budget().snapshot();
+        let limit = if b.known && b.limit > 0 {
+            b.limit
+        } else {
+            5000
+        } as f64;
+        let allowed = (limit * interval / 3600.0 - f64::from(self.gh.rate_limit.reserve)).max(1.0);
+        let mut s = self.state.lock();
+        s.live.cycle_requests = requests;
+        let over = requests as f64 > allowed;
+        if over && !s.live.overcommitted {
+            tracing::warn!(org = %self.org.org, requests, allowed = allowed as u64, interval = ?self.org.scrape_interval, "the org's scrape cycle does not fit its rate-limit budget; stretching the interval");
+        }
+        s.live.overcommitted = over;
+        let effective = if over {
+            interval * requests as f64 / allowed
+        } else {
+            interval
+        };
+        s.live.effective_interval = effective;
+        s.next_start = started + effective as i64;
+    }
+}
+
+#[async_trait]
+impl Poller for OrgPoller {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn interval(&self) -> Duration {
+        self.org.scrape_interval
+    }
+
+    fn timeout(&self) -> Duration {
+        // Rate-limit waits are part of a cycle; a whole reset window must fit.
+        (self.org.scrape_interval * 4).max(Duration::from_secs(2 * 3600))
+    }
+
+    async fn poll(&self) -> Vec<ScopeResult> {
+        let now = (self.clock)();
+        let (cooling, stretched) = {
+            let mut s = self.state.lock();
+            let cooling = now < s.cooldown_until;
+            if !cooling {
+                s.live.cooldown = false;
+            }
+            (cooling, now < s.next_start)
+        };
+        if cooling {
+            self.enqueue(None, now, "github_unhealthy").await;
+            return Vec::new();
+        }
+        if stretched {
+            return Vec::new();
+        }
+        let spent_before = self.client.budget().snapshot().spent;
+        let org_scope = format!("github/{}", self.org.org);
+        let repos = match self.client.org_repos().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_cycle(now);
+                self.enqueue(None, now, "scrape_error").await;
+                return vec![ScopeResult {
+                    scope: org_scope,
+                    result: Err(PollError::new(e.kind(), e.to_string())),
+                }];
+            }
+        };
+        let repos: Vec<wire::Repo> = repos.into_iter().filter(|r| self.wanted(r)).collect();
+        let total = repos.len();
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut done = 0usize;
+        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = Vec::with_capacity(total);
+        type Scrape<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
+        >;
+        let futs: Vec<Scrape<'_>> = repos
+            .iter()
+            .map(|r| -> Scrape<'_> {
+                Box::pin(async move { (r.name.clone(), self.scrape_repo(r, now, false).await) })
+            })
+            .collect();
+        let mut stream = futures_util::stream::iter(futs).buffer_unordered(self.org.concurrency);
+        while let Some(r) = stream.next().await {
+            done += 1;
+            results.push(r);
+            let elapsed = started.elapsed().as_secs_f64();
+            let rate = done as f64 / elapsed.max(1e-3);
+            let eta = (total - done) as f64 / rate.max(1e-9);
+            {
+                let mut s = self.state.lock();
+                s.live.progress = done as f64 / total.max(1) as f64;
+                s.live.eta = if done == total { 0.0 } else { eta };
+            }
+            if total >= 50 && last_log.elapsed() >= Duration::from_secs(10) {
+                last_log = Instant::now();
+                tracing::info!(org = %self.org.org, done, total, repos_per_s = format!("{rate:.1}"), eta_s = eta as u64, "GitHub scrape in progress");
+            }
+        }
+        drop(stream);
+        // Scopes of repos no longer scraped (deleted, archived, excluded) are emptied.
+        let listed: BTreeSet<String> = repos.iter().map(|r| self.scope(&r.name)).collect();
+        let prefix = format!("{org_scope}/");
+        let mut out: Vec<ScopeResult> = self
+            .store
+            .snapshot()
+            .scopes
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix) && !listed.contains(&*s.name))
+            .map(|s| ScopeResult {
+                scope: s.name.to_string(),
+                result: Ok(Vec::new()),
+            })
+            .collect();
+        let mut series = 0u64;
+        let budget = self.gh.activity.series_budget_per_org;
+        let mut exceeded = false;
+        let mut failed = 0usize;
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (repo, r) in results {
+            let scope = self.scope(&repo);
+            match r {
+                Ok(mut samples) => {
+                    let room = budget.saturating_sub(series) as usize;
+                    if samples.len() > room {
+                        samples.truncate(room);
+                        exceeded = true;
+                    }
+                    series += samples.len() as u64;
+                    if let Err(e) = self.set_shown_window(&repo, now).await {
+                        tracing::warn!(org = %self.org.org, repo, error = %e, "recording the shown window failed");
+                    }
+                    out.push(ScopeResult {
+                        scope,
+                        result: Ok(samples),
+                    });
+                }
+                Err(e) => {
+                    failed += 1;
+                    if !matches!(e, Error::Cancelled) {
+                        self.enqueue(Some(&repo), now, e.kind()).await;
+                    }
+                    out.push(ScopeResult {
+                        scope,
+                        result: Err(PollError::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+        }
+        if exceeded {
+            tracing::warn!(org = %self.org.org, budget, "series budget reached; some series were dropped");
+        }
+        self.state.lock().live.series_budget_exceeded = exceeded;
+        if total > 0 && failed == total {
+            self.fail_cycle(now);
+        } else {
+            self.state.lock().consecutive_failures = 0;
+        }
+        let spent = self.client.budget().snapshot().spent - spent_before;
+        self.stretch(now, spent);
+        out
+    }
+}
+
+/// Consumes `github.backfill` until shutdown, running each job on its org's poller.
+pub async fn run_backfill(
+    pollers: HashMap<String, Arc<OrgPoller>>,
+    queue: SharedQueue,
+    max_age: Duration,
+    clock: Clock,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let d = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            d = queue.receive(BACKFILL_TOPIC) => d,
+        };
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "backfill queue receive failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let job: BackfillJob = match serde_json::from_slice(&d.payload) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping an undecodable backfill job");
+                let _ = d.ack().await;
+                continue;
+            }
+        };
+        let Some(p) = pollers.get(&job.org) else {
+            tracing::warn!(org = %job.org, "dropping a backfill job of an org no longer configured");
+            let _ = d.ack().await;
+            continue;
+        };
+        if clock() - job.window_end > max_age.as_secs() as i64 {
+            p.count_backfill("expired");
+            let _ = d.ack().await;
+            continue;
+        }
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = p.backfill(&job) => r,
+        };
+        let r = match outcome {
+            Ok(()) => d.ack().await,
+            Err(e) => {
+                tracing::info!(org = %job.org, repo = ?job.repo, window_end = job.window_end, error = %e, "backfill failed; will retry");
+                d.nack(e.kind()).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "acknowledging a backfill job failed");
+        }
+    }
+}
+
+pub fn system_clock() -> Clock {
+    Arc::new(client::now_secs)
+}

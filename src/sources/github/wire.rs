@@ -1,0 +1,206 @@
+//! GitHub REST payloads, only the fields we read. They stay at the edge: the activity code
+//! turns them into [`super::activity::RepoEvents`] right away.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct User {
+    pub login: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Repo {
+    pub name: String,
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub fork: bool,
+    pub pushed_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct GitActor {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub date: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CommitInner {
+    pub author: Option<GitActor>,
+    pub committer: Option<GitActor>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Commit {
+    pub sha: String,
+    pub commit: CommitInner,
+    pub author: Option<User>,
+    pub committer: Option<User>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Pull {
+    pub number: u64,
+    pub user: Option<User>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub merged_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Review {
+    pub user: Option<User>,
+    pub submitted_at: Option<String>,
+    #[serde(default)]
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct IssueComment {
+    pub user: Option<User>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Week {
+    pub w: i64,
+    pub a: i64,
+    pub d: i64,
+    pub c: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ContributorStats {
+    pub author: Option<User>,
+    #[serde(default)]
+    pub total: i64,
+    pub weeks: Vec<Week>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct InstallationToken {
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp as GitHub writes them
+/// (`2026-02-19T12:00:00Z`, optionally with fractional seconds or a `+00:00` offset).
+pub fn parse_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, sec) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
+    let mut rest = &s[19..];
+    if let Some(r) = rest.strip_prefix('.') {
+        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" | "" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
+            let oh: i64 = r[1..3].parse().ok()?;
+            let om: i64 = r[4..6].parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if r.starts_with('+') { o } else { -o }
+        }
+        _ => return None,
+    };
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// RFC 3339 UTC, second precision.
+pub fn format_time(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Start (Sunday 00:00 UTC) of the GitHub statistics week containing `t`.
+pub fn week_start(t: i64) -> i64 {
+    // 1970-01-01 was a Thursday; Sunday is 4 days earlier.
+    let days = (t.div_euclid(86_400) + 4).div_euclid(7) * 7 - 4;
+    days * 86_400
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let t = parse_time("2026-02-19T12:00:00Z").unwrap();
+        assert_eq!(t, 1_771_502_400);
+        assert_eq!(format_time(t), "2026-02-19T12:00:00Z");
+        assert_eq!(parse_time("2026-02-19T13:00:00.123+01:00"), Some(t));
+        assert_eq!(parse_time("nope"), None);
+    }
+
+    #[test]
+    fn weeks_start_on_sunday() {
+        let t = parse_time("2026-02-19T12:00:00Z").unwrap(); // a Thursday
+        assert_eq!(format_time(week_start(t)), "2026-02-15T00:00:00Z");
+        let sun = parse_time("2026-02-15T00:00:00Z").unwrap();
+        assert_eq!(week_start(sun), sun);
+    }
+
+    #[test]
+    fn real_payloads_decode() {
+        let Some(dir) = crate::sources::github::research_dir("github-rest") else {
+            return;
+        };
+        let read = |f: &str| std::fs::read(dir.join(f)).expect("research file");
+        let _: Vec<Repo> = serde_json::from_slice(&read("orgs-repos.200.json")).unwrap();
+        let _: Vec<Commit> = serde_json::from_slice(&read("repos-commits.200.json")).unwrap();
+        let _: Vec<Pull> = serde_json::from_slice(&read("repos-pulls.200.json")).unwrap();
+        let _: Vec<Review> = serde_json::from_slice(&read("repos-pulls-reviews.200.json")).unwrap();
+        let _: Vec<IssueComment> =
+            serde_json::from_slice(&read("repos-issues-comments.200.json")).unwrap();
+        let _: Vec<ContributorStats> =
+            serde_json::from_slice(&read("repos-stats-contributors.200.json")).unwrap();
+        let _: InstallationToken =
+            serde_json::from_slice(&read("app-installations-access-tokens.201.json")).unwrap();
+    }
+}

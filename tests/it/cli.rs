@@ -1,0 +1,98 @@
+//! The binary's command line: exit codes and messages users see.
+
+use std::process::Command;
+
+fn devmetrics() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+}
+
+fn check(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = devmetrics();
+    cmd.arg("check-config").arg("--config.file").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn unknown_key_exits_2_with_suggestion() {
+    let (code, msg) = check("web:\n  listen_adress: [':1']\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"web.listen_adress\""), "{msg}");
+    assert!(
+        msg.contains("did you mean \"web.listen_addresses\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_duration_exits_2_naming_key_and_value() {
+    let (code, msg) = check("queue:\n  max_backoff: 5x\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("\"queue.max_backoff\"") && msg.contains("\"5x\""),
+        "{msg}"
+    );
+    assert!(msg.contains("unknown unit"), "{msg}");
+}
+
+#[test]
+fn env_overrides_file_and_is_named_in_errors() {
+    let (code, msg) = check(
+        "log:\n  level: info\n",
+        &[("DEVMETRICS_LOG__LEVEL", "loud")],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("DEVMETRICS_LOG__LEVEL") && msg.contains("\"log.level\""),
+        "{msg}"
+    );
+    let (code, msg) = check("", &[("DEVMETRICS_STORAGE__PTAH", "/x")]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("did you mean \"storage.path\""), "{msg}");
+}
+
+#[test]
+fn flags_override_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = devmetrics()
+        .args(["check-config", "--web.listen-address", "127.0.0.1:9999"])
+        .env("DEVMETRICS_WEB__LISTEN_ADDRESSES", "bad")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:9999"));
+}
+
+#[test]
+fn example_config_checks_clean_and_valid_config_exits_0() {
+    let out = devmetrics().args(["config", "example"]).output().unwrap();
+    assert!(out.status.success());
+    let example = String::from_utf8(out.stdout).unwrap();
+    let (code, msg) = check(&example, &[]);
+    assert_eq!(code, 0, "{msg}");
+}
+
+#[test]
+fn version_and_help() {
+    let out = devmetrics().arg("version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = devmetrics().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "demo", "check-config", "config", "version"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+}

@@ -1,0 +1,294 @@
+//! `/metrics` output checked by an independent parser (Python prometheus_client), for every
+//! family in the catalog, in both formats, plain and gzipped.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use std::sync::Arc;
+
+use devmetrics::exposition::{self, Format};
+use devmetrics::metrics::{FAMILIES, FamilyId, Kind, Labels};
+use devmetrics::store::{HistogramValue, Sample, ScopeData, Value};
+
+use crate::support;
+
+/// Label values that exercise escaping: quote, backslash, newline, non-ASCII.
+const NASTY: &str = "a\"b\\c\nd é";
+
+fn sample_for(i: usize) -> Sample {
+    let def = &FAMILIES[i];
+    let fid = FamilyId(i as u16);
+    let values: Vec<String> = def
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(j, _)| {
+            if j == 0 {
+                NASTY.to_string()
+            } else {
+                format!("v{j}")
+            }
+        })
+        .collect();
+    let labels = Labels::new(fid, &values).unwrap();
+    let value = match def.kind {
+        Kind::Histogram => {
+            let mut h = HistogramValue::new(def.buckets);
+            h.observe(def.buckets, def.buckets[0] / 2.0);
+            h.observe(def.buckets, def.buckets[def.buckets.len() - 1] * 2.0);
+            Value::Histogram(Box::new(h))
+        }
+        _ => Value::Number(42.5),
+    };
+    Sample {
+        family: fid,
+        labels,
+        value,
+    }
+}
+
+fn parse(py: &std::path::Path, format: &str, body: &str) -> serde_json::Value {
+    let mut child = std::process::Command::new(py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/parse_metrics.py"
+        ))
+        .arg(format)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{format} rejected by prometheus_client: {}\n--- body ---\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn scopes_with_every_family() -> Vec<Arc<ScopeData>> {
+    // Each family in its own scope, as sources do.
+    (0..FAMILIES.len())
+        .map(|i| {
+            let s = sample_for(i);
+            let mut families = BTreeMap::new();
+            families.insert(s.family, BTreeMap::from([(s.labels, s.value)]));
+            Arc::new(ScopeData {
+                name: Arc::from(format!("test/{i}").as_str()),
+                updated_at: 0.0,
+                families,
+            })
+        })
+        .collect()
+}
+
+/// Every family of the catalog, with hostile label values, rendered by our encoder and read
+/// back by prometheus_client in both formats: types, units, values and labels must survive.
+#[test]
+fn every_family_parses_in_both_formats() {
+    let Some(py) = support::python_with_parser() else {
+        return;
+    };
+    let scopes = scopes_with_every_family();
+    for (format, fmt) in [("openmetrics", Format::OpenMetrics), ("text", Format::Text)] {
+        let mut out = Vec::new();
+        exposition::render(&scopes, fmt, &mut out).unwrap();
+        let body = String::from_utf8(out).unwrap();
+        let parsed = parse(&py, format, &body);
+        let families: BTreeMap<String, &serde_json::Value> = parsed["families"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["name"].as_str().unwrap().to_string(), f))
+            .collect();
+        assert_eq!(families.len(), FAMILIES.len(), "{format}: {body}");
+        for def in FAMILIES {
+            // prometheus_client names counter families without `_total` in both parsers.
+            let key = match def.kind {
+                Kind::Counter => def.name.trim_end_matches("_total").to_string(),
+                _ => def.name.to_string(),
+            };
+            let fam = families
+                .get(&key)
+                .unwrap_or_else(|| panic!("{format}: {key} missing"));
+            let samples = fam["samples"].as_array().unwrap();
+            let first_label = def.labels.first().copied();
+            match def.kind {
+                Kind::Histogram => {
+                    assert_eq!(fam["type"], "histogram");
+                    // buckets + +Inf + _sum + _count
+                    assert_eq!(samples.len(), def.buckets.len() + 3, "{key}");
+                    let count = samples
+                        .iter()
+                        .find(|s| s[0].as_str().unwrap().ends_with("_count"))
+                        .unwrap();
+                    assert_eq!(count[2].as_f64(), Some(2.0));
+                    let inf = samples.iter().find(|s| s[1]["le"] == "+Inf").unwrap();
+                    assert_eq!(inf[2].as_f64(), Some(2.0));
+                }
+                _ => {
+                    assert_eq!(samples.len(), 1, "{key}: {samples:?}");
+                    assert_eq!(samples[0][0].as_str(), Some(def.name), "{key}");
+                    assert_eq!(samples[0][2].as_f64(), Some(42.5), "{key}");
+                    let expected_type = match (def.kind, format) {
+                        (Kind::LegacyCounter, "openmetrics") => "unknown",
+                        (Kind::LegacyCounter | Kind::Counter, _) => "counter",
+                        _ => "gauge",
+                    };
+                    assert_eq!(fam["type"], expected_type, "{key}");
+                }
+            }
+            if let Some(l) = first_label {
+                assert_eq!(samples[0][1][l].as_str(), Some(NASTY), "{key} label {l}");
+            }
+            if format == "openmetrics" {
+                assert_eq!(
+                    fam["unit"].as_str().unwrap_or(""),
+                    def.unit.unwrap_or(""),
+                    "{key}"
+                );
+            }
+        }
+    }
+}
+
+/// The live endpoint: negotiation, content types, gzip, and output the parser accepts.
+#[tokio::test]
+async fn live_endpoint_negotiates_and_compresses() {
+    let Some(py) = support::python_with_parser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let running = support::start(support::config_with(dir.path(), &[]), "http").await;
+    let store = running.launched.as_ref().unwrap().state.store.clone();
+    for (i, def) in FAMILIES.iter().enumerate() {
+        if def.source != "core" {
+            store
+                .replace_scope(&format!("test/{i}"), vec![sample_for(i)])
+                .await
+                .unwrap();
+        }
+    }
+    let client = reqwest::Client::builder().no_gzip().build().unwrap();
+    client
+        .get(format!("{}/metrics", running.base))
+        .send()
+        .await
+        .unwrap();
+    for (format, accept) in [
+        (
+            "openmetrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ),
+        ("text", "text/plain;version=0.0.4"),
+    ] {
+        for gzip in [false, true] {
+            let mut req = client
+                .get(format!("{}/metrics", running.base))
+                .header("accept", accept);
+            if gzip {
+                req = req.header("accept-encoding", "gzip");
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+            let encoding = resp
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            let raw = resp.bytes().await.unwrap();
+            let body = if gzip {
+                assert_eq!(encoding.as_deref(), Some("gzip"));
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&raw[..])
+                    .read_to_string(&mut s)
+                    .unwrap();
+                s
+            } else {
+                assert_eq!(encoding, None);
+                String::from_utf8(raw.to_vec()).unwrap()
+            };
+            if format == "openmetrics" {
+                assert!(
+                    ct.starts_with("application/openmetrics-text; version=1.0.0"),
+                    "{ct}"
+                );
+                assert!(body.ends_with("# EOF\n"));
+            } else {
+                assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+            }
+            let parsed = parse(&py, format, &body);
+            let names: Vec<&str> = parsed["families"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
+            assert!(names.contains(&"devmetrics_build_info"), "{body}");
+            assert!(names.contains(&"devmetrics_http_requests"), "{body}");
+        }
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn own_telemetry_parses_and_counts_requests() {
+    let Some(py) = support::python_with_parser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let running = support::start(support::config_with(dir.path(), &[]), "http").await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client
+            .get(format!("{}/livez", running.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    client
+        .get(format!("{}/nope", running.base))
+        .send()
+        .await
+        .unwrap();
+    let body = client
+        .get(format!("{}/metrics", running.base))
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed = parse(&py, "openmetrics", &body);
+    let reqs = parsed["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "devmetrics_http_requests")
+        .expect("request counter");
+    let count = |route: &str, code: &str| {
+        reqs["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s[0] == "devmetrics_http_requests_total"
+                    && s[1]["route"] == route
+                    && s[1]["code"] == code
+            })
+            .and_then(|s| s[2].as_f64())
+    };
+    assert_eq!(count("/livez", "200"), Some(3.0));
+    assert_eq!(count("other", "404"), Some(1.0));
+    assert!(body.contains("devmetrics_build_info{version=\""));
+    running.stop().await;
+}

@@ -1,0 +1,89 @@
+//! Shared helpers: an exporter on 127.0.0.1:0 with its own SQLite file, and the rules for
+//! tests that need something from outside the project.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use devmetrics::app::{self, Launched};
+use devmetrics::config::{self, Config, Overrides};
+use tokio_util::sync::CancellationToken;
+
+pub fn config_with(dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
+    let mut o = Overrides::default();
+    o.set(
+        "storage.path",
+        serde_yaml::Value::String(dir.join("devmetrics.db").display().to_string()),
+        "test",
+    );
+    o.set(
+        "web.listen_addresses",
+        serde_yaml::Value::String("127.0.0.1:0".into()),
+        "test",
+    );
+    for (k, v) in extra {
+        o.set(k, v.clone(), "test");
+    }
+    config::load(None, &BTreeMap::new(), &o).expect("test config is valid")
+}
+
+pub struct Running {
+    pub base: String,
+    pub launched: Option<Launched>,
+    pub shutdown: CancellationToken,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(l) = self.launched.take() {
+            l.wait().await;
+        }
+    }
+}
+
+pub async fn start(config: Config, scheme: &str) -> Running {
+    let listeners = app::bind(&config).await.expect("bind");
+    let shutdown = CancellationToken::new();
+    let launched = app::launch(config, listeners, shutdown.clone())
+        .await
+        .expect("launch");
+    let base = format!("{scheme}://{}", launched.addrs[0]);
+    Running {
+        base,
+        launched: Some(launched),
+        shutdown,
+    }
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// The Python interpreter with `prometheus_client` (an independent OpenMetrics parser), or
+/// `None` with a message. `scripts/test` provisions it; with `DEVMETRICS_REQUIRE_SERVICES=1`
+/// (CI) a missing parser fails the test instead of skipping it.
+pub fn python_with_parser() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("DEVMETRICS_PYTHON").ok().map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/.venv/bin/python"
+        ))),
+        Some(PathBuf::from("python3")),
+    ];
+    for py in candidates.into_iter().flatten() {
+        let ok = std::process::Command::new(&py)
+            .args(["-c", "import prometheus_client.openmetrics.parser"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    let msg = "python3 with prometheus_client not found: run scripts/test (it creates .venv), or `pip install prometheus-client`";
+    if flag("DEVMETRICS_REQUIRE_SERVICES") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
