@@ -208,6 +208,14 @@ pub async fn launch(
         for s in sinks {
             tasks.spawn(sink::run(queue.clone(), s, shutdown.clone()));
         }
+        for p in webhook_pollers(&config, gh, &shared_store, &telemetry, &shutdown)? {
+            tasks.spawn(sources::run_poller(
+                p,
+                shared_store.clone(),
+                telemetry.clone(),
+                shutdown.clone(),
+            ));
+        }
         let opts = Arc::new(gh.workflows.clone());
         for _ in 0..gh.consumers {
             tasks.spawn(crate::processors::run_consumer(
@@ -251,6 +259,63 @@ pub async fn launch(
         tasks,
         shutdown,
     })
+}
+
+/// The runner inventory and missed-delivery recovery, on the GitHub client of the org they
+/// name (its credentials and base URL from `github.orgs`).
+fn webhook_pollers(
+    config: &Config,
+    gh: &crate::sources::webhooks::GithubConfig,
+    store: &SharedStore,
+    telemetry: &Arc<Telemetry>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Arc<dyn Poller>>> {
+    use crate::sources::github::client::{Budgets, Client};
+    use crate::sources::webhooks::actions::{Recovery, Runners};
+    let mut out: Vec<Arc<dyn Poller>> = Vec::new();
+    let Some(github) = &config.github else {
+        return Ok(out);
+    };
+    let budgets = Budgets::default();
+    let client = |org: &str| -> anyhow::Result<Arc<Client>> {
+        let o = github
+            .orgs
+            .iter()
+            .find(|o| o.org.eq_ignore_ascii_case(org))
+            .with_context(|| format!("org {org} is not configured under github.orgs"))?;
+        Ok(Arc::new(
+            Client::new(
+                github,
+                o,
+                store.clone(),
+                telemetry.clone(),
+                &budgets,
+                shutdown.clone(),
+            )
+            .with_context(|| format!("building the GitHub client for {org}"))?,
+        ))
+    };
+    if let Some(r) = &gh.runners {
+        for org in &r.orgs {
+            out.push(Arc::new(Runners::new(
+                client(org)?,
+                r.interval,
+                gh.workflows.max_runner_labels.max(8),
+            )));
+        }
+    }
+    for r in &gh.recovery {
+        let poller = Recovery::new(
+            client(&r.org)?,
+            r.hook_id,
+            store.clone(),
+            r.interval,
+            r.lookback,
+        );
+        telemetry.add_collector(poller.stats.clone());
+        out.push(Arc::new(poller));
+    }
+    Ok(out)
 }
 
 /// Scopes persisted by a source that is no longer configured (or a GitHub org no longer

@@ -239,7 +239,7 @@ impl RawConfig {
             Some(g) => g.resolve(base)?,
             None => None,
         };
-        Ok(Config {
+        let config = Config {
             spacelift,
             github,
             web: WebConfig {
@@ -282,6 +282,8 @@ impl RawConfig {
                 )?,
             },
             webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
-        })
+        };
+        crate::sources::webhooks::config::check_with(&config)?;
+        Ok(config)
     }
 }

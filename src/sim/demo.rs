@@ -53,6 +53,8 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
         max_body_bytes: GITHUB_MAX_BODY,
         consumers: 4,
         workflows: Default::default(),
+        runners: None,
+        recovery: Vec::new(),
     });
     gh.secrets.push(crate::config::Secret::new(secret.clone()));
     gh.insecure_skip_verify = false;

@@ -7,6 +7,7 @@
 
 pub mod demo;
 pub mod github;
+pub mod github_hooks;
 pub mod sinks;
 pub mod spacelift;
 pub mod webhooks;

@@ -588,6 +588,45 @@ impl Client {
         capped / 2 + capped.mul_f64(rand::rng().random_range(0.0..0.5))
     }
 
+    /// One POST without a body (a webhook redelivery request). No retries: its callers try
+    /// again on their next cycle. Returns the status.
+    pub async fn post_empty(&self, path: &str, endpoint: &'static str) -> Result<u16, Error> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.authorization().await?;
+        let started = Instant::now();
+        self.counts.sent.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .http
+            .post(&url)
+            .header("authorization", auth)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .send()
+            .await;
+        match r {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                self.budget.observe(r.headers(), true);
+                self.telemetry.upstream_request(
+                    "github",
+                    endpoint,
+                    &status.to_string(),
+                    started.elapsed(),
+                );
+                Ok(status)
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "network" };
+                self.telemetry
+                    .upstream_request("github", endpoint, kind, started.elapsed());
+                Err(Error::Network {
+                    endpoint,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,

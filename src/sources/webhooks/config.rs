@@ -55,6 +55,26 @@ pub struct RawGithub {
     /// Tasks applying queued deliveries; 0 makes a receive-only instance.
     pub consumers: Option<usize>,
     pub workflows: Option<RawWorkflows>,
+    pub runners: Option<RawRunners>,
+    pub recovery: Option<Vec<RawRecovery>>,
+}
+
+/// Self-hosted runner inventory of orgs configured under `github.orgs` (their credentials).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunners {
+    pub orgs: Option<Vec<String>>,
+    pub interval: Option<String>,
+}
+
+/// Missed-delivery recovery for one org webhook.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecovery {
+    pub org: Option<String>,
+    pub hook_id: Option<u64>,
+    pub interval: Option<String>,
+    pub lookback: Option<String>,
 }
 
 /// `- value: s3cret`, `- value_file: /run/secrets/hook` or a bare string.
@@ -108,6 +128,22 @@ pub struct GithubConfig {
     pub max_body_bytes: u64,
     pub consumers: usize,
     pub workflows: crate::processors::workflows::Options,
+    pub runners: Option<RunnersConfig>,
+    pub recovery: Vec<RecoveryConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnersConfig {
+    pub orgs: Vec<String>,
+    pub interval: std::time::Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecoveryConfig {
+    pub org: String,
+    pub hook_id: u64,
+    pub interval: std::time::Duration,
+    pub lookback: std::time::Duration,
 }
 
 impl RawWebhooks {
@@ -201,6 +237,49 @@ impl RawAppInsights {
     }
 }
 
+/// Checks that need other sections: the orgs whose API the runner inventory and the
+/// recovery use are configured (with credentials) under `github.orgs`, and delivery ids are
+/// remembered at least as long as GitHub may redeliver.
+pub fn check_with(config: &crate::config::Config) -> Result<(), Error> {
+    let Some(gh) = &config.webhooks.github else {
+        return Ok(());
+    };
+    if config.queue.dedupe_retention < std::time::Duration::from_secs(7 * 86_400) {
+        return Err(Error::invalid(
+            "queue.dedupe_retention",
+            Some(&crate::config::format_duration(
+                config.queue.dedupe_retention,
+            )),
+            "must be at least 7d while webhooks.github is enabled (delivery ids are deduplicated for 7 days)",
+        ));
+    }
+    let known = |org: &str| {
+        config
+            .github
+            .as_ref()
+            .is_some_and(|g| g.orgs.iter().any(|o| o.org.eq_ignore_ascii_case(org)))
+    };
+    for (i, org) in gh.runners.iter().flat_map(|r| r.orgs.iter()).enumerate() {
+        if !known(org) {
+            return Err(Error::invalid(
+                format!("webhooks.github.runners.orgs[{i}]"),
+                Some(org),
+                "is not configured under github.orgs (its credentials are used)",
+            ));
+        }
+    }
+    for (i, r) in gh.recovery.iter().enumerate() {
+        if !known(&r.org) {
+            return Err(Error::invalid(
+                format!("webhooks.github.recovery[{i}].org"),
+                Some(&r.org),
+                "is not configured under github.orgs (its credentials are used)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_secret(key: &str, source: SecretSource) -> Result<Secret, Error> {
     let path = match &source {
         SecretSource::File(p) => Some(p.display().to_string()),
@@ -290,11 +369,72 @@ impl RawGithub {
                 "must be at most 64",
             ));
         }
+        use crate::config::raw::duration;
+        use std::time::Duration;
+        let runners = match self.runners {
+            None => None,
+            Some(r) => {
+                let orgs = r.orgs.unwrap_or_default();
+                if orgs.is_empty() {
+                    return Err(Error::invalid(
+                        "webhooks.github.runners.orgs",
+                        None,
+                        "needs at least one org (configured under github.orgs)",
+                    ));
+                }
+                Some(RunnersConfig {
+                    orgs,
+                    interval: duration(
+                        "webhooks.github.runners.interval",
+                        r.interval.as_ref(),
+                        Duration::from_secs(60),
+                    )?,
+                })
+            }
+        };
+        let mut recovery = Vec::new();
+        for (i, r) in self.recovery.unwrap_or_default().into_iter().enumerate() {
+            let key = |k: &str| format!("webhooks.github.recovery[{i}].{k}");
+            let org = r
+                .org
+                .ok_or_else(|| Error::invalid(key("org"), None, "is required"))?;
+            let hook_id = r.hook_id.ok_or_else(|| {
+                Error::invalid(
+                    key("hook_id"),
+                    None,
+                    "is required (the org webhook's id, from its settings URL)",
+                )
+            })?;
+            let lookback = duration(
+                &key("lookback"),
+                r.lookback.as_ref(),
+                Duration::from_secs(3 * 3600),
+            )?;
+            if lookback > Duration::from_secs(3 * 86_400) {
+                return Err(Error::invalid(
+                    key("lookback"),
+                    r.lookback.as_deref(),
+                    "must be at most 3d (GitHub keeps deliveries for 3 days)",
+                ));
+            }
+            recovery.push(RecoveryConfig {
+                org,
+                hook_id,
+                interval: duration(
+                    &key("interval"),
+                    r.interval.as_ref(),
+                    Duration::from_secs(300),
+                )?,
+                lookback,
+            });
+        }
         Ok(GithubConfig {
             secrets,
             insecure_skip_verify,
             max_body_bytes,
             consumers,
+            runners,
+            recovery,
             workflows: crate::processors::workflows::Options {
                 step_metrics: w.step_metrics.unwrap_or(false),
                 branch_label: w.branch_label.unwrap_or(false),
@@ -387,6 +527,9 @@ mod example {
                 "/run/secrets/appinsights-connection-string",
                 &conn.display().to_string(),
             );
+        // runners and recovery use an org's credentials from the (separately documented)
+        // github section.
+        let yaml = format!("{yaml}github:\n  orgs:\n    - org: my-org\n      token: t\n");
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, yaml).unwrap();
         let cfg =
@@ -394,6 +537,8 @@ mod example {
         let gh = cfg.webhooks.github.unwrap();
         assert_eq!(gh.secrets[0].expose(), "s3cret");
         assert_eq!(gh.consumers, 4);
+        assert_eq!(gh.runners.unwrap().orgs, ["my-org"]);
+        assert_eq!(gh.recovery[0].hook_id, 12345678);
         assert_eq!(cfg.webhooks.listen_address.unwrap().port(), 10478);
         assert_eq!(
             cfg.webhooks.sinks.otlp.unwrap().endpoint,
@@ -403,5 +548,45 @@ mod example {
             cfg.webhooks.sinks.appinsights.unwrap().ingestion_endpoint,
             "https://x"
         );
+    }
+}
+
+#[cfg(test)]
+mod cross_checks {
+    use crate::config::load;
+    use std::collections::BTreeMap;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn recovery_and_runners_need_a_configured_org_and_dedupe_lasts_a_week() {
+        let e = load(
+            None,
+            &env(&[
+                ("DEVMETRICS_WEBHOOKS__GITHUB__SECRET", "s"),
+                ("DEVMETRICS_QUEUE__DEDUPE_RETENTION", "1d"),
+            ]),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("queue.dedupe_retention"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "webhooks:\n  github:\n    secret: s\n    recovery:\n      - {org: other, hook_id: 1}\n",
+        )
+        .unwrap();
+        let e = load(Some(&f), &env(&[]), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webhooks.github.recovery[0].org"), "{e}");
+        assert!(e.contains("github.orgs"), "{e}");
     }
 }

@@ -329,6 +329,8 @@ mod tests {
                 max_body_bytes: 1024,
                 consumers: 4,
                 workflows: Default::default(),
+                runners: None,
+                recovery: Vec::new(),
             },
             Arc::new(q),
         )
@@ -383,6 +385,8 @@ mod unavailable {
                 max_body_bytes: 1024,
                 consumers: 4,
                 workflows: Default::default(),
+                runners: None,
+                recovery: Vec::new(),
             },
             Arc::new(Broken),
         );

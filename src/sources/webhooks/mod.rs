@@ -1,6 +1,7 @@
 //! Webhook receivers. A receiver verifies, durably queues and answers; it never processes
 //! (processing happens in `crate::processors`, fed from the queue).
 
+pub mod actions;
 pub mod config;
 pub mod github;
 

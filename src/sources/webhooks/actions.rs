@@ -1,0 +1,349 @@
+//! Pollers that complete the webhook picture through the GitHub REST API (using
+//! `sources::github::Client`, never a second client):
+//!
+//! - [`Runners`]: the self-hosted runner inventory of an org (online, busy, labels, group),
+//!   the denominator of runner utilisation;
+//! - [`Recovery`]: lists the org webhook's recent deliveries and asks GitHub to redeliver
+//!   the ones that failed, which GitHub never retries by itself.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::metrics::{FamilyId, Labels, id};
+use crate::processors::workflows::runner_labels;
+use crate::sources::github::client::{Client, Error};
+use crate::sources::{PollError, Poller, ScopeResult};
+use crate::store::{Sample, SharedStore, Value, now_unix};
+
+/// Follows `Link: rel="next"` over pages whose list sits under `field`.
+async fn pages<T: for<'de> Deserialize<'de>>(
+    client: &Client,
+    first: String,
+    endpoint: &'static str,
+    mut keep_going: impl FnMut(&[T]) -> bool,
+    unwrap: impl Fn(serde_json::Value) -> Option<serde_json::Value>,
+) -> Result<Vec<T>, Error> {
+    let mut out = Vec::new();
+    let mut next = Some(first);
+    while let Some(p) = next.take() {
+        let page = client.get(&p, endpoint, false).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&page.body).map_err(|e| Error::Decode {
+                endpoint,
+                message: e.to_string(),
+            })?;
+        let items: Vec<T> = unwrap(v)
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| Error::Decode {
+                endpoint,
+                message: e.to_string(),
+            })?
+            .unwrap_or_default();
+        let go_on = keep_going(&items);
+        out.extend(items);
+        if go_on {
+            next = page.next;
+        }
+    }
+    Ok(out)
+}
+
+fn field(name: &'static str) -> impl Fn(serde_json::Value) -> Option<serde_json::Value> {
+    move |mut v| v.get_mut(name).map(serde_json::Value::take)
+}
+
+// ── runner inventory ───────────────────────────────────────────────────────────────────
+
+#[derive(Deserialize)]
+struct RunnerGroup {
+    id: u64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Runner {
+    status: String,
+    busy: bool,
+    runner_group_id: Option<u64>,
+    #[serde(default)]
+    labels: Vec<Label>,
+}
+
+pub struct Runners {
+    org: String,
+    client: Arc<Client>,
+    interval: Duration,
+    max_labels: usize,
+}
+
+impl Runners {
+    pub fn new(client: Arc<Client>, interval: Duration, max_labels: usize) -> Runners {
+        Runners {
+            org: client.org().to_string(),
+            client,
+            interval,
+            max_labels,
+        }
+    }
+
+    async fn fetch(&self) -> Result<Vec<Sample>, Error> {
+        let org = &self.org;
+        // Without the runner-groups permission the groups stay unnamed, not unknown.
+        let groups: HashMap<u64, String> = match pages::<RunnerGroup>(
+            &self.client,
+            format!("/orgs/{org}/actions/runner-groups?per_page=100"),
+            "actions_runner_groups",
+            |_| true,
+            field("runner_groups"),
+        )
+        .await
+        {
+            Ok(g) => g.into_iter().map(|g| (g.id, g.name)).collect(),
+            Err(Error::Status {
+                status: 403 | 404, ..
+            }) => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        let runners: Vec<Runner> = pages(
+            &self.client,
+            format!("/orgs/{org}/actions/runners?per_page=100"),
+            "actions_runners",
+            |_| true,
+            field("runners"),
+        )
+        .await?;
+        let mut counts: BTreeMap<(String, String, &'static str), f64> = BTreeMap::new();
+        for r in &runners {
+            let group = r
+                .runner_group_id
+                .and_then(|g| groups.get(&g).cloned())
+                .unwrap_or_default();
+            let names: Vec<String> = r.labels.iter().map(|l| l.name.clone()).collect();
+            let state = match (r.status.as_str(), r.busy) {
+                ("online", true) => "busy",
+                ("online", false) => "idle",
+                _ => "offline",
+            };
+            *counts
+                .entry((group, runner_labels(&names, self.max_labels), state))
+                .or_default() += 1.0;
+        }
+        let fid = id("devmetrics_workflow_runners");
+        Ok(counts
+            .into_iter()
+            .map(|((group, labels, state), n)| {
+                let l =
+                    Labels::new(fid, &[org.as_str(), &group, &labels, state]).expect("four labels");
+                Sample::number(fid, l, n)
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Poller for Runners {
+    fn name(&self) -> &'static str {
+        "github_runners"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn timeout(&self) -> Duration {
+        self.interval.min(Duration::from_secs(120))
+    }
+    async fn poll(&self) -> Vec<ScopeResult> {
+        vec![ScopeResult {
+            scope: format!("webhooks/runners/{}", self.org),
+            result: self
+                .fetch()
+                .await
+                .map_err(|e| PollError::new(e.kind(), e.to_string())),
+        }]
+    }
+}
+
+// ── missed-delivery recovery ───────────────────────────────────────────────────────────
+
+#[derive(Deserialize)]
+struct HookDelivery {
+    id: u64,
+    guid: String,
+    delivered_at: String,
+    status_code: u16,
+}
+
+/// `devmetrics_webhook_redeliveries_total{source="github",result}`.
+#[derive(Default)]
+pub struct RecoveryStats {
+    pub requested: AtomicU64,
+    pub refused: AtomicU64,
+    pub recovered: AtomicU64,
+}
+
+impl crate::telemetry::Collect for RecoveryStats {
+    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
+        let fid = id("devmetrics_webhook_redeliveries_total");
+        for (result, v) in [
+            ("requested", &self.requested),
+            ("refused", &self.refused),
+            ("recovered", &self.recovered),
+        ] {
+            let l = Labels::new(fid, &["github", result]).expect("two labels");
+            out.push((fid, l, Value::Number(v.load(Ordering::Relaxed) as f64)));
+        }
+    }
+}
+
+/// Whether any attempt of a delivery succeeded, and its latest failed attempt (time, id).
+type GuidState = (bool, Option<(f64, u64)>);
+
+const KV_NS: &str = "webhook_redelivery";
+/// A failed delivery younger than this is left alone: a redelivery may be in flight.
+const GRACE: f64 = 30.0;
+/// Redeliveries asked per cycle, to stay clear of secondary rate limits.
+const MAX_PER_CYCLE: usize = 100;
+
+pub struct Recovery {
+    org: String,
+    hook_id: u64,
+    client: Arc<Client>,
+    store: SharedStore,
+    interval: Duration,
+    lookback: Duration,
+    pub stats: Arc<RecoveryStats>,
+}
+
+impl Recovery {
+    pub fn new(
+        client: Arc<Client>,
+        hook_id: u64,
+        store: SharedStore,
+        interval: Duration,
+        lookback: Duration,
+    ) -> Recovery {
+        Recovery {
+            org: client.org().to_string(),
+            hook_id,
+            client,
+            store,
+            interval,
+            lookback,
+            stats: Arc::new(RecoveryStats::default()),
+        }
+    }
+
+    /// One cycle: returns how many deliveries in the window are still failed.
+    pub async fn run_once(&self) -> Result<usize, Error> {
+        let now = now_unix();
+        let since = now - self.lookback.as_secs_f64();
+        let (org, hook) = (&self.org, self.hook_id);
+        let at = |d: &HookDelivery| crate::processors::time::parse_rfc3339(&d.delivered_at);
+        let deliveries: Vec<HookDelivery> = pages(
+            &self.client,
+            format!("/orgs/{org}/hooks/{hook}/deliveries?per_page=100"),
+            "hook_deliveries",
+            // Newest first: stop once a page reaches past the window.
+            |items: &[HookDelivery]| items.iter().all(|d| at(d).is_some_and(|t| t >= since)),
+            Some,
+        )
+        .await?;
+        // Per delivery GUID: did any attempt succeed, and which failed attempt is the latest.
+        let mut by_guid: HashMap<&str, GuidState> = HashMap::new();
+        for d in &deliveries {
+            let Some(t) = at(d).filter(|t| *t >= since) else {
+                continue;
+            };
+            let e = by_guid.entry(d.guid.as_str()).or_default();
+            if (200..300).contains(&d.status_code) {
+                e.0 = true;
+            } else if e.1.is_none_or(|(prev, _)| t > prev) {
+                e.1 = Some((t, d.id));
+            }
+        }
+        let mut still_failed = 0;
+        let mut asked = 0;
+        for (guid, (ok, failed)) in by_guid {
+            let mark = self
+                .store
+                .kv_get(KV_NS, guid)
+                .await
+                .map_err(|e| Error::Store(e.to_string()))?;
+            if ok {
+                if mark.as_deref() == Some(b"requested") {
+                    self.stats.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.put(guid, b"recovered").await?;
+                }
+                continue;
+            }
+            let Some((t, delivery_id)) = failed else {
+                continue;
+            };
+            still_failed += 1;
+            if mark.is_some() || now - t < GRACE || asked >= MAX_PER_CYCLE {
+                continue;
+            }
+            asked += 1;
+            let status = self
+                .client
+                .post_empty(
+                    &format!("/orgs/{org}/hooks/{hook}/deliveries/{delivery_id}/attempts"),
+                    "hook_redelivery",
+                )
+                .await?;
+            if (200..300).contains(&status) {
+                self.stats.requested.fetch_add(1, Ordering::Relaxed);
+                self.put(guid, b"requested").await?;
+            } else {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(org, hook, status, "GitHub refused a webhook redelivery");
+            }
+        }
+        Ok(still_failed)
+    }
+
+    async fn put(&self, guid: &str, v: &[u8]) -> Result<(), Error> {
+        self.store
+            .kv_put(KV_NS, guid, v.to_vec(), Some(self.lookback * 2))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Poller for Recovery {
+    fn name(&self) -> &'static str {
+        "github_webhook_recovery"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn timeout(&self) -> Duration {
+        self.interval.min(Duration::from_secs(300))
+    }
+    async fn poll(&self) -> Vec<ScopeResult> {
+        let fid = id("devmetrics_webhook_failed_deliveries");
+        let hook = self.hook_id.to_string();
+        vec![ScopeResult {
+            scope: format!("webhooks/recovery/{}/{hook}", self.org),
+            result: self
+                .run_once()
+                .await
+                .map(|n| {
+                    let l =
+                        Labels::new(fid, &[self.org.as_str(), hook.as_str()]).expect("two labels");
+                    vec![Sample::number(fid, l, n as f64)]
+                })
+                .map_err(|e| PollError::new(e.kind(), e.to_string())),
+        }]
+    }
+}
