@@ -995,3 +995,58 @@ async fn runner_inventory_counts_runners_by_group_labels_and_state() {
     assert_eq!(got, want);
     app.stop().await;
 }
+
+/// With `webhooks.listen_address` the receiver answers only there, and that listener serves
+/// nothing else; `insecure_skip_verify` accepts unsigned deliveries.
+#[tokio::test]
+async fn own_listener_keeps_metrics_private_and_insecure_mode_accepts_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let env: BTreeMap<String, String> = [
+        (
+            "DEVMETRICS_STORAGE__PATH",
+            dir.path().join("d.db").display().to_string(),
+        ),
+        ("DEVMETRICS_WEBHOOKS__LISTEN_ADDRESS", "127.0.0.1:0".into()),
+        (
+            "DEVMETRICS_WEBHOOKS__GITHUB__INSECURE_SKIP_VERIFY",
+            "true".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let cfg = devmetrics::config::load(None, &env, &Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let launched = devmetrics::app::launch(cfg, vec![listener], shutdown.clone())
+        .await
+        .unwrap();
+    let main = launched.addrs[0];
+    let hook = launched.webhook_addr.expect("own listener");
+    let c = client();
+    let mut g = Generator::new(2);
+    let body = job_body(&mut g);
+    let post = |addr: std::net::SocketAddr, d: &str| {
+        c.post(format!("http://{addr}/webhooks/github"))
+            .header("x-github-event", "workflow_job")
+            .header("x-github-delivery", d)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(post(hook, "u-1").await.unwrap().status(), 202);
+    assert_eq!(post(main, "u-2").await.unwrap().status(), 404);
+    let metrics = c
+        .get(format!("http://{hook}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 404);
+    let metrics = c
+        .get(format!("http://{main}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    shutdown.cancel();
+    launched.wait().await;
+}
