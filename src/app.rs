@@ -196,6 +196,7 @@ pub async fn launch(
                 .collect();
             sinks.push(Arc::new(otlp::Otlp::new(
                 &o.endpoint,
+                o.protocol,
                 headers,
                 o.service_name.clone(),
             )));

@@ -5,7 +5,8 @@
 //! delivery of the same run or job yields the same ids: a redelivery overwrites rather than
 //! duplicates, and jobs sent before their run still land under it.
 //!
-//! The OTLP/HTTP protobuf encoding is written by hand (a dozen fields of
+//! Both OTLP transports are supported: HTTP/protobuf and gRPC (cleartext HTTP/2). The
+//! protobuf encoding is written by hand (a dozen fields of
 //! `opentelemetry/proto/trace/v1`), which keeps prost and the generated OTLP crates out of
 //! the build; the tests decode it with an independent wire-format reader.
 
@@ -257,46 +258,77 @@ pub fn encode(item: &Item, service_name: &str) -> Option<Vec<u8>> {
     Some(req.0)
 }
 
-/// OTLP/HTTP with protobuf bodies (`POST {endpoint}/v1/traces`).
+/// How the spans travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/HTTP with protobuf bodies: `POST {endpoint}/v1/traces`.
+    HttpProtobuf,
+    /// OTLP/gRPC over cleartext HTTP/2 (h2c): `TraceService/Export` on `{endpoint}`.
+    Grpc,
+}
+
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+type GrpcClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+enum Transport {
+    Http(reqwest::Client),
+    Grpc(Box<GrpcClient>),
+}
+
 pub struct Otlp {
-    client: reqwest::Client,
+    transport: Transport,
     url: String,
     headers: Vec<(String, String)>,
     service_name: String,
 }
 
 impl Otlp {
-    pub fn new(endpoint: &str, headers: Vec<(String, String)>, service_name: String) -> Otlp {
+    pub fn new(
+        endpoint: &str,
+        protocol: Protocol,
+        headers: Vec<(String, String)>,
+        service_name: String,
+    ) -> Otlp {
         let base = endpoint.trim_end_matches('/');
-        let url = if base.ends_with("/v1/traces") {
-            base.to_string()
-        } else {
-            format!("{base}/v1/traces")
+        let (transport, url) = match protocol {
+            Protocol::HttpProtobuf => (
+                Transport::Http(
+                    reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .expect("client builds"),
+                ),
+                if base.ends_with("/v1/traces") {
+                    base.to_string()
+                } else {
+                    format!("{base}/v1/traces")
+                },
+            ),
+            Protocol::Grpc => (
+                Transport::Grpc(Box::new(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .http2_only(true)
+                    .build_http(),
+                )),
+                format!("{base}{GRPC_PATH}"),
+            ),
         };
         Otlp {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("client builds"),
+            transport,
             url,
             headers,
             service_name,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Sink for Otlp {
-    fn name(&self) -> &'static str {
-        "otlp"
-    }
-
-    async fn send(&self, item: &Item) -> Result<(), Error> {
-        let Some(body) = encode(item, &self.service_name) else {
-            return Ok(());
-        };
-        let mut req = self
-            .client
+    async fn send_http(&self, client: &reqwest::Client, body: Vec<u8>) -> Result<(), Error> {
+        let mut req = client
             .post(&self.url)
             .header("content-type", "application/x-protobuf")
             .body(body);
@@ -312,6 +344,70 @@ impl Sink for Otlp {
             Ok(())
         } else {
             Err(Error::Status(status))
+        }
+    }
+
+    /// One unary gRPC call: a length-prefixed message out, `grpc-status` back in the
+    /// trailers (or in the headers of a trailers-only answer).
+    async fn send_grpc(&self, client: &GrpcClient, body: Vec<u8>) -> Result<(), Error> {
+        use http_body_util::BodyExt;
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        let mut req = http::Request::post(&self.url)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let call = async {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                return Err(Error::Status(status));
+            }
+            let in_headers = resp.headers().get("grpc-status").cloned();
+            let collected = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            let code = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status").cloned())
+                .or(in_headers);
+            match code.as_ref().and_then(|c| c.to_str().ok()) {
+                Some("0") => Ok(()),
+                Some(c) => Err(Error::Transport(format!("grpc-status {c}"))),
+                None => Err(Error::Transport("no grpc-status".into())),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .map_err(|_| Error::Transport("timed out".into()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Otlp {
+    fn name(&self) -> &'static str {
+        "otlp"
+    }
+
+    async fn send(&self, item: &Item) -> Result<(), Error> {
+        let Some(body) = encode(item, &self.service_name) else {
+            return Ok(());
+        };
+        match &self.transport {
+            Transport::Http(c) => self.send_http(c, body).await,
+            Transport::Grpc(c) => self.send_grpc(c, body).await,
         }
     }
 }

@@ -236,3 +236,55 @@ pub async fn appinsights_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc
         got,
     ))
 }
+
+/// An OTLP/gRPC collector (`TraceService/Export` over h2c): strips the gRPC frame, decodes
+/// the request and answers `grpc-status: 0` in the trailers, as a real collector does.
+pub async fn otlp_grpc_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
+    use axum::body::Body;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let got = Arc::new(Received::default());
+    let g = got.clone();
+    let router = Router::new().route(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        post(move |body: Bytes| {
+            let g = g.clone();
+            async move {
+                let spans = (body.len() >= 5 && body[0] == 0)
+                    .then(|| {
+                        let len = u32::from_be_bytes(body[1..5].try_into().ok()?) as usize;
+                        decode_traces(body.get(5..5 + len)?)
+                    })
+                    .flatten();
+                let code = match spans {
+                    Some(s) => {
+                        g.spans.lock().extend(s);
+                        "0"
+                    }
+                    None => {
+                        *g.undecodable.lock() += 1;
+                        "3" // INVALID_ARGUMENT
+                    }
+                };
+                let mut trailers = axum::http::HeaderMap::new();
+                trailers.insert("grpc-status", code.parse().expect("ASCII"));
+                // An empty ExportTraceServiceResponse, framed.
+                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                    Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                axum::response::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Body::new(StreamBody::new(futures_util::stream::iter(
+                        frames,
+                    ))))
+                    .expect("valid response")
+            }
+        }),
+    );
+    Ok((
+        FakeServer::start("otlp-grpc", router, Faults::new(seed)).await?,
+        got,
+    ))
+}

@@ -1050,3 +1050,39 @@ async fn own_listener_keeps_metrics_private_and_insecure_mode_accepts_unsigned()
     shutdown.cancel();
     launched.wait().await;
 }
+
+/// OTLP over gRPC (h2c): the same spans reach a collector speaking the gRPC wire format.
+#[tokio::test]
+async fn otlp_grpc_sink_delivers_the_same_spans() {
+    use devmetrics::sim::sinks::otlp_grpc_receiver;
+    let (fake, got) = otlp_grpc_receiver(5).await.unwrap();
+    let app = App::start(&[
+        (
+            "DEVMETRICS_WEBHOOKS__SINKS__OTLP__ENDPOINT",
+            &fake.base_url(),
+        ),
+        ("DEVMETRICS_WEBHOOKS__SINKS__OTLP__PROTOCOL", "grpc"),
+    ])
+    .await;
+    let s = Sender::new(app.url.clone(), SECRET);
+    let mut g = Generator::new(8);
+    let jobs = g.run_plan(1_700_000_000.0, 1);
+    let body = g.job_payload(&jobs[0], "completed", true);
+    assert_eq!(s.send("workflow_job", "grpc-1", body).await.unwrap(), 202);
+    let body = g.run_payload(&jobs, "completed", true);
+    assert_eq!(s.send("workflow_run", "grpc-2", body).await.unwrap(), 202);
+    app.drained().await;
+    let want = 2 + jobs[0].steps.len();
+    for _ in 0..500 {
+        if got.spans.lock().len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let spans = got.spans.lock().clone();
+    assert_eq!(spans.len(), want);
+    assert_eq!(*got.undecodable.lock(), 0);
+    let job = spans.iter().find(|s| s.name == jobs[0].name).unwrap();
+    assert_eq!(job.end_unix_nano, (jobs[0].completed_at * 1e9) as u64);
+    app.stop().await;
+}

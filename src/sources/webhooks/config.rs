@@ -116,6 +116,7 @@ pub struct SinksConfig {
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
     pub endpoint: String,
+    pub protocol: crate::exposition::otlp::Protocol,
     /// Header values often carry tokens: kept as secrets.
     pub headers: Vec<(String, Secret)>,
     pub service_name: String,
@@ -181,18 +182,28 @@ impl RawOtlp {
                 "must be an http:// or https:// URL",
             ));
         }
-        match self.protocol.as_deref().unwrap_or("http/protobuf") {
-            "http/protobuf" => {}
+        use crate::exposition::otlp::Protocol;
+        let protocol = match self.protocol.as_deref().unwrap_or("http/protobuf") {
+            "http/protobuf" => Protocol::HttpProtobuf,
+            "grpc" if endpoint.starts_with("https://") => {
+                return Err(Error::invalid(
+                    "webhooks.sinks.otlp.protocol",
+                    Some("grpc"),
+                    "gRPC is supported over cleartext HTTP/2 (http://) only; use http/protobuf for https endpoints",
+                ));
+            }
+            "grpc" => Protocol::Grpc,
             other => {
                 return Err(Error::invalid(
                     "webhooks.sinks.otlp.protocol",
                     Some(other),
-                    "only http/protobuf is supported (grpc is not yet)",
+                    "expected http/protobuf or grpc",
                 ));
             }
-        }
+        };
         Ok(OtlpConfig {
             endpoint,
+            protocol,
             headers: self
                 .headers
                 .unwrap_or_default()
@@ -492,6 +503,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("webhooks.github.secrets[0].value"), "{e}");
+        let e = resolve("sinks: {otlp: {endpoint: 'https://c:4317', protocol: grpc}}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webhooks.sinks.otlp.protocol"), "{e}");
+        let e = resolve("sinks: {otlp: {endpoint: 'http://c', protocol: thrift}}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected http/protobuf or grpc"), "{e}");
         let e = resolve("github: {secret: a, workflows: {max_runner_labels: 0}}")
             .unwrap_err()
             .to_string();
