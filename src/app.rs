@@ -298,8 +298,18 @@ fn webhook_pollers(
     };
     if let Some(r) = &gh.runners {
         for org in &r.orgs {
+            let repos = r
+                .repos
+                .iter()
+                .filter(|repo| {
+                    repo.split_once('/')
+                        .is_some_and(|(o, _)| o.eq_ignore_ascii_case(org))
+                })
+                .cloned()
+                .collect();
             out.push(Arc::new(Runners::new(
                 client(org)?,
+                repos,
                 r.interval,
                 gh.workflows.max_runner_labels.max(8),
             )));

@@ -465,8 +465,8 @@ pub static FAMILIES: &[FamilyDef] = &[
         "devmetrics_workflow_runners",
         Gauge,
         None,
-        "Self-hosted runners of the org by state (idle, busy, offline); the denominator of utilisation.",
-        &["org", "runner_group", "runner_labels", "state"],
+        "Self-hosted runners by state (idle, busy, offline): the org's (repo empty) and those of listed repositories; the denominator of utilisation.",
+        &["org", "repo", "runner_group", "runner_labels", "state"],
         &[],
     ),
     workflows(

@@ -95,6 +95,7 @@ impl HooksSim {
                 post(redeliver),
             )
             .route("/orgs/{org}/actions/runners", get(runners))
+            .route("/repos/{owner}/{repo}/actions/runners", get(runners))
             .route("/orgs/{org}/actions/runner-groups", get(runner_groups))
             .with_state(self.clone())
     }

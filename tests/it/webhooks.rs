@@ -973,6 +973,7 @@ async fn runner_inventory_counts_runners_by_group_labels_and_state() {
     let app = App::start(&[]).await;
     let poller = Runners::new(
         acme_client(&app, &fake.base_url()),
+        vec!["acme/api".into()],
         Duration::from_secs(60),
         8,
     );
@@ -982,14 +983,30 @@ async fn runner_inventory_counts_runners_by_group_labels_and_state() {
         .iter()
         .map(|s| (s.labels.as_str().to_string(), s.value.as_f64().unwrap()))
         .collect();
-    let key = |g: &str, l: &str, st: &str| {
-        format!("org=\"acme\",runner_group=\"{g}\",runner_labels=\"{l}\",state=\"{st}\"")
+    let key = |repo: &str, g: &str, l: &str, st: &str| {
+        format!(
+            "org=\"acme\",repo=\"{repo}\",runner_group=\"{g}\",runner_labels=\"{l}\",state=\"{st}\""
+        )
     };
+    // The fake serves the same list for the repo: counted apart under repo="acme/api".
     let want: BTreeMap<String, f64> = [
-        (key("Default", "linux,self-hosted,x64", "busy"), 1.0),
-        (key("Default", "linux,self-hosted,x64", "idle"), 1.0),
-        (key("Default", "linux,self-hosted,x64", "offline"), 1.0),
-        (key("gpu", "gpu,self-hosted", "busy"), 1.0),
+        (key("", "Default", "linux,self-hosted,x64", "busy"), 1.0),
+        (key("", "Default", "linux,self-hosted,x64", "idle"), 1.0),
+        (key("", "Default", "linux,self-hosted,x64", "offline"), 1.0),
+        (key("", "gpu", "gpu,self-hosted", "busy"), 1.0),
+        (
+            key("acme/api", "Default", "linux,self-hosted,x64", "busy"),
+            1.0,
+        ),
+        (
+            key("acme/api", "Default", "linux,self-hosted,x64", "idle"),
+            1.0,
+        ),
+        (
+            key("acme/api", "Default", "linux,self-hosted,x64", "offline"),
+            1.0,
+        ),
+        (key("acme/api", "gpu", "gpu,self-hosted", "busy"), 1.0),
     ]
     .into();
     assert_eq!(got, want);

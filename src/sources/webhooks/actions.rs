@@ -81,15 +81,23 @@ struct Runner {
 
 pub struct Runners {
     org: String,
+    /// Repositories (`owner/name`) whose own runners are listed too.
+    repos: Vec<String>,
     client: Arc<Client>,
     interval: Duration,
     max_labels: usize,
 }
 
 impl Runners {
-    pub fn new(client: Arc<Client>, interval: Duration, max_labels: usize) -> Runners {
+    pub fn new(
+        client: Arc<Client>,
+        repos: Vec<String>,
+        interval: Duration,
+        max_labels: usize,
+    ) -> Runners {
         Runners {
             org: client.org().to_string(),
+            repos,
             client,
             interval,
             max_labels,
@@ -122,28 +130,44 @@ impl Runners {
             field("runners"),
         )
         .await?;
-        let mut counts: BTreeMap<(String, String, &'static str), f64> = BTreeMap::new();
-        for r in &runners {
-            let group = r
-                .runner_group_id
-                .and_then(|g| groups.get(&g).cloned())
-                .unwrap_or_default();
-            let names: Vec<String> = r.labels.iter().map(|l| l.name.clone()).collect();
-            let state = match (r.status.as_str(), r.busy) {
-                ("online", true) => "busy",
-                ("online", false) => "idle",
-                _ => "offline",
-            };
-            *counts
-                .entry((group, runner_labels(&names, self.max_labels), state))
-                .or_default() += 1.0;
+        let mut lists = vec![(String::new(), runners)];
+        for repo in &self.repos {
+            let r: Vec<Runner> = pages(
+                &self.client,
+                format!("/repos/{repo}/actions/runners?per_page=100"),
+                "actions_repo_runners",
+                |_| true,
+                field("runners"),
+            )
+            .await?;
+            lists.push((repo.clone(), r));
+        }
+        type Key = (String, String, String, &'static str);
+        let mut counts: BTreeMap<Key, f64> = BTreeMap::new();
+        for (repo, runners) in &lists {
+            for r in runners {
+                let group = r
+                    .runner_group_id
+                    .and_then(|g| groups.get(&g).cloned())
+                    .unwrap_or_default();
+                let names: Vec<String> = r.labels.iter().map(|l| l.name.clone()).collect();
+                let state = match (r.status.as_str(), r.busy) {
+                    ("online", true) => "busy",
+                    ("online", false) => "idle",
+                    _ => "offline",
+                };
+                let labels = runner_labels(&names, self.max_labels);
+                *counts
+                    .entry((repo.clone(), group, labels, state))
+                    .or_default() += 1.0;
+            }
         }
         let fid = id("devmetrics_workflow_runners");
         Ok(counts
             .into_iter()
-            .map(|((group, labels, state), n)| {
-                let l =
-                    Labels::new(fid, &[org.as_str(), &group, &labels, state]).expect("four labels");
+            .map(|((repo, group, labels, state), n)| {
+                let l = Labels::new(fid, &[org.as_str(), &repo, &group, &labels, state])
+                    .expect("five labels");
                 Sample::number(fid, l, n)
             })
             .collect())

@@ -64,6 +64,9 @@ pub struct RawGithub {
 #[serde(deny_unknown_fields)]
 pub struct RawRunners {
     pub orgs: Option<Vec<String>>,
+    /// `owner/name` of repositories with their own runners; the owner must be listed in
+    /// `orgs`.
+    pub repos: Option<Vec<String>>,
     pub interval: Option<String>,
 }
 
@@ -136,6 +139,7 @@ pub struct GithubConfig {
 #[derive(Clone, Debug)]
 pub struct RunnersConfig {
     pub orgs: Vec<String>,
+    pub repos: Vec<String>,
     pub interval: std::time::Duration,
 }
 
@@ -393,8 +397,20 @@ impl RawGithub {
                         "needs at least one org (configured under github.orgs)",
                     ));
                 }
+                let repos = r.repos.unwrap_or_default();
+                for (i, repo) in repos.iter().enumerate() {
+                    let owner = repo.split_once('/').map(|(o, _)| o);
+                    if !owner.is_some_and(|o| orgs.iter().any(|x| x.eq_ignore_ascii_case(o))) {
+                        return Err(Error::invalid(
+                            format!("webhooks.github.runners.repos[{i}]"),
+                            Some(repo),
+                            "expected OWNER/NAME with OWNER listed in webhooks.github.runners.orgs",
+                        ));
+                    }
+                }
                 Some(RunnersConfig {
                     orgs,
+                    repos,
                     interval: duration(
                         "webhooks.github.runners.interval",
                         r.interval.as_ref(),
