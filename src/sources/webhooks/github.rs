@@ -265,7 +265,7 @@ impl Receiver {
     }
 }
 
-fn done(status: StatusCode, message: &'static str, _outcome: &'static str) -> Response {
+fn done(status: StatusCode, message: &'static str, outcome: &'static str) -> Response {
     let body = format!("{{\"status\":{}}}\n", serde_json::Value::from(message));
     let mut r = (
         status,
@@ -273,7 +273,7 @@ fn done(status: StatusCode, message: &'static str, _outcome: &'static str) -> Re
         body,
     )
         .into_response();
-    r.extensions_mut().insert(Outcome(_outcome));
+    r.extensions_mut().insert(Outcome(outcome));
     r
 }
 
@@ -334,6 +334,17 @@ mod tests {
             },
             Arc::new(q),
         )
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_without_content_length_is_413() {
+        let r = receiver(&["s"]);
+        let e = r
+            .handle(&HeaderMap::new(), Body::from(vec![b'x'; 2000]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "too_large");
+        assert_eq!(e.into_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]
