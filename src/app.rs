@@ -318,7 +318,7 @@ fn webhook_pollers(
     for r in &gh.recovery {
         let poller = Recovery::new(
             client(&r.org)?,
-            r.hook_id,
+            r.target,
             store.clone(),
             r.interval,
             r.lookback,

@@ -94,6 +94,8 @@ impl HooksSim {
                 "/orgs/{org}/hooks/{hook}/deliveries/{id}/attempts",
                 post(redeliver),
             )
+            .route("/app/hook/deliveries", get(app_deliveries))
+            .route("/app/hook/deliveries/{id}/attempts", post(app_redeliver))
             .route("/orgs/{org}/actions/runners", get(runners))
             .route("/repos/{owner}/{repo}/actions/runners", get(runners))
             .route("/orgs/{org}/actions/runner-groups", get(runner_groups))
@@ -126,6 +128,20 @@ async fn deliveries(
     if !authorized(&headers) {
         return unauthorized();
     }
+    deliveries_page(
+        &s,
+        &format!("/orgs/{org}/hooks/{hook}/deliveries"),
+        &q,
+        &headers,
+    )
+}
+
+fn deliveries_page(
+    s: &HooksSim,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
     let per_page: usize = q
         .get("per_page")
         .and_then(|v| v.parse().ok())
@@ -154,13 +170,42 @@ async fn deliveries(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("127.0.0.1");
         let link = format!(
-            "<http://{host}/orgs/{org}/hooks/{hook}/deliveries?per_page={per_page}&cursor={}>; rel=\"next\"",
+            "<http://{host}{path}?per_page={per_page}&cursor={}>; rel=\"next\"",
             cursor + per_page
         );
         resp.headers_mut()
             .insert("link", link.parse().expect("ASCII header"));
     }
     resp
+}
+
+/// The App's hook: same log, JWT (`Bearer`) auth only.
+async fn app_deliveries(
+    State(s): State<Arc<HooksSim>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer(&headers) {
+        return unauthorized();
+    }
+    deliveries_page(&s, "/app/hook/deliveries", &q, &headers)
+}
+
+async fn app_redeliver(
+    State(s): State<Arc<HooksSim>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer(&headers) {
+        return unauthorized();
+    }
+    redeliver_id(&s, id).await
+}
+
+fn bearer(h: &HeaderMap) -> bool {
+    h.get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer ") && v.matches('.').count() == 2)
 }
 
 async fn redeliver(
@@ -171,6 +216,10 @@ async fn redeliver(
     if !authorized(&headers) {
         return unauthorized();
     }
+    redeliver_id(&s, id).await
+}
+
+async fn redeliver_id(s: &HooksSim, id: u64) -> Response {
     let guid = s
         .attempts
         .lock()

@@ -883,7 +883,7 @@ fn acme_client(
 async fn missed_deliveries_are_redelivered_once_and_counted_once() {
     use devmetrics::sim::github_hooks::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
-    use devmetrics::sources::webhooks::actions::Recovery;
+    use devmetrics::sources::webhooks::actions::{HookTarget, Recovery};
     use std::sync::atomic::Ordering;
 
     let hooks = HooksSim::new();
@@ -918,7 +918,7 @@ async fn missed_deliveries_are_redelivered_once_and_counted_once() {
 
     let rec = Recovery::new(
         acme_client(&app, &fake.base_url()),
-        12345,
+        HookTarget::Org(12345),
         app.state().store.clone(),
         Duration::from_secs(300),
         Duration::from_secs(3 * 3600),
@@ -1101,5 +1101,79 @@ async fn otlp_grpc_sink_delivers_the_same_spans() {
     assert_eq!(*got.undecodable.lock(), 0);
     let job = spans.iter().find(|s| s.name == jobs[0].name).unwrap();
     assert_eq!(job.end_unix_nano, (jobs[0].completed_at * 1e9) as u64);
+    app.stop().await;
+}
+
+/// The GitHub App's own webhook: its delivery log and redeliveries, with the App's JWT.
+#[tokio::test]
+async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
+    use devmetrics::sim::github_hooks::HooksSim;
+    use devmetrics::sim::{FakeServer, Faults};
+    use devmetrics::sources::webhooks::actions::{HookTarget, Recovery};
+    use std::sync::atomic::Ordering;
+
+    let hooks = HooksSim::new();
+    let fake = FakeServer::start("github", hooks.router(), Faults::new(6))
+        .await
+        .unwrap();
+    let app = App::start(&[]).await;
+    hooks.set_target(Sender::new(app.url.clone(), SECRET));
+    let mut g = Generator::new(31);
+    let now = devmetrics::store::now_unix();
+    for i in 0..10 {
+        let at = now - 600.0 + i as f64;
+        hooks
+            .deliver(
+                "workflow_job",
+                &format!("app-{i}"),
+                job_body(&mut g),
+                i % 3 != 0,
+                at,
+            )
+            .await;
+    }
+    app.drained().await;
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 6.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github/test-app-key.pem");
+    std::fs::write(
+        &file,
+        format!(
+            "github:\n  orgs:\n    - org: acme\n      app_id: 4242\n      installation_id: 777\n      private_key_path: {}\n      api_base_url: {}\n",
+            key.display(),
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let cfg =
+        devmetrics::config::load(Some(&file), &Default::default(), &Default::default()).unwrap();
+    let gh = cfg.github.unwrap();
+    let client = std::sync::Arc::new(
+        devmetrics::sources::github::client::Client::new(
+            &gh,
+            &gh.orgs[0],
+            app.state().store.clone(),
+            app.state().telemetry.clone(),
+            &Default::default(),
+            CancellationToken::new(),
+        )
+        .unwrap(),
+    );
+    let rec = Recovery::new(
+        client,
+        HookTarget::App,
+        app.state().store.clone(),
+        Duration::from_secs(300),
+        Duration::from_secs(3600),
+    );
+    assert_eq!(rec.run_once().await.unwrap(), 4);
+    assert_eq!(rec.stats.requested.load(Ordering::Relaxed), 4);
+    app.drained().await;
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 10.0);
+    assert_eq!(rec.run_once().await.unwrap(), 0);
+    assert_eq!(rec.stats.recovered.load(Ordering::Relaxed), 4);
+    assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), 4);
     app.stop().await;
 }

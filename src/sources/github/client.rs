@@ -627,6 +627,70 @@ impl Client {
         }
     }
 
+    /// A GET or POST as the GitHub App itself (a JWT, not an installation token), for the
+    /// App's own webhook (`/app/hook/...`). No retries: its callers try again next cycle.
+    pub async fn as_app(
+        &self,
+        method: reqwest::Method,
+        path_or_url: &str,
+        endpoint: &'static str,
+    ) -> Result<Page, Error> {
+        let Auth::App { app_id, key, .. } = &self.auth else {
+            return Err(Error::Auth(
+                "the App's own webhook needs App credentials (app_id and a private key)".into(),
+            ));
+        };
+        let pem = key
+            .read()
+            .map_err(|e| Error::Auth(format!("reading the App private key: {e}")))?;
+        let jwt = app_jwt(*app_id, pem.expose().as_bytes(), now_secs())?;
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
+        let started = Instant::now();
+        self.counts.sent.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .http
+            .request(method, &url)
+            .header("authorization", format!("Bearer {jwt}"))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .send()
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "network" };
+                self.telemetry
+                    .upstream_request("github", endpoint, kind, started.elapsed());
+                return Err(Error::Network {
+                    endpoint,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.bytes().await.unwrap_or_default();
+        self.telemetry
+            .upstream_request("github", endpoint, &status.to_string(), started.elapsed());
+        if !(200..300).contains(&status) {
+            return Err(Error::Status {
+                status,
+                endpoint,
+                message: message_of(&body),
+            });
+        }
+        Ok(Page {
+            status,
+            body,
+            next: next_link(&headers),
+            not_modified: false,
+        })
+    }
+
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -19,18 +19,24 @@ use crate::sources::github::client::{Client, Error};
 use crate::sources::{PollError, Poller, ScopeResult};
 use crate::store::{Sample, SharedStore, Value, now_unix};
 
-/// Follows `Link: rel="next"` over pages whose list sits under `field`.
+/// Follows `Link: rel="next"` over pages whose list sits under `field`; `as_app` fetches
+/// with the App's JWT instead of the installation token.
 async fn pages<T: for<'de> Deserialize<'de>>(
     client: &Client,
     first: String,
     endpoint: &'static str,
+    as_app: bool,
     mut keep_going: impl FnMut(&[T]) -> bool,
     unwrap: impl Fn(serde_json::Value) -> Option<serde_json::Value>,
 ) -> Result<Vec<T>, Error> {
     let mut out = Vec::new();
     let mut next = Some(first);
     while let Some(p) = next.take() {
-        let page = client.get(&p, endpoint, false).await?;
+        let page = if as_app {
+            client.as_app(reqwest::Method::GET, &p, endpoint).await?
+        } else {
+            client.get(&p, endpoint, false).await?
+        };
         let v: serde_json::Value =
             serde_json::from_slice(&page.body).map_err(|e| Error::Decode {
                 endpoint,
@@ -111,6 +117,7 @@ impl Runners {
             &self.client,
             format!("/orgs/{org}/actions/runner-groups?per_page=100"),
             "actions_runner_groups",
+            false,
             |_| true,
             field("runner_groups"),
         )
@@ -126,6 +133,7 @@ impl Runners {
             &self.client,
             format!("/orgs/{org}/actions/runners?per_page=100"),
             "actions_runners",
+            false,
             |_| true,
             field("runners"),
         )
@@ -136,6 +144,7 @@ impl Runners {
                 &self.client,
                 format!("/repos/{repo}/actions/runners?per_page=100"),
                 "actions_repo_runners",
+                false,
                 |_| true,
                 field("runners"),
             )
@@ -237,9 +246,18 @@ const GRACE: f64 = 30.0;
 /// Redeliveries asked per cycle, to stay clear of secondary rate limits.
 const MAX_PER_CYCLE: usize = 100;
 
+/// Which webhook's deliveries are recovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookTarget {
+    /// An org webhook, with the installation token.
+    Org(u64),
+    /// The GitHub App's own webhook, with the App's JWT.
+    App,
+}
+
 pub struct Recovery {
     org: String,
-    hook_id: u64,
+    target: HookTarget,
     client: Arc<Client>,
     store: SharedStore,
     interval: Duration,
@@ -250,14 +268,14 @@ pub struct Recovery {
 impl Recovery {
     pub fn new(
         client: Arc<Client>,
-        hook_id: u64,
+        target: HookTarget,
         store: SharedStore,
         interval: Duration,
         lookback: Duration,
     ) -> Recovery {
         Recovery {
             org: client.org().to_string(),
-            hook_id,
+            target,
             client,
             store,
             interval,
@@ -270,12 +288,17 @@ impl Recovery {
     pub async fn run_once(&self) -> Result<usize, Error> {
         let now = now_unix();
         let since = now - self.lookback.as_secs_f64();
-        let (org, hook) = (&self.org, self.hook_id);
+        let org = &self.org;
+        let (base, as_app) = match self.target {
+            HookTarget::Org(hook) => (format!("/orgs/{org}/hooks/{hook}"), false),
+            HookTarget::App => ("/app/hook".to_string(), true),
+        };
         let at = |d: &HookDelivery| crate::processors::time::parse_rfc3339(&d.delivered_at);
         let deliveries: Vec<HookDelivery> = pages(
             &self.client,
-            format!("/orgs/{org}/hooks/{hook}/deliveries?per_page=100"),
+            format!("{base}/deliveries?per_page=100"),
             "hook_deliveries",
+            as_app,
             // Newest first: stop once a page reaches past the window.
             |items: &[HookDelivery]| items.iter().all(|d| at(d).is_some_and(|t| t >= since)),
             Some,
@@ -317,19 +340,26 @@ impl Recovery {
                 continue;
             }
             asked += 1;
-            let status = self
-                .client
-                .post_empty(
-                    &format!("/orgs/{org}/hooks/{hook}/deliveries/{delivery_id}/attempts"),
-                    "hook_redelivery",
-                )
-                .await?;
+            let path = format!("{base}/deliveries/{delivery_id}/attempts");
+            let status = if as_app {
+                match self
+                    .client
+                    .as_app(reqwest::Method::POST, &path, "hook_redelivery")
+                    .await
+                {
+                    Ok(p) => p.status,
+                    Err(Error::Status { status, .. }) => status,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.client.post_empty(&path, "hook_redelivery").await?
+            };
             if (200..300).contains(&status) {
                 self.stats.requested.fetch_add(1, Ordering::Relaxed);
                 self.put(guid, b"requested").await?;
             } else {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(org, hook, status, "GitHub refused a webhook redelivery");
+                tracing::warn!(org, hook = %base, status, "GitHub refused a webhook redelivery");
             }
         }
         Ok(still_failed)
@@ -356,7 +386,10 @@ impl Poller for Recovery {
     }
     async fn poll(&self) -> Vec<ScopeResult> {
         let fid = id("devmetrics_webhook_failed_deliveries");
-        let hook = self.hook_id.to_string();
+        let hook = match self.target {
+            HookTarget::Org(id) => id.to_string(),
+            HookTarget::App => "app".to_string(),
+        };
         vec![ScopeResult {
             scope: format!("webhooks/recovery/{}/{hook}", self.org),
             result: self

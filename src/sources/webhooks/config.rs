@@ -76,6 +76,8 @@ pub struct RawRunners {
 pub struct RawRecovery {
     pub org: Option<String>,
     pub hook_id: Option<u64>,
+    /// The GitHub App's own webhook instead of an org webhook (the org's App credentials).
+    pub app_hook: Option<bool>,
     pub interval: Option<String>,
     pub lookback: Option<String>,
 }
@@ -146,7 +148,7 @@ pub struct RunnersConfig {
 #[derive(Clone, Debug)]
 pub struct RecoveryConfig {
     pub org: String,
-    pub hook_id: u64,
+    pub target: crate::sources::webhooks::actions::HookTarget,
     pub interval: std::time::Duration,
     pub lookback: std::time::Duration,
 }
@@ -425,13 +427,18 @@ impl RawGithub {
             let org = r
                 .org
                 .ok_or_else(|| Error::invalid(key("org"), None, "is required"))?;
-            let hook_id = r.hook_id.ok_or_else(|| {
-                Error::invalid(
-                    key("hook_id"),
-                    None,
-                    "is required (the org webhook's id, from its settings URL)",
-                )
-            })?;
+            use crate::sources::webhooks::actions::HookTarget;
+            let target = match (r.hook_id, r.app_hook.unwrap_or(false)) {
+                (Some(id), false) => HookTarget::Org(id),
+                (None, true) => HookTarget::App,
+                _ => {
+                    return Err(Error::invalid(
+                        key("hook_id"),
+                        None,
+                        "needs exactly one of hook_id (an org webhook, from its settings URL) or app_hook: true",
+                    ));
+                }
+            };
             let lookback = duration(
                 &key("lookback"),
                 r.lookback.as_ref(),
@@ -446,7 +453,7 @@ impl RawGithub {
             }
             recovery.push(RecoveryConfig {
                 org,
-                hook_id,
+                target,
                 interval: duration(
                     &key("interval"),
                     r.interval.as_ref(),
@@ -573,7 +580,10 @@ mod example {
         assert_eq!(gh.secrets[0].expose(), "s3cret");
         assert_eq!(gh.consumers, 4);
         assert_eq!(gh.runners.unwrap().orgs, ["my-org"]);
-        assert_eq!(gh.recovery[0].hook_id, 12345678);
+        assert_eq!(
+            gh.recovery[0].target,
+            crate::sources::webhooks::actions::HookTarget::Org(12345678)
+        );
         assert_eq!(cfg.webhooks.listen_address.unwrap().port(), 10478);
         assert_eq!(
             cfg.webhooks.sinks.otlp.unwrap().endpoint,
