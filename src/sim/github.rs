@@ -1039,3 +1039,51 @@ async fn rate_limit(State(sim): S) -> Response {
         json!({"resources": {"core": core}, "rate": core}),
     )
 }
+
+/// `devmetrics demo`: two simulated orgs with live activity, and the exporter's `github`
+/// section pointed at them (App auth with the test key).
+pub async fn demo(
+    config: &mut crate::config::Config,
+    seed: u64,
+) -> std::io::Result<Arc<super::FakeServer>> {
+    use crate::sources::github::config::{Auth, RawGithub};
+    let clock = crate::sources::github::poller::system_clock();
+    let mut acme = OrgSpec::small("acme");
+    acme.repos = 12;
+    acme.active = 6;
+    let mut globex = OrgSpec::small("globex");
+    globex.with_bot = false;
+    let sim = GithubSim::new(seed, clock, &[acme, globex]);
+    sim.knobs.token_ttl.store(600, Ordering::Relaxed);
+    let fake =
+        Arc::new(super::FakeServer::start("github", sim.router(), super::Faults::new(seed)).await?);
+    let yaml = format!(
+        "api_base_url: {}\norgs:\n  - {{org: acme, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 15s}}\n  - {{org: globex, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 20s}}\nloc: {{stats_retry_delay: 500ms}}\n",
+        fake.base_url()
+    );
+    let raw: RawGithub = serde_yaml::from_str(&yaml).expect("demo config is valid YAML");
+    let mut gh = raw
+        .resolve(None)
+        .expect("demo config resolves")
+        .expect("demo config has orgs");
+    for o in &mut gh.orgs {
+        o.auth = Auth::App {
+            app_id: APP_ID,
+            installation_id: INSTALLATION_ID,
+            key: crate::config::SecretSource::Value(crate::config::Secret::new(TEST_APP_KEY_PEM)),
+        };
+    }
+    config.github = Some(gh);
+    let weak = Arc::downgrade(&fake);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if weak.upgrade().is_none() {
+                return;
+            }
+            sim.live_tick();
+        }
+    });
+    Ok(fake)
+}

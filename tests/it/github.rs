@@ -413,3 +413,106 @@ fn example_github_section_loads() {
     assert_eq!(gh.orgs[0].org, "my-org");
     assert!(gh.compat_warnings.is_empty());
 }
+
+fn gauge(gh: &Github, name: &str) -> f64 {
+    use devmetrics::telemetry::Collect;
+    let mut out = Vec::new();
+    devmetrics::sources::github::Collector(gh.pollers.clone()).collect(&mut out);
+    out.iter()
+        .find(|(f, l, _)| family(*f).name == name && l.get("org").as_deref() == Some(ORG))
+        .and_then(|x| x.2.as_f64())
+        .unwrap_or_else(|| panic!("{name} not collected"))
+}
+
+#[tokio::test]
+async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(300);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    for _ in 0..2 {
+        let t = env.advance(60);
+        for r in 0..5 {
+            env.sim
+                .add_commit(ORG, &format!("repo-{r:03}"), "user001", t - 1, 1, 1);
+        }
+        poll(&*p, &store).await;
+    }
+    assert_eq!(gauge(&gh, "devmetrics_github_budget_overcommitted"), 1.0);
+    let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds");
+    assert!(stretched > 60.0, "{stretched}");
+    // The next tick comes before the stretched interval: skipped, nothing spent.
+    let before = env.sim.counted();
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_eq!(env.sim.counted(), before);
+}
+
+#[tokio::test]
+async fn repeated_failures_cool_the_org_down_and_skipped_cycles_are_backfilled() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    env.sim.fail_path("/orgs/acme/repos", 1000);
+    poll(&*p, &store).await;
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    let before = env.fake.requests.total();
+    let skipped = env.advance(30);
+    poll(&*p, &store).await;
+    assert_eq!(
+        env.fake.requests.total(),
+        before,
+        "no request during the cooldown"
+    );
+
+    env.sim.fail_path("/orgs/acme/repos", 0);
+    for c in gh.consumers(stop.clone()) {
+        tokio::spawn(c);
+    }
+    // The newest skipped window is what must end up shown (older jobs are superseded).
+    let want = env.sim.truth(ORG, skipped);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while exported(&store) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backfill did not fill the skipped cycle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn rate_limit_waits_end_on_shutdown() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(14);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    let task = tokio::spawn(async move { p.poll().await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !task.is_finished(),
+        "the poll waits for the rate-limit reset"
+    );
+    stop.cancel();
+    let results = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown ends the wait")
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "cancelled"))
+    );
+}

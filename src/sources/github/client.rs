@@ -175,6 +175,8 @@ struct CachedToken {
 #[derive(Debug, Default)]
 pub struct Counts {
     pub sent: AtomicU64,
+    /// Answers that spent primary rate limit (everything but 304s).
+    pub spent: AtomicU64,
     pub not_modified: AtomicU64,
 }
 
@@ -421,6 +423,9 @@ impl Client {
             let status = r.status().as_u16();
             let headers = r.headers().clone();
             self.budget.observe(&headers, status != 304);
+            if status != 304 {
+                self.counts.spent.fetch_add(1, Ordering::Relaxed);
+            }
             let body = match r.bytes().await {
                 Ok(b) => b,
                 Err(e) => {

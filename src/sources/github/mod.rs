@@ -54,6 +54,10 @@ impl Github {
         let gh = Arc::new(cfg.clone());
         let budgets = Budgets::default();
         let mut pollers = Vec::new();
+        let mut sharing: HashMap<String, u32> = HashMap::new();
+        for org in &cfg.orgs {
+            *sharing.entry(org.auth.budget_key(&org.org)).or_default() += 1;
+        }
         for org in &cfg.orgs {
             let client = Arc::new(Client::new(
                 cfg,
@@ -70,6 +74,7 @@ impl Github {
                 store.clone(),
                 queue.clone(),
                 clock.clone(),
+                sharing[&org.auth.budget_key(&org.org)],
             )));
         }
         let g = Github {

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::activity::{self, Loc, RepoEvents, Users};
@@ -53,6 +54,8 @@ pub struct OrgLive {
 struct OrgState {
     consecutive_failures: u32,
     cooldown_until: i64,
+    /// Full cycles done; the first (cold) one is not a measure of the steady cost.
+    cycles: u64,
     next_start: i64,
     /// Backfill jobs published in the current minute: (unix minute, count).
     enqueued_minute: (i64, u32),
@@ -73,6 +76,8 @@ pub struct OrgPoller {
     store: SharedStore,
     queue: SharedQueue,
     clock: Clock,
+    /// Orgs sharing this org's installation (or token) budget.
+    budget_share: u32,
     state: Mutex<OrgState>,
 }
 
@@ -84,6 +89,7 @@ impl OrgPoller {
         store: SharedStore,
         queue: SharedQueue,
         clock: Clock,
+        budget_share: u32,
     ) -> OrgPoller {
         // Source names are `&'static str`; one per configured org, made once at start.
         let name: &'static str = Box::leak(format!("github/{}", org.org).into_boxed_str());
@@ -102,6 +108,7 @@ impl OrgPoller {
             store,
             queue,
             clock,
+            budget_share: budget_share.max(1),
             state: Mutex::new(state),
         }
     }
@@ -383,6 +390,9 @@ impl OrgPoller {
         }
     }
 
+    /// Compares the cycle's cost with the org's share of the hourly budget: when the
+    /// configured interval cannot fit, warns and spaces cycles out rather than running dry
+    /// mid-cycle. The first (cold) cycle only records its cost.
     fn stretch(&self, started: i64, requests: u64) {
         let interval = self.org.scrape_interval.as_secs_f64();
         let b = self.client.budget().snapshot();
@@ -390,17 +400,24 @@ impl OrgPoller {
             b.limit
         } else {
             5000
-        } as f64;
-        let allowed = (limit * interval / 3600.0 - f64::from(self.gh.rate_limit.reserve)).max(1.0);
+        };
+        let per_hour = (limit.saturating_sub(u64::from(self.gh.rate_limit.reserve)) as f64
+            / f64::from(self.budget_share))
+        .max(1.0);
         let mut s = self.state.lock();
+        s.cycles += 1;
         s.live.cycle_requests = requests;
-        let over = requests as f64 > allowed;
+        if s.cycles < 2 {
+            return;
+        }
+        let needed = requests as f64 * 3600.0 / interval;
+        let over = needed > per_hour;
         if over && !s.live.overcommitted {
-            tracing::warn!(org = %self.org.org, requests, allowed = allowed as u64, interval = ?self.org.scrape_interval, "the org's scrape cycle does not fit its rate-limit budget; stretching the interval");
+            tracing::warn!(org = %self.org.org, requests_per_cycle = requests, needed_per_hour = needed as u64, budget_per_hour = per_hour as u64, interval = ?self.org.scrape_interval, "the org's scrape interval does not fit its rate-limit budget; stretching the interval");
         }
         s.live.overcommitted = over;
         let effective = if over {
-            interval * requests as f64 / allowed
+            requests as f64 * 3600.0 / per_hour
         } else {
             interval
         };
@@ -441,7 +458,7 @@ impl Poller for OrgPoller {
         if stretched {
             return Vec::new();
         }
-        let spent_before = self.client.budget().snapshot().spent;
+        let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
         let org_scope = format!("github/{}", self.org.org);
         let repos = match self.client.org_repos().await {
             Ok(r) => r,
@@ -545,7 +562,7 @@ impl Poller for OrgPoller {
         } else {
             self.state.lock().consecutive_failures = 0;
         }
-        let spent = self.client.budget().snapshot().spent - spent_before;
+        let spent = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
         self.stretch(now, spent);
         out
     }
