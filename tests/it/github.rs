@@ -516,3 +516,35 @@ async fn rate_limit_waits_end_on_shutdown() {
             .any(|r| matches!(&r.result, Err(e) if e.kind == "cancelled"))
     );
 }
+
+/// docs/performance.md's request economy on the standard org (500 repos, 50 pushed in the
+/// last day, 200 users, 200–2,000 PRs each): counted requests, not time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_org_request_economy() {
+    let env = Env::start(OrgSpec::standard(ORG)).await;
+    let legacy = env.sim.legacy_cycle_cost(ORG, env.now());
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+
+    poll(&*p, &store).await;
+    let cold = env.sim.counted();
+    let cold_all = env.fake.requests.total();
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    let steady = env.sim.counted() - before.0;
+    let steady_all = env.fake.requests.total() - before.1;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    eprintln!(
+        "standard org: legacy cost model {legacy} requests/cycle; devmetrics cold {cold} counted ({cold_all} sent incl. token exchange and 304s); steady {steady} counted ({steady_all} sent)"
+    );
+    eprintln!("cold by route: {:?}", env.fake.requests.all());
+    assert!(cold * 4 <= legacy, "cold {cold} vs legacy {legacy}");
+    assert!(steady < 20, "steady {steady}");
+}
