@@ -372,6 +372,13 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["org"],
     ),
     github(
+        "devmetrics_github_loc_fallback_deferred_total",
+        Counter,
+        None,
+        "Repos whose commit-level LOC fallback was postponed because the org's hourly commit-detail budget could not cover the whole week.",
+        &["org"],
+    ),
+    github(
         "devmetrics_github_backfill_jobs_total",
         Counter,
         None,

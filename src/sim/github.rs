@@ -154,6 +154,9 @@ pub struct Knobs {
     pub stats_202: AtomicU32,
     /// Installation token lifetime in seconds.
     pub token_ttl: AtomicU64,
+    /// Repos whose `/stats/contributors` carries commit counts but zero line counts, as
+    /// GitHub answers for repositories with 10,000+ commits.
+    pub zero_stats_repos: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct GithubSim {
@@ -350,6 +353,7 @@ impl GithubSim {
                 fail_path: Mutex::new(None),
                 stats_202: AtomicU32::new(1),
                 token_ttl: AtomicU64::new(3600),
+                zero_stats_repos: Mutex::new(Default::default()),
             },
             tokens_issued: AtomicU64::new(0),
             require_auth: AtomicBool::new(true),
@@ -362,6 +366,7 @@ impl GithubSim {
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/orgs/{org}/repos", get(org_repos))
             .route("/repos/{owner}/{repo}/commits", get(commits))
+            .route("/repos/{owner}/{repo}/commits/{sha}", get(commit_detail))
             .route("/repos/{owner}/{repo}/pulls", get(pulls))
             .route("/repos/{owner}/{repo}/pulls/{number}/reviews", get(reviews))
             .route("/repos/{owner}/{repo}/issues/comments", get(comments))
@@ -865,14 +870,7 @@ async fn commits(
         r.commits
             .iter()
             .filter(|c| since.is_none_or(|s| c.at >= s) && until.is_none_or(|u| c.at <= u))
-            .map(|c| {
-                let email = format!("{}@users.noreply.github.com", c.login);
-                json!({"sha": c.sha, "commit": {
-                    "author": {"name": c.login, "email": email, "date": format_time(c.at)},
-                    "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
-                    "message": "change"},
-                  "author": user(&c.login), "committer": user("web-flow"), "parents": []})
-            })
+            .map(commit_json)
             .collect::<Vec<_>>()
     });
     let Some(items) = items else {
@@ -880,6 +878,35 @@ async fn commits(
     };
     let (body, link) = paginate(items, &q, &h, &uri);
     sim.answer(&h, &uri, StatusCode::OK, body, link)
+}
+
+fn commit_json(c: &Commit) -> Value {
+    let email = format!("{}@users.noreply.github.com", c.login);
+    json!({"sha": c.sha, "commit": {
+        "author": {"name": c.login, "email": email, "date": format_time(c.at)},
+        "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
+        "message": "change"},
+      "author": user(&c.login), "committer": user("web-flow"), "parents": []})
+}
+
+async fn commit_detail(
+    State(sim): S,
+    Path((org, repo, sha)): Path<(String, String, String)>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let found = with_repo(&sim, &org, &repo, |r| {
+        r.commits.iter().find(|c| c.sha == sha).map(|c| {
+            let mut v = commit_json(c);
+            v["stats"] = json!({"additions": c.additions, "deletions": c.deletions, "total": c.additions + c.deletions});
+            v
+        })
+    })
+    .flatten();
+    match found {
+        Some(v) => sim.answer(&h, &uri, StatusCode::OK, v, None),
+        None => not_found(),
+    }
 }
 
 fn pr_json(p: &Pr) -> Value {
@@ -984,6 +1011,7 @@ async fn stats(
 ) -> Response {
     let now = (sim.clock)();
     let n202 = sim.knobs.stats_202.load(Ordering::Relaxed);
+    let zeroed = sim.knobs.zero_stats_repos.lock().contains(&repo);
     let out = with_repo(&sim, &org, &repo, |r| {
         if r.stats_served != r.stats_version {
             r.stats_served = r.stats_version;
@@ -1005,8 +1033,10 @@ async fn stats(
                 .or_default()
                 .entry(week_start(c.at))
                 .or_default();
-            e.0 += c.additions;
-            e.1 += c.deletions;
+            if !zeroed {
+                e.0 += c.additions;
+                e.1 += c.deletions;
+            }
             e.2 += 1;
         }
         let list: Vec<Value> = by_user

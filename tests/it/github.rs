@@ -548,3 +548,91 @@ async fn standard_org_request_economy() {
     assert!(cold * 4 <= legacy, "cold {cold} vs legacy {legacy}");
     assert!(steady < 20, "steady {steady}");
 }
+
+/// A repo whose stats carry no line counts (GitHub's 10k-commit behaviour) gets its weekly LOC
+/// from commit details, within the hourly budget, and equal to the truth.
+#[tokio::test]
+async fn loc_fallback_for_repos_whose_stats_have_no_line_counts() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    // Commits in last week for two repos, so LOC exists there.
+    let last_week = devmetrics::sources::github::wire::week_start(NOW) - 7 * 86_400 + 3600;
+    env.sim
+        .add_commit(ORG, "repo-000", "user004", last_week, 70, 7);
+    env.sim
+        .add_commit(ORG, "repo-000", "user003", last_week + 60, 5, 50);
+    env.sim
+        .add_commit(ORG, "repo-001", "user004", last_week, 11, 1);
+    env.sim
+        .knobs
+        .zero_stats_repos
+        .lock()
+        .insert("repo-000".into());
+    let cfg = env.config("activity: {series_budget_per_org: 1000000}\n");
+    let mut cfg = cfg;
+    cfg.loc.fallback_enabled = true;
+    cfg.loc.large_repo_zero_detection_windows = 1;
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(
+        env.fake
+            .requests
+            .count("GET /repos/{owner}/{repo}/commits/{sha}")
+            >= 2
+    );
+    let want = env.sim.truth(ORG, env.now());
+    assert_eq!(
+        want.get(&(
+            "gh_activity_loc_added_weekly".into(),
+            "repo-000".into(),
+            "user004".into()
+        )),
+        exported(&store).get(&(
+            "gh_activity_loc_added_weekly".into(),
+            "repo-000".into(),
+            "user004".into()
+        ))
+    );
+    assert_same(&exported(&store), &want);
+
+    // A budget too small for the week: no partial LOC is shown, the deferral is counted.
+    let env2 = Env::start(OrgSpec::small(ORG)).await;
+    env2.sim
+        .add_commit(ORG, "repo-000", "user004", last_week, 70, 7);
+    env2.sim
+        .knobs
+        .zero_stats_repos
+        .lock()
+        .insert("repo-000".into());
+    let mut cfg2 = env2.config("");
+    cfg2.loc.fallback_enabled = true;
+    cfg2.loc.fallback_max_commit_detail_calls_per_org_per_hour = 1;
+    let (store2, queue2) = env2.open();
+    let gh2 = env2.build(&cfg2, &store2, &queue2, &stop);
+    poll(&*gh2.pollers[0], &store2).await;
+    assert!(
+        !exported(&store2)
+            .keys()
+            .any(|k| k.1 == "repo-000" && k.0.starts_with("gh_activity_loc_"))
+    );
+    assert!(gauge(&gh2, "devmetrics_github_loc_fallback_deferred_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn token_auth_and_series_budget() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    *env.sim.pat.lock() = Some("ghp_simulated".into());
+    let mut cfg = env.config("activity: {series_budget_per_org: 5}\n");
+    cfg.orgs[0].auth = devmetrics::sources::github::config::Auth::Token(
+        devmetrics::config::SecretSource::Value(devmetrics::config::Secret::new("ghp_simulated")),
+    );
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
+    let n = exported(&store).len();
+    assert!(n > 0 && n <= 5, "{n} series");
+    assert_eq!(gauge(&gh, "devmetrics_github_series_budget_exceeded"), 1.0);
+}

@@ -156,6 +156,41 @@ impl Loc {
     }
 }
 
+impl Loc {
+    /// GitHub answers stats for very large repos with commit counts but zero line counts.
+    pub fn zeroed(stats: &[wire::ContributorStats], now: i64) -> bool {
+        let week = wire::week_start(now) - 7 * 86_400;
+        let (mut a, mut d, mut c) = (0, 0, 0);
+        for w in stats
+            .iter()
+            .flat_map(|s| s.weeks.iter())
+            .filter(|w| w.w == week)
+        {
+            a += w.a;
+            d += w.d;
+            c += w.c;
+        }
+        c > 0 && a == 0 && d == 0
+    }
+
+    /// The last complete week from commit details (the fallback for large repos).
+    pub fn from_commits(details: &[wire::CommitDetail], week_start: i64, now: i64) -> Loc {
+        let mut users = BTreeMap::new();
+        for d in details {
+            let e = users.entry(commit_user(&d.commit)).or_insert((0, 0));
+            if let Some(s) = &d.stats {
+                e.0 += s.additions;
+                e.1 += s.deletions;
+            }
+        }
+        Loc {
+            week_start,
+            fetched_at: now,
+            users,
+        }
+    }
+}
+
 /// Per-user values of one repo for one window, before labelling.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UserActivity {

@@ -652,7 +652,12 @@ impl Client {
             wire::format_time(since),
             wire::format_time(until)
         );
-        self.paginate(&path, "commits", true, |_| true).await
+        self.paginate(&path, "commits", false, |_| true).await
+    }
+
+    pub async fn commit_detail(&self, repo: &str, sha: &str) -> Result<wire::CommitDetail, Error> {
+        let path = format!("/repos/{}/{repo}/commits/{sha}", self.org);
+        Ok(self.get_json(&path, "commit_detail", false).await?.0)
     }
 
     /// PRs by `updated_at` descending, stopping at the first page that reaches `since`.
@@ -695,7 +700,8 @@ impl Client {
             self.org,
             wire::format_time(since)
         );
-        self.paginate(&path, "issue_comments", true, |_| true).await
+        self.paginate(&path, "issue_comments", false, |_| true)
+            .await
     }
 
     /// The newest item of a list endpoint, conditionally: a cheap "did anything change" probe

@@ -196,6 +196,10 @@ pub struct LocConfig {
     pub fallback_enabled: bool,
     pub fallback_max_commits_per_repo_per_week: u32,
     pub fallback_max_commit_detail_calls_per_org_per_hour: u32,
+    /// Consecutive `/stats/contributors` answers with commits but no line counts before the
+    /// repo switches to the commit-level fallback (GitHub zeroes LOC for very large repos).
+    pub large_repo_zero_detection_windows: u32,
+    pub large_repo_cooldown: Duration,
     /// Delay between polls of a `/stats/contributors` that answered 202, and how many.
     pub pending_retry_delay: Duration,
     pub pending_retries: u32,
@@ -495,6 +499,15 @@ impl RawGithub {
                 fallback_enabled,
                 fallback_max_commits_per_repo_per_week: per_week,
                 fallback_max_commit_detail_calls_per_org_per_hour: per_hour,
+                large_repo_zero_detection_windows: l
+                    .large_repo_zero_detection_windows
+                    .unwrap_or(1)
+                    .max(1),
+                large_repo_cooldown: duration(
+                    "github.loc.large_repo_cooldown",
+                    l.large_repo_cooldown.as_ref(),
+                    Duration::from_secs(7 * 86_400),
+                )?,
                 pending_retry_delay: duration(
                     "github.loc.stats_retry_delay",
                     l.stats_retry_delay.as_ref(),

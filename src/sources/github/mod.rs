@@ -46,11 +46,6 @@ impl Github {
         for w in &cfg.compat_warnings {
             tracing::warn!("{w}");
         }
-        if cfg.loc.fallback_enabled {
-            tracing::warn!(
-                "github.loc.fallback_enabled: the commit-level LOC fallback is not implemented yet; LOC comes from /stats/contributors only"
-            );
-        }
         let gh = Arc::new(cfg.clone());
         let budgets = Budgets::default();
         let mut pollers = Vec::new();
@@ -185,6 +180,11 @@ impl Collect for Collector {
                 "devmetrics_github_series_budget_exceeded",
                 &[org],
                 f64::from(u8::from(live.series_budget_exceeded)),
+            );
+            push(
+                "devmetrics_github_loc_fallback_deferred_total",
+                &[org],
+                live.loc_fallback_deferred as f64,
             );
             for (result, n) in &live.backfill {
                 push(

@@ -26,6 +26,14 @@ const WINDOW: i64 = 86_400;
 const EVENTS_NS: &str = "github.events";
 const LOC_NS: &str = "github.loc";
 const SHOWN_NS: &str = "github.window";
+const LOC_MODE_NS: &str = "github.loc_mode";
+
+/// Whether a repo's LOC comes from commit details, and how close it is to switching.
+#[derive(Default, Serialize, Deserialize)]
+struct LocMode {
+    zero_windows: u32,
+    fallback_until: i64,
+}
 const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
 
 /// A window to scrape again: `repo` none means every repo of the org.
@@ -47,6 +55,8 @@ pub struct OrgLive {
     pub progress: f64,
     pub eta: f64,
     pub series_budget_exceeded: bool,
+    /// Repos whose LOC fallback waited for the next hour's commit-detail budget.
+    pub loc_fallback_deferred: u64,
     pub backfill: HashMap<&'static str, u64>,
 }
 
@@ -59,6 +69,8 @@ struct OrgState {
     next_start: i64,
     /// Backfill jobs published in the current minute: (unix minute, count).
     enqueued_minute: (i64, u32),
+    /// Commit-detail calls of the LOC fallback in the current hour: (unix hour, count).
+    fallback_hour: (i64, u32),
     live: OrgLive,
 }
 
@@ -267,39 +279,98 @@ impl OrgPoller {
 
     /// LOC of the last complete week before `end`, fetched at most once per week and
     /// `loc.refresh_interval`; `None` when the repo had no push since that week began.
+    /// Repos whose stats come back without line counts switch to the commit-level fallback.
     async fn loc(&self, repo: &str, pushed: i64, end: i64) -> Result<Option<Loc>, Error> {
         let week = wire::week_start(end) - 7 * 86_400;
         if pushed < week {
             return Ok(None);
         }
         let key = format!("{}/{repo}", self.org.org);
-        let cached: Option<Loc> = self.kv_json(LOC_NS, &key).await?;
+        let cached: Option<Loc> = self
+            .kv_json::<Loc>(LOC_NS, &key)
+            .await?
+            .filter(|c| c.week_start == week);
+        let lc = &self.gh.loc;
+        let mut mode: LocMode = self.kv_json(LOC_MODE_NS, &key).await?.unwrap_or_default();
+        let mut fallback = lc.fallback_enabled && mode.fallback_until > end;
         if let Some(c) = &cached
-            && c.week_start == week
-            && end - c.fetched_at < self.gh.loc.refresh_interval.as_secs() as i64
+            && (fallback || end - c.fetched_at < lc.refresh_interval.as_secs() as i64)
         {
             return Ok(cached);
         }
-        match self
-            .client
-            .contributor_stats(
-                repo,
-                self.gh.loc.pending_retries,
-                self.gh.loc.pending_retry_delay,
-            )
-            .await
-        {
-            Ok(stats) => {
-                let loc = Loc::from_stats(&stats, end);
+        if !fallback {
+            match self
+                .client
+                .contributor_stats(repo, lc.pending_retries, lc.pending_retry_delay)
+                .await
+            {
+                Ok(stats) => {
+                    let zeroed = lc.fallback_enabled && Loc::zeroed(&stats, end);
+                    if zeroed {
+                        mode.zero_windows += 1;
+                        if mode.zero_windows >= lc.large_repo_zero_detection_windows {
+                            mode.zero_windows = 0;
+                            mode.fallback_until = end + lc.large_repo_cooldown.as_secs() as i64;
+                            fallback = true;
+                            tracing::info!(org = %self.org.org, repo, "contributor stats carry no line counts; using commit-level LOC");
+                        }
+                        self.kv_put_json(LOC_MODE_NS, &key, &mode).await?;
+                    } else if mode.zero_windows > 0 {
+                        mode.zero_windows = 0;
+                        self.kv_put_json(LOC_MODE_NS, &key, &mode).await?;
+                    }
+                    if !fallback {
+                        let loc = Loc::from_stats(&stats, end);
+                        self.kv_put_json(LOC_NS, &key, &loc).await?;
+                        return Ok(Some(loc));
+                    }
+                }
+                Err(Error::StatsPending) => {
+                    tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
+                    return Ok(cached);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.fallback_loc(repo, week, end).await? {
+            Some(loc) => {
                 self.kv_put_json(LOC_NS, &key, &loc).await?;
                 Ok(Some(loc))
             }
-            Err(Error::StatsPending) => {
-                tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
-                Ok(cached.filter(|c| c.week_start == week))
-            }
-            Err(e) => Err(e),
+            None => Ok(cached),
         }
+    }
+
+    /// The week's LOC from `GET /commits/{sha}` of each of its commits, only when the whole
+    /// week fits the per-repo cap and the org's hourly budget: a partial sum is never shown.
+    async fn fallback_loc(&self, repo: &str, week: i64, end: i64) -> Result<Option<Loc>, Error> {
+        let lc = &self.gh.loc;
+        let commits = self
+            .client
+            .commits(repo, week, week + 7 * 86_400 - 1)
+            .await?;
+        if commits.len() > lc.fallback_max_commits_per_repo_per_week as usize {
+            tracing::warn!(org = %self.org.org, repo, commits = commits.len(), cap = lc.fallback_max_commits_per_repo_per_week, "too many commits for the LOC fallback; no LOC for this repo this week");
+            return Ok(None);
+        }
+        {
+            let hour = end / 3600;
+            let mut s = self.state.lock();
+            if s.fallback_hour.0 != hour {
+                s.fallback_hour = (hour, 0);
+            }
+            let need = commits.len() as u32;
+            if s.fallback_hour.1 + need > lc.fallback_max_commit_detail_calls_per_org_per_hour {
+                s.live.loc_fallback_deferred += 1;
+                return Ok(None);
+            }
+            s.fallback_hour.1 += need;
+        }
+        let mut details = Vec::with_capacity(commits.len());
+        for c in &commits {
+            details.push(self.client.commit_detail(repo, &c.sha).await?);
+        }
+        Ok(Some(Loc::from_commits(&details, week, end)))
     }
 
     async fn kv_json<T: serde::de::DeserializeOwned>(

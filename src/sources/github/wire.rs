@@ -43,6 +43,20 @@ pub struct Commit {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CommitStats {
+    pub additions: i64,
+    pub deletions: i64,
+}
+
+/// `GET /repos/{o}/{r}/commits/{sha}`: a commit with its line counts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CommitDetail {
+    #[serde(flatten)]
+    pub commit: Commit,
+    pub stats: Option<CommitStats>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Pull {
     pub number: u64,
     pub user: Option<User>,
