@@ -218,6 +218,10 @@ fn main() -> ExitCode {
         Command::Debug { what } => run(debug(what)),
         Command::CheckConfig(common) => match common.load() {
             Ok(cfg) => {
+                // github (issue 4): replaced-tool sections accepted but ignored.
+                for w in cfg.github.iter().flat_map(|g| &g.compat_warnings) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "configuration is valid: listening on {:?}, storage {}",
                     cfg.web.listen_addresses,

@@ -240,9 +240,12 @@ async fn failures_keep_values_and_backfill_restores_the_exact_window() {
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     let p = gh.pollers[0].clone();
-    poll(&*p, &store).await;
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
     let t1 = env.now();
     assert_same(&exported(&store), &env.sim.truth(ORG, t1));
+    let last_success = |t: &Telemetry| t.sources()["github/acme"].last_success_timestamp;
+    let first_success = last_success(&telemetry).expect("first cycle succeeded");
 
     // Cycle 2: a new comment, but the comments endpoint keeps failing (5xx past the
     // retries) and a secondary limit is thrown in on the way.
@@ -250,7 +253,14 @@ async fn failures_keep_values_and_backfill_restores_the_exact_window() {
     env.sim.add_comment(ORG, "repo-001", "user003", t2 - 30);
     env.sim.fail_path("/issues/comments", 100);
     env.sim.knobs.secondary_next.store(1, Ordering::Relaxed);
-    poll(&*p, &store).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert!(!telemetry.sources()["github/acme"].up);
+    assert_eq!(
+        last_success(&telemetry),
+        Some(first_success),
+        "the values' age grows"
+    );
     let got = exported(&store);
     let stale = env.sim.truth(ORG, t1);
     let only_repo1 = |s: &Series| -> Series {
