@@ -142,6 +142,8 @@ struct RateState {
     remaining: u64,
     reset_at: i64,
     counted: u64,
+    /// GraphQL queries: their own budget (one point per query here).
+    graphql: u64,
 }
 
 /// Knobs beyond [`super::Faults`], specific to GitHub.
@@ -347,6 +349,7 @@ impl GithubSim {
                 remaining: 5000,
                 reset_at: crate::sources::github::client::now_secs() + 3600,
                 counted: 0,
+                graphql: 0,
             }),
             knobs: Knobs {
                 secondary_next: AtomicU32::new(0),
@@ -372,6 +375,7 @@ impl GithubSim {
             .route("/repos/{owner}/{repo}/issues/comments", get(comments))
             .route("/repos/{owner}/{repo}/stats/contributors", get(stats))
             .route("/rate_limit", get(rate_limit))
+            .route("/graphql", post(graphql))
             .with_state(self.clone())
     }
 
@@ -386,6 +390,11 @@ impl GithubSim {
     /// Requests so far that counted against the primary limit (not 304s, not token exchange).
     pub fn counted(&self) -> u64 {
         self.rate.lock().counted
+    }
+
+    /// GraphQL queries answered (they spend the separate GraphQL budget).
+    pub fn graphql_queries(&self) -> u64 {
+        self.rate.lock().graphql
     }
 
     pub fn fail_path(&self, contains: &str, times: u32) {
@@ -617,6 +626,40 @@ impl GithubSim {
             return true;
         }
         self.pat.lock().as_deref() == Some(tok)
+    }
+
+    /// The GraphQL counterpart of [`Self::answer`]: auth, fault knobs, its own budget.
+    fn answer_graphql(&self, h: &HeaderMap, uri: &Uri, data: Value) -> Response {
+        if !self.authorized(h) {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "Bad credentials"}),
+            );
+        }
+        {
+            let mut fp = self.knobs.fail_path.lock();
+            if let Some((p, n)) = fp.as_mut()
+                && uri.path().contains(p.as_str())
+                && *n > 0
+            {
+                *n -= 1;
+                return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
+            }
+        }
+        let used = {
+            let mut r = self.rate.lock();
+            r.graphql += 1;
+            r.graphql
+        };
+        let mut resp = json_response(StatusCode::OK, json!({ "data": data }));
+        let hm = resp.headers_mut();
+        hm.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+        hm.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from_str(&5000u64.saturating_sub(used).to_string()).expect("digits"),
+        );
+        hm.insert("x-ratelimit-resource", HeaderValue::from_static("graphql"));
+        resp
     }
 
     /// Everything an API answer goes through: auth, fault knobs, the rate budget, ETags.
@@ -1116,4 +1159,50 @@ pub async fn demo(
         }
     });
     Ok(fake)
+}
+
+/// `POST /graphql`: the one query the exporter sends, `repository.pullRequests` ordered by
+/// `UPDATED_AT` descending with nested reviews. The cursor is the offset as a string.
+async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "Problems parsing JSON"}),
+        );
+    };
+    let query = req["query"].as_str().unwrap_or("");
+    let vars = &req["variables"];
+    if !query.contains("pullRequests") {
+        return json_response(
+            StatusCode::OK,
+            json!({"errors": [{"message": "the simulated GitHub answers only the pullRequests query"}]}),
+        );
+    }
+    let (owner, name) = (
+        vars["owner"].as_str().unwrap_or(""),
+        vars["name"].as_str().unwrap_or(""),
+    );
+    let offset: usize = vars["cursor"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let data = with_repo(&sim, owner, name, |r| {
+        let nodes: Vec<Value> = r
+            .prs
+            .iter()
+            .skip(offset)
+            .take(50)
+            .map(|p| {
+                let mut rv = p.reviews.clone();
+                rv.sort_by_key(|x| x.1);
+                json!({"number": p.number, "createdAt": format_time(p.created), "updatedAt": format_time(p.updated),
+                    "mergedAt": p.merged.map(format_time), "author": {"login": p.author},
+                    "reviews": {"pageInfo": {"hasNextPage": rv.len() > 100},
+                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": {"login": u}, "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
+            })
+            .collect();
+        let more = offset + 50 < r.prs.len();
+        json!({"repository": {"pullRequests": {"pageInfo": {"hasNextPage": more, "endCursor": (offset + 50).to_string()}, "nodes": nodes}}})
+    });
+    sim.answer_graphql(&h, &uri, data.unwrap_or(json!({"repository": null})))
 }

@@ -211,7 +211,8 @@ async fn activity_equals_ground_truth_then_costs_nothing_when_unchanged() {
 #[tokio::test]
 async fn quiet_users_disappear() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let cfg = env.config("");
+    // The REST path for PRs and reviews (GraphQL off).
+    let cfg = env.config("graphql: false\n");
     let (store, queue) = env.open();
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
@@ -230,6 +231,13 @@ async fn quiet_users_disappear() {
     for k in got.keys().filter(|k| k.0.ends_with("_24h")) {
         assert_eq!(k.2, "user005", "{k:?} should have disappeared");
     }
+    assert_eq!(env.fake.requests.count("POST /graphql"), 0);
+    assert!(
+        env.fake
+            .requests
+            .count("GET /repos/{owner}/{repo}/pulls/{number}/reviews")
+            > 0
+    );
 }
 
 #[tokio::test]
@@ -542,6 +550,7 @@ async fn standard_org_request_economy() {
     poll(&*p, &store).await;
     let cold = env.sim.counted();
     let cold_all = env.fake.requests.total();
+    let cold_graphql = env.sim.graphql_queries();
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 
     env.advance(300);
@@ -552,10 +561,18 @@ async fn standard_org_request_economy() {
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 
     eprintln!(
-        "standard org: legacy cost model {legacy} requests/cycle; devmetrics cold {cold} counted ({cold_all} sent incl. token exchange and 304s); steady {steady} counted ({steady_all} sent)"
+        "standard org: legacy cost model {legacy} requests/cycle; devmetrics cold {cold} counted REST + {cold_graphql} GraphQL ({cold_all} sent incl. token exchange and 304s); steady {steady} counted ({steady_all} sent)"
+    );
+    assert_eq!(
+        env.sim.graphql_queries(),
+        cold_graphql,
+        "steady state sends no GraphQL"
     );
     eprintln!("cold by route: {:?}", env.fake.requests.all());
-    assert!(cold * 4 <= legacy, "cold {cold} vs legacy {legacy}");
+    assert!(
+        (cold + cold_graphql) * 4 <= legacy,
+        "cold {cold} + {cold_graphql} vs legacy {legacy}"
+    );
     assert!(steady < 20, "steady {steady}");
 }
 

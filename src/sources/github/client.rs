@@ -359,6 +359,53 @@ impl Client {
         endpoint: &'static str,
         conditional: bool,
     ) -> Result<Page, Error> {
+        self.request(path_or_url, None, endpoint, conditional).await
+    }
+
+    /// A GraphQL query (`POST /graphql`, or `/api/graphql` on GHES). GraphQL spends its own
+    /// rate limit (`x-ratelimit-resource: graphql`), not the REST one.
+    pub async fn graphql<T: DeserializeOwned>(
+        &self,
+        query: &str,
+        variables: serde_json::Value,
+        endpoint: &'static str,
+    ) -> Result<T, Error> {
+        #[derive(serde::Deserialize)]
+        struct Answer<T> {
+            data: Option<T>,
+            #[serde(default)]
+            errors: Vec<serde_json::Value>,
+        }
+        let url = graphql_url(&self.base);
+        let body = serde_json::to_vec(&serde_json::json!({"query": query, "variables": variables}))
+            .expect("json serializes");
+        let page = self
+            .request(&url, Some(Bytes::from(body)), endpoint, false)
+            .await?;
+        let a: Answer<T> = decode(&page.body, endpoint)?;
+        match a.data {
+            Some(d) if a.errors.is_empty() => Ok(d),
+            _ => Err(Error::Decode {
+                endpoint,
+                message: format!(
+                    "GraphQL errors: {}",
+                    a.errors
+                        .first()
+                        .and_then(|e| e.get("message"))
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("no data")
+                ),
+            }),
+        }
+    }
+
+    async fn request(
+        &self,
+        path_or_url: &str,
+        post: Option<Bytes>,
+        endpoint: &'static str,
+        conditional: bool,
+    ) -> Result<Page, Error> {
         let url = if path_or_url.starts_with("http") {
             path_or_url.to_string()
         } else {
@@ -386,12 +433,17 @@ impl Client {
             }
             self.wait(d).await?;
             let auth = self.authorization().await?;
-            let mut req = self
-                .http
-                .get(&url)
-                .header("authorization", auth)
-                .header("accept", "application/vnd.github+json")
-                .header("x-github-api-version", "2022-11-28");
+            let mut req = match &post {
+                Some(b) => self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(b.clone()),
+                None => self.http.get(&url),
+            }
+            .header("authorization", auth)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28");
             if let Some((etag, _)) = &cached {
                 req = req.header("if-none-match", etag.as_str());
             }
@@ -681,6 +733,64 @@ impl Client {
         Ok(pulls)
     }
 
+    /// PRs updated since `since` with their reviews, newest first, in one GraphQL query per
+    /// 50 PRs instead of a PR page plus one reviews call per PR. A PR with more than 100
+    /// reviews gets the rest over REST.
+    pub async fn pulls_with_reviews_since(
+        &self,
+        repo: &str,
+        since: i64,
+    ) -> Result<(Vec<wire::Pull>, Vec<wire::Review>), Error> {
+        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { login } submittedAt state } } } } } }";
+        let (mut pulls, mut reviews) = (Vec::new(), Vec::new());
+        let mut cursor: Option<String> = None;
+        loop {
+            let d: wire::GqlRepoData = self
+                .graphql(
+                    QUERY,
+                    serde_json::json!({"owner": self.org, "name": repo, "cursor": cursor}),
+                    "graphql_pulls",
+                )
+                .await?;
+            let Some(r) = d.repository else {
+                return Err(Error::Status {
+                    status: 404,
+                    endpoint: "graphql_pulls",
+                    message: "repository not found".into(),
+                });
+            };
+            let conn = r.pull_requests;
+            let mut past = false;
+            for n in conn.nodes {
+                if wire::parse_time(&n.updated_at).is_none_or(|t| t < since) {
+                    past = true;
+                    break;
+                }
+                let more = n.reviews.page_info.has_next_page;
+                if more {
+                    reviews.extend(self.reviews(repo, n.number).await?);
+                } else {
+                    reviews.extend(n.reviews.nodes.into_iter().map(|rv| wire::Review {
+                        user: rv.author,
+                        submitted_at: rv.submitted_at,
+                        state: rv.state,
+                    }));
+                }
+                pulls.push(wire::Pull {
+                    number: n.number,
+                    user: n.author,
+                    created_at: n.created_at,
+                    updated_at: n.updated_at,
+                    merged_at: n.merged_at,
+                });
+            }
+            if past || !conn.page_info.has_next_page {
+                return Ok((pulls, reviews));
+            }
+            cursor = conn.page_info.end_cursor;
+        }
+    }
+
     pub async fn reviews(&self, repo: &str, number: u64) -> Result<Vec<wire::Review>, Error> {
         let path = format!(
             "/repos/{}/{repo}/pulls/{number}/reviews?per_page=100",
@@ -733,6 +843,15 @@ impl Client {
             }
         }
         Err(Error::StatsPending)
+    }
+}
+
+/// GitHub.com and GHE.com serve GraphQL at `{api}/graphql`; GHES at `https://HOST/api/graphql`
+/// beside its `/api/v3` REST root.
+pub fn graphql_url(base: &str) -> String {
+    match base.strip_suffix("/api/v3") {
+        Some(host) => format!("{host}/api/graphql"),
+        None => format!("{base}/graphql"),
     }
 }
 
@@ -831,6 +950,22 @@ mod tests {
             "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap(),
         );
         assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn graphql_endpoints() {
+        assert_eq!(
+            graphql_url("https://api.github.com"),
+            "https://api.github.com/graphql"
+        );
+        assert_eq!(
+            graphql_url("https://ghe.example.com/api/v3"),
+            "https://ghe.example.com/api/graphql"
+        );
+        assert_eq!(
+            graphql_url("https://api.acme.ghe.com"),
+            "https://api.acme.ghe.com/graphql"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct RawGithub {
     pub unhealthy_cooldown: Option<String>,
     pub proxy_url: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub graphql: Option<bool>,
     pub orgs: Option<Vec<RawOrg>>,
     #[serde(default)]
     pub activity: RawActivity,
@@ -220,6 +221,8 @@ pub struct GithubConfig {
     pub unhealthy_cooldown: Duration,
     pub proxy_url: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// Cold scrapes of a repo's PRs and reviews use one GraphQL query per 50 PRs.
+    pub graphql: bool,
     pub activity: ActivityConfig,
     pub rate_limit: RateLimitConfig,
     pub retry: RetryConfig,
@@ -462,6 +465,7 @@ impl RawGithub {
             )?,
             proxy_url: self.proxy_url.filter(|s| !s.is_empty()),
             ca_file: self.ca_file.map(rel),
+            graphql: self.graphql.unwrap_or(true),
             activity: ActivityConfig {
                 include_archived: a.include_archived.unwrap_or(false),
                 include_forks: a.include_forks.unwrap_or(false),

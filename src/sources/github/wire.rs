@@ -102,6 +102,54 @@ pub struct InstallationToken {
     pub expires_at: String,
 }
 
+// GraphQL: `repository.pullRequests` with nested reviews.
+
+#[derive(Debug, Deserialize)]
+pub struct GqlRepoData {
+    pub repository: Option<GqlRepo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlRepo {
+    pub pull_requests: GqlConnection<GqlPull>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlPageInfo {
+    pub has_next_page: bool,
+    #[serde(default)]
+    pub end_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlConnection<T> {
+    pub page_info: GqlPageInfo,
+    pub nodes: Vec<T>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlPull {
+    pub number: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub merged_at: Option<String>,
+    pub author: Option<User>,
+    pub reviews: GqlConnection<GqlReview>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlReview {
+    pub author: Option<User>,
+    pub submitted_at: Option<String>,
+    #[serde(default)]
+    pub state: String,
+}
+
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as GitHub writes them
 /// (`2026-02-19T12:00:00Z`, optionally with fractional seconds or a `+00:00` offset).
 pub fn parse_time(s: &str) -> Option<i64> {
