@@ -663,3 +663,24 @@ async fn token_auth_and_series_budget() {
     assert!(n > 0 && n <= 5, "{n} series");
     assert_eq!(gauge(&gh, "devmetrics_github_series_budget_exceeded"), 1.0);
 }
+
+#[tokio::test]
+async fn a_jwt_the_app_key_did_not_sign_is_refused() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    if let devmetrics::sources::github::config::Auth::App { app_id, .. } = &mut cfg.orgs[0].auth {
+        *app_id = APP_ID + 1;
+    }
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let results = gh.pollers[0].poll().await;
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "auth")),
+        "the fake verified the JWT's issuer and signature"
+    );
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
+    assert_eq!(env.sim.counted(), 0);
+}

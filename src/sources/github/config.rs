@@ -33,7 +33,7 @@ pub struct RawGithub {
     pub backfill: RawBackfill,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrg {
     pub org: Option<String>,
@@ -53,7 +53,7 @@ pub struct RawOrg {
     pub per_org_concurrency: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawActivity {
     pub include_archived: Option<bool>,
@@ -67,6 +67,36 @@ pub struct RawActivity {
     pub user_label_secret: Option<String>,
     pub user_label_secret_file: Option<PathBuf>,
     pub series_budget_per_org: Option<u64>,
+}
+
+// Secrets are plain strings until resolved: these two print without them.
+impl std::fmt::Debug for RawOrg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawOrg")
+            .field("org", &self.org)
+            .field("api_base_url", &self.api_base_url)
+            .field("app_id", &self.app_id)
+            .field("installation_id", &self.installation_id)
+            .field("private_key_path", &self.private_key_path)
+            .field("private_key_env", &self.private_key_env)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("scrape_interval", &self.scrape_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RawActivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawActivity")
+            .field("user_label_mode", &self.user_label_mode)
+            .field(
+                "user_label_secret",
+                &self.user_label_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("user_label_secret_file", &self.user_label_secret_file)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -675,6 +705,19 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let raw: RawGithub = serde_yaml::from_str(
+            "orgs: [{org: a, token: ghp_topsecret}]\nactivity: {user_label_mode: hashed, user_label_secret: hmac-topsecret}\n",
+        )
+        .unwrap();
+        let dbg = format!("{raw:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+        let cfg = raw.resolve(None).unwrap().unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
 
     #[test]
     fn globs() {
