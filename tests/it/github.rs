@@ -684,3 +684,64 @@ async fn a_jwt_the_app_key_did_not_sign_is_refused() {
     assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
     assert_eq!(env.sim.counted(), 0);
 }
+
+/// Every request, the token exchange included, goes through `proxy_url`: the API host here
+/// does not resolve, and the fake answers as the proxy (absolute-form requests).
+#[tokio::test]
+async fn requests_go_through_the_configured_proxy() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    cfg.orgs[0].api_base_url = "http://api.github.invalid".into();
+    cfg.proxy_url = Some(env.fake.base_url());
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(
+        env.fake
+            .requests
+            .count("POST /app/installations/{id}/access_tokens"),
+        1
+    );
+}
+
+#[test]
+fn a_custom_ca_bundle_is_loaded() {
+    let cert = rcgen::generate_simple_self_signed(vec!["ghe.example.com".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let raw: RawGithub = serde_yaml::from_str(&format!(
+        "api_base_url: https://ghe.example.com/api/v3\nca_file: {}\norgs: [{{org: a, token: t}}]\n",
+        ca.display()
+    ))
+    .unwrap();
+    let cfg = raw.resolve(None).unwrap().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let db = Db::open(&dir.path().join("db")).unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
+    let budgets = devmetrics::sources::github::Budgets::default();
+    devmetrics::sources::github::Client::new(
+        &cfg,
+        &cfg.orgs[0],
+        store.clone(),
+        Arc::new(Telemetry::default()),
+        &budgets,
+        CancellationToken::new(),
+    )
+    .expect("the CA bundle is accepted");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    assert!(
+        devmetrics::sources::github::Client::new(
+            &cfg,
+            &cfg.orgs[0],
+            store,
+            Arc::new(Telemetry::default()),
+            &budgets,
+            CancellationToken::new(),
+        )
+        .is_err()
+    );
+}

@@ -223,10 +223,18 @@ impl Client {
                 endpoint: "ca_file",
                 message: format!("{}: {e}", ca.display()),
             })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Network {
-                endpoint: "ca_file",
-                message: e.to_string(),
-            })? {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Network {
+                    endpoint: "ca_file",
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Network {
+                    endpoint: "ca_file",
+                    message: format!("{} holds no PEM certificate", ca.display()),
+                });
+            }
+            for cert in certs {
                 b = b.add_root_certificate(cert);
             }
         }

@@ -205,9 +205,15 @@ impl OrgPoller {
             let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
             let cold = cached.is_none();
             let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
+            // Probe before fetching, so a change landing in between is seen next cycle
+            // rather than hidden behind a fresh ETag.
             let reuse = match (&cached, fresh) {
+                (_, true) => false,
                 (Some(c), false) if c.events.until <= end => self.unchanged(name).await?,
-                _ => false,
+                (_, false) => {
+                    self.unchanged(name).await?;
+                    false
+                }
             };
             match cached {
                 Some(c) if reuse => c.events,
@@ -216,8 +222,6 @@ impl OrgPoller {
                         .fetch_events(name, start, end, cold && self.gh.graphql)
                         .await?;
                     if !fresh {
-                        // The probes' ETags now describe the state the events came from.
-                        self.unchanged(name).await?;
                         let c = CachedEvents {
                             marker,
                             events: ev.clone(),
