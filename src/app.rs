@@ -47,15 +47,19 @@ impl Launched {
 }
 
 /// Builds the sources enabled in `config`.
-fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> Vec<Arc<dyn Poller>> {
+fn pollers(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<Vec<Arc<dyn Poller>>> {
     let _ = (config, telemetry);
     #[allow(unused_mut)]
     let mut out: Vec<Arc<dyn Poller>> = Vec::new();
     // github (issue 4)
     //
     // spacelift (issue 6)
-    //
-    out
+    if let Some(c) = &config.spacelift {
+        let poller = sources::spacelift::Source::new(c.clone(), telemetry.clone())
+            .context("building the Spacelift client")?;
+        out.push(Arc::new(poller));
+    }
+    Ok(out)
 }
 
 /// The seam for tests and `demo`: runs the service on already-bound listeners until
@@ -97,8 +101,10 @@ pub async fn launch(
         basic_auth: web.basic_auth.clone(),
     });
 
+    drop_unconfigured_scopes(&config, &*shared_store).await?;
+
     let mut tasks = JoinSet::new();
-    for poller in pollers(&config, &telemetry) {
+    for poller in pollers(&config, &telemetry)? {
         tasks.spawn(sources::run_poller(
             poller,
             shared_store.clone(),
@@ -157,7 +163,9 @@ pub async fn launch(
     // webhooks (issue 5)
     //
     // spacelift compatibility routes (issue 6)
-    //
+    if config.spacelift.is_some() {
+        extra = extra.merge(sources::spacelift::compat_routes());
+    }
     let router = server::router(state.clone(), extra);
     let mut addrs = Vec::new();
     for listener in listeners {
@@ -185,6 +193,46 @@ pub async fn launch(
         tasks,
         shutdown,
     })
+}
+
+/// Scopes persisted by a source that is no longer configured (or a GitHub org no longer
+/// listed) would otherwise be served forever with a frozen age; they are removed at start.
+async fn drop_unconfigured_scopes(
+    config: &Config,
+    store: &dyn crate::store::Store,
+) -> anyhow::Result<()> {
+    let orgs: Vec<String> = config
+        .github
+        .as_ref()
+        .map(|g| g.orgs.iter().map(|o| o.org.clone()).collect())
+        .unwrap_or_default();
+    let stale: Vec<String> = store
+        .snapshot()
+        .scopes
+        .iter()
+        .map(|s| s.name.to_string())
+        .filter(|name| {
+            if name.starts_with("spacelift/") {
+                return config.spacelift.is_none();
+            }
+            if let Some(rest) = name.strip_prefix("github/") {
+                let org = rest.split('/').next().unwrap_or("");
+                return !orgs.iter().any(|o| o == org);
+            }
+            false
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(
+            scopes = stale.len(),
+            "removing stored series of sources no longer configured"
+        );
+        store
+            .drop_scopes(stale)
+            .await
+            .context("removing unconfigured scopes")?;
+    }
+    Ok(())
 }
 
 pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {

@@ -111,6 +111,25 @@ struct Common {
     /// SQLite file holding state, queue and keys.
     #[arg(long = "storage.path", value_name = "PATH")]
     storage_path: Option<PathBuf>,
+    /// Spacelift API endpoint, e.g. https://ACCOUNT.app.spacelift.io (enables the source).
+    #[arg(long = "spacelift.api-endpoint", value_name = "URL")]
+    spacelift_api_endpoint: Option<String>,
+    /// Spacelift admin API key id.
+    #[arg(long = "spacelift.api-key-id", value_name = "ID")]
+    spacelift_api_key_id: Option<String>,
+    /// Spacelift API key secret (prefer --spacelift.api-key-secret-file).
+    #[arg(
+        long = "spacelift.api-key-secret",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    spacelift_api_key_secret: Option<String>,
+    /// File holding the Spacelift API key secret, re-read on every token exchange.
+    #[arg(long = "spacelift.api-key-secret-file", value_name = "PATH")]
+    spacelift_api_key_secret_file: Option<PathBuf>,
+    /// Deadline for one whole Spacelift scrape (token exchange included). Default 5s.
+    #[arg(long = "spacelift.scrape-timeout", value_name = "DURATION")]
+    spacelift_scrape_timeout: Option<String>,
 }
 
 impl Common {
@@ -146,6 +165,31 @@ impl Common {
             ("log.level", "log.level", s(&self.log_level)),
             ("log.format", "log.format", s(&self.log_format)),
             ("storage.path", "storage.path", p(&self.storage_path)),
+            (
+                "spacelift.api_endpoint",
+                "spacelift.api-endpoint",
+                s(&self.spacelift_api_endpoint),
+            ),
+            (
+                "spacelift.api_key_id",
+                "spacelift.api-key-id",
+                s(&self.spacelift_api_key_id),
+            ),
+            (
+                "spacelift.api_key_secret",
+                "spacelift.api-key-secret",
+                s(&self.spacelift_api_key_secret),
+            ),
+            (
+                "spacelift.api_key_secret_file",
+                "spacelift.api-key-secret-file",
+                p(&self.spacelift_api_key_secret_file),
+            ),
+            (
+                "spacelift.scrape_timeout",
+                "spacelift.scrape-timeout",
+                s(&self.spacelift_scrape_timeout),
+            ),
         ] {
             if let Some(v) = v {
                 o.set(key, v, flag);

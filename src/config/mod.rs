@@ -68,7 +68,24 @@ impl Error {
 
 /// Environment variables of the replaced tools, honoured as aliases of our keys. Our own
 /// `DEVMETRICS_*` form wins when both are set.
-pub const ENV_ALIASES: &[(&str, &str)] = &[];
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    // spacelift-io/prometheus-exporter (issue 6)
+    ("SPACELIFT_PROMEX_API_ENDPOINT", "spacelift.api_endpoint"),
+    ("SPACELIFT_PROMEX_API_KEY_ID", "spacelift.api_key_id"),
+    (
+        "SPACELIFT_PROMEX_API_KEY_SECRET",
+        "spacelift.api_key_secret",
+    ),
+    (
+        "SPACELIFT_PROMEX_API_KEY_SECRET_FILE",
+        "spacelift.api_key_secret_file",
+    ),
+    (
+        "SPACELIFT_PROMEX_SCRAPE_TIMEOUT",
+        "spacelift.scrape_timeout",
+    ),
+    ("SPACELIFT_PROMEX_LISTEN_ADDRESS", "web.listen_addresses"),
+];
 
 /// Settings given as command-line flags, applied last. Each entry is a dotted key and a
 /// YAML value, so flags share the env/file validation path.

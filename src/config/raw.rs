@@ -28,7 +28,7 @@ pub struct RawConfig {
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,7 +127,7 @@ pub struct Config {
     // webhooks (issue 5)
     //
     // spacelift (issue 6)
-    //
+    pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
 
 pub(crate) fn duration(
@@ -231,12 +231,16 @@ impl RawConfig {
                 "must not be shorter than queue.initial_backoff",
             ));
         }
-        // github (issue 4)
+        let spacelift = match self.spacelift {
+            Some(raw) => raw.resolve(base)?,
+            None => None,
+        };
         let github = match self.github {
             Some(g) => g.resolve(base)?,
             None => None,
         };
         Ok(Config {
+            spacelift,
             github,
             web: WebConfig {
                 listen_addresses,

@@ -88,8 +88,11 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
     let snapshot = s.store.snapshot();
     let series: usize = snapshot.scopes.iter().map(|x| x.series_count()).sum();
     let any_down = sources.values().any(|h| h.scrapes > 0 && !h.up);
+    let store_health = s.store.health();
     let status = if !ready {
         "starting"
+    } else if store_health.is_err() {
+        "failing"
     } else if any_down {
         "degraded"
     } else {
@@ -99,7 +102,12 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "components": {
-            "store": {"state": "ok", "scopes": snapshot.scopes.len(), "series": series},
+            "store": {
+                "state": if store_health.is_ok() { "ok" } else { "failing" },
+                "error": store_health.err(),
+                "scopes": snapshot.scopes.len(),
+                "series": series,
+            },
             "queue": {"state": "ok", "topics": queue},
             "sources": sources,
         },

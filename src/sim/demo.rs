@@ -21,7 +21,18 @@ impl Demo {
         // webhook sender (issue 5)
         //
         // spacelift (issue 6)
-        //
+        {
+            let fake = super::spacelift::SpaceliftFake::start(seed, 24).await?;
+            // Short-lived tokens so the demo shows refreshes, and a live account.
+            fake.sim
+                .token_ttl_secs
+                .store(120, std::sync::atomic::Ordering::Relaxed);
+            fake.animate(std::time::Duration::from_secs(2));
+            config.spacelift = Some(crate::sources::spacelift::config::demo_config(
+                &fake.base_url(),
+            ));
+            fakes.push(fake.server.clone());
+        }
         Ok(Demo { fakes })
     }
 }

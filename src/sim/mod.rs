@@ -7,6 +7,7 @@
 
 pub mod demo;
 pub mod github;
+pub mod spacelift;
 
 use axum::Router;
 use axum::body::Body;
@@ -212,4 +213,74 @@ async fn fault_layer(log: Arc<RequestLog>, f: Arc<Faults>, req: Request, next: N
 /// A deterministic generator for fakes' data.
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn fake() -> FakeServer {
+        let router = Router::new().route(
+            "/items/{id}",
+            get(|| async { "{\"ok\":true,\"pad\":\"xxxxxxxx\"}" }),
+        );
+        FakeServer::start("test", router, Faults::new(7))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_requests_per_route_pattern() {
+        let f = fake().await;
+        for i in 0..3 {
+            reqwest::get(format!("{}/items/{i}", f.base_url()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(f.requests.count("GET /items/{id}"), 3);
+        assert_eq!(f.requests.total(), 3);
+    }
+
+    #[tokio::test]
+    async fn fault_knobs_apply_and_clear() {
+        let f = fake().await;
+        let url = format!("{}/items/1", f.base_url());
+        f.faults.fail_next.store(2, Ordering::Relaxed);
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 503);
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 503);
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+        f.faults.rate_limit_per_mille.store(1000, Ordering::Relaxed);
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        f.faults.clear();
+        f.faults.malformed_per_mille.store(1000, Ordering::Relaxed);
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&body).is_err(),
+            "{body}"
+        );
+        f.faults.clear();
+        f.faults.timeout_per_mille.store(1000, Ordering::Relaxed);
+        f.faults.hang_ms.store(5_000, Ordering::Relaxed);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        assert!(client.get(&url).send().await.unwrap_err().is_timeout());
+    }
+
+    #[tokio::test]
+    async fn seeded_faults_replay_identically() {
+        let draw = |seed| {
+            let f = Faults::new(seed);
+            f.error_5xx_per_mille.store(300, Ordering::Relaxed);
+            (0..50)
+                .map(|_| f.roll(&f.error_5xx_per_mille))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3), draw(4));
+    }
 }

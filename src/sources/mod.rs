@@ -6,6 +6,7 @@
 //! (their age shows in `devmetrics_source_last_success_timestamp_seconds`).
 
 pub mod github;
+pub mod spacelift;
 
 use async_trait::async_trait;
 use std::sync::Arc;

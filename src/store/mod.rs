@@ -170,6 +170,9 @@ pub trait Store: Send + Sync {
         updates: Vec<Update>,
     ) -> Result<Applied, Error>;
 
+    /// Removes whole scopes and their series (e.g. of a source no longer configured).
+    async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error>;
+
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error>;
     async fn kv_put(
         &self,
@@ -178,6 +181,11 @@ pub trait Store: Send + Sync {
         value: Vec<u8>,
         ttl: Option<std::time::Duration>,
     ) -> Result<(), Error>;
+
+    /// `Err` with the reason while the backend cannot persist (shown on `/healthz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Time of the last successful replace of each scope, for ages and the status page.
     fn scope_updated_at(&self, scope: &str) -> Option<f64> {

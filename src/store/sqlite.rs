@@ -229,6 +229,13 @@ impl Store for SqliteStore {
         self.state.snapshot()
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.db.stats.last_error.lock().clone() {
+            None => Ok(()),
+            Some(e) => Err(format!("last commit failed: {e}")),
+        }
+    }
+
     async fn replace_scope(&self, scope: &str, samples: Vec<Sample>) -> Result<(), Error> {
         let now = now_unix();
         let mut data = ScopeData {
@@ -319,6 +326,31 @@ impl Store for SqliteStore {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
         }
         Ok(applied)
+    }
+
+    async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let state = self.state.clone();
+        self.db.submit(Box::new(move |conn| {
+            let run = || -> rusqlite::Result<()> {
+                for scope in &scopes {
+                    conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
+                        .execute([scope])?;
+                    conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
+                        .execute([scope])?;
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => Ok(reply(tx, (), move || {
+                    for scope in &scopes {
+                        state.remove(scope);
+                    }
+                })),
+                Err(e) => Err(fail(tx, e)),
+            }
+        }))?;
+        recv(rx).await
     }
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {

@@ -2,8 +2,11 @@
 
 mod cli;
 mod crash;
+mod demo;
 mod docs;
 mod exposition;
 mod github;
+mod secrets;
 mod server;
+mod spacelift;
 mod support;

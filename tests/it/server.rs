@@ -196,3 +196,35 @@ async fn graceful_shutdown_stops_listening() {
     running.stop().await;
     assert!(reqwest::get(format!("{base}/livez")).await.is_err());
 }
+
+#[tokio::test]
+async fn series_of_unconfigured_sources_are_dropped_at_start() {
+    use devmetrics::metrics::{Labels, id};
+    use devmetrics::store::{Sample, Store};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = devmetrics::store::sqlite::SqliteStore::open(
+            devmetrics::db::Db::open(&dir.path().join("devmetrics.db")).unwrap(),
+        )
+        .unwrap();
+        let fid = id("devmetrics_source_up");
+        for scope in ["spacelift/usage", "github/acme/repo", "events/other"] {
+            let s = Sample::number(fid, Labels::new(fid, &[scope]).unwrap(), 1.0);
+            store.replace_scope(scope, vec![s]).await.unwrap();
+        }
+    }
+    let running = support::start(support::config_with(dir.path(), &[]), "http").await;
+    let names: Vec<String> = running
+        .launched
+        .as_ref()
+        .unwrap()
+        .state
+        .store
+        .snapshot()
+        .scopes
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["events/other".to_string()]);
+    running.stop().await;
+}

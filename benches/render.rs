@@ -1,0 +1,153 @@
+//! `/metrics` render time and peak RSS for 10k, 100k and 1M series with labels
+//! {org, repo, user}, in both formats, through the real HTTP server.
+//!
+//! Run: `cargo bench --bench render` (all sizes) or `cargo bench --bench render -- 1000000`.
+//! Each (size, format) runs in a fresh child process so its peak RSS (VmHWM) is its own. The
+//! figure covers the whole exporter process: SQLite store, in-memory state and the scrape.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devmetrics::metrics::{self, Labels};
+use devmetrics::store::{Sample, Store};
+
+const REPOS_PER_ORG: usize = 100;
+const USERS_PER_SCOPE: usize = 100;
+
+fn family() -> metrics::FamilyId {
+    // The contract family once the GitHub source exists; until then a stand-in with the same
+    // label count.
+    metrics::lookup("gh_activity_commits_24h")
+        .unwrap_or_else(|| metrics::id("devmetrics_upstream_requests_total"))
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn child(series: usize, format: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = devmetrics::config::Overrides::default();
+    o.set(
+        "storage.path",
+        dir.path().join("b.db").display().to_string().into(),
+        "bench",
+    );
+    o.set("web.listen_addresses", "127.0.0.1:0".into(), "bench");
+    o.set("log.level", "warn".into(), "bench");
+    let cfg = devmetrics::config::load(None, &Default::default(), &o).unwrap();
+    let listeners = devmetrics::app::bind(&cfg).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let launched = devmetrics::app::launch(cfg, listeners, shutdown.clone())
+        .await
+        .unwrap();
+    let addr = launched.addrs[0];
+    let store = launched.state.store.clone();
+    let fid = family();
+    let scopes = series.div_ceil(USERS_PER_SCOPE);
+    let load_started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let store: Arc<dyn Store> = store;
+    for s in 0..scopes {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let org = format!("org-{:02}", s / REPOS_PER_ORG);
+            let repo = format!("repo-{:05}", s);
+            let samples = (0..USERS_PER_SCOPE)
+                .map(|u| {
+                    let user = format!("user-{:06}", (s * 7 + u) % 200_000);
+                    Sample::number(
+                        fid,
+                        Labels::new(fid, &[&org, &repo, &user]).unwrap(),
+                        (u % 17) as f64,
+                    )
+                })
+                .collect();
+            store
+                .replace_scope(&format!("bench/{org}/{repo}"), samples)
+                .await
+                .unwrap();
+        });
+        if tasks.len() >= 64 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let load_secs = load_started.elapsed().as_secs_f64();
+
+    let accept = match format {
+        "openmetrics" => "application/openmetrics-text;version=1.0.0",
+        _ => "text/plain;version=0.0.4",
+    };
+    let client = reqwest::Client::builder().no_gzip().build().unwrap();
+    let mut times = Vec::new();
+    let mut bytes = 0usize;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut resp = client
+            .get(format!("http://{addr}/metrics"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        bytes = 0;
+        // Stream and discard: the scraper must not inflate this process's RSS.
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            bytes += chunk.len();
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "{series:>9} series  {format:<11}  render+transfer min {:>8.1} ms  median {:>8.1} ms  body {:>6.1} MB  peak RSS {:>6.1} MB  (load {load_secs:.1} s)",
+        ms(times[0]),
+        ms(times[2]),
+        bytes as f64 / 1e6,
+        vm_hwm_kib() as f64 / 1024.0,
+    );
+    shutdown.cancel();
+    launched.wait().await;
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let series: usize = args[1].parse().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(child(series, &args[2]));
+        return;
+    }
+    let sizes: Vec<usize> = if args.is_empty() {
+        vec![10_000, 100_000, 1_000_000]
+    } else {
+        args.iter().filter_map(|a| a.parse().ok()).collect()
+    };
+    println!("family {}", metrics::family(family()).name);
+    for size in sizes {
+        for format in ["text", "openmetrics"] {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--child", &size.to_string(), format])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+}
