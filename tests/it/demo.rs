@@ -12,6 +12,10 @@ const EXPECTED: &[&str] = &[
     "devmetrics_build_info",
     "devmetrics_source_up",
     "devmetrics_source_last_success_timestamp_seconds",
+    "gh_activity_commits_24h",
+    "gh_activity_loc_added_weekly",
+    "gh_activity_last_event_unixtime",
+    "devmetrics_github_rate_limit_remaining",
     "spacelift_worker_pool_workers",
     "spacelift_current_stacks_count_by_state",
 ];

@@ -418,6 +418,7 @@ fn example_github_section_loads() {
     let text: String = devmetrics::config::EXAMPLE
         .lines()
         .skip_while(|l| !l.starts_with("#github:"))
+        .take_while(|l| !l.trim().is_empty())
         .map(|l| l.strip_prefix('#').unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n");
