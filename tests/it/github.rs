@@ -746,3 +746,23 @@ fn a_custom_ca_bundle_is_loaded() {
         .is_err()
     );
 }
+
+/// The installation token is renewed before it expires (5 minutes ahead), not after a 401.
+#[tokio::test]
+async fn installation_tokens_are_renewed_before_expiry() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.knobs.token_ttl.store(301, Ordering::Relaxed);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    // The token is good for 301 s, i.e. stale for us 1 s after it was issued.
+    let first = env.sim.tokens_issued.load(Ordering::Relaxed);
+    assert!(first >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.advance(60);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(env.sim.tokens_issued.load(Ordering::Relaxed) > first);
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}

@@ -712,7 +712,11 @@ impl Client {
             wire::format_time(since),
             wire::format_time(until)
         );
-        self.paginate(&path, "commits", false, |_| true).await
+        match self.paginate(&path, "commits", false, |_| true).await {
+            // 409 "Git Repository is empty".
+            Err(Error::Status { status: 409, .. }) => Ok(Vec::new()),
+            r => r,
+        }
     }
 
     pub async fn commit_detail(&self, repo: &str, sha: &str) -> Result<wire::CommitDetail, Error> {

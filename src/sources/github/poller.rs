@@ -633,7 +633,17 @@ impl Poller for OrgPoller {
                 }
                 Err(e) => {
                     failed += 1;
-                    if !matches!(e, Error::Cancelled) {
+                    // A 4xx on one repo (gone, forbidden) is not fixed by asking again
+                    // for the same window; the next cycle sees the new listing.
+                    let retryable = !matches!(
+                        e,
+                        Error::Cancelled
+                            | Error::Status {
+                                status: 400..=499,
+                                ..
+                            }
+                    );
+                    if retryable {
                         self.enqueue(Some(&repo), now, e.kind()).await;
                     }
                     out.push(ScopeResult {
