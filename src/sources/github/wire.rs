@@ -28,7 +28,7 @@ pub struct GitActor {
     pub date: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CommitInner {
     pub author: Option<GitActor>,
     pub committer: Option<GitActor>,
@@ -37,6 +37,7 @@ pub struct CommitInner {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Commit {
     pub sha: String,
+    #[serde(default)]
     pub commit: CommitInner,
     pub author: Option<User>,
     pub committer: Option<User>,
@@ -77,7 +78,8 @@ pub struct Review {
 pub struct IssueComment {
     pub user: Option<User>,
     pub created_at: String,
-    pub updated_at: String,
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
