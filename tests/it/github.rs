@@ -766,3 +766,56 @@ async fn installation_tokens_are_renewed_before_expiry() {
     assert!(env.sim.tokens_issued.load(Ordering::Relaxed) > first);
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }
+
+/// Hanging and malformed answers fail the cycle with bounded kinds; the last values stay and
+/// the next good cycle is exact again.
+#[tokio::test]
+async fn timeouts_and_malformed_bodies_keep_the_last_values() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    cfg.request_timeout = Duration::from_millis(300);
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let good = exported(&store);
+    assert_same(&good, &env.sim.truth(ORG, env.now()));
+
+    env.fake.faults.hang_ms.store(2_000, Ordering::Relaxed);
+    env.fake
+        .faults
+        .timeout_per_mille
+        .store(1000, Ordering::Relaxed);
+    env.advance(60);
+    let results = p.poll().await;
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "timeout"))
+    );
+    env.fake.faults.clear();
+    // Malformed bodies: a changed repo must be fetched, and its truncated JSON is refused.
+    let t = env.advance(60);
+    env.sim.add_commit(ORG, "repo-000", "user002", t - 5, 3, 3);
+    env.fake
+        .faults
+        .malformed_per_mille
+        .store(1000, Ordering::Relaxed);
+    let results = p.poll().await;
+    // The changed repo changed the listing too: the truncated listing fails the cycle.
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "decode")),
+        "{:?}",
+        results.iter().map(|r| r.result.is_ok()).collect::<Vec<_>>()
+    );
+    assert_eq!(exported(&store), good, "failed cycles keep the last values");
+
+    env.fake.faults.clear();
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(gauge(&gh, "devmetrics_github_scrape_progress_ratio"), 1.0);
+}

@@ -531,6 +531,20 @@ impl Client {
                         message: "304 without a cached body".into(),
                     });
                 }
+                200..=299
+                    if status != 204
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
+                {
+                    // A truncated or garbled answer: retried like a transient failure, and
+                    // never cached, so its ETag cannot serve a broken body later.
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Decode {
+                            endpoint,
+                            message: "the answer is not valid JSON".into(),
+                        });
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                }
                 200..=299 => {
                     if conditional
                         && status == 200
