@@ -463,6 +463,19 @@ impl GithubSim {
         });
     }
 
+    /// A comment that, as on GitHub, leaves the repo's `updated_at` alone.
+    pub fn add_comment_quietly(&self, org: &str, repo: &str, login: &str, at: i64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.with_org(org, |o| {
+            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
+            r.comments.push(Comment {
+                id,
+                login: login.into(),
+                created: at,
+            });
+        });
+    }
+
     pub fn add_review(&self, org: &str, repo: &str, login: &str, at: i64) {
         self.with_org(org, |o| {
             let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");

@@ -819,3 +819,25 @@ async fn timeouts_and_malformed_bodies_keep_the_last_values() {
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
     assert_eq!(gauge(&gh, "devmetrics_github_scrape_progress_ratio"), 1.0);
 }
+
+/// A change seen by a probe whose fetch then fails must not be hidden behind the probe's new
+/// ETag next cycle (comments do not move the repo's `updated_at` on GitHub).
+#[tokio::test]
+async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let t = env.advance(60);
+    env.sim
+        .add_comment_quietly(ORG, "repo-002", "user004", t - 10);
+    env.sim.fail_path("/commits", 100);
+    poll(&*p, &store).await;
+    env.sim.fail_path("/commits", 0);
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}

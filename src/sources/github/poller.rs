@@ -218,6 +218,14 @@ impl OrgPoller {
             match cached {
                 Some(c) if reuse => c.events,
                 _ => {
+                    if !fresh {
+                        // The probes' ETags have moved on: if the fetch below fails, the old
+                        // events must not be reused behind their 304s next cycle.
+                        self.store
+                            .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
+                            .await
+                            .map_err(|e| Error::Store(e.to_string()))?;
+                    }
                     let ev = self
                         .fetch_events(name, start, end, cold && self.gh.graphql)
                         .await?;
