@@ -841,3 +841,69 @@ async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
     poll(&*p, &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }
+
+/// Two orgs, one on the App and one on a token, each exact against its own truth.
+#[tokio::test]
+async fn several_orgs_with_their_own_credentials() {
+    let now = Arc::new(AtomicI64::new(NOW));
+    let c = now.clone();
+    let clock: Clock = Arc::new(move || c.load(Ordering::SeqCst));
+    let sim = GithubSim::new(
+        11,
+        clock.clone(),
+        &[OrgSpec::small("acme"), OrgSpec::small("globex")],
+    );
+    *sim.pat.lock() = Some("ghp_globex".into());
+    let fake = FakeServer::start("github", sim.router(), Faults::new(11))
+        .await
+        .unwrap();
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github/test-app-key.pem");
+    let yaml = format!(
+        "api_base_url: {}\norgs:\n  - {{org: acme, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: {}}}\n  - {{org: globex, token: ghp_globex}}\nloc: {{stats_retry_delay: 10ms}}\n",
+        fake.base_url(),
+        key.display()
+    );
+    let raw: RawGithub = serde_yaml::from_str(&yaml).unwrap();
+    let cfg = raw.resolve(None).unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("dm.db")).unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(db.clone()).unwrap());
+    let queue: SharedQueue = Arc::new(SqliteQueue::open(db, RetryPolicy::default()).unwrap());
+    let gh = Github::build(
+        &cfg,
+        store.clone(),
+        queue,
+        Arc::new(Telemetry::default()),
+        CancellationToken::new(),
+        clock,
+    )
+    .unwrap();
+    for p in &gh.pollers {
+        poll(&**p, &store).await;
+    }
+    for org in ["acme", "globex"] {
+        let mut got = Series::new();
+        for scope in store.snapshot().scopes.iter() {
+            for (fid, series) in &scope.families {
+                for (labels, v) in series {
+                    if labels.get("org").as_deref() == Some(org) {
+                        got.insert(
+                            (
+                                family(*fid).name.to_string(),
+                                labels.get("repo").unwrap(),
+                                labels.get("user").unwrap(),
+                            ),
+                            v.as_f64().unwrap(),
+                        );
+                    }
+                }
+            }
+        }
+        assert_same(&got, &sim.truth(org, NOW));
+    }
+    assert_eq!(
+        sim.tokens_issued.load(Ordering::Relaxed),
+        1,
+        "only acme uses the App"
+    );
+}
