@@ -21,11 +21,16 @@ use crate::telemetry::Telemetry;
 
 /// How long shutdown waits for in-flight requests and polls.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Consumers of GitHub deliveries: their batches share group commits, and the processors'
+/// keys make the order irrelevant.
+const WEBHOOK_CONSUMERS: usize = 4;
 /// How often idempotency and deduplication keys past their retention are removed.
 const GC_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Launched {
     pub addrs: Vec<SocketAddr>,
+    /// The separate webhook listener's address, when `webhooks.listen_address` is set.
+    pub webhook_addr: Option<SocketAddr>,
     pub state: Shared,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
@@ -161,7 +166,62 @@ pub async fn launch(
     #[allow(unused_mut)]
     let mut extra: Router<Shared> = Router::new();
     // webhooks (issue 5)
-    //
+    let mut webhook_addr = None;
+    if let Some(gh) = &config.webhooks.github {
+        use crate::sources::webhooks::github;
+        let receiver = github::Receiver::new(gh, queue.clone());
+        telemetry.add_collector(receiver.stats.clone());
+        let routes = github::routes(receiver);
+        match config.webhooks.listen_address {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (webhooks.listen_address)"))?;
+                webhook_addr = Some(listener.local_addr()?);
+                tasks.spawn(server::serve(
+                    listener,
+                    server::webhook_router(state.clone(), routes),
+                    web.clone(),
+                    config.web.read_header_timeout,
+                    shutdown.clone(),
+                    DRAIN,
+                ));
+            }
+            None => extra = extra.merge(routes),
+        }
+        use crate::exposition::{appinsights, otlp, sink};
+        let mut sinks: Vec<Arc<dyn sink::Sink>> = Vec::new();
+        if let Some(o) = &config.webhooks.sinks.otlp {
+            let headers = o
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect();
+            sinks.push(Arc::new(otlp::Otlp::new(
+                &o.endpoint,
+                headers,
+                o.service_name.clone(),
+            )));
+        }
+        if let Some(c) = &config.webhooks.sinks.appinsights {
+            sinks.push(Arc::new(appinsights::AppInsights::new(c.clone())));
+        }
+        let sink_topics: Arc<Vec<String>> =
+            Arc::new(sinks.iter().map(|s| sink::topic(s.name())).collect());
+        for s in sinks {
+            tasks.spawn(sink::run(queue.clone(), s, shutdown.clone()));
+        }
+        let opts = Arc::new(gh.workflows.clone());
+        for _ in 0..WEBHOOK_CONSUMERS {
+            tasks.spawn(crate::processors::run_consumer(
+                queue.clone(),
+                shared_store.clone(),
+                opts.clone(),
+                sink_topics.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
     // spacelift compatibility routes (issue 6)
     if config.spacelift.is_some() {
         extra = extra.merge(sources::spacelift::compat_routes());
@@ -189,6 +249,7 @@ pub async fn launch(
     );
     Ok(Launched {
         addrs,
+        webhook_addr,
         state,
         tasks,
         shutdown,

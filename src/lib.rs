@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod exposition;
 pub mod metrics;
+pub mod processors;
 pub mod queue;
 pub mod server;
 pub mod sim;

@@ -108,6 +108,9 @@ struct Common {
     /// Log format: logfmt or json.
     #[arg(long = "log.format", value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Separate address for the webhook receivers, so /metrics can stay private.
+    #[arg(long = "web.webhook-listen-address", value_name = "HOST:PORT")]
+    webhook_listen_address: Option<String>,
     /// SQLite file holding state, queue and keys.
     #[arg(long = "storage.path", value_name = "PATH")]
     storage_path: Option<PathBuf>,
@@ -189,6 +192,11 @@ impl Common {
                 "spacelift.scrape_timeout",
                 "spacelift.scrape-timeout",
                 s(&self.spacelift_scrape_timeout),
+            ),
+            (
+                "webhooks.listen_address",
+                "web.webhook-listen-address",
+                s(&self.webhook_listen_address),
             ),
         ] {
             if let Some(v) = v {

@@ -85,6 +85,12 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
         "spacelift.scrape_timeout",
     ),
     ("SPACELIFT_PROMEX_LISTEN_ADDRESS", "web.listen_addresses"),
+    // github-telemetry
+    ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
+    (
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "webhooks.sinks.appinsights.connection_string",
+    ),
 ];
 
 /// Settings given as command-line flags, applied last. Each entry is a dotted key and a

@@ -26,7 +26,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub github: Option<crate::sources::github::config::RawGithub>,
     // webhooks (issue 5)
-    //
+    pub webhooks: Option<crate::sources::webhooks::config::RawWebhooks>,
     // spacelift (issue 6)
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
@@ -125,7 +125,7 @@ pub struct Config {
     // github (issue 4)
     pub github: Option<crate::sources::github::GithubConfig>,
     // webhooks (issue 5)
-    //
+    pub webhooks: crate::sources::webhooks::WebhooksConfig,
     // spacelift (issue 6)
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
@@ -281,6 +281,7 @@ impl RawConfig {
                     Duration::from_secs(7 * 86_400),
                 )?,
             },
+            webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
         })
     }
 }

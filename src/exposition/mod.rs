@@ -7,7 +7,10 @@
 //! and re-escaped on each scrape, which does not fit a million series in 300 MB
 //! (docs/performance.md has the figures).
 
+pub mod appinsights;
 mod negotiate;
+pub mod otlp;
+pub mod sink;
 
 pub use negotiate::{Format, negotiate};
 

@@ -48,6 +48,8 @@ const fn core_histogram(
     }
 }
 
+use Kind::{Counter, Gauge, Histogram};
+
 const fn spacelift(
     name: &'static str,
     kind: Kind,
@@ -101,7 +103,42 @@ const fn gh_activity(name: &'static str, help: &'static str) -> FamilyDef {
     }
 }
 
-use Kind::{Counter, Gauge};
+const CI_DURATION_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0,
+];
+const CI_QUEUE_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+const RUN_LABELS: &[&str] = &["repo", "workflow", "event", "branch", "conclusion"];
+const JOB_LABELS: &[&str] = &[
+    "repo",
+    "workflow",
+    "job",
+    "branch",
+    "conclusion",
+    "runner_group",
+    "runner_labels",
+];
+
+const fn workflows(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+) -> FamilyDef {
+    FamilyDef {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+        origin: Origin::Devmetrics,
+        source: "webhooks",
+        buckets,
+    }
+}
 
 pub static FAMILIES: &[FamilyDef] = &[
     // ── the exporter itself ─────────────────────────────────────────────────────────────
@@ -407,6 +444,94 @@ pub static FAMILIES: &[FamilyDef] = &[
     ),
     // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────
     //
+    workflows(
+        "devmetrics_webhook_deliveries_total",
+        Counter,
+        None,
+        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable).",
+        &["source", "outcome"],
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_runs_total",
+        Counter,
+        None,
+        "GitHub Actions workflow run attempts completed, by conclusion.",
+        RUN_LABELS,
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_run_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        "Duration of completed workflow run attempts (run_started_at to completion).",
+        RUN_LABELS,
+        CI_DURATION_BUCKETS,
+    ),
+    workflows(
+        "devmetrics_workflow_jobs_total",
+        Counter,
+        None,
+        "GitHub Actions jobs completed, by conclusion.",
+        JOB_LABELS,
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_job_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        "Duration of completed jobs (started_at to completed_at).",
+        JOB_LABELS,
+        CI_DURATION_BUCKETS,
+    ),
+    workflows(
+        "devmetrics_workflow_job_queue_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        "Time jobs waited for a runner (created_at to started_at).",
+        &["repo", "workflow", "job", "runner_group", "runner_labels"],
+        CI_QUEUE_BUCKETS,
+    ),
+    workflows(
+        "devmetrics_workflow_step_duration_seconds",
+        Histogram,
+        Some("seconds"),
+        "Duration of completed steps (opt-in: webhooks.github.workflows.step_metrics).",
+        &["repo", "workflow", "job", "step", "conclusion"],
+        CI_DURATION_BUCKETS,
+    ),
+    workflows(
+        "devmetrics_workflow_jobs_queued",
+        Gauge,
+        None,
+        "Jobs currently queued or waiting, by requested runner labels.",
+        &["repo", "runner_labels"],
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_jobs_in_progress",
+        Gauge,
+        None,
+        "Jobs currently running.",
+        &["repo", "runner_group", "runner_labels"],
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_runner_busy_seconds_total",
+        Counter,
+        Some("seconds"),
+        "Runner time spent on completed jobs; rate() over the runner count gives utilisation.",
+        &["runner_group", "runner_labels"],
+        &[],
+    ),
+    workflows(
+        "devmetrics_workflow_invalid_durations_total",
+        Counter,
+        None,
+        "Durations not observed because a payload timestamp was missing or the span negative.",
+        &["kind", "reason"],
+        &[],
+    ),
     // ── source: spacelift (issue 6) ──────────────────────────────────────────────────────
     //
     spacelift(

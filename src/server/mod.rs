@@ -64,6 +64,24 @@ pub fn router(state: Shared, extra: Router<Shared>) -> Router {
         .with_state(state)
 }
 
+/// Only the receivers (and `/livez`), for a separate webhook listener: `/metrics` and the
+/// status pages are not reachable there.
+pub fn webhook_router(state: Shared, routes: Router<Shared>) -> Router {
+    let body_limit = state.config.web.max_request_body_bytes as usize;
+    let timeout = state.config.web.request_timeout;
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .merge(routes)
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
 async fn readyz(State(s): State<Shared>) -> Response {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()

@@ -8,6 +8,8 @@ use crate::config::Config;
 /// The running fakes; dropping it stops them.
 pub struct Demo {
     pub fakes: Vec<Arc<super::FakeServer>>,
+    /// Stops the webhook sender when the demo is dropped.
+    pub webhook_sender: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Demo {
@@ -19,7 +21,7 @@ impl Demo {
         // github (issue 4)
         fakes.push(super::github::demo(config, seed).await?);
         // webhook sender (issue 5)
-        //
+        let webhook_sender = Some(webhook_sender(config, seed));
         // spacelift (issue 6)
         {
             let fake = super::spacelift::SpaceliftFake::start(seed, 24).await?;
@@ -33,6 +35,41 @@ impl Demo {
             ));
             fakes.push(fake.server.clone());
         }
-        Ok(Demo { fakes })
+        //
+        Ok(Demo {
+            fakes,
+            webhook_sender,
+        })
     }
+}
+
+/// Enables the GitHub receiver with a demo secret and posts live CI activity to it.
+fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
+    use crate::sources::webhooks::{GithubConfig, config::GITHUB_MAX_BODY};
+    let secret = format!("demo-secret-{seed}");
+    let gh = config.webhooks.github.get_or_insert_with(|| GithubConfig {
+        secrets: Vec::new(),
+        insecure_skip_verify: false,
+        max_body_bytes: GITHUB_MAX_BODY,
+        workflows: Default::default(),
+    });
+    gh.secrets.push(crate::config::Secret::new(secret.clone()));
+    gh.insecure_skip_verify = false;
+    let mut addr = config
+        .webhooks
+        .listen_address
+        .or_else(|| config.web.listen_addresses.first().copied())
+        .expect("config has a listen address");
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let sender = super::webhooks::Sender::new(format!("http://{addr}/webhooks/github"), secret);
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(super::webhooks::drive(
+        sender,
+        seed,
+        std::time::Duration::from_secs(4),
+        token.clone(),
+    ));
+    token.drop_guard()
 }

@@ -7,6 +7,7 @@
 
 pub mod github;
 pub mod spacelift;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use std::sync::Arc;

@@ -422,6 +422,7 @@ impl crate::telemetry::Collect for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
     use crate::metrics::id;

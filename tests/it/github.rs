@@ -353,16 +353,9 @@ async fn label_controls_apply() {
 /// per replaced mechanism.
 #[test]
 fn replaced_tool_configs_load_as_they_are() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/research-data/seed0/config");
-    if !dir.is_dir() {
-        assert!(
-            std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() != Ok("1"),
-            "{} is missing",
-            dir.display()
-        );
-        eprintln!("skipping: {} is absent", dir.display());
+    let Some(dir) = devmetrics::sim::research_dir("seed0/config") else {
         return;
-    }
+    };
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -10,3 +10,4 @@ mod secrets;
 mod server;
 mod spacelift;
 mod support;
+mod webhooks;

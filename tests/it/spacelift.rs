@@ -612,20 +612,7 @@ fn serve_flags_reach_the_config() {
 }
 
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/research-data"
-    ))
-    .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    let msg = format!("{} is absent", p.display());
-    if std::env::var("DEVMETRICS_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
-        panic!("{msg} and DEVMETRICS_REQUIRE_SHARED=1");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    devmetrics::sim::research_dir(rel)
 }
 
 const QUERIES: &str = include_str!("../fixtures/spacelift/dashboard-queries.txt");
@@ -957,6 +944,9 @@ fn example_spacelift_section_is_valid_when_uncommented() {
     for line in devmetrics::config::EXAMPLE.lines() {
         if line.starts_with("# spacelift:") {
             inside = true;
+        }
+        if inside && line.trim().is_empty() {
+            break;
         }
         if inside && line.starts_with("# ") {
             let l = line.trim_start_matches("# ");

@@ -197,21 +197,7 @@ impl Collect for Collector {
     }
 }
 
-/// `../shared/research-data/<sub>` when present. Absent: `None` with a printed note, or a
-/// panic when `DEVMETRICS_REQUIRE_SHARED=1`.
+/// See [`crate::sim::research_dir`].
 pub fn research_dir(sub: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/research-data")
-        .join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "{} is missing and DEVMETRICS_REQUIRE_SHARED=1",
-            dir.display()
-        );
-    }
-    eprintln!("skipping: {} is absent", dir.display());
-    None
+    crate::sim::research_dir(sub)
 }

@@ -1,0 +1,191 @@
+//! Pure work: a queued item → metric updates. Processors do no network I/O; the consumer
+//! loop here receives from the queue, applies each batch with `Store::apply_once` and acks
+//! only after every batch is durable, so a crash at any point redelivers and the keys make
+//! the retry harmless.
+
+pub mod time;
+pub mod workflows;
+
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::SharedQueue;
+use crate::store::SharedStore;
+
+/// Queue topic of accepted GitHub deliveries.
+pub const GITHUB_TOPIC: &str = "webhooks/github";
+
+/// A delivery as queued: a short text header and the raw body, so the body is stored as
+/// received (and compressed by the queue) without a JSON re-encode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub event: String,
+    pub delivery: String,
+    pub received_at: f64,
+    pub body: Bytes,
+}
+
+const MAGIC: &str = "gh1";
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        let head = format!(
+            "{MAGIC}\n{}\n{}\n{}\n",
+            self.event, self.delivery, self.received_at
+        );
+        let mut v = Vec::with_capacity(head.len() + self.body.len());
+        v.extend_from_slice(head.as_bytes());
+        v.extend_from_slice(&self.body);
+        Bytes::from(v)
+    }
+
+    pub fn decode(b: &Bytes) -> Option<Envelope> {
+        let mut fields = [""; 4];
+        let mut at = 0;
+        for f in &mut fields {
+            let nl = b[at..].iter().position(|c| *c == b'\n')?;
+            *f = std::str::from_utf8(&b[at..at + nl]).ok()?;
+            at += nl + 1;
+        }
+        if fields[0] != MAGIC {
+            return None;
+        }
+        Some(Envelope {
+            event: fields[1].to_string(),
+            delivery: fields[2].to_string(),
+            received_at: fields[3].parse().ok()?,
+            body: b.slice(at..),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("queued message is not a delivery envelope")]
+    Envelope,
+    #[error(transparent)]
+    Workflows(#[from] workflows::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Envelope => "envelope",
+            Error::Workflows(e) => e.kind(),
+            Error::Store(e) => e.kind(),
+            Error::Queue(e) => e.kind(),
+        }
+    }
+}
+
+/// Applies one queued delivery. Batches go to the store together so they share a commit;
+/// each is keyed, so a partial apply before a crash is completed, never repeated, on retry.
+pub async fn apply(
+    store: &dyn crate::store::Store,
+    payload: &Bytes,
+    opts: &workflows::Options,
+) -> Result<usize, Error> {
+    let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
+    apply_envelope(store, &env, opts).await
+}
+
+async fn apply_envelope(
+    store: &dyn crate::store::Store,
+    env: &Envelope,
+    opts: &workflows::Options,
+) -> Result<usize, Error> {
+    let batches = workflows::process(&env.event, &env.body, opts)?;
+    let n = batches.len();
+    let results = futures_util::future::join_all(
+        batches
+            .into_iter()
+            .map(|b| async move { store.apply_once(&b.key, workflows::SCOPE, b.updates).await }),
+    )
+    .await;
+    for r in results {
+        r?;
+    }
+    Ok(n)
+}
+
+/// Applies a delivery and hands finished runs and jobs to the sinks' topics, keyed by the
+/// completion so each sink gets each run attempt and job once whatever the deliveries.
+pub async fn apply_and_forward(
+    store: &dyn crate::store::Store,
+    queue: &dyn crate::queue::Queue,
+    payload: &Bytes,
+    opts: &workflows::Options,
+    sink_topics: &[String],
+) -> Result<usize, Error> {
+    let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
+    let n = apply_envelope(store, &env, opts).await?;
+    if sink_topics.is_empty() {
+        return Ok(n);
+    }
+    if let Some(item) = workflows::item(&env.event, &env.body)? {
+        let key = item.key();
+        for t in sink_topics {
+            queue.publish(t, Some(&key), payload.clone()).await?;
+        }
+    }
+    Ok(n)
+}
+
+/// Receives GitHub deliveries until `shutdown`. Several of these may run at once: the
+/// processors' keys make the result independent of order.
+pub async fn run_consumer(
+    queue: SharedQueue,
+    store: SharedStore,
+    opts: Arc<workflows::Options>,
+    sink_topics: Arc<Vec<String>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            d = queue.receive(GITHUB_TOPIC) => match d {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "receiving from the queue failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        match apply_and_forward(&*store, &*queue, &delivery.payload, &opts, &sink_topics).await {
+            Ok(_) => {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the delivery will be applied again (harmlessly)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(kind = e.kind(), error = %e, "processing a GitHub delivery failed; will retry");
+                if let Err(e) = delivery.nack(e.kind()).await {
+                    tracing::warn!(error = %e, "nack failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let e = Envelope {
+            event: "workflow_job".into(),
+            delivery: "d-1".into(),
+            received_at: 1.5,
+            body: Bytes::from_static(b"{\"a\":\n1}"),
+        };
+        assert_eq!(Envelope::decode(&e.encode()), Some(e));
+        assert_eq!(Envelope::decode(&Bytes::from_static(b"nope")), None);
+    }
+}

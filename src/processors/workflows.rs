@@ -1,0 +1,706 @@
+//! GitHub Actions `workflow_run` and `workflow_job` deliveries → metric updates. Pure: no I/O.
+//!
+//! Exactly-once under duplicates and any delivery order comes from the idempotency keys, not
+//! from stored per-job state. A job moves through ranks queued (1) → in_progress (2) →
+//! completed (3); a delivery of rank r applies every transition up to r, each under its own
+//! key (`…/enter/queued`, `…/leave/queued`, `…/enter/in_progress`, …). Transitions already
+//! applied by an earlier (or later-ranked) delivery are skipped by the store, so:
+//! - a `completed` that arrives first applies enter+leave of queued and in_progress (net 0 on
+//!   the gauges) and the completion; the late `in_progress` finds every key applied;
+//! - a duplicate changes nothing;
+//! - the consumer may process deliveries in parallel and in any order.
+
+use serde::Deserialize;
+
+use super::time::parse_rfc3339;
+use crate::metrics::{FamilyId, Labels, id};
+use crate::store::{Op, Update};
+
+/// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
+pub const SCOPE: &str = "webhooks/workflows";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// Opt-in: one histogram observation per step (steps multiply the series count).
+    pub step_metrics: bool,
+    /// Opt-in: the `branch` label; when off it is empty (feature branches are unbounded).
+    pub branch_label: bool,
+    /// Runner labels kept (sorted, lower-cased) in `runner_labels`.
+    pub max_runner_labels: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            step_metrics: false,
+            branch_label: false,
+            max_runner_labels: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("payload does not decode as a {event} event: {source}")]
+    Decode {
+        event: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Decode { .. } => "decode",
+        }
+    }
+}
+
+/// Updates to apply atomically under one idempotency key.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub key: String,
+    pub updates: Vec<Update>,
+}
+
+// ── wire types (the edge; not reused as domain types) ───────────────────────────────────
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct JobEvent {
+    action: String,
+    workflow_job: Job,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct RunEventFull {
+    action: String,
+    workflow_run: Run,
+    repository: Repository,
+    sender: Option<User>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Job {
+    pub id: u64,
+    pub run_id: u64,
+    pub run_attempt: Option<u32>,
+    pub name: String,
+    pub workflow_name: Option<String>,
+    pub head_branch: Option<String>,
+    pub status: Option<String>,
+    pub conclusion: Option<String>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub runner_name: Option<String>,
+    pub runner_group_name: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    pub html_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Step {
+    pub name: String,
+    pub number: u32,
+    pub status: Option<String>,
+    pub conclusion: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RunEvent {
+    action: String,
+    workflow_run: Run,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Run {
+    pub id: u64,
+    pub workflow_id: Option<u64>,
+    pub run_number: Option<u64>,
+    pub status: Option<String>,
+    pub created_at: Option<String>,
+    pub html_url: Option<String>,
+    pub run_attempt: Option<u32>,
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub event: Option<String>,
+    pub head_branch: Option<String>,
+    pub conclusion: Option<String>,
+    pub run_started_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+// ── telemetry items for the sinks (domain types, not wire types) ──────────────────────
+
+/// A finished step of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepItem {
+    pub name: String,
+    pub number: u32,
+    pub status: String,
+    pub conclusion: String,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobItem {
+    pub job_id: u64,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub name: String,
+    pub workflow: String,
+    pub repo: String,
+    pub repo_id: Option<u64>,
+    pub branch: String,
+    pub action: String,
+    pub status: String,
+    pub conclusion: String,
+    pub runner_name: String,
+    pub runner_group: String,
+    pub labels: Vec<String>,
+    pub created_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    pub url: String,
+    pub steps: Vec<StepItem>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunItem {
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub run_number: u64,
+    pub workflow_id: u64,
+    pub workflow: String,
+    pub repo: String,
+    pub repo_id: Option<u64>,
+    pub branch: String,
+    pub event: String,
+    pub action: String,
+    pub status: String,
+    pub conclusion: String,
+    pub triggered_by: String,
+    pub created_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    pub url: String,
+}
+
+/// A finished run or job, as the sinks see it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Run(RunItem),
+    Job(JobItem),
+}
+
+impl Item {
+    /// The completion's idempotency key: the same for every delivery of it, so a sink sends
+    /// each run attempt and each job once.
+    pub fn key(&self) -> String {
+        match self {
+            Item::Run(r) => format!("wr/{}/{}/completed", r.run_id, r.run_attempt),
+            Item::Job(j) => format!("wj/{}/{}/{}/completed", j.run_id, j.run_attempt, j.job_id),
+        }
+    }
+}
+
+fn ts(s: &Option<String>) -> Option<f64> {
+    s.as_deref().and_then(parse_rfc3339)
+}
+
+fn text(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+/// The sink item of a terminal delivery (`completed`), or None for any other.
+pub fn item(event: &str, body: &[u8]) -> Result<Option<Item>, Error> {
+    match event {
+        "workflow_job" => {
+            let e: JobEvent = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_job",
+                source,
+            })?;
+            let j = e.workflow_job;
+            if rank(&e.action, j.status.as_deref()) != 3 {
+                return Ok(None);
+            }
+            Ok(Some(Item::Job(JobItem {
+                job_id: j.id,
+                run_id: j.run_id,
+                run_attempt: j.run_attempt.unwrap_or(1),
+                workflow: text(&j.workflow_name),
+                repo: e.repository.full_name,
+                repo_id: e.repository.id,
+                branch: text(&j.head_branch),
+                action: e.action,
+                status: text(&j.status),
+                conclusion: j.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+                runner_name: text(&j.runner_name),
+                runner_group: text(&j.runner_group_name),
+                created_at: ts(&j.created_at),
+                started_at: ts(&j.started_at),
+                completed_at: ts(&j.completed_at),
+                url: text(&j.html_url),
+                steps: j
+                    .steps
+                    .iter()
+                    .map(|s| StepItem {
+                        name: s.name.clone(),
+                        number: s.number,
+                        status: text(&s.status),
+                        conclusion: text(&s.conclusion),
+                        started_at: ts(&s.started_at),
+                        completed_at: ts(&s.completed_at),
+                    })
+                    .collect(),
+                labels: j.labels,
+                name: j.name,
+            })))
+        }
+        "workflow_run" => {
+            let e: RunEventFull = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_run",
+                source,
+            })?;
+            if e.action != "completed" {
+                return Ok(None);
+            }
+            let r = &e.workflow_run;
+            Ok(Some(Item::Run(RunItem {
+                run_id: r.id,
+                run_attempt: r.run_attempt.unwrap_or(1),
+                run_number: r.run_number.unwrap_or(0),
+                workflow_id: r.workflow_id.unwrap_or(0),
+                workflow: workflow_name(r).to_string(),
+                repo: e.repository.full_name.clone(),
+                repo_id: e.repository.id,
+                branch: text(&r.head_branch),
+                event: text(&r.event),
+                action: e.action.clone(),
+                status: text(&r.status),
+                conclusion: r.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+                triggered_by: e.sender.map(|s| s.login).unwrap_or_default(),
+                created_at: ts(&r.created_at),
+                started_at: ts(&r.run_started_at),
+                completed_at: ts(&r.updated_at),
+                url: text(&r.html_url),
+            })))
+        }
+        _ => Ok(None),
+    }
+}
+
+// ── processing ─────────────────────────────────────────────────────────────────────────
+
+/// Event types this processor wants; the receiver answers 200 without queuing the rest.
+pub const EVENTS: &[&str] = &["workflow_run", "workflow_job"];
+
+pub fn process(event: &str, body: &[u8], opts: &Options) -> Result<Vec<Batch>, Error> {
+    match event {
+        "workflow_job" => {
+            let e: JobEvent = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_job",
+                source,
+            })?;
+            Ok(job(
+                &e.action,
+                &e.workflow_job,
+                &e.repository.full_name,
+                opts,
+            ))
+        }
+        "workflow_run" => {
+            let e: RunEvent = serde_json::from_slice(body).map_err(|source| Error::Decode {
+                event: "workflow_run",
+                source,
+            })?;
+            Ok(run(
+                &e.action,
+                &e.workflow_run,
+                &e.repository.full_name,
+                opts,
+            ))
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn labels(family: FamilyId, values: &[&str]) -> Labels {
+    Labels::new(family, values).expect("label arity matches the catalog")
+}
+
+fn upd(name: &str, values: &[&str], op: Op) -> Update {
+    let family = id(name);
+    Update {
+        family,
+        labels: labels(family, values),
+        op,
+    }
+}
+
+/// A duration between two payload timestamps, or why it cannot be used.
+enum Span {
+    Ok(f64),
+    Missing,
+    Negative,
+}
+
+fn span(from: Option<&str>, to: Option<&str>) -> Span {
+    match (from.and_then(parse_rfc3339), to.and_then(parse_rfc3339)) {
+        (Some(a), Some(b)) if b >= a => Span::Ok(b - a),
+        (Some(_), Some(_)) => Span::Negative,
+        _ => Span::Missing,
+    }
+}
+
+/// Observes `s` in `family`, or counts it as invalid under `kind`.
+fn observe(
+    out: &mut Vec<Update>,
+    s: Span,
+    family: &str,
+    values: &[&str],
+    kind: &str,
+) -> Option<f64> {
+    match s {
+        Span::Ok(v) => {
+            out.push(upd(family, values, Op::Observe(v)));
+            Some(v)
+        }
+        Span::Missing => {
+            out.push(invalid(kind, "missing"));
+            None
+        }
+        Span::Negative => {
+            out.push(invalid(kind, "negative"));
+            None
+        }
+    }
+}
+
+fn invalid(kind: &str, reason: &str) -> Update {
+    upd(
+        "devmetrics_workflow_invalid_durations_total",
+        &[kind, reason],
+        Op::Inc(1.0),
+    )
+}
+
+/// Sorted, lower-cased, de-duplicated and capped: GitHub lists `runs-on` labels in the
+/// workflow's order, and the same runner must not yield two series.
+pub fn runner_labels(raw: &[String], max: usize) -> String {
+    let mut v: Vec<String> = raw.iter().map(|l| l.trim().to_ascii_lowercase()).collect();
+    v.sort();
+    v.dedup();
+    v.retain(|l| !l.is_empty());
+    v.truncate(max);
+    v.join(",")
+}
+
+fn rank(action: &str, status: Option<&str>) -> u8 {
+    match action {
+        "queued" | "waiting" => 1,
+        "in_progress" => 2,
+        "completed" => 3,
+        _ => match status {
+            Some("queued" | "waiting" | "pending" | "requested") => 1,
+            Some("in_progress") => 2,
+            Some("completed") => 3,
+            _ => 0,
+        },
+    }
+}
+
+fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
+    let r = rank(action, j.status.as_deref());
+    if r == 0 {
+        return Vec::new();
+    }
+    let key = format!("wj/{}/{}/{}", j.run_id, j.run_attempt.unwrap_or(1), j.id);
+    let rl = runner_labels(&j.labels, opts.max_runner_labels);
+    let group = j.runner_group_name.as_deref().unwrap_or("");
+    let workflow = j.workflow_name.as_deref().unwrap_or("");
+    let branch = if opts.branch_label {
+        j.head_branch.as_deref().unwrap_or("")
+    } else {
+        ""
+    };
+    // A job cancelled while queued completes without ever running: it has no runner and
+    // never entered in_progress.
+    let ran = r == 2 || j.runner_name.as_deref().is_some_and(|n| !n.is_empty());
+    let queued = |d: f64| {
+        vec![upd(
+            "devmetrics_workflow_jobs_queued",
+            &[repo, &rl],
+            Op::Add(d),
+        )]
+    };
+    let running = |d: f64| {
+        vec![upd(
+            "devmetrics_workflow_jobs_in_progress",
+            &[repo, group, &rl],
+            Op::Add(d),
+        )]
+    };
+    let mut out = vec![Batch {
+        key: format!("{key}/enter/queued"),
+        updates: queued(1.0),
+    }];
+    if r >= 2 {
+        out.push(Batch {
+            key: format!("{key}/leave/queued"),
+            updates: queued(-1.0),
+        });
+        if ran {
+            out.push(Batch {
+                key: format!("{key}/enter/in_progress"),
+                updates: running(1.0),
+            });
+            let mut q = Vec::new();
+            observe(
+                &mut q,
+                span(j.created_at.as_deref(), j.started_at.as_deref()),
+                "devmetrics_workflow_job_queue_duration_seconds",
+                &[repo, workflow, &j.name, group, &rl],
+                "job_queue",
+            );
+            out.push(Batch {
+                key: format!("{key}/queue_time"),
+                updates: q,
+            });
+        }
+    }
+    if r >= 3 {
+        if ran {
+            out.push(Batch {
+                key: format!("{key}/leave/in_progress"),
+                updates: running(-1.0),
+            });
+        }
+        let conclusion = j.conclusion.as_deref().unwrap_or("unknown");
+        let values = [repo, workflow, &j.name, branch, conclusion, group, &rl];
+        let mut u = vec![upd("devmetrics_workflow_jobs_total", &values, Op::Inc(1.0))];
+        if ran {
+            let d = observe(
+                &mut u,
+                span(j.started_at.as_deref(), j.completed_at.as_deref()),
+                "devmetrics_workflow_job_duration_seconds",
+                &values,
+                "job",
+            );
+            if let Some(d) = d {
+                u.push(upd(
+                    "devmetrics_workflow_runner_busy_seconds_total",
+                    &[group, &rl],
+                    Op::Inc(d),
+                ));
+            }
+        }
+        if opts.step_metrics {
+            for s in &j.steps {
+                if s.status.as_deref() != Some("completed") {
+                    continue;
+                }
+                let c = s.conclusion.as_deref().unwrap_or("unknown");
+                observe(
+                    &mut u,
+                    span(s.started_at.as_deref(), s.completed_at.as_deref()),
+                    "devmetrics_workflow_step_duration_seconds",
+                    &[repo, workflow, &j.name, &s.name, c],
+                    "step",
+                );
+            }
+        }
+        out.push(Batch {
+            key: format!("{key}/completed"),
+            updates: u,
+        });
+    }
+    out
+}
+
+/// The workflow's display name; runs of a workflow without `name:` carry an empty one, and
+/// GitHub then shows the file path.
+pub(crate) fn workflow_name(r: &Run) -> &str {
+    match r.name.as_deref() {
+        Some(n) if !n.is_empty() => n,
+        _ => r.path.as_deref().unwrap_or(""),
+    }
+}
+
+fn run(action: &str, r: &Run, repo: &str, opts: &Options) -> Vec<Batch> {
+    // `requested` can carry status completed (a run that needs approval); only the
+    // `completed` action is terminal.
+    if action != "completed" {
+        return Vec::new();
+    }
+    let key = format!("wr/{}/{}/completed", r.id, r.run_attempt.unwrap_or(1));
+    let branch = if opts.branch_label {
+        r.head_branch.as_deref().unwrap_or("")
+    } else {
+        ""
+    };
+    let values = [
+        repo,
+        workflow_name(r),
+        r.event.as_deref().unwrap_or(""),
+        branch,
+        r.conclusion.as_deref().unwrap_or("unknown"),
+    ];
+    let mut u = vec![upd("devmetrics_workflow_runs_total", &values, Op::Inc(1.0))];
+    // For a completed run `updated_at` is its completion; `run_started_at` is this attempt's
+    // start (`created_at` is the first attempt's).
+    observe(
+        &mut u,
+        span(r.run_started_at.as_deref(), r.updated_at.as_deref()),
+        "devmetrics_workflow_run_duration_seconds",
+        &values,
+        "run",
+    );
+    vec![Batch { key, updates: u }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_body(action: &str, id: u64, started: Option<&str>, completed: Option<&str>) -> Vec<u8> {
+        serde_json::json!({
+            "action": action,
+            "workflow_job": {
+                "id": id, "run_id": 7, "run_attempt": 1, "name": "build",
+                "workflow_name": "CI", "head_branch": "main", "status": action,
+                "conclusion": if action == "completed" { Some("success") } else { None },
+                "created_at": "2024-01-01T00:00:00Z",
+                "started_at": started, "completed_at": completed,
+                "labels": ["Ubuntu-Latest", "ubuntu-latest"],
+                "runner_name": if action == "queued" { None } else { Some("r1") },
+                "runner_group_name": "Default",
+                "steps": [{"name": "s", "number": 1, "status": "completed", "conclusion": "success",
+                           "started_at": started, "completed_at": completed}]
+            },
+            "repository": {"full_name": "o/r"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn completed_first_applies_every_transition_with_net_zero_gauges() {
+        let b = job_body(
+            "completed",
+            1,
+            Some("2024-01-01T00:00:10Z"),
+            Some("2024-01-01T00:01:10Z"),
+        );
+        let batches = process("workflow_job", &b, &Options::default()).unwrap();
+        let keys: Vec<&str> = batches.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "wj/7/1/1/enter/queued",
+                "wj/7/1/1/leave/queued",
+                "wj/7/1/1/enter/in_progress",
+                "wj/7/1/1/queue_time",
+                "wj/7/1/1/leave/in_progress",
+                "wj/7/1/1/completed"
+            ]
+        );
+        let done = batches.last().unwrap();
+        assert!(done.updates.iter().any(|u| u.op == Op::Observe(60.0)));
+        assert!(done.updates.iter().any(|u| u.op == Op::Inc(60.0)));
+        assert!(
+            done.updates[0]
+                .labels
+                .as_str()
+                .contains("runner_labels=\"ubuntu-latest\""),
+            "{:?}",
+            done.updates[0].labels
+        );
+        // Steps are opt-in.
+        assert_eq!(done.updates.len(), 3);
+        let with_steps = Options {
+            step_metrics: true,
+            ..Options::default()
+        };
+        let batches = process("workflow_job", &b, &with_steps).unwrap();
+        assert_eq!(batches.last().unwrap().updates.len(), 4);
+    }
+
+    #[test]
+    fn negative_and_missing_durations_are_counted_not_observed() {
+        let b = job_body(
+            "completed",
+            1,
+            Some("2024-01-01T00:02:00Z"),
+            Some("2024-01-01T00:01:00Z"),
+        );
+        let batches = process("workflow_job", &b, &Options::default()).unwrap();
+        let done = batches.last().unwrap();
+        assert!(done.updates.iter().all(|u| !matches!(u.op, Op::Observe(_))));
+        assert!(
+            done.updates
+                .iter()
+                .any(|u| u.labels.as_str() == "kind=\"job\",reason=\"negative\"")
+        );
+        let b = job_body("completed", 1, Some("2024-01-01T00:02:00Z"), None);
+        let done = process("workflow_job", &b, &Options::default())
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(
+            done.updates
+                .iter()
+                .any(|u| u.labels.as_str() == "kind=\"job\",reason=\"missing\"")
+        );
+    }
+
+    #[test]
+    fn queued_only_enters_the_queue_and_unknown_actions_do_nothing() {
+        let b = job_body("queued", 1, None, None);
+        let batches = process("workflow_job", &b, &Options::default()).unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].updates[0].op, Op::Add(1.0));
+        let b = String::from_utf8(job_body("queued", 1, None, None))
+            .unwrap()
+            .replace("\"queued\"", "\"mystery\"");
+        assert!(
+            process("workflow_job", b.as_bytes(), &Options::default())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            process("workflow_job", b"{}", &Options::default()),
+            Err(Error::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn runner_labels_are_normalised_and_capped() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            runner_labels(&l(&["self-hosted", "Linux", "X64", "linux"]), 4),
+            "linux,self-hosted,x64"
+        );
+        assert_eq!(runner_labels(&l(&["c", "b", "a"]), 2), "a,b");
+    }
+}

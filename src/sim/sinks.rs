@@ -1,0 +1,238 @@
+//! Receivers for the telemetry sinks, for tests and `demo`: an OTLP/HTTP traces endpoint that
+//! decodes the protobuf wire format (with its own reader, independent of our encoder) and an
+//! Application Insights track endpoint that parses the envelopes. Both keep what they decoded.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{FakeServer, Faults};
+
+/// One decoded OTLP span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedSpan {
+    pub service_name: String,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    /// Values rendered as text (ints and doubles via `to_string`).
+    pub attributes: BTreeMap<String, String>,
+    pub status_code: u64,
+}
+
+/// A protobuf field: (number, value).
+#[derive(Debug)]
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+fn read_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let key = read_varint(b, &mut at)?;
+        let (num, wire) = (key >> 3, key & 7);
+        let f = match wire {
+            0 => Field::Varint(read_varint(b, &mut at)?),
+            1 => {
+                let v = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
+                at += 8;
+                Field::Fixed64(v)
+            }
+            2 => {
+                let len = read_varint(b, &mut at)? as usize;
+                let v = b.get(at..at + len)?;
+                at += len;
+                Field::Bytes(v)
+            }
+            5 => {
+                let v = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+                at += 4;
+                let _ = v;
+                Field::Fixed32
+            }
+            _ => return None,
+        };
+        out.push((num, f));
+    }
+    Some(out)
+}
+
+fn msgs<'a>(fs: &[(u64, Field<'a>)], n: u64) -> Vec<&'a [u8]> {
+    fs.iter()
+        .filter_map(|(k, f)| match f {
+            Field::Bytes(b) if *k == n => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn text(fs: &[(u64, Field<'_>)], n: u64) -> String {
+    msgs(fs, n)
+        .first()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+fn key_value(b: &[u8]) -> Option<(String, String)> {
+    let kv = fields(b)?;
+    let any = fields(msgs(&kv, 2).first()?)?;
+    let (num, f) = any.first()?;
+    let v = match (num, f) {
+        (1, Field::Bytes(s)) => String::from_utf8_lossy(s).into_owned(),
+        (2, Field::Varint(v)) => (*v != 0).to_string(),
+        (3, Field::Varint(v)) => (*v as i64).to_string(),
+        (4, Field::Fixed64(v)) => f64::from_bits(*v).to_string(),
+        _ => return None,
+    };
+    Some((text(&kv, 1), v))
+}
+
+/// Decodes an `ExportTraceServiceRequest` into its spans; None if it is not valid protobuf
+/// of that shape.
+pub fn decode_traces(body: &[u8]) -> Option<Vec<DecodedSpan>> {
+    let mut out = Vec::new();
+    for rs in msgs(&fields(body)?, 1) {
+        let rs = fields(rs)?;
+        let mut service_name = String::new();
+        if let Some(res) = msgs(&rs, 1).first() {
+            for kv in msgs(&fields(res)?, 1) {
+                let (k, v) = key_value(kv)?;
+                if k == "service.name" {
+                    service_name = v;
+                }
+            }
+        }
+        for ss in msgs(&rs, 2) {
+            for span in msgs(&fields(ss)?, 2) {
+                let f = fields(span)?;
+                let fixed = |n: u64| {
+                    f.iter().find_map(|(k, v)| match v {
+                        Field::Fixed64(x) if *k == n => Some(*x),
+                        _ => None,
+                    })
+                };
+                let mut attributes = BTreeMap::new();
+                for kv in msgs(&f, 9) {
+                    let (k, v) = key_value(kv)?;
+                    attributes.insert(k, v);
+                }
+                let status_code = match msgs(&f, 15).first() {
+                    Some(st) => fields(st)?
+                        .iter()
+                        .find_map(|(k, v)| match v {
+                            Field::Varint(x) if *k == 3 => Some(*x),
+                            _ => None,
+                        })
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                out.push(DecodedSpan {
+                    service_name: service_name.clone(),
+                    trace_id: msgs(&f, 1).first().map(|b| b.to_vec()).unwrap_or_default(),
+                    span_id: msgs(&f, 2).first().map(|b| b.to_vec()).unwrap_or_default(),
+                    parent_span_id: msgs(&f, 4).first().map(|b| b.to_vec()).unwrap_or_default(),
+                    name: text(&f, 5),
+                    start_unix_nano: fixed(7)?,
+                    end_unix_nano: fixed(8)?,
+                    attributes,
+                    status_code,
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// What a receiver has accepted (after the fault layer let the request through).
+#[derive(Default)]
+pub struct Received {
+    pub spans: Mutex<Vec<DecodedSpan>>,
+    pub events: Mutex<Vec<serde_json::Value>>,
+    pub undecodable: Mutex<u64>,
+}
+
+/// An OTLP/HTTP collector at `/v1/traces`.
+pub async fn otlp_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
+    let got = Arc::new(Received::default());
+    let g = got.clone();
+    let router = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let g = g.clone();
+            async move {
+                match decode_traces(&body) {
+                    Some(spans) => {
+                        g.spans.lock().extend(spans);
+                        (StatusCode::OK, Bytes::new())
+                    }
+                    None => {
+                        *g.undecodable.lock() += 1;
+                        (StatusCode::BAD_REQUEST, Bytes::new())
+                    }
+                }
+            }
+        }),
+    );
+    Ok((
+        FakeServer::start("otlp", router, Faults::new(seed)).await?,
+        got,
+    ))
+}
+
+/// An Application Insights ingestion endpoint at `/v2/track`.
+pub async fn appinsights_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
+    let got = Arc::new(Received::default());
+    let g = got.clone();
+    let router = Router::new().route(
+        "/v2/track",
+        post(move |body: Bytes| {
+            let g = g.clone();
+            async move {
+                match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+                    Ok(items) => {
+                        let n = items.len();
+                        g.events.lock().extend(items);
+                        (
+                            StatusCode::OK,
+                            format!(
+                                "{{\"itemsReceived\":{n},\"itemsAccepted\":{n},\"errors\":[]}}"
+                            ),
+                        )
+                    }
+                    Err(_) => {
+                        *g.undecodable.lock() += 1;
+                        (StatusCode::BAD_REQUEST, String::new())
+                    }
+                }
+            }
+        }),
+    );
+    Ok((
+        FakeServer::start("appinsights", router, Faults::new(seed)).await?,
+        got,
+    ))
+}

@@ -1,0 +1,334 @@
+//! The GitHub webhook sender: real-shaped `workflow_run` / `workflow_job` payloads (built
+//! from octokit's examples in `tests/fixtures/github_webhooks/`), signed as GitHub signs
+//! them and posted to a receiver. Tests, `demo` and the ingest benchmark use it; the
+//! generator keeps the ground truth of what it sent.
+
+use hmac::{KeyInit, Mac};
+use rand::{Rng, rngs::StdRng};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::processors::time::format_rfc3339;
+
+const JOB_TEMPLATE: &str = include_str!("../../tests/fixtures/github_webhooks/workflow_job.json");
+const RUN_TEMPLATE: &str = include_str!("../../tests/fixtures/github_webhooks/workflow_run.json");
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, the `X-Hub-Signature-256` value.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    m.update(body);
+    format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+}
+
+/// One job's whole life, decided up front so every delivery of it agrees.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    pub run_id: u64,
+    pub attempt: u32,
+    pub job_id: u64,
+    pub repo: String,
+    pub workflow: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub runner_group: String,
+    pub created_at: f64,
+    pub started_at: f64,
+    pub completed_at: f64,
+    pub conclusion: String,
+    /// (name, started, completed, conclusion)
+    pub steps: Vec<(String, f64, f64, String)>,
+}
+
+/// What a completed set of jobs and runs must produce.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Truth {
+    pub jobs_by_conclusion: BTreeMap<String, u64>,
+    pub job_seconds: f64,
+    pub queue_seconds: f64,
+    pub runs_by_conclusion: BTreeMap<String, u64>,
+    pub run_seconds: f64,
+}
+
+pub struct Generator {
+    rng: StdRng,
+    next_id: u64,
+    job: Value,
+    run: Value,
+    pub truth: Truth,
+}
+
+const REPOS: &[&str] = &["acme/api", "acme/web", "acme/infra"];
+const WORKFLOWS: &[&str] = &["CI", "Release", "CodeQL"];
+const JOBS: &[&str] = &["build", "test", "lint", "deploy"];
+const CONCLUSIONS: &[&str] = &["success", "success", "success", "failure", "cancelled"];
+
+impl Generator {
+    pub fn new(seed: u64) -> Generator {
+        Generator {
+            rng: super::rng(seed),
+            next_id: 1_000_000 + seed % 1000 * 1_000_000,
+            job: serde_json::from_str(JOB_TEMPLATE).expect("fixture is JSON"),
+            run: serde_json::from_str(RUN_TEMPLATE).expect("fixture is JSON"),
+            truth: Truth::default(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A run of `jobs` jobs starting at `t0` (Unix seconds).
+    pub fn run_plan(&mut self, t0: f64, jobs: usize) -> Vec<JobPlan> {
+        let run_id = self.id();
+        let repo = REPOS[self.rng.random_range(0..REPOS.len())].to_string();
+        let workflow = WORKFLOWS[self.rng.random_range(0..WORKFLOWS.len())].to_string();
+        (0..jobs)
+            .map(|i| {
+                let created_at = t0 + i as f64;
+                let started_at = created_at + self.rng.random_range(1..30) as f64;
+                let mut t = started_at;
+                let steps = (1..=self.rng.random_range(8..16))
+                    .map(|n| {
+                        let d = self.rng.random_range(1..8) as f64;
+                        t += d;
+                        (format!("step {n}"), t - d, t, "success".to_string())
+                    })
+                    .collect();
+                let self_hosted = self.rng.random_bool(0.5);
+                JobPlan {
+                    run_id,
+                    attempt: 1,
+                    job_id: self.id(),
+                    repo: repo.clone(),
+                    workflow: workflow.clone(),
+                    name: JOBS[i % JOBS.len()].to_string(),
+                    labels: if self_hosted {
+                        vec!["self-hosted".into(), "linux".into(), "x64".into()]
+                    } else {
+                        vec!["ubuntu-latest".into()]
+                    },
+                    runner_group: if self_hosted {
+                        "Default"
+                    } else {
+                        "GitHub Actions"
+                    }
+                    .into(),
+                    created_at,
+                    started_at,
+                    completed_at: t + 1.0,
+                    conclusion: CONCLUSIONS[self.rng.random_range(0..CONCLUSIONS.len())].into(),
+                    steps,
+                }
+            })
+            .collect()
+    }
+
+    /// The `workflow_job` body for `action` (queued, in_progress or completed); a completed
+    /// one is added to the truth when `record` is set.
+    pub fn job_payload(&mut self, p: &JobPlan, action: &str, record: bool) -> Vec<u8> {
+        let mut v = self.job.clone();
+        v["action"] = json!(action);
+        let j = &mut v["workflow_job"];
+        let done = action == "completed";
+        let running = action != "queued";
+        j["id"] = json!(p.job_id);
+        j["run_id"] = json!(p.run_id);
+        j["run_attempt"] = json!(p.attempt);
+        j["name"] = json!(p.name);
+        j["workflow_name"] = json!(p.workflow);
+        j["status"] = json!(action);
+        j["conclusion"] = if done {
+            json!(p.conclusion)
+        } else {
+            Value::Null
+        };
+        j["created_at"] = json!(format_rfc3339(p.created_at));
+        // GitHub fills started_at with created_at while a job waits.
+        j["started_at"] = json!(format_rfc3339(if running {
+            p.started_at
+        } else {
+            p.created_at
+        }));
+        j["completed_at"] = if done {
+            json!(format_rfc3339(p.completed_at))
+        } else {
+            Value::Null
+        };
+        j["labels"] = json!(p.labels);
+        j["runner_group_name"] = if running {
+            json!(p.runner_group)
+        } else {
+            Value::Null
+        };
+        j["runner_name"] = if running {
+            json!("runner-1")
+        } else {
+            Value::Null
+        };
+        j["steps"] = if running {
+            Value::Array(
+                p.steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, s, e, c))| {
+                        json!({
+                            "name": name, "number": i + 1,
+                            "status": if done { "completed" } else { "in_progress" },
+                            "conclusion": if done { json!(c) } else { Value::Null },
+                            "started_at": format_rfc3339(*s),
+                            "completed_at": if done { json!(format_rfc3339(*e)) } else { Value::Null },
+                        })
+                    })
+                    .collect(),
+            )
+        } else {
+            json!([])
+        };
+        v["repository"]["full_name"] = json!(p.repo);
+        v["repository"]["name"] = json!(p.repo.split('/').nth(1).unwrap_or(""));
+        if done && record {
+            *self
+                .truth
+                .jobs_by_conclusion
+                .entry(p.conclusion.clone())
+                .or_default() += 1;
+            self.truth.job_seconds += p.completed_at - p.started_at;
+            self.truth.queue_seconds += p.started_at - p.created_at;
+        }
+        serde_json::to_vec(&v).expect("serializable")
+    }
+
+    /// The `workflow_run` body for `action` of the run the jobs belong to.
+    pub fn run_payload(&mut self, jobs: &[JobPlan], action: &str, record: bool) -> Vec<u8> {
+        let first = &jobs[0];
+        let start = jobs.iter().map(|j| j.created_at).fold(f64::MAX, f64::min);
+        let end = jobs.iter().map(|j| j.completed_at).fold(f64::MIN, f64::max);
+        let failed = jobs.iter().any(|j| j.conclusion == "failure");
+        let conclusion = if failed { "failure" } else { "success" };
+        let done = action == "completed";
+        let mut v = self.run.clone();
+        v["action"] = json!(action);
+        let r = &mut v["workflow_run"];
+        r["id"] = json!(first.run_id);
+        r["run_attempt"] = json!(first.attempt);
+        r["name"] = json!(first.workflow);
+        r["status"] = json!(action);
+        r["conclusion"] = if done { json!(conclusion) } else { Value::Null };
+        r["created_at"] = json!(format_rfc3339(start));
+        r["run_started_at"] = json!(format_rfc3339(start));
+        r["updated_at"] = json!(format_rfc3339(if done { end } else { start }));
+        v["repository"]["full_name"] = json!(first.repo);
+        if done && record {
+            *self
+                .truth
+                .runs_by_conclusion
+                .entry(conclusion.to_string())
+                .or_default() += 1;
+            self.truth.run_seconds += end - start;
+        }
+        serde_json::to_vec(&v).expect("serializable")
+    }
+}
+
+/// Posts signed deliveries to one receiver URL.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    pub url: String,
+    secret: String,
+}
+
+impl Sender {
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Sender {
+        Sender {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client builds"),
+            url: url.into(),
+            secret: secret.into(),
+        }
+    }
+
+    /// Sends one delivery, returning GitHub's view of it: the status code.
+    pub async fn send(&self, event: &str, delivery: &str, body: Vec<u8>) -> reqwest::Result<u16> {
+        let sig = signature(&self.secret, &body);
+        let r = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("user-agent", "GitHub-Hookshot/devmetrics-sim")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+            .await?;
+        Ok(r.status().as_u16())
+    }
+}
+
+/// `demo`'s live CI: a run every `every`, its jobs queued, started and completed in real
+/// time, until `shutdown`.
+pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: CancellationToken) {
+    let mut g = Generator::new(seed);
+    let mut n = 0u64;
+    loop {
+        let t0 = crate::store::now_unix();
+        let jobs = g.run_plan(t0, 1 + (n % 3) as usize);
+        let mut bodies = vec![("workflow_run", g.run_payload(&jobs, "requested", false))];
+        for action in ["queued", "in_progress", "completed"] {
+            for j in &jobs {
+                bodies.push(("workflow_job", g.job_payload(j, action, false)));
+            }
+        }
+        bodies.push(("workflow_run", g.run_payload(&jobs, "completed", false)));
+        for (event, body) in bodies {
+            n += 1;
+            let delivery = format!("demo-{seed}-{n}");
+            if let Err(e) = sender.send(event, &delivery, body).await {
+                tracing::debug!(error = %e, "demo webhook delivery failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every / 8) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processors::workflows::{Options, process};
+
+    #[test]
+    fn signs_like_github() {
+        assert_eq!(
+            signature("It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[test]
+    fn generated_payloads_are_real_sized_and_processable() {
+        let mut g = Generator::new(3);
+        let jobs = g.run_plan(1_700_000_000.0, 2);
+        let body = g.job_payload(&jobs[0], "completed", true);
+        assert!((9_000..14_000).contains(&body.len()), "{}", body.len());
+        let batches = process("workflow_job", &body, &Options::default()).unwrap();
+        assert_eq!(batches.len(), 6);
+        let body = g.run_payload(&jobs, "completed", true);
+        assert_eq!(
+            process("workflow_run", &body, &Options::default())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(g.truth.jobs_by_conclusion.values().sum::<u64>(), 1);
+    }
+}

@@ -1,0 +1,402 @@
+//! `POST /webhooks/github` (also `/webhook` and `/api/github`, the replaced tools' paths).
+//!
+//! Order of checks: size → signature → headers → ping / unwanted event → JSON → queue.
+//! The signature comes before everything that reads the body, so an unauthenticated caller
+//! learns nothing but 401 (or 413). 202 means the delivery is durable in the queue.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hmac::{KeyInit, Mac};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::GithubConfig;
+use crate::metrics::{FamilyId, Labels, id};
+use crate::processors::{Envelope, GITHUB_TOPIC, workflows};
+use crate::queue::{Published, SharedQueue};
+use crate::store::{Value, now_unix};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+pub const PATHS: &[&str] = &["/webhooks/github", "/webhook", "/api/github"];
+
+/// GitHub gives up after 10 s; answering 503 before that lets its redelivery (or ours) retry.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Why a delivery was not accepted. Maps to a status; the body never carries the detail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing or invalid X-Hub-Signature-256")]
+    Signature,
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("body is not a JSON object")]
+    Json,
+    #[error("body larger than the limit")]
+    TooLarge,
+    #[error("reading the body failed")]
+    Body,
+    #[error("queue unavailable: {0}")]
+    Queue(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Signature => "bad_signature",
+            Error::MissingHeader(_) => "missing_header",
+            Error::Json => "malformed_json",
+            Error::TooLarge => "too_large",
+            Error::Body => "bad_body",
+            Error::Queue(_) => "unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::Signature => StatusCode::UNAUTHORIZED,
+            Error::MissingHeader(_) | Error::Json | Error::Body => StatusCode::BAD_REQUEST,
+            Error::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let msg = match &self {
+            Error::Signature => "invalid signature",
+            Error::MissingHeader(h) => h,
+            Error::Json => "invalid JSON payload",
+            Error::TooLarge => "payload too large",
+            Error::Body => "unreadable body",
+            Error::Queue(_) => "temporarily unavailable; retry later",
+        };
+        let body = format!("{{\"error\":{}}}\n", serde_json::Value::from(msg));
+        (
+            self.status(),
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// Outcomes counted in `devmetrics_webhook_deliveries_total{source="github",outcome}`.
+const OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "ping",
+    "ignored",
+    "bad_signature",
+    "missing_header",
+    "malformed_json",
+    "too_large",
+    "bad_body",
+    "unavailable",
+];
+
+#[derive(Default)]
+pub struct Stats {
+    counts: [AtomicU64; OUTCOMES.len()],
+}
+
+impl Stats {
+    fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, outcome: &str) -> u64 {
+        OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map(|i| self.counts[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+impl crate::telemetry::Collect for Stats {
+    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
+        let fid = id("devmetrics_webhook_deliveries_total");
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            let labels = Labels::new(fid, &["github", o]).expect("two labels");
+            out.push((
+                fid,
+                labels,
+                Value::Number(self.counts[i].load(Ordering::Relaxed) as f64),
+            ));
+        }
+    }
+}
+
+pub struct Receiver {
+    /// Keyed MAC states, one per accepted secret; cloned per delivery so the key schedule is
+    /// computed once.
+    macs: Vec<HmacSha256>,
+    insecure: bool,
+    max_body: u64,
+    queue: SharedQueue,
+    pub stats: Arc<Stats>,
+}
+
+impl Receiver {
+    pub fn new(config: &GithubConfig, queue: SharedQueue) -> Arc<Receiver> {
+        let macs = config
+            .secrets
+            .iter()
+            .map(|s| {
+                <HmacSha256 as KeyInit>::new_from_slice(s.expose().as_bytes())
+                    .expect("HMAC accepts keys of any length")
+            })
+            .collect();
+        if config.insecure_skip_verify && config.secrets.is_empty() {
+            tracing::warn!(
+                "webhooks.github.insecure_skip_verify is set: GitHub deliveries are accepted without a signature check"
+            );
+        }
+        Arc::new(Receiver {
+            macs,
+            insecure: config.insecure_skip_verify && config.secrets.is_empty(),
+            max_body: config.max_body_bytes,
+            queue,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Constant-time check of `sha256=<hex>` against every configured secret. Every secret is
+    /// tried even after a match, so timing does not reveal which one matched.
+    pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> bool {
+        let Some(sig) = header
+            .and_then(|h| h.strip_prefix(b"sha256="))
+            .and_then(|h| hex::decode(h).ok())
+        else {
+            return false;
+        };
+        if sig.len() != 32 {
+            return false;
+        }
+        let mut ok = subtle::Choice::from(0u8);
+        for mac in &self.macs {
+            let mut m = mac.clone();
+            m.update(body);
+            let tag = m.finalize().into_bytes();
+            ok |= subtle::ConstantTimeEq::ct_eq(tag.as_slice(), sig.as_slice());
+        }
+        bool::from(ok)
+    }
+
+    pub async fn handle(&self, headers: &HeaderMap, body: Body) -> Result<Response, Error> {
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(Error::TooLarge);
+        }
+        let body = http_body_util::Limited::new(body, self.max_body as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>()
+                    || e.to_string().contains("length limit")
+                {
+                    Error::TooLarge
+                } else {
+                    Error::Body
+                }
+            })?
+            .to_bytes();
+        if self.insecure {
+            tracing::warn!(
+                "accepting a GitHub delivery without signature verification (insecure_skip_verify)"
+            );
+        } else if !self.verify(
+            headers.get("x-hub-signature-256").map(|v| v.as_bytes()),
+            &body,
+        ) {
+            return Err(Error::Signature);
+        }
+        let header = |name: &'static str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= 128 && !v.contains('\n'))
+                .ok_or(Error::MissingHeader(name))
+        };
+        let event = header("x-github-event")?;
+        let delivery = header("x-github-delivery")?;
+        if event == "ping" {
+            return Ok(done(StatusCode::OK, "pong", "ping"));
+        }
+        if !workflows::EVENTS.contains(&event) {
+            return Ok(done(StatusCode::OK, "event type not processed", "ignored"));
+        }
+        // Validates without building a tree; the processor decodes the fields it needs later.
+        let object = body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
+        if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(Error::Json);
+        }
+        let envelope = Envelope {
+            event: event.to_string(),
+            delivery: delivery.to_string(),
+            received_at: now_unix(),
+            body,
+        };
+        let publish = self
+            .queue
+            .publish(GITHUB_TOPIC, Some(delivery), envelope.encode());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(Published::Published(_))) => Ok(done(StatusCode::ACCEPTED, "queued", "accepted")),
+            Ok(Ok(Published::Duplicate)) => {
+                Ok(done(StatusCode::OK, "duplicate delivery", "duplicate"))
+            }
+            Ok(Err(e)) => Err(Error::Queue(e.to_string())),
+            Err(_) => Err(Error::Queue("publish timed out".into())),
+        }
+    }
+}
+
+fn done(status: StatusCode, message: &'static str, _outcome: &'static str) -> Response {
+    let body = format!("{{\"status\":{}}}\n", serde_json::Value::from(message));
+    let mut r = (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    r.extensions_mut().insert(Outcome(_outcome));
+    r
+}
+
+#[derive(Clone, Copy)]
+struct Outcome(&'static str);
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
+    match r.handle(&headers, body).await {
+        Ok(resp) => {
+            let outcome = resp
+                .extensions()
+                .get::<Outcome>()
+                .map(|o| o.0)
+                .unwrap_or("accepted");
+            r.stats.count(outcome);
+            resp
+        }
+        Err(e) => {
+            r.stats.count(e.kind());
+            match &e {
+                Error::Queue(detail) => {
+                    tracing::error!(error = %detail, "could not queue a GitHub delivery; answered 503")
+                }
+                e => tracing::debug!(kind = e.kind(), "GitHub delivery rejected"),
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// The receiver's routes on every alias path, for the main or the webhook listener.
+pub fn routes<S: Clone + Send + Sync + 'static>(receiver: Arc<Receiver>) -> Router<S> {
+    let mut r = Router::new();
+    for p in PATHS {
+        r = r.route(p, post(receive));
+    }
+    r.with_state(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn receiver(secrets: &[&str]) -> Arc<Receiver> {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("q.db")).unwrap();
+        let q = crate::queue::sqlite::SqliteQueue::open(db, Default::default()).unwrap();
+        Receiver::new(
+            &GithubConfig {
+                secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+                insecure_skip_verify: false,
+                max_body_bytes: 1024,
+                workflows: Default::default(),
+            },
+            Arc::new(q),
+        )
+    }
+
+    #[test]
+    fn verifies_githubs_documented_test_vector_with_rotation() {
+        let sig = b"sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let body = b"Hello, World!";
+        assert!(receiver(&["It's a Secret to Everybody"]).verify(Some(sig), body));
+        assert!(receiver(&["old", "It's a Secret to Everybody"]).verify(Some(sig), body));
+        assert!(!receiver(&["other"]).verify(Some(sig), body));
+        assert!(!receiver(&["It's a Secret to Everybody"]).verify(Some(sig), b"Hello, World?"));
+        assert!(!receiver(&["It's a Secret to Everybody"]).verify(None, body));
+        assert!(!receiver(&["It's a Secret to Everybody"]).verify(Some(&sig[7..]), body));
+        assert!(!receiver(&["It's a Secret to Everybody"]).verify(Some(b"sha256=zz"), body));
+    }
+}
+
+#[cfg(test)]
+mod unavailable {
+    use super::*;
+    use crate::config::Secret;
+    use crate::queue::{Delivery, Queue, TopicStats};
+
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl Queue for Broken {
+        async fn publish(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: bytes::Bytes,
+        ) -> Result<Published, crate::queue::Error> {
+            Err(crate::queue::Error::Closed)
+        }
+        async fn receive(&self, _: &str) -> Result<Delivery, crate::queue::Error> {
+            Err(crate::queue::Error::Closed)
+        }
+        fn stats(&self) -> Vec<(String, TopicStats)> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_cannot_take_it_gives_503_without_internals() {
+        let r = Receiver::new(
+            &GithubConfig {
+                secrets: vec![Secret::new("s")],
+                insecure_skip_verify: false,
+                max_body_bytes: 1024,
+                workflows: Default::default(),
+            },
+            Arc::new(Broken),
+        );
+        let body = br#"{"action":"queued"}"#;
+        let mut h = HeaderMap::new();
+        h.insert("x-github-event", "workflow_job".parse().unwrap());
+        h.insert("x-github-delivery", "d".parse().unwrap());
+        h.insert(
+            "x-hub-signature-256",
+            crate::sim::webhooks::signature("s", body).parse().unwrap(),
+        );
+        let e = r.handle(&h, Body::from(&body[..])).await.unwrap_err();
+        assert_eq!(e.kind(), "unavailable");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&text).contains("closed"));
+    }
+}
