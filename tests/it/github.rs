@@ -567,6 +567,20 @@ async fn standard_org_request_economy() {
         (cold + cold_graphql) * 4 <= legacy,
         "cold {cold} + {cold_graphql} vs legacy {legacy}"
     );
+
+    // The same cold start over REST only.
+    let rest = Env::start(OrgSpec::standard(ORG)).await;
+    let cfg = rest.config("graphql: false\n");
+    let (store, queue) = rest.open();
+    let gh = rest.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &rest.sim.truth(ORG, rest.now()));
+    let cold_rest = rest.sim.counted();
+    eprintln!(
+        "standard org, REST only: cold {cold_rest} counted ({} sent)",
+        rest.fake.requests.total()
+    );
+    assert!(cold_rest * 4 <= legacy, "REST-only cold {cold_rest}");
     assert!(steady < 20, "steady {steady}");
 }
 
