@@ -261,10 +261,13 @@ impl RawConfig {
             log_level: level,
             log_format,
             storage: StorageConfig {
-                path: rel(self
+                // The default is relative to the working directory, not to the config file:
+                // a config mounted read-only (a ConfigMap) must not put the database beside it.
+                path: self
                     .storage
                     .path
-                    .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db"))),
+                    .map(rel)
+                    .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
                 idempotency_retention: duration(
                     "storage.idempotency_retention",
                     self.storage.idempotency_retention.as_ref(),

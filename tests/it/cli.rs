@@ -96,3 +96,24 @@ fn version_and_help() {
         assert!(help.contains(cmd), "{help}");
     }
 }
+
+#[test]
+fn relative_paths_resolve_from_the_file_but_the_default_from_the_working_directory() {
+    let (code, msg) = check("log:\n  level: info\n", &[]);
+    assert_eq!(code, 0, "{msg}");
+    assert!(msg.contains("storage ./data/devmetrics.db"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "storage:\n  path: state/x.db\n").unwrap();
+    let out = devmetrics()
+        .arg("check-config")
+        .arg("--config.file")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&dir.path().join("state/x.db").display().to_string()),
+        "{text}"
+    );
+}
