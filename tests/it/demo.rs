@@ -1,7 +1,6 @@
 //! The README's first command: `devmetrics demo` serves metrics from every simulated
 //! upstream that an independent OpenMetrics parser accepts, and they keep changing.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,30 +20,7 @@ const EXPECTED: &[&str] = &[
 ];
 
 fn parse_names(py: &std::path::Path, body: &str) -> Vec<String> {
-    let mut child = Command::new(py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/tools/parse_metrics.py"
-        ))
-        .arg("openmetrics")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "demo output rejected: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = support::parse_exposition(py, "openmetrics", body);
     v["families"]
         .as_array()
         .unwrap()

@@ -863,31 +863,7 @@ fn assert_matches_pools(s: &Snapshot, a: &Account) {
 }
 
 fn parse_independently(py: &std::path::Path, body: &str) -> serde_json::Value {
-    use std::io::Write;
-    let mut child = std::process::Command::new(py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/tools/parse_metrics.py"
-        ))
-        .arg("openmetrics")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "rejected by prometheus_client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    crate::support::parse_exposition(py, "openmetrics", body)
 }
 
 #[tokio::test]
