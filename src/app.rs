@@ -100,6 +100,7 @@ pub async fn launch(
         queue: queue.clone(),
         telemetry: telemetry.clone(),
         ready: Default::default(),
+        renders: Arc::new(tokio::sync::Semaphore::new(server::MAX_RENDERS)),
         basic_auth: web.basic_auth.clone(),
     });
 

@@ -153,7 +153,16 @@ impl Common {
             );
         }
         let s = |v: &Option<String>| v.clone().map(Value::String);
-        let p = |v: &Option<PathBuf>| v.as_ref().map(|p| Value::String(p.display().to_string()));
+        // Relative paths in the file resolve from the file's directory; on the command line
+        // they mean the working directory, so they are made absolute here.
+        let p = |v: &Option<PathBuf>| {
+            v.as_ref().map(|p| {
+                let abs = std::env::current_dir()
+                    .map(|d| d.join(p))
+                    .unwrap_or_else(|_| p.clone());
+                Value::String(abs.display().to_string())
+            })
+        };
         for (key, flag, v) in [
             (
                 "web.telemetry_path",
@@ -270,6 +279,10 @@ fn main() -> ExitCode {
         Command::Debug { what } => run(debug(what)),
         Command::CheckConfig(common) => match common.load() {
             Ok(cfg) => {
+                // github (issue 4): replaced-tool sections accepted but ignored.
+                for w in cfg.github.iter().flat_map(|g| &g.compat_warnings) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "configuration is valid: listening on {:?}, storage {}",
                     cfg.web.listen_addresses,

@@ -140,7 +140,7 @@ pub fn load(
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, key) in ENV_ALIASES {
         if let Some(v) = env.get(*var) {
-            set_path(&mut tree, key, scalar(v));
+            set_path(&mut tree, key, scalar(key, v));
             origins.insert(key.to_string(), format!("environment variable {var}"));
         }
     }
@@ -153,7 +153,7 @@ pub fn load(
             continue;
         }
         let key = rest.to_ascii_lowercase().replace("__", ".");
-        set_path(&mut tree, &key, scalar(v));
+        set_path(&mut tree, &key, scalar(&key, v));
         origins.insert(key, format!("environment variable {var}"));
     }
     for (key, v, origin) in &overrides.entries {
@@ -162,7 +162,7 @@ pub fn load(
     }
     let raw: raw::RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
         let key = e.path().to_string();
-        let message = e.inner().to_string();
+        let message = without_values(&e.inner().to_string());
         let (key, problem) = explain_serde(&key, &message);
         let origin = origins.get(&key).cloned();
         Error::Invalid {
@@ -195,12 +195,44 @@ pub fn load(
         })
 }
 
-/// Env and flag values are YAML scalars, so `true`, `5` and `[a, b]` keep their types.
-fn scalar(s: &str) -> Value {
+/// Env and flag values are YAML scalars, so `true`, `5` and `[a, b]` keep their types; except
+/// for credentials, which stay text whatever they look like (a numeric secret is still a
+/// string, and must never be echoed back in a type error).
+fn scalar(key: &str, s: &str) -> Value {
+    if is_secret_key(key) {
+        return Value::String(s.to_string());
+    }
     match serde_yaml::from_str::<Value>(s) {
         Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Sequence(_))) => v,
         _ => Value::String(s.to_string()),
     }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    [
+        "secret",
+        "token",
+        "password",
+        "connection_string",
+        "private_key",
+    ]
+    .iter()
+    .any(|w| last.contains(w))
+}
+
+/// serde quotes the offending value in type errors (``invalid type: integer `123`, expected a
+/// string``); that value may be a credential, so it is cut out. The key is named instead.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // "<kind> <value>, expected <what>": keep the kind and the expectation only.
+            let kind = rest.split([' ', ',']).next().unwrap_or("");
+            let expected = rest.rfind(", expected ").map(|i| &rest[i..]).unwrap_or("");
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    message.to_string()
 }
 
 fn set_path(tree: &mut Value, key: &str, value: Value) {

@@ -187,6 +187,19 @@ impl RawConfig {
                 "must be an absolute path other than /, e.g. /metrics",
             ));
         }
+        // Built-in routes would collide (axum refuses overlapping routes at start), and the
+        // webhook prefixes skip basic auth, so metrics there would be unauthenticated.
+        if ["/livez", "/readyz", "/healthz", "/health"].contains(&telemetry_path.as_str())
+            || ["/webhook", "/api/"]
+                .iter()
+                .any(|p| telemetry_path.starts_with(p))
+        {
+            return Err(Error::invalid(
+                "web.telemetry_path",
+                Some(&telemetry_path),
+                "collides with a built-in or webhook route; choose another path, e.g. /metrics",
+            ));
+        }
         let level = self.log.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
             return Err(Error::invalid(
@@ -261,10 +274,13 @@ impl RawConfig {
             log_level: level,
             log_format,
             storage: StorageConfig {
-                path: rel(self
+                // The default is relative to the working directory, not to the config file:
+                // a config mounted read-only (a ConfigMap) must not put the database beside it.
+                path: self
                     .storage
                     .path
-                    .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db"))),
+                    .map(rel)
+                    .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
                 idempotency_retention: duration(
                     "storage.idempotency_retention",
                     self.storage.idempotency_retention.as_ref(),

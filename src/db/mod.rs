@@ -41,6 +41,8 @@ pub enum Error {
     Commit(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    #[error("database {path} is in use by another devmetrics process")]
+    Locked { path: PathBuf },
 }
 
 impl Error {
@@ -50,6 +52,7 @@ impl Error {
             Error::Sql(_) => "sql",
             Error::Commit(_) => "commit",
             Error::WriterGone => "writer_gone",
+            Error::Locked { .. } => "locked",
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Db {
     path: Arc<PathBuf>,
     /// Dropped with the last `Db` clone, which stops the checkpoint thread.
     _alive: Arc<()>,
+    /// Held for the life of the process's last `Db` clone.
+    _lock: Arc<std::fs::File>,
 }
 
 impl Db {
@@ -102,6 +107,32 @@ impl Db {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        }
+        // One process per database: two would each deliver the same queue rows and keep
+        // diverging in-memory mirrors. The lock is released when the process exits.
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::CreateDir {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock_process_exclusive(&lock) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(Error::CreateDir {
+                    path: lock_path,
+                    source,
+                });
+            }
         }
         let open_err = |source| Error::Open {
             path: path.to_path_buf(),
@@ -150,6 +181,7 @@ impl Db {
             stats,
             path: Arc::new(path.to_path_buf()),
             _alive: alive,
+            _lock: Arc::new(lock),
         })
     }
 
@@ -202,6 +234,33 @@ impl Db {
     }
 }
 
+/// Takes a POSIX record lock (`fcntl(F_SETLK)`) on the whole file. Unlike `flock`, these
+/// locks belong to the process, so a restart inside one process (tests, `demo`) may reopen
+/// the database while another process is refused. std offers only `flock`, hence libc.
+#[cfg(unix)]
+fn lock_process_exclusive(f: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed `flock` is a valid value; fcntl reads it and touches nothing else.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    // SAFETY: the descriptor is open for the duration of the call; `fl` outlives it.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_process_exclusive(_: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
     let _ = conn.execute_batch("PRAGMA busy_timeout=5000;");
     loop {
@@ -237,11 +296,17 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>)
             for job in group.drain(..) {
                 // Cached statements: parsing these three per job showed up in the queue bench.
                 tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-                match job(&tx) {
-                    Ok(finish) => finishes.push(finish),
-                    Err(finish) => {
+                // A panicking job is rolled back alone (its caller sees its reply channel
+                // close); the writer thread, which every write depends on, survives it.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&tx))) {
+                    Ok(Ok(finish)) => finishes.push(finish),
+                    Ok(Err(finish)) => {
                         tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
                         finishes.push(finish);
+                    }
+                    Err(_) => {
+                        tracing::error!("a database job panicked; rolled back");
+                        tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
                     }
                 }
                 tx.prepare_cached("RELEASE job")?.execute([])?;
@@ -258,11 +323,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>)
             .observe(started.elapsed().as_secs_f64());
         stats.batch_size.observe(n as f64);
         *stats.last_error.lock() = result.as_ref().err().map(|e| e.to_string());
-        match &result {
-            Ok(()) => finishes.into_iter().for_each(|f| f(Ok(()))),
-            Err(e) => {
-                tracing::error!(error = %e, jobs = n, "database commit failed");
-                finishes.into_iter().for_each(|f| f(Err(e)));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, jobs = n, "database commit failed");
+        }
+        for f in finishes {
+            let r = result.as_ref().map(|_| ());
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).is_err() {
+                tracing::error!("a post-commit step panicked");
             }
         }
     }

@@ -6,7 +6,8 @@ const MIGRATIONS: &[&str] = &[r#"
         scope   TEXT NOT NULL,
         family  TEXT NOT NULL,
         labels  TEXT NOT NULL,
-        value   REAL NOT NULL,
+        -- NULL is NaN: SQLite binds NaN as NULL.
+        value   REAL,
         buckets TEXT,
         PRIMARY KEY (scope, family, labels)
     ) WITHOUT ROWID;

@@ -10,12 +10,17 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-const fn core(
+/// The one constructor; the per-source helpers below only fix its source and origin.
+#[allow(clippy::too_many_arguments)]
+const fn def(
+    source: &'static str,
+    origin: Origin,
     name: &'static str,
     kind: Kind,
     unit: Option<&'static str>,
     help: &'static str,
     labels: &'static [&'static str],
+    buckets: &'static [f64],
 ) -> FamilyDef {
     FamilyDef {
         name,
@@ -23,10 +28,29 @@ const fn core(
         unit,
         help,
         labels,
-        origin: Origin::Devmetrics,
-        source: "core",
-        buckets: &[],
+        origin,
+        source,
+        buckets,
     }
+}
+
+const fn core(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    def(
+        "core",
+        Origin::Devmetrics,
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+        &[],
+    )
 }
 
 const fn core_histogram(
@@ -36,16 +60,16 @@ const fn core_histogram(
     labels: &'static [&'static str],
     buckets: &'static [f64],
 ) -> FamilyDef {
-    FamilyDef {
+    def(
+        "core",
+        Origin::Devmetrics,
         name,
-        kind: Kind::Histogram,
+        Kind::Histogram,
         unit,
         help,
         labels,
-        origin: Origin::Devmetrics,
-        source: "core",
         buckets,
-    }
+    )
 }
 
 use Kind::{Counter, Gauge, Histogram};
@@ -58,16 +82,7 @@ const fn spacelift(
     labels: &'static [&'static str],
     origin: Origin,
 ) -> FamilyDef {
-    FamilyDef {
-        name,
-        kind,
-        unit,
-        help,
-        labels,
-        origin,
-        source: "spacelift",
-        buckets: &[],
-    }
+    def("spacelift", origin, name, kind, unit, help, labels, &[])
 }
 
 const fn github(
@@ -77,30 +92,30 @@ const fn github(
     help: &'static str,
     labels: &'static [&'static str],
 ) -> FamilyDef {
-    FamilyDef {
+    def(
+        "github",
+        Origin::Devmetrics,
         name,
         kind,
         unit,
         help,
         labels,
-        origin: Origin::Devmetrics,
-        source: "github",
-        buckets: &[],
-    }
+        &[],
+    )
 }
 
 /// github-stats-exporter's activity gauges: names and labels kept exactly.
 const fn gh_activity(name: &'static str, help: &'static str) -> FamilyDef {
-    FamilyDef {
+    def(
+        "github",
+        Origin::GithubStatsExporter,
         name,
-        kind: Kind::Gauge,
-        unit: None,
+        Kind::Gauge,
+        None,
         help,
-        labels: &["org", "repo", "user"],
-        origin: Origin::GithubStatsExporter,
-        source: "github",
-        buckets: &[],
-    }
+        &["org", "repo", "user"],
+        &[],
+    )
 }
 
 const CI_DURATION_BUCKETS: &[f64] = &[
@@ -128,16 +143,16 @@ const fn workflows(
     labels: &'static [&'static str],
     buckets: &'static [f64],
 ) -> FamilyDef {
-    FamilyDef {
+    def(
+        "webhooks",
+        Origin::Devmetrics,
         name,
         kind,
         unit,
         help,
         labels,
-        origin: Origin::Devmetrics,
-        source: "webhooks",
         buckets,
-    }
+    )
 }
 
 pub static FAMILIES: &[FamilyDef] = &[
@@ -426,6 +441,13 @@ pub static FAMILIES: &[FamilyDef] = &[
         Gauge,
         None,
         "1 when the org's last cycle hit github.activity.series_budget_per_org and dropped series.",
+        &["org"],
+    ),
+    github(
+        "devmetrics_github_loc_fallback_deferred_total",
+        Counter,
+        None,
+        "Repos whose commit-level LOC fallback was postponed because the org's hourly commit-detail budget could not cover the whole week.",
         &["org"],
     ),
     github(

@@ -271,7 +271,7 @@ impl Queue for SqliteQueue {
                     m.payload,
                     m.attempts,
                     m.published_at,
-                    self.inner.clone() as Arc<dyn Acker>,
+                    Arc::new(self.clone()) as Arc<dyn Acker>,
                 ));
             }
             let sleep = next_due
@@ -312,30 +312,44 @@ impl Queue for SqliteQueue {
     }
 }
 
+/// Acks and nacks change memory in the post-commit step of their own write, so a dropped
+/// future cannot leave memory and disk disagreeing; a write that fails releases the message
+/// for redelivery instead of stranding it in flight.
 #[async_trait]
-impl Acker for Inner {
+impl Acker for SqliteQueue {
     async fn ack(&self, topic: &str, id: i64) -> Result<(), Error> {
-        self.db
-            .write(move |c| {
+        let (inner, t) = (self.inner.clone(), topic.to_string());
+        let rx = self.submit(
+            move |c| {
                 c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
                     .execute([id])
-            })
-            .await?;
-        self.with_topic(topic, |t| {
-            t.inflight.remove(&id);
-            t.stats.acked += 1;
-        });
-        Ok(())
+                    .map(|_| ())
+            },
+            move |_| {
+                inner.with_topic(&t, |t| {
+                    t.inflight.remove(&id);
+                    t.stats.acked += 1;
+                })
+            },
+        );
+        let r = match rx {
+            Ok(rx) => wait(rx).await,
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.release(topic, id);
+        }
+        r
     }
 
     async fn nack(&self, topic: &str, id: i64, attempts: u32, reason: &str) -> Result<(), Error> {
         let reason: String = reason.chars().take(1024).collect();
-        let dead = attempts >= self.policy.max_attempts;
+        let dead = attempts >= self.inner.policy.max_attempts;
         let now = now_unix();
-        let due = now + self.policy.backoff(attempts).as_secs_f64();
-        let result = self
-            .db
-            .write(move |c| {
+        let due = now + self.inner.policy.backoff(attempts).as_secs_f64();
+        let (inner, t) = (self.inner.clone(), topic.to_string());
+        let rx = self.submit(
+            move |c| {
                 if dead {
                     c.prepare_cached(
                         "INSERT INTO dead_letters (id, topic, payload, attempts, published_at, dead_at, last_error)
@@ -350,29 +364,35 @@ impl Acker for Inner {
                     .execute(params![id, attempts, due, reason])?;
                 }
                 Ok(())
-            })
-            .await;
-        result?;
-        self.with_topic(topic, |t| {
-            let Some(mut m) = t.inflight.remove(&id) else {
-                return;
-            };
-            if dead {
-                t.stats.dead_lettered += 1;
-                t.stats.dead_letters += 1;
-                tracing::warn!(topic, id, attempts, "message dead-lettered");
-            } else {
-                t.stats.retried += 1;
-                m.attempts = attempts;
-                t.delayed.insert(((due * 1000.0) as u64, id), m);
-                t.notify.notify_one();
-            }
-        });
-        Ok(())
+            },
+            move |_| {
+                inner.with_topic(&t, |tp| {
+                    let Some(mut m) = tp.inflight.remove(&id) else { return };
+                    if dead {
+                        tp.stats.dead_lettered += 1;
+                        tp.stats.dead_letters += 1;
+                        tracing::warn!(topic = %t, id, attempts, "message dead-lettered");
+                    } else {
+                        tp.stats.retried += 1;
+                        m.attempts = attempts;
+                        tp.delayed.insert(((due * 1000.0) as u64, id), m);
+                        tp.notify.notify_one();
+                    }
+                })
+            },
+        );
+        let r = match rx {
+            Ok(rx) => wait(rx).await,
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.release(topic, id);
+        }
+        r
     }
 
     fn release(&self, topic: &str, id: i64) {
-        self.with_topic(topic, |t| {
+        self.inner.with_topic(topic, |t| {
             if let Some(m) = t.inflight.remove(&id) {
                 t.ready.push_front(m);
                 t.notify.notify_one();
@@ -462,21 +482,27 @@ mod tests {
     #[tokio::test]
     async fn unacked_and_dropped_deliveries_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let q = open(&dir, fast());
-            q.publish("t", None, Bytes::from_static(b"a"))
-                .await
-                .unwrap();
-            let d = q.receive("t").await.unwrap();
-            drop(d); // released, not an attempt
-            let d = q.receive("t").await.unwrap();
-            assert_eq!(d.attempts, 0);
-            std::mem::forget(d); // as if the process died mid-processing
-        }
         let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"a"))
+            .await
+            .unwrap();
         let d = q.receive("t").await.unwrap();
-        assert_eq!(&d.payload[..], b"a");
-        d.ack().await.unwrap();
+        drop(d); // released, not an attempt
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(d.attempts, 0);
+        // The process "dies" mid-processing: the files as they are now are what a restart
+        // finds (the lock file is not copied; the dying process would have released it).
+        for f in ["q.db", "q.db-wal"] {
+            let from = dir.path().join(f);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(f.replace("q.db", "r.db"))).unwrap();
+            }
+        }
+        let q2 = SqliteQueue::open(Db::open(&dir.path().join("r.db")).unwrap(), fast()).unwrap();
+        let d2 = q2.receive("t").await.unwrap();
+        assert_eq!(&d2.payload[..], b"a");
+        d2.ack().await.unwrap();
+        drop(d);
     }
 
     #[test]

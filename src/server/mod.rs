@@ -35,6 +35,8 @@ pub struct AppState {
     pub queue: SharedQueue,
     pub telemetry: Arc<Telemetry>,
     pub ready: AtomicBool,
+    /// Concurrent `/metrics` renders allowed (see `MAX_RENDERS`).
+    pub renders: Arc<tokio::sync::Semaphore>,
     /// Extra routes mounted by sources (webhooks, compatibility endpoints).
     pub basic_auth: Option<Arc<webconfig::BasicAuth>>,
 }
@@ -164,6 +166,9 @@ const KNOWN_ROUTES: &[&str] = &[
     "/api/deployments",
 ];
 
+/// Concurrent `/metrics` renders; Prometheus HA pairs and a few humans fit well within it.
+pub const MAX_RENDERS: usize = 8;
+
 /// Bytes handed to hyper per chunk while rendering; the body streams, so a million series
 /// never sit in memory as one buffer.
 const CHUNK: usize = 128 * 1024;
@@ -171,6 +176,9 @@ const CHUNK: usize = 128 * 1024;
 struct ChunkWriter {
     buf: Vec<u8>,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// A scraper that stops reading must not pin a blocking thread and a snapshot forever.
+    send_timeout: Duration,
+    rt: tokio::runtime::Handle,
 }
 
 impl Write for ChunkWriter {
@@ -187,24 +195,43 @@ impl Write for ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "scraper went away"))
+        self.rt
+            .block_on(self.tx.send_timeout(Ok(chunk), self.send_timeout))
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "scraper went away or stalled",
+                )
+            })
     }
 }
 
 async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let (format, gzip) = exposition::negotiate(h(header::ACCEPT), h(header::ACCEPT_ENCODING));
+    // Renders in flight are capped: each holds a blocking thread and a snapshot.
+    let Ok(permit) = s.renders.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many concurrent scrapes\n",
+        )
+            .into_response();
+    };
     let mut scopes = s.store.snapshot().scopes;
     scopes.push(Arc::new(s.telemetry.scope()));
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let telemetry = s.telemetry.clone();
+    let send_timeout = s.config.web.request_timeout;
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let started = Instant::now();
         let sink = ChunkWriter {
             buf: Vec::with_capacity(CHUNK),
             tx: tx.clone(),
+            send_timeout,
+            rt: rt.clone(),
         };
         let result = if gzip {
             let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());

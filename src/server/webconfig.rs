@@ -131,9 +131,11 @@ pub fn load(path: &Path) -> Result<WebSettings, Error> {
         }
     };
 
+    let http = file.http_server_config.unwrap_or_default();
+    let http2 = http.http2.unwrap_or(true);
     let tls = match file.tls_server_config {
         None => None,
-        Some(t) => Some(Arc::new(tls_config(t, &rel).map_err(invalid)?)),
+        Some(t) => Some(Arc::new(tls_config(t, &rel, http2).map_err(invalid)?)),
     };
     let basic_auth = match file.basic_auth_users {
         Some(users) if !users.is_empty() => {
@@ -154,7 +156,6 @@ pub fn load(path: &Path) -> Result<WebSettings, Error> {
         }
         _ => None,
     };
-    let http = file.http_server_config.unwrap_or_default();
     let mut headers = Vec::new();
     for (k, v) in http.headers.unwrap_or_default() {
         let name = http::HeaderName::try_from(k.as_str())
@@ -166,7 +167,7 @@ pub fn load(path: &Path) -> Result<WebSettings, Error> {
     Ok(WebSettings {
         tls,
         basic_auth,
-        http2: http.http2.unwrap_or(true),
+        http2,
         headers,
     })
 }
@@ -174,6 +175,7 @@ pub fn load(path: &Path) -> Result<WebSettings, Error> {
 fn tls_config(
     t: TlsFile,
     rel: &dyn Fn(&PathBuf) -> PathBuf,
+    http2: bool,
 ) -> Result<rustls::ServerConfig, String> {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let read =
@@ -283,6 +285,11 @@ fn tls_config(
     let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls_server_config: certificate and key do not match: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Offer h2 only when the server will speak it, or clients negotiate h2 and are dropped.
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(cfg)
 }

@@ -19,7 +19,7 @@ impl Demo {
         #[allow(unused_mut)]
         let mut fakes: Vec<Arc<super::FakeServer>> = Vec::new();
         // github (issue 4)
-        //
+        fakes.push(super::github::demo(config, seed).await?);
         // webhook sender (issue 5)
         let webhook_sender = Some(webhook_sender(config, seed));
         // spacelift (issue 6)

@@ -142,6 +142,8 @@ struct RateState {
     remaining: u64,
     reset_at: i64,
     counted: u64,
+    /// GraphQL queries: their own budget (one point per query here).
+    graphql: u64,
 }
 
 /// Knobs beyond [`super::Faults`], specific to GitHub.
@@ -154,6 +156,9 @@ pub struct Knobs {
     pub stats_202: AtomicU32,
     /// Installation token lifetime in seconds.
     pub token_ttl: AtomicU64,
+    /// Repos whose `/stats/contributors` carries commit counts but zero line counts, as
+    /// GitHub answers for repositories with 10,000+ commits.
+    pub zero_stats_repos: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct GithubSim {
@@ -344,12 +349,14 @@ impl GithubSim {
                 remaining: 5000,
                 reset_at: crate::sources::github::client::now_secs() + 3600,
                 counted: 0,
+                graphql: 0,
             }),
             knobs: Knobs {
                 secondary_next: AtomicU32::new(0),
                 fail_path: Mutex::new(None),
                 stats_202: AtomicU32::new(1),
                 token_ttl: AtomicU64::new(3600),
+                zero_stats_repos: Mutex::new(Default::default()),
             },
             tokens_issued: AtomicU64::new(0),
             require_auth: AtomicBool::new(true),
@@ -362,11 +369,13 @@ impl GithubSim {
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/orgs/{org}/repos", get(org_repos))
             .route("/repos/{owner}/{repo}/commits", get(commits))
+            .route("/repos/{owner}/{repo}/commits/{sha}", get(commit_detail))
             .route("/repos/{owner}/{repo}/pulls", get(pulls))
             .route("/repos/{owner}/{repo}/pulls/{number}/reviews", get(reviews))
             .route("/repos/{owner}/{repo}/issues/comments", get(comments))
             .route("/repos/{owner}/{repo}/stats/contributors", get(stats))
             .route("/rate_limit", get(rate_limit))
+            .route("/graphql", post(graphql))
             .with_state(self.clone())
     }
 
@@ -381,6 +390,11 @@ impl GithubSim {
     /// Requests so far that counted against the primary limit (not 304s, not token exchange).
     pub fn counted(&self) -> u64 {
         self.rate.lock().counted
+    }
+
+    /// GraphQL queries answered (they spend the separate GraphQL budget).
+    pub fn graphql_queries(&self) -> u64 {
+        self.rate.lock().graphql
     }
 
     pub fn fail_path(&self, contains: &str, times: u32) {
@@ -446,6 +460,19 @@ impl GithubSim {
                 created: at,
             });
             r.touch(at);
+        });
+    }
+
+    /// A comment that, as on GitHub, leaves the repo's `updated_at` alone.
+    pub fn add_comment_quietly(&self, org: &str, repo: &str, login: &str, at: i64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.with_org(org, |o| {
+            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
+            r.comments.push(Comment {
+                id,
+                login: login.into(),
+                created: at,
+            });
         });
     }
 
@@ -612,6 +639,40 @@ impl GithubSim {
             return true;
         }
         self.pat.lock().as_deref() == Some(tok)
+    }
+
+    /// The GraphQL counterpart of [`Self::answer`]: auth, fault knobs, its own budget.
+    fn answer_graphql(&self, h: &HeaderMap, uri: &Uri, data: Value) -> Response {
+        if !self.authorized(h) {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "Bad credentials"}),
+            );
+        }
+        {
+            let mut fp = self.knobs.fail_path.lock();
+            if let Some((p, n)) = fp.as_mut()
+                && uri.path().contains(p.as_str())
+                && *n > 0
+            {
+                *n -= 1;
+                return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
+            }
+        }
+        let used = {
+            let mut r = self.rate.lock();
+            r.graphql += 1;
+            r.graphql
+        };
+        let mut resp = json_response(StatusCode::OK, json!({ "data": data }));
+        let hm = resp.headers_mut();
+        hm.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+        hm.insert(
+            "x-ratelimit-remaining",
+            HeaderValue::from_str(&5000u64.saturating_sub(used).to_string()).expect("digits"),
+        );
+        hm.insert("x-ratelimit-resource", HeaderValue::from_static("graphql"));
+        resp
     }
 
     /// Everything an API answer goes through: auth, fault knobs, the rate budget, ETags.
@@ -865,14 +926,7 @@ async fn commits(
         r.commits
             .iter()
             .filter(|c| since.is_none_or(|s| c.at >= s) && until.is_none_or(|u| c.at <= u))
-            .map(|c| {
-                let email = format!("{}@users.noreply.github.com", c.login);
-                json!({"sha": c.sha, "commit": {
-                    "author": {"name": c.login, "email": email, "date": format_time(c.at)},
-                    "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
-                    "message": "change"},
-                  "author": user(&c.login), "committer": user("web-flow"), "parents": []})
-            })
+            .map(commit_json)
             .collect::<Vec<_>>()
     });
     let Some(items) = items else {
@@ -880,6 +934,35 @@ async fn commits(
     };
     let (body, link) = paginate(items, &q, &h, &uri);
     sim.answer(&h, &uri, StatusCode::OK, body, link)
+}
+
+fn commit_json(c: &Commit) -> Value {
+    let email = format!("{}@users.noreply.github.com", c.login);
+    json!({"sha": c.sha, "commit": {
+        "author": {"name": c.login, "email": email, "date": format_time(c.at)},
+        "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
+        "message": "change"},
+      "author": user(&c.login), "committer": user("web-flow"), "parents": []})
+}
+
+async fn commit_detail(
+    State(sim): S,
+    Path((org, repo, sha)): Path<(String, String, String)>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let found = with_repo(&sim, &org, &repo, |r| {
+        r.commits.iter().find(|c| c.sha == sha).map(|c| {
+            let mut v = commit_json(c);
+            v["stats"] = json!({"additions": c.additions, "deletions": c.deletions, "total": c.additions + c.deletions});
+            v
+        })
+    })
+    .flatten();
+    match found {
+        Some(v) => sim.answer(&h, &uri, StatusCode::OK, v, None),
+        None => not_found(),
+    }
 }
 
 fn pr_json(p: &Pr) -> Value {
@@ -984,6 +1067,7 @@ async fn stats(
 ) -> Response {
     let now = (sim.clock)();
     let n202 = sim.knobs.stats_202.load(Ordering::Relaxed);
+    let zeroed = sim.knobs.zero_stats_repos.lock().contains(&repo);
     let out = with_repo(&sim, &org, &repo, |r| {
         if r.stats_served != r.stats_version {
             r.stats_served = r.stats_version;
@@ -1005,8 +1089,10 @@ async fn stats(
                 .or_default()
                 .entry(week_start(c.at))
                 .or_default();
-            e.0 += c.additions;
-            e.1 += c.deletions;
+            if !zeroed {
+                e.0 += c.additions;
+                e.1 += c.deletions;
+            }
             e.2 += 1;
         }
         let list: Vec<Value> = by_user
@@ -1038,4 +1124,98 @@ async fn rate_limit(State(sim): S) -> Response {
         StatusCode::OK,
         json!({"resources": {"core": core}, "rate": core}),
     )
+}
+
+/// `devmetrics demo`: two simulated orgs with live activity, and the exporter's `github`
+/// section pointed at them (App auth with the test key).
+pub async fn demo(
+    config: &mut crate::config::Config,
+    seed: u64,
+) -> std::io::Result<Arc<super::FakeServer>> {
+    use crate::sources::github::config::{Auth, RawGithub};
+    let clock = crate::sources::github::poller::system_clock();
+    let mut acme = OrgSpec::small("acme");
+    acme.repos = 12;
+    acme.active = 6;
+    let mut globex = OrgSpec::small("globex");
+    globex.with_bot = false;
+    let sim = GithubSim::new(seed, clock, &[acme, globex]);
+    sim.knobs.token_ttl.store(600, Ordering::Relaxed);
+    let fake =
+        Arc::new(super::FakeServer::start("github", sim.router(), super::Faults::new(seed)).await?);
+    let yaml = format!(
+        "api_base_url: {}\norgs:\n  - {{org: acme, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 15s}}\n  - {{org: globex, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 20s}}\nloc: {{stats_retry_delay: 500ms}}\n",
+        fake.base_url()
+    );
+    let raw: RawGithub = serde_yaml::from_str(&yaml).expect("demo config is valid YAML");
+    let mut gh = raw
+        .resolve(None)
+        .expect("demo config resolves")
+        .expect("demo config has orgs");
+    for o in &mut gh.orgs {
+        o.auth = Auth::App {
+            app_id: APP_ID,
+            installation_id: INSTALLATION_ID,
+            key: crate::config::SecretSource::Value(crate::config::Secret::new(TEST_APP_KEY_PEM)),
+        };
+    }
+    config.github = Some(gh);
+    let weak = Arc::downgrade(&fake);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if weak.upgrade().is_none() {
+                return;
+            }
+            sim.live_tick();
+        }
+    });
+    Ok(fake)
+}
+
+/// `POST /graphql`: the one query the exporter sends, `repository.pullRequests` ordered by
+/// `UPDATED_AT` descending with nested reviews. The cursor is the offset as a string.
+async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"message": "Problems parsing JSON"}),
+        );
+    };
+    let query = req["query"].as_str().unwrap_or("");
+    let vars = &req["variables"];
+    if !query.contains("pullRequests") {
+        return json_response(
+            StatusCode::OK,
+            json!({"errors": [{"message": "the simulated GitHub answers only the pullRequests query"}]}),
+        );
+    }
+    let (owner, name) = (
+        vars["owner"].as_str().unwrap_or(""),
+        vars["name"].as_str().unwrap_or(""),
+    );
+    let offset: usize = vars["cursor"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let data = with_repo(&sim, owner, name, |r| {
+        let nodes: Vec<Value> = r
+            .prs
+            .iter()
+            .skip(offset)
+            .take(50)
+            .map(|p| {
+                let mut rv = p.reviews.clone();
+                rv.sort_by_key(|x| x.1);
+                json!({"number": p.number, "createdAt": format_time(p.created), "updatedAt": format_time(p.updated),
+                    "mergedAt": p.merged.map(format_time), "author": {"login": p.author},
+                    "reviews": {"pageInfo": {"hasNextPage": rv.len() > 100},
+                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": {"login": u}, "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
+            })
+            .collect();
+        let more = offset + 50 < r.prs.len();
+        json!({"repository": {"pullRequests": {"pageInfo": {"hasNextPage": more, "endCursor": (offset + 50).to_string()}, "nodes": nodes}}})
+    });
+    sim.answer_graphql(&h, &uri, data.unwrap_or(json!({"repository": null})))
 }

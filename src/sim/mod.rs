@@ -213,6 +213,31 @@ async fn fault_layer(log: Arc<RequestLog>, f: Arc<Faults>, req: Request, next: N
     Response::from_parts(parts, Body::from(cut))
 }
 
+/// `<shared>/research-data/<sub>`: the real payloads the fakes and parsers are checked
+/// against. `<shared>` is `$DEVMETRICS_SHARED_DIR`, or `../shared` beside the project. When it
+/// is absent this prints why and returns `None`, so the conformance tests skip on a fresh
+/// clone; with `DEVMETRICS_REQUIRE_SHARED=1` (CI) it panics instead.
+pub fn research_dir(sub: &str) -> Option<std::path::PathBuf> {
+    let shared = std::env::var_os("DEVMETRICS_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = shared.join("research-data").join(sub);
+    if dir.exists() {
+        return Some(dir);
+    }
+    if std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() == Ok("1") {
+        panic!(
+            "{} is missing and DEVMETRICS_REQUIRE_SHARED=1 (set DEVMETRICS_SHARED_DIR to the shared/ folder)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is absent (conformance data from ../shared)",
+        dir.display()
+    );
+    None
+}
+
 /// A deterministic generator for fakes' data.
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)

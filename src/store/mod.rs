@@ -125,7 +125,8 @@ impl Update {
         let def = family(self.family);
         let ok = match (&self.op, def.kind) {
             (Op::Inc(v), Kind::Counter | Kind::LegacyCounter) => *v >= 0.0,
-            (Op::Observe(_), Kind::Histogram) => true,
+            // A NaN or infinite observation would poison the sum forever.
+            (Op::Observe(v), Kind::Histogram) => v.is_finite(),
             (Op::Set(_) | Op::Add(_), Kind::Gauge) => true,
             _ => false,
         };

@@ -94,7 +94,11 @@ fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
             skipped += 1;
             continue;
         };
-        let value = decode_value(fid, r.get(3)?, r.get::<_, Option<String>>(4)?.as_deref());
+        let value = decode_value(
+            fid,
+            r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+            r.get::<_, Option<String>>(4)?.as_deref(),
+        );
         let labels = Labels::from_rendered(&r.get::<_, String>(2)?);
         scopes
             .entry(scope.clone())
@@ -117,12 +121,13 @@ fn decode_value(fid: FamilyId, value: f64, buckets: Option<&str>) -> Value {
             let n = family(fid).buckets.len() + 1;
             let mut counts: Vec<u64> = b.split(',').filter_map(|x| x.parse().ok()).collect();
             // A catalog change in bucket layout resets the histogram rather than misreading it.
+            let sum = if counts.len() == n { value } else { 0.0 };
             if counts.len() != n {
                 counts = vec![0; n];
             }
             Value::Histogram(Box::new(HistogramValue {
                 counts: counts.into_boxed_slice(),
-                sum: value,
+                sum,
             }))
         }
     }

@@ -96,3 +96,47 @@ fn version_and_help() {
         assert!(help.contains(cmd), "{help}");
     }
 }
+
+#[test]
+fn relative_paths_resolve_from_the_file_but_the_default_from_the_working_directory() {
+    let (code, msg) = check("log:\n  level: info\n", &[]);
+    assert_eq!(code, 0, "{msg}");
+    assert!(msg.contains("storage ./data/devmetrics.db"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "storage:\n  path: state/x.db\n").unwrap();
+    let out = devmetrics()
+        .arg("check-config")
+        .arg("--config.file")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&dir.path().join("state/x.db").display().to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn numeric_secret_from_env_is_text_and_never_echoed() {
+    // A secret that looks like a number stays a string (and so loads).
+    let (code, msg) = check("", &[("DEVMETRICS_WEBHOOKS__GITHUB__SECRET", "84629113")]);
+    assert_eq!(code, 0, "{msg}");
+    // A type error next to a value never repeats the value.
+    let (code, msg) = check("queue:\n  max_attempts: 84629113x\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("queue.max_attempts") && !msg.contains("84629113x"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn telemetry_path_may_not_shadow_built_in_routes() {
+    for path in ["/healthz", "/webhooks/github", "/api/github"] {
+        let (code, msg) = check(&format!("web:\n  telemetry_path: {path}\n"), &[]);
+        assert_eq!(code, 2, "{path}: {msg}");
+        assert!(msg.contains("web.telemetry_path"), "{msg}");
+    }
+}

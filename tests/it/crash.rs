@@ -137,3 +137,35 @@ async fn queue_sigkill_loses_no_published_message_and_duplicates_none() {
     let stats = queue.stats();
     assert_eq!(stats[0].1.depth, 0);
 }
+
+#[test]
+fn a_second_process_cannot_open_the_same_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+        .args([
+            "debug",
+            "store-load",
+            "--keys",
+            "100000000",
+            "--storage.path",
+        ])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has applied something, it holds the database.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let err = Db::open(&db).err();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        matches!(err, Some(devmetrics::db::Error::Locked { .. })),
+        "{err:?}"
+    );
+    // Released with the process.
+    Db::open(&db).expect("lock released when the holder died");
+}

@@ -1,7 +1,6 @@
 //! The README's first command: `devmetrics demo` serves metrics from every simulated
 //! upstream that an independent OpenMetrics parser accepts, and they keep changing.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,35 +11,16 @@ const EXPECTED: &[&str] = &[
     "devmetrics_build_info",
     "devmetrics_source_up",
     "devmetrics_source_last_success_timestamp_seconds",
+    "gh_activity_commits_24h",
+    "gh_activity_loc_added_weekly",
+    "gh_activity_last_event_unixtime",
+    "devmetrics_github_rate_limit_remaining",
     "spacelift_worker_pool_workers",
     "spacelift_current_stacks_count_by_state",
 ];
 
 fn parse_names(py: &std::path::Path, body: &str) -> Vec<String> {
-    let mut child = Command::new(py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/tools/parse_metrics.py"
-        ))
-        .arg("openmetrics")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "demo output rejected: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = support::parse_exposition(py, "openmetrics", body);
     v["families"]
         .as_array()
         .unwrap()

@@ -2,7 +2,7 @@
 //! family in the catalog, in both formats, plain and gzipped.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 use std::sync::Arc;
 
@@ -48,30 +48,7 @@ fn sample_for(i: usize) -> Sample {
 }
 
 fn parse(py: &std::path::Path, format: &str, body: &str) -> serde_json::Value {
-    let mut child = std::process::Command::new(py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/tools/parse_metrics.py"
-        ))
-        .arg(format)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{format} rejected by prometheus_client: {}\n--- body ---\n{body}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    support::parse_exposition(py, format, body)
 }
 
 fn scopes_with_every_family() -> Vec<Arc<ScopeData>> {

@@ -211,7 +211,8 @@ async fn activity_equals_ground_truth_then_costs_nothing_when_unchanged() {
 #[tokio::test]
 async fn quiet_users_disappear() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let cfg = env.config("");
+    // The REST path for PRs and reviews (GraphQL off).
+    let cfg = env.config("graphql: false\n");
     let (store, queue) = env.open();
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
@@ -230,6 +231,13 @@ async fn quiet_users_disappear() {
     for k in got.keys().filter(|k| k.0.ends_with("_24h")) {
         assert_eq!(k.2, "user005", "{k:?} should have disappeared");
     }
+    assert_eq!(env.fake.requests.count("POST /graphql"), 0);
+    assert!(
+        env.fake
+            .requests
+            .count("GET /repos/{owner}/{repo}/pulls/{number}/reviews")
+            > 0
+    );
 }
 
 #[tokio::test]
@@ -240,9 +248,12 @@ async fn failures_keep_values_and_backfill_restores_the_exact_window() {
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     let p = gh.pollers[0].clone();
-    poll(&*p, &store).await;
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
     let t1 = env.now();
     assert_same(&exported(&store), &env.sim.truth(ORG, t1));
+    let last_success = |t: &Telemetry| t.sources()["github/acme"].last_success_timestamp;
+    let first_success = last_success(&telemetry).expect("first cycle succeeded");
 
     // Cycle 2: a new comment, but the comments endpoint keeps failing (5xx past the
     // retries) and a secondary limit is thrown in on the way.
@@ -250,7 +261,14 @@ async fn failures_keep_values_and_backfill_restores_the_exact_window() {
     env.sim.add_comment(ORG, "repo-001", "user003", t2 - 30);
     env.sim.fail_path("/issues/comments", 100);
     env.sim.knobs.secondary_next.store(1, Ordering::Relaxed);
-    poll(&*p, &store).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert!(!telemetry.sources()["github/acme"].up);
+    assert_eq!(
+        last_success(&telemetry),
+        Some(first_success),
+        "the values' age grows"
+    );
     let got = exported(&store);
     let stale = env.sim.truth(ORG, t1);
     let only_repo1 = |s: &Series| -> Series {
@@ -335,16 +353,9 @@ async fn label_controls_apply() {
 /// per replaced mechanism.
 #[test]
 fn replaced_tool_configs_load_as_they_are() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/research-data/seed0/config");
-    if !dir.is_dir() {
-        assert!(
-            std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() != Ok("1"),
-            "{} is missing",
-            dir.display()
-        );
-        eprintln!("skipping: {} is absent", dir.display());
+    let Some(dir) = devmetrics::sim::research_dir("seed0/config") else {
         return;
-    }
+    };
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -413,4 +424,493 @@ fn example_github_section_loads() {
     let gh = cfg.github.unwrap();
     assert_eq!(gh.orgs[0].org, "my-org");
     assert!(gh.compat_warnings.is_empty());
+}
+
+fn gauge(gh: &Github, name: &str) -> f64 {
+    use devmetrics::telemetry::Collect;
+    let mut out = Vec::new();
+    devmetrics::sources::github::Collector(gh.pollers.clone()).collect(&mut out);
+    out.iter()
+        .find(|(f, l, _)| family(*f).name == name && l.get("org").as_deref() == Some(ORG))
+        .and_then(|x| x.2.as_f64())
+        .unwrap_or_else(|| panic!("{name} not collected"))
+}
+
+#[tokio::test]
+async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(300);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    for _ in 0..2 {
+        let t = env.advance(60);
+        for r in 0..5 {
+            env.sim
+                .add_commit(ORG, &format!("repo-{r:03}"), "user001", t - 1, 1, 1);
+        }
+        poll(&*p, &store).await;
+    }
+    assert_eq!(gauge(&gh, "devmetrics_github_budget_overcommitted"), 1.0);
+    let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds");
+    assert!(stretched > 60.0, "{stretched}");
+    // The next tick comes before the stretched interval: skipped, nothing spent.
+    let before = env.sim.counted();
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_eq!(env.sim.counted(), before);
+}
+
+#[tokio::test]
+async fn repeated_failures_cool_the_org_down_and_skipped_cycles_are_backfilled() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    env.sim.fail_path("/orgs/acme/repos", 1000);
+    poll(&*p, &store).await;
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    let before = env.fake.requests.total();
+    let skipped = env.advance(30);
+    poll(&*p, &store).await;
+    assert_eq!(
+        env.fake.requests.total(),
+        before,
+        "no request during the cooldown"
+    );
+
+    env.sim.fail_path("/orgs/acme/repos", 0);
+    for c in gh.consumers(stop.clone()) {
+        tokio::spawn(c);
+    }
+    // The newest skipped window is what must end up shown (older jobs are superseded).
+    let want = env.sim.truth(ORG, skipped);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while exported(&store) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backfill did not fill the skipped cycle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn rate_limit_waits_end_on_shutdown() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(14);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    let task = tokio::spawn(async move { p.poll().await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !task.is_finished(),
+        "the poll waits for the rate-limit reset"
+    );
+    stop.cancel();
+    let results = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown ends the wait")
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "cancelled"))
+    );
+}
+
+/// docs/performance.md's request economy on the standard org (500 repos, 50 pushed in the
+/// last day, 200 users, 200–2,000 PRs each): counted requests, not time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_org_request_economy() {
+    let env = Env::start(OrgSpec::standard(ORG)).await;
+    let legacy = env.sim.legacy_cycle_cost(ORG, env.now());
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+
+    poll(&*p, &store).await;
+    let cold = env.sim.counted();
+    let cold_all = env.fake.requests.total();
+    let cold_graphql = env.sim.graphql_queries();
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    let steady = env.sim.counted() - before.0;
+    let steady_all = env.fake.requests.total() - before.1;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    eprintln!(
+        "standard org: legacy cost model {legacy} requests/cycle; devmetrics cold {cold} counted REST + {cold_graphql} GraphQL ({cold_all} sent incl. token exchange and 304s); steady {steady} counted ({steady_all} sent)"
+    );
+    assert_eq!(
+        env.sim.graphql_queries(),
+        cold_graphql,
+        "steady state sends no GraphQL"
+    );
+    eprintln!("cold by route: {:?}", env.fake.requests.all());
+    assert!(
+        (cold + cold_graphql) * 4 <= legacy,
+        "cold {cold} + {cold_graphql} vs legacy {legacy}"
+    );
+
+    // The same cold start over REST only.
+    let rest = Env::start(OrgSpec::standard(ORG)).await;
+    let cfg = rest.config("graphql: false\n");
+    let (store, queue) = rest.open();
+    let gh = rest.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &rest.sim.truth(ORG, rest.now()));
+    let cold_rest = rest.sim.counted();
+    eprintln!(
+        "standard org, REST only: cold {cold_rest} counted ({} sent)",
+        rest.fake.requests.total()
+    );
+    assert!(cold_rest * 4 <= legacy, "REST-only cold {cold_rest}");
+    assert!(steady < 20, "steady {steady}");
+}
+
+/// A repo whose stats carry no line counts (GitHub's 10k-commit behaviour) gets its weekly LOC
+/// from commit details, within the hourly budget, and equal to the truth.
+#[tokio::test]
+async fn loc_fallback_for_repos_whose_stats_have_no_line_counts() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    // Commits in last week for two repos, so LOC exists there.
+    let last_week = devmetrics::sources::github::wire::week_start(NOW) - 7 * 86_400 + 3600;
+    env.sim
+        .add_commit(ORG, "repo-000", "user004", last_week, 70, 7);
+    env.sim
+        .add_commit(ORG, "repo-000", "user003", last_week + 60, 5, 50);
+    env.sim
+        .add_commit(ORG, "repo-001", "user004", last_week, 11, 1);
+    env.sim
+        .knobs
+        .zero_stats_repos
+        .lock()
+        .insert("repo-000".into());
+    let cfg = env.config("activity: {series_budget_per_org: 1000000}\n");
+    let mut cfg = cfg;
+    cfg.loc.fallback_enabled = true;
+    cfg.loc.large_repo_zero_detection_windows = 1;
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(
+        env.fake
+            .requests
+            .count("GET /repos/{owner}/{repo}/commits/{sha}")
+            >= 2
+    );
+    let want = env.sim.truth(ORG, env.now());
+    assert_eq!(
+        want.get(&(
+            "gh_activity_loc_added_weekly".into(),
+            "repo-000".into(),
+            "user004".into()
+        )),
+        exported(&store).get(&(
+            "gh_activity_loc_added_weekly".into(),
+            "repo-000".into(),
+            "user004".into()
+        ))
+    );
+    assert_same(&exported(&store), &want);
+
+    // A budget too small for the week: no partial LOC is shown, the deferral is counted.
+    let env2 = Env::start(OrgSpec::small(ORG)).await;
+    env2.sim
+        .add_commit(ORG, "repo-000", "user004", last_week, 70, 7);
+    env2.sim
+        .knobs
+        .zero_stats_repos
+        .lock()
+        .insert("repo-000".into());
+    let mut cfg2 = env2.config("");
+    cfg2.loc.fallback_enabled = true;
+    cfg2.loc.fallback_max_commit_detail_calls_per_org_per_hour = 1;
+    let (store2, queue2) = env2.open();
+    let gh2 = env2.build(&cfg2, &store2, &queue2, &stop);
+    poll(&*gh2.pollers[0], &store2).await;
+    assert!(
+        !exported(&store2)
+            .keys()
+            .any(|k| k.1 == "repo-000" && k.0.starts_with("gh_activity_loc_"))
+    );
+    assert!(gauge(&gh2, "devmetrics_github_loc_fallback_deferred_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn token_auth_and_series_budget() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    *env.sim.pat.lock() = Some("ghp_simulated".into());
+    let mut cfg = env.config("activity: {series_budget_per_org: 5}\n");
+    cfg.orgs[0].auth = devmetrics::sources::github::config::Auth::Token(
+        devmetrics::config::SecretSource::Value(devmetrics::config::Secret::new("ghp_simulated")),
+    );
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
+    let n = exported(&store).len();
+    assert!(n > 0 && n <= 5, "{n} series");
+    assert_eq!(gauge(&gh, "devmetrics_github_series_budget_exceeded"), 1.0);
+}
+
+#[tokio::test]
+async fn a_jwt_the_app_key_did_not_sign_is_refused() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    if let devmetrics::sources::github::config::Auth::App { app_id, .. } = &mut cfg.orgs[0].auth {
+        *app_id = APP_ID + 1;
+    }
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let results = gh.pollers[0].poll().await;
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "auth")),
+        "the fake verified the JWT's issuer and signature"
+    );
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
+    assert_eq!(env.sim.counted(), 0);
+}
+
+/// Every request, the token exchange included, goes through `proxy_url`: the API host here
+/// does not resolve, and the fake answers as the proxy (absolute-form requests).
+#[tokio::test]
+async fn requests_go_through_the_configured_proxy() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    cfg.orgs[0].api_base_url = "http://api.github.invalid".into();
+    cfg.proxy_url = Some(env.fake.base_url());
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(
+        env.fake
+            .requests
+            .count("POST /app/installations/{id}/access_tokens"),
+        1
+    );
+}
+
+#[test]
+fn a_custom_ca_bundle_is_loaded() {
+    let cert = rcgen::generate_simple_self_signed(vec!["ghe.example.com".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let raw: RawGithub = serde_yaml::from_str(&format!(
+        "api_base_url: https://ghe.example.com/api/v3\nca_file: {}\norgs: [{{org: a, token: t}}]\n",
+        ca.display()
+    ))
+    .unwrap();
+    let cfg = raw.resolve(None).unwrap().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let db = Db::open(&dir.path().join("db")).unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
+    let budgets = devmetrics::sources::github::Budgets::default();
+    devmetrics::sources::github::Client::new(
+        &cfg,
+        &cfg.orgs[0],
+        store.clone(),
+        Arc::new(Telemetry::default()),
+        &budgets,
+        CancellationToken::new(),
+    )
+    .expect("the CA bundle is accepted");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    assert!(
+        devmetrics::sources::github::Client::new(
+            &cfg,
+            &cfg.orgs[0],
+            store,
+            Arc::new(Telemetry::default()),
+            &budgets,
+            CancellationToken::new(),
+        )
+        .is_err()
+    );
+}
+
+/// The installation token is renewed before it expires (5 minutes ahead), not after a 401.
+#[tokio::test]
+async fn installation_tokens_are_renewed_before_expiry() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.knobs.token_ttl.store(301, Ordering::Relaxed);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    // The token is good for 301 s, i.e. stale for us 1 s after it was issued.
+    let first = env.sim.tokens_issued.load(Ordering::Relaxed);
+    assert!(first >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.advance(60);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(env.sim.tokens_issued.load(Ordering::Relaxed) > first);
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}
+
+/// Hanging and malformed answers fail the cycle with bounded kinds; the last values stay and
+/// the next good cycle is exact again.
+#[tokio::test]
+async fn timeouts_and_malformed_bodies_keep_the_last_values() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let mut cfg = env.config("");
+    cfg.request_timeout = Duration::from_millis(300);
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let good = exported(&store);
+    assert_same(&good, &env.sim.truth(ORG, env.now()));
+
+    env.fake.faults.hang_ms.store(2_000, Ordering::Relaxed);
+    env.fake
+        .faults
+        .timeout_per_mille
+        .store(1000, Ordering::Relaxed);
+    env.advance(60);
+    let results = p.poll().await;
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "timeout"))
+    );
+    env.fake.faults.clear();
+    // Malformed bodies: a changed repo must be fetched, and its truncated JSON is refused.
+    let t = env.advance(60);
+    env.sim.add_commit(ORG, "repo-000", "user002", t - 5, 3, 3);
+    env.fake
+        .faults
+        .malformed_per_mille
+        .store(1000, Ordering::Relaxed);
+    let results = p.poll().await;
+    // The changed repo changed the listing too: the truncated listing fails the cycle.
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "decode")),
+        "{:?}",
+        results.iter().map(|r| r.result.is_ok()).collect::<Vec<_>>()
+    );
+    assert_eq!(exported(&store), good, "failed cycles keep the last values");
+
+    env.fake.faults.clear();
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(gauge(&gh, "devmetrics_github_scrape_progress_ratio"), 1.0);
+}
+
+/// A change seen by a probe whose fetch then fails must not be hidden behind the probe's new
+/// ETag next cycle (comments do not move the repo's `updated_at` on GitHub).
+#[tokio::test]
+async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let t = env.advance(60);
+    env.sim
+        .add_comment_quietly(ORG, "repo-002", "user004", t - 10);
+    env.sim.fail_path("/commits", 100);
+    poll(&*p, &store).await;
+    env.sim.fail_path("/commits", 0);
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}
+
+/// Two orgs, one on the App and one on a token, each exact against its own truth.
+#[tokio::test]
+async fn several_orgs_with_their_own_credentials() {
+    let now = Arc::new(AtomicI64::new(NOW));
+    let c = now.clone();
+    let clock: Clock = Arc::new(move || c.load(Ordering::SeqCst));
+    let sim = GithubSim::new(
+        11,
+        clock.clone(),
+        &[OrgSpec::small("acme"), OrgSpec::small("globex")],
+    );
+    *sim.pat.lock() = Some("ghp_globex".into());
+    let fake = FakeServer::start("github", sim.router(), Faults::new(11))
+        .await
+        .unwrap();
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github/test-app-key.pem");
+    let yaml = format!(
+        "api_base_url: {}\norgs:\n  - {{org: acme, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: {}}}\n  - {{org: globex, token: ghp_globex}}\nloc: {{stats_retry_delay: 10ms}}\n",
+        fake.base_url(),
+        key.display()
+    );
+    let raw: RawGithub = serde_yaml::from_str(&yaml).unwrap();
+    let cfg = raw.resolve(None).unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("dm.db")).unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(db.clone()).unwrap());
+    let queue: SharedQueue = Arc::new(SqliteQueue::open(db, RetryPolicy::default()).unwrap());
+    let gh = Github::build(
+        &cfg,
+        store.clone(),
+        queue,
+        Arc::new(Telemetry::default()),
+        CancellationToken::new(),
+        clock,
+    )
+    .unwrap();
+    for p in &gh.pollers {
+        poll(&**p, &store).await;
+    }
+    for org in ["acme", "globex"] {
+        let mut got = Series::new();
+        for scope in store.snapshot().scopes.iter() {
+            for (fid, series) in &scope.families {
+                for (labels, v) in series {
+                    if labels.get("org").as_deref() == Some(org) {
+                        got.insert(
+                            (
+                                family(*fid).name.to_string(),
+                                labels.get("repo").unwrap(),
+                                labels.get("user").unwrap(),
+                            ),
+                            v.as_f64().unwrap(),
+                        );
+                    }
+                }
+            }
+        }
+        assert_same(&got, &sim.truth(org, NOW));
+    }
+    assert_eq!(
+        sim.tokens_issued.load(Ordering::Relaxed),
+        1,
+        "only acme uses the App"
+    );
 }

@@ -612,20 +612,7 @@ fn serve_flags_reach_the_config() {
 }
 
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/research-data"
-    ))
-    .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    let msg = format!("{} is absent", p.display());
-    if std::env::var("DEVMETRICS_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
-        panic!("{msg} and DEVMETRICS_REQUIRE_SHARED=1");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    devmetrics::sim::research_dir(rel)
 }
 
 const QUERIES: &str = include_str!("../fixtures/spacelift/dashboard-queries.txt");
@@ -876,31 +863,7 @@ fn assert_matches_pools(s: &Snapshot, a: &Account) {
 }
 
 fn parse_independently(py: &std::path::Path, body: &str) -> serde_json::Value {
-    use std::io::Write;
-    let mut child = std::process::Command::new(py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/tools/parse_metrics.py"
-        ))
-        .arg("openmetrics")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "rejected by prometheus_client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    crate::support::parse_exposition(py, "openmetrics", body)
 }
 
 #[tokio::test]

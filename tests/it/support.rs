@@ -87,3 +87,34 @@ pub fn python_with_parser() -> Option<PathBuf> {
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// Parses exposition text with prometheus_client (`format`: "openmetrics" or "text") and
+/// returns `{"families": [{name, type, unit, samples: [[name, labels, value]]}]}`; panics with
+/// the parser's message when it rejects the input.
+pub fn parse_exposition(py: &Path, format: &str, body: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tools/parse_metrics.py"
+        ))
+        .arg(format)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{format} rejected by prometheus_client: {}\n--- body ---\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

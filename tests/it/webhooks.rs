@@ -114,17 +114,7 @@ fn client() -> reqwest::Client {
 
 /// `../shared/research-data`, or None (with a message) when it is absent and not required.
 fn shared(sub: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/research-data")
-        .join(sub);
-    if p.is_dir() {
-        return Some(p);
-    }
-    if std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!("{} is missing and DEVMETRICS_REQUIRE_SHARED=1", p.display());
-    }
-    eprintln!("skipping: {} is absent", p.display());
-    None
+    devmetrics::sim::research_dir(sub)
 }
 
 fn job_body(g: &mut Generator) -> Vec<u8> {

@@ -49,7 +49,9 @@ pub fn commit_user(c: &wire::Commit) -> String {
         c.commit.committer.as_ref().and_then(|a| a.email.clone()),
     ];
     for e in emails.iter().flatten() {
-        if let Some(local) = e.strip_suffix("@users.noreply.github.com") {
+        let lower = e.to_ascii_lowercase();
+        if let Some(local) = lower.strip_suffix("@users.noreply.github.com") {
+            let local = &e[..local.len()];
             let login = local.split_once('+').map(|(_, l)| l).unwrap_or(local);
             if !login.is_empty() {
                 return login.to_string();
@@ -58,26 +60,25 @@ pub fn commit_user(c: &wire::Commit) -> String {
     }
     for e in emails.iter().flatten() {
         let local = e.split('@').next().unwrap_or("").to_ascii_lowercase();
-        let clean: String = local
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
-                    ch
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        // Runs of other characters become one '-', trimmed at both ends.
+        let mut clean = String::with_capacity(local.len());
+        for ch in local.chars() {
+            if ch.is_ascii_alphanumeric() || "._-".contains(ch) {
+                clean.push(ch);
+            } else if !clean.ends_with('-') {
+                clean.push('-');
+            }
+        }
+        let clean = clean.trim_matches('-');
         if !clean.is_empty() {
-            return clean;
+            return clean.to_string();
         }
     }
-    let named = c
-        .commit
-        .author
-        .as_ref()
-        .and_then(|a| a.name.as_deref())
-        .is_some_and(|n| !n.is_empty());
+    let named = [&c.commit.author, &c.commit.committer].iter().any(|a| {
+        a.as_ref()
+            .and_then(|a| a.name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    });
     if named {
         "unlinked_git_author".into()
     } else {
@@ -134,13 +135,21 @@ impl RepoEvents {
 }
 
 impl Loc {
-    /// The last complete week (`w + 7d <= now`) of every contributor with activity in it.
+    /// The latest complete week in the payload (`w + 7d <= now`; on GitHub the Sunday before
+    /// last) of every contributor with activity in it. `week_start` records the week the
+    /// values are for, as computed from `now`, so the cache turns over with the calendar.
     pub fn from_stats(stats: &[wire::ContributorStats], now: i64) -> Loc {
         let week = wire::week_start(now) - 7 * 86_400;
+        let latest = stats
+            .iter()
+            .flat_map(|s| s.weeks.iter())
+            .map(|w| w.w)
+            .filter(|w| w + 7 * 86_400 <= now)
+            .max();
         let mut users = BTreeMap::new();
         for s in stats {
             let who = login(&s.author);
-            if let Some(w) = s.weeks.iter().find(|w| w.w == week)
+            if let Some(w) = s.weeks.iter().find(|w| Some(w.w) == latest)
                 && (w.a != 0 || w.d != 0 || w.c != 0)
             {
                 let e = users.entry(who).or_insert((0, 0));
@@ -150,6 +159,41 @@ impl Loc {
         }
         Loc {
             week_start: week,
+            fetched_at: now,
+            users,
+        }
+    }
+}
+
+impl Loc {
+    /// GitHub answers stats for very large repos with commit counts but zero line counts.
+    pub fn zeroed(stats: &[wire::ContributorStats], now: i64) -> bool {
+        let week = wire::week_start(now) - 7 * 86_400;
+        let (mut a, mut d, mut c) = (0, 0, 0);
+        for w in stats
+            .iter()
+            .flat_map(|s| s.weeks.iter())
+            .filter(|w| w.w == week)
+        {
+            a += w.a;
+            d += w.d;
+            c += w.c;
+        }
+        c > 0 && a == 0 && d == 0
+    }
+
+    /// The last complete week from commit details (the fallback for large repos).
+    pub fn from_commits(details: &[wire::CommitDetail], week_start: i64, now: i64) -> Loc {
+        let mut users = BTreeMap::new();
+        for d in details {
+            let e = users.entry(commit_user(&d.commit)).or_insert((0, 0));
+            if let Some(s) = &d.stats {
+                e.0 += s.additions;
+                e.1 += s.deletions;
+            }
+        }
+        Loc {
+            week_start,
             fetched_at: now,
             users,
         }
@@ -383,6 +427,110 @@ mod tests {
         assert_eq!(acts["b"].commits, 0);
         assert_eq!(acts["b"].prs_opened, 1);
         assert_eq!(acts["b"].prs_merged, 0);
+    }
+
+    /// github-stats-exporter's attribution test vector.
+    #[test]
+    fn attribution_cases_of_the_replaced_tool() {
+        let Some(dir) = crate::sources::github::research_dir("seed0/fixtures/expected") else {
+            return;
+        };
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("commit_attribution_cases.json")).unwrap(),
+        )
+        .unwrap();
+        for case in v["cases"].as_array().unwrap() {
+            let i = &case["input"];
+            let s = |k: &str| i.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            let user = |k: &str| s(k).map(|login| wire::User { login });
+            let actor = |name: &str, email: &str| {
+                (s(name).is_some() || s(email).is_some()).then(|| wire::GitActor {
+                    name: s(name),
+                    email: s(email),
+                    date: None,
+                })
+            };
+            let c = wire::Commit {
+                sha: "x".into(),
+                commit: wire::CommitInner {
+                    author: actor("author_name", "author_email"),
+                    committer: actor("committer_name", "committer_email"),
+                },
+                author: user("author_login"),
+                committer: user("committer_login"),
+            };
+            assert_eq!(
+                commit_user(&c),
+                case["expected_user"].as_str().unwrap(),
+                "{case}"
+            );
+        }
+    }
+
+    /// The replaced tool's expected leader-cycle series for its e2e fixtures (alice, repo-a).
+    #[test]
+    fn golden_cycle_of_the_replaced_tool() {
+        let Some(dir) = crate::sources::github::research_dir("seed0/fixtures") else {
+            return;
+        };
+        let read = |f: &str| std::fs::read(dir.join("github").join(f)).unwrap();
+        let now = wire::parse_time("2026-02-19T12:00:00Z").unwrap();
+        let commits: Vec<wire::Commit> =
+            serde_json::from_slice(&read("repos_cam3ron2_repo-a_commits.json")).unwrap();
+        let pulls: Vec<wire::Pull> =
+            serde_json::from_slice(&read("repos_cam3ron2_repo-a_pulls.json")).unwrap();
+        let reviews: Vec<wire::Review> =
+            serde_json::from_slice(&read("repos_cam3ron2_repo-a_pulls_101_reviews.json")).unwrap();
+        let comments: Vec<wire::IssueComment> =
+            serde_json::from_slice(&read("repos_cam3ron2_repo-a_issues_comments.json")).unwrap();
+        let stats: Vec<wire::ContributorStats> =
+            serde_json::from_slice(&read("repos_cam3ron2_repo-a_stats_contributors.json")).unwrap();
+        let ev = RepoEvents::from_wire(now - 86_400, now, &commits, &pulls, &reviews, &comments);
+        let loc = Loc::from_stats(&stats, now);
+        let acts = compute(&ev, Some(&loc), now - 86_400, now);
+        let cfg = ActivityConfig {
+            include_archived: false,
+            include_forks: false,
+            include_bots: false,
+            user_include: vec![],
+            user_exclude: vec![],
+            user_label_mode: UserLabelMode::Login,
+            user_label_secret: None,
+            series_budget_per_org: 100,
+        };
+        let got: BTreeMap<(String, String), f64> =
+            samples("cam3ron2", "repo-a", &acts, &Users { cfg: &cfg })
+                .iter()
+                .map(|s| {
+                    (
+                        (
+                            crate::metrics::family(s.family).name.to_string(),
+                            s.labels.as_str().to_string(),
+                        ),
+                        s.value.as_f64().unwrap(),
+                    )
+                })
+                .collect();
+        let want: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("expected/leader_cycle_cam3ron2_repo-a_alice.json")).unwrap(),
+        )
+        .unwrap();
+        let want: BTreeMap<(String, String), f64> = want["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap().starts_with("gh_activity_"))
+            .map(|s| {
+                (
+                    (
+                        s["name"].as_str().unwrap().to_string(),
+                        "org=\"cam3ron2\",repo=\"repo-a\",user=\"alice\"".to_string(),
+                    ),
+                    s["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

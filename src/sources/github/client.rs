@@ -175,6 +175,8 @@ struct CachedToken {
 #[derive(Debug, Default)]
 pub struct Counts {
     pub sent: AtomicU64,
+    /// Answers that spent primary rate limit (everything but 304s).
+    pub spent: AtomicU64,
     pub not_modified: AtomicU64,
 }
 
@@ -221,10 +223,18 @@ impl Client {
                 endpoint: "ca_file",
                 message: format!("{}: {e}", ca.display()),
             })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Network {
-                endpoint: "ca_file",
-                message: e.to_string(),
-            })? {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Network {
+                    endpoint: "ca_file",
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Network {
+                    endpoint: "ca_file",
+                    message: format!("{} holds no PEM certificate", ca.display()),
+                });
+            }
+            for cert in certs {
                 b = b.add_root_certificate(cert);
             }
         }
@@ -357,6 +367,53 @@ impl Client {
         endpoint: &'static str,
         conditional: bool,
     ) -> Result<Page, Error> {
+        self.request(path_or_url, None, endpoint, conditional).await
+    }
+
+    /// A GraphQL query (`POST /graphql`, or `/api/graphql` on GHES). GraphQL spends its own
+    /// rate limit (`x-ratelimit-resource: graphql`), not the REST one.
+    pub async fn graphql<T: DeserializeOwned>(
+        &self,
+        query: &str,
+        variables: serde_json::Value,
+        endpoint: &'static str,
+    ) -> Result<T, Error> {
+        #[derive(serde::Deserialize)]
+        struct Answer<T> {
+            data: Option<T>,
+            #[serde(default)]
+            errors: Vec<serde_json::Value>,
+        }
+        let url = graphql_url(&self.base);
+        let body = serde_json::to_vec(&serde_json::json!({"query": query, "variables": variables}))
+            .expect("json serializes");
+        let page = self
+            .request(&url, Some(Bytes::from(body)), endpoint, false)
+            .await?;
+        let a: Answer<T> = decode(&page.body, endpoint)?;
+        match a.data {
+            Some(d) if a.errors.is_empty() => Ok(d),
+            _ => Err(Error::Decode {
+                endpoint,
+                message: format!(
+                    "GraphQL errors: {}",
+                    a.errors
+                        .first()
+                        .and_then(|e| e.get("message"))
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("no data")
+                ),
+            }),
+        }
+    }
+
+    async fn request(
+        &self,
+        path_or_url: &str,
+        post: Option<Bytes>,
+        endpoint: &'static str,
+        conditional: bool,
+    ) -> Result<Page, Error> {
         let url = if path_or_url.starts_with("http") {
             path_or_url.to_string()
         } else {
@@ -384,12 +441,17 @@ impl Client {
             }
             self.wait(d).await?;
             let auth = self.authorization().await?;
-            let mut req = self
-                .http
-                .get(&url)
-                .header("authorization", auth)
-                .header("accept", "application/vnd.github+json")
-                .header("x-github-api-version", "2022-11-28");
+            let mut req = match &post {
+                Some(b) => self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(b.clone()),
+                None => self.http.get(&url),
+            }
+            .header("authorization", auth)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28");
             if let Some((etag, _)) = &cached {
                 req = req.header("if-none-match", etag.as_str());
             }
@@ -421,6 +483,9 @@ impl Client {
             let status = r.status().as_u16();
             let headers = r.headers().clone();
             self.budget.observe(&headers, status != 304);
+            if status != 304 {
+                self.counts.spent.fetch_add(1, Ordering::Relaxed);
+            }
             let body = match r.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
@@ -465,6 +530,20 @@ impl Client {
                         endpoint,
                         message: "304 without a cached body".into(),
                     });
+                }
+                200..=299
+                    if status != 204
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
+                {
+                    // A truncated or garbled answer: retried like a transient failure, and
+                    // never cached, so its ETag cannot serve a broken body later.
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Decode {
+                            endpoint,
+                            message: "the answer is not valid JSON".into(),
+                        });
+                    }
+                    self.wait(self.backoff(attempt)).await?;
                 }
                 200..=299 => {
                     if conditional
@@ -750,7 +829,16 @@ impl Client {
             wire::format_time(since),
             wire::format_time(until)
         );
-        self.paginate(&path, "commits", true, |_| true).await
+        match self.paginate(&path, "commits", false, |_| true).await {
+            // 409 "Git Repository is empty".
+            Err(Error::Status { status: 409, .. }) => Ok(Vec::new()),
+            r => r,
+        }
+    }
+
+    pub async fn commit_detail(&self, repo: &str, sha: &str) -> Result<wire::CommitDetail, Error> {
+        let path = format!("/repos/{}/{repo}/commits/{sha}", self.org);
+        Ok(self.get_json(&path, "commit_detail", false).await?.0)
     }
 
     /// PRs by `updated_at` descending, stopping at the first page that reaches `since`.
@@ -774,6 +862,64 @@ impl Client {
         Ok(pulls)
     }
 
+    /// PRs updated since `since` with their reviews, newest first, in one GraphQL query per
+    /// 50 PRs instead of a PR page plus one reviews call per PR. A PR with more than 100
+    /// reviews gets the rest over REST.
+    pub async fn pulls_with_reviews_since(
+        &self,
+        repo: &str,
+        since: i64,
+    ) -> Result<(Vec<wire::Pull>, Vec<wire::Review>), Error> {
+        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { login } submittedAt state } } } } } }";
+        let (mut pulls, mut reviews) = (Vec::new(), Vec::new());
+        let mut cursor: Option<String> = None;
+        loop {
+            let d: wire::GqlRepoData = self
+                .graphql(
+                    QUERY,
+                    serde_json::json!({"owner": self.org, "name": repo, "cursor": cursor}),
+                    "graphql_pulls",
+                )
+                .await?;
+            let Some(r) = d.repository else {
+                return Err(Error::Status {
+                    status: 404,
+                    endpoint: "graphql_pulls",
+                    message: "repository not found".into(),
+                });
+            };
+            let conn = r.pull_requests;
+            let mut past = false;
+            for n in conn.nodes {
+                if wire::parse_time(&n.updated_at).is_none_or(|t| t < since) {
+                    past = true;
+                    break;
+                }
+                let more = n.reviews.page_info.has_next_page;
+                if more {
+                    reviews.extend(self.reviews(repo, n.number).await?);
+                } else {
+                    reviews.extend(n.reviews.nodes.into_iter().map(|rv| wire::Review {
+                        user: rv.author,
+                        submitted_at: rv.submitted_at,
+                        state: rv.state,
+                    }));
+                }
+                pulls.push(wire::Pull {
+                    number: n.number,
+                    user: n.author,
+                    created_at: n.created_at,
+                    updated_at: n.updated_at,
+                    merged_at: n.merged_at,
+                });
+            }
+            if past || !conn.page_info.has_next_page {
+                return Ok((pulls, reviews));
+            }
+            cursor = conn.page_info.end_cursor;
+        }
+    }
+
     pub async fn reviews(&self, repo: &str, number: u64) -> Result<Vec<wire::Review>, Error> {
         let path = format!(
             "/repos/{}/{repo}/pulls/{number}/reviews?per_page=100",
@@ -793,7 +939,8 @@ impl Client {
             self.org,
             wire::format_time(since)
         );
-        self.paginate(&path, "issue_comments", true, |_| true).await
+        self.paginate(&path, "issue_comments", false, |_| true)
+            .await
     }
 
     /// The newest item of a list endpoint, conditionally: a cheap "did anything change" probe
@@ -825,6 +972,15 @@ impl Client {
             }
         }
         Err(Error::StatsPending)
+    }
+}
+
+/// GitHub.com and GHE.com serve GraphQL at `{api}/graphql`; GHES at `https://HOST/api/graphql`
+/// beside its `/api/v3` REST root.
+pub fn graphql_url(base: &str) -> String {
+    match base.strip_suffix("/api/v3") {
+        Some(host) => format!("{host}/api/graphql"),
+        None => format!("{base}/graphql"),
     }
 }
 
@@ -923,6 +1079,22 @@ mod tests {
             "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap(),
         );
         assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn graphql_endpoints() {
+        assert_eq!(
+            graphql_url("https://api.github.com"),
+            "https://api.github.com/graphql"
+        );
+        assert_eq!(
+            graphql_url("https://ghe.example.com/api/v3"),
+            "https://ghe.example.com/api/graphql"
+        );
+        assert_eq!(
+            graphql_url("https://api.acme.ghe.com"),
+            "https://api.acme.ghe.com/graphql"
+        );
     }
 
     #[test]

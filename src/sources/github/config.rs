@@ -19,6 +19,7 @@ pub struct RawGithub {
     pub unhealthy_cooldown: Option<String>,
     pub proxy_url: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub graphql: Option<bool>,
     pub orgs: Option<Vec<RawOrg>>,
     #[serde(default)]
     pub activity: RawActivity,
@@ -32,7 +33,7 @@ pub struct RawGithub {
     pub backfill: RawBackfill,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrg {
     pub org: Option<String>,
@@ -52,7 +53,7 @@ pub struct RawOrg {
     pub per_org_concurrency: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawActivity {
     pub include_archived: Option<bool>,
@@ -66,6 +67,36 @@ pub struct RawActivity {
     pub user_label_secret: Option<String>,
     pub user_label_secret_file: Option<PathBuf>,
     pub series_budget_per_org: Option<u64>,
+}
+
+// Secrets are plain strings until resolved: these two print without them.
+impl std::fmt::Debug for RawOrg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawOrg")
+            .field("org", &self.org)
+            .field("api_base_url", &self.api_base_url)
+            .field("app_id", &self.app_id)
+            .field("installation_id", &self.installation_id)
+            .field("private_key_path", &self.private_key_path)
+            .field("private_key_env", &self.private_key_env)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("scrape_interval", &self.scrape_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RawActivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawActivity")
+            .field("user_label_mode", &self.user_label_mode)
+            .field(
+                "user_label_secret",
+                &self.user_label_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("user_label_secret_file", &self.user_label_secret_file)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +227,10 @@ pub struct LocConfig {
     pub fallback_enabled: bool,
     pub fallback_max_commits_per_repo_per_week: u32,
     pub fallback_max_commit_detail_calls_per_org_per_hour: u32,
+    /// Consecutive `/stats/contributors` answers with commits but no line counts before the
+    /// repo switches to the commit-level fallback (GitHub zeroes LOC for very large repos).
+    pub large_repo_zero_detection_windows: u32,
+    pub large_repo_cooldown: Duration,
     /// Delay between polls of a `/stats/contributors` that answered 202, and how many.
     pub pending_retry_delay: Duration,
     pub pending_retries: u32,
@@ -216,6 +251,8 @@ pub struct GithubConfig {
     pub unhealthy_cooldown: Duration,
     pub proxy_url: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// Cold scrapes of a repo's PRs and reviews use one GraphQL query per 50 PRs.
+    pub graphql: bool,
     pub activity: ActivityConfig,
     pub rate_limit: RateLimitConfig,
     pub retry: RetryConfig,
@@ -458,6 +495,7 @@ impl RawGithub {
             )?,
             proxy_url: self.proxy_url.filter(|s| !s.is_empty()),
             ca_file: self.ca_file.map(rel),
+            graphql: self.graphql.unwrap_or(true),
             activity: ActivityConfig {
                 include_archived: a.include_archived.unwrap_or(false),
                 include_forks: a.include_forks.unwrap_or(false),
@@ -495,6 +533,15 @@ impl RawGithub {
                 fallback_enabled,
                 fallback_max_commits_per_repo_per_week: per_week,
                 fallback_max_commit_detail_calls_per_org_per_hour: per_hour,
+                large_repo_zero_detection_windows: l
+                    .large_repo_zero_detection_windows
+                    .unwrap_or(1)
+                    .max(1),
+                large_repo_cooldown: duration(
+                    "github.loc.large_repo_cooldown",
+                    l.large_repo_cooldown.as_ref(),
+                    Duration::from_secs(7 * 86_400),
+                )?,
                 pending_retry_delay: duration(
                     "github.loc.stats_retry_delay",
                     l.stats_retry_delay.as_ref(),
@@ -658,6 +705,19 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let raw: RawGithub = serde_yaml::from_str(
+            "orgs: [{org: a, token: ghp_topsecret}]\nactivity: {user_label_mode: hashed, user_label_secret: hmac-topsecret}\n",
+        )
+        .unwrap();
+        let dbg = format!("{raw:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+        let cfg = raw.resolve(None).unwrap().unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
 
     #[test]
     fn globs() {

@@ -46,14 +46,13 @@ impl Github {
         for w in &cfg.compat_warnings {
             tracing::warn!("{w}");
         }
-        if cfg.loc.fallback_enabled {
-            tracing::warn!(
-                "github.loc.fallback_enabled: the commit-level LOC fallback is not implemented yet; LOC comes from /stats/contributors only"
-            );
-        }
         let gh = Arc::new(cfg.clone());
         let budgets = Budgets::default();
         let mut pollers = Vec::new();
+        let mut sharing: HashMap<String, u32> = HashMap::new();
+        for org in &cfg.orgs {
+            *sharing.entry(org.auth.budget_key(&org.org)).or_default() += 1;
+        }
         for org in &cfg.orgs {
             let client = Arc::new(Client::new(
                 cfg,
@@ -70,6 +69,7 @@ impl Github {
                 store.clone(),
                 queue.clone(),
                 clock.clone(),
+                sharing[&org.auth.budget_key(&org.org)],
             )));
         }
         let g = Github {
@@ -181,6 +181,11 @@ impl Collect for Collector {
                 &[org],
                 f64::from(u8::from(live.series_budget_exceeded)),
             );
+            push(
+                "devmetrics_github_loc_fallback_deferred_total",
+                &[org],
+                live.loc_fallback_deferred as f64,
+            );
             for (result, n) in &live.backfill {
                 push(
                     "devmetrics_github_backfill_jobs_total",
@@ -192,21 +197,7 @@ impl Collect for Collector {
     }
 }
 
-/// `../shared/research-data/<sub>` when present. Absent: `None` with a printed note, or a
-/// panic when `DEVMETRICS_REQUIRE_SHARED=1`.
+/// See [`crate::sim::research_dir`].
 pub fn research_dir(sub: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/research-data")
-        .join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("DEVMETRICS_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "{} is missing and DEVMETRICS_REQUIRE_SHARED=1",
-            dir.display()
-        );
-    }
-    eprintln!("skipping: {} is absent", dir.display());
-    None
+    crate::sim::research_dir(sub)
 }

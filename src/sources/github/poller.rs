@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::activity::{self, Loc, RepoEvents, Users};
@@ -25,6 +26,14 @@ const WINDOW: i64 = 86_400;
 const EVENTS_NS: &str = "github.events";
 const LOC_NS: &str = "github.loc";
 const SHOWN_NS: &str = "github.window";
+const LOC_MODE_NS: &str = "github.loc_mode";
+
+/// Whether a repo's LOC comes from commit details, and how close it is to switching.
+#[derive(Default, Serialize, Deserialize)]
+struct LocMode {
+    zero_windows: u32,
+    fallback_until: i64,
+}
 const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
 
 /// A window to scrape again: `repo` none means every repo of the org.
@@ -46,6 +55,8 @@ pub struct OrgLive {
     pub progress: f64,
     pub eta: f64,
     pub series_budget_exceeded: bool,
+    /// Repos whose LOC fallback waited for the next hour's commit-detail budget.
+    pub loc_fallback_deferred: u64,
     pub backfill: HashMap<&'static str, u64>,
 }
 
@@ -53,9 +64,13 @@ pub struct OrgLive {
 struct OrgState {
     consecutive_failures: u32,
     cooldown_until: i64,
+    /// Full cycles done; the first (cold) one is not a measure of the steady cost.
+    cycles: u64,
     next_start: i64,
     /// Backfill jobs published in the current minute: (unix minute, count).
     enqueued_minute: (i64, u32),
+    /// Commit-detail calls of the LOC fallback in the current hour: (unix hour, count).
+    fallback_hour: (i64, u32),
     live: OrgLive,
 }
 
@@ -73,6 +88,8 @@ pub struct OrgPoller {
     store: SharedStore,
     queue: SharedQueue,
     clock: Clock,
+    /// Orgs sharing this org's installation (or token) budget.
+    budget_share: u32,
     state: Mutex<OrgState>,
 }
 
@@ -84,6 +101,7 @@ impl OrgPoller {
         store: SharedStore,
         queue: SharedQueue,
         clock: Clock,
+        budget_share: u32,
     ) -> OrgPoller {
         // Source names are `&'static str`; one per configured org, made once at start.
         let name: &'static str = Box::leak(format!("github/{}", org.org).into_boxed_str());
@@ -102,6 +120,7 @@ impl OrgPoller {
             store,
             queue,
             clock,
+            budget_share: budget_share.max(1),
             state: Mutex::new(state),
         }
     }
@@ -183,21 +202,34 @@ impl OrgPoller {
             // Nothing happened in the repo during the window: no request needed.
             RepoEvents::default()
         } else {
-            let cached: Option<CachedEvents> = self
-                .kv_json(EVENTS_NS, &key)
-                .await?
-                .filter(|c: &CachedEvents| c.marker == marker && c.events.since <= start);
+            let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
+            let cold = cached.is_none();
+            let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
+            // Probe before fetching, so a change landing in between is seen next cycle
+            // rather than hidden behind a fresh ETag.
             let reuse = match (&cached, fresh) {
+                (_, true) => false,
                 (Some(c), false) if c.events.until <= end => self.unchanged(name).await?,
-                _ => false,
+                (_, false) => {
+                    self.unchanged(name).await?;
+                    false
+                }
             };
             match cached {
                 Some(c) if reuse => c.events,
                 _ => {
-                    let ev = self.fetch_events(name, start, end).await?;
                     if !fresh {
-                        // The probes' ETags now describe the state the events came from.
-                        self.unchanged(name).await?;
+                        // The probes' ETags have moved on: if the fetch below fails, the old
+                        // events must not be reused behind their 304s next cycle.
+                        self.store
+                            .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
+                            .await
+                            .map_err(|e| Error::Store(e.to_string()))?;
+                    }
+                    let ev = self
+                        .fetch_events(name, start, end, cold && self.gh.graphql)
+                        .await?;
+                    if !fresh {
                         let c = CachedEvents {
                             marker,
                             events: ev.clone(),
@@ -245,13 +277,27 @@ impl OrgPoller {
         Ok(!pulls && !comments)
     }
 
-    async fn fetch_events(&self, repo: &str, start: i64, end: i64) -> Result<RepoEvents, Error> {
+    /// `graphql`: one query for PRs and their reviews (best when nothing is cached); REST
+    /// otherwise, where unchanged PRs' reviews answer 304.
+    async fn fetch_events(
+        &self,
+        repo: &str,
+        start: i64,
+        end: i64,
+        graphql: bool,
+    ) -> Result<RepoEvents, Error> {
         let commits = self.client.commits(repo, start, end).await?;
-        let pulls = self.client.pulls_updated_since(repo, start).await?;
-        let mut reviews = Vec::new();
-        for p in &pulls {
-            reviews.extend(self.client.reviews(repo, p.number).await?);
-        }
+        let (pulls, reviews) = if graphql {
+            self.client.pulls_with_reviews_since(repo, start).await?
+        } else {
+            let pulls = self.client.pulls_updated_since(repo, start).await?;
+            let mut reviews = Vec::new();
+            for p in &pulls {
+                // Conditional: reviews of a PR that did not change answer 304.
+                reviews.extend(self.client.reviews(repo, p.number).await?);
+            }
+            (pulls, reviews)
+        };
         let comments = self.client.issue_comments_since(repo, start).await?;
         Ok(RepoEvents::from_wire(
             start, end, &commits, &pulls, &reviews, &comments,
@@ -260,39 +306,98 @@ impl OrgPoller {
 
     /// LOC of the last complete week before `end`, fetched at most once per week and
     /// `loc.refresh_interval`; `None` when the repo had no push since that week began.
+    /// Repos whose stats come back without line counts switch to the commit-level fallback.
     async fn loc(&self, repo: &str, pushed: i64, end: i64) -> Result<Option<Loc>, Error> {
         let week = wire::week_start(end) - 7 * 86_400;
         if pushed < week {
             return Ok(None);
         }
         let key = format!("{}/{repo}", self.org.org);
-        let cached: Option<Loc> = self.kv_json(LOC_NS, &key).await?;
+        let cached: Option<Loc> = self
+            .kv_json::<Loc>(LOC_NS, &key)
+            .await?
+            .filter(|c| c.week_start == week);
+        let lc = &self.gh.loc;
+        let mut mode: LocMode = self.kv_json(LOC_MODE_NS, &key).await?.unwrap_or_default();
+        let mut fallback = lc.fallback_enabled && mode.fallback_until > end;
         if let Some(c) = &cached
-            && c.week_start == week
-            && end - c.fetched_at < self.gh.loc.refresh_interval.as_secs() as i64
+            && (fallback || end - c.fetched_at < lc.refresh_interval.as_secs() as i64)
         {
             return Ok(cached);
         }
-        match self
-            .client
-            .contributor_stats(
-                repo,
-                self.gh.loc.pending_retries,
-                self.gh.loc.pending_retry_delay,
-            )
-            .await
-        {
-            Ok(stats) => {
-                let loc = Loc::from_stats(&stats, end);
+        if !fallback {
+            match self
+                .client
+                .contributor_stats(repo, lc.pending_retries, lc.pending_retry_delay)
+                .await
+            {
+                Ok(stats) => {
+                    let zeroed = lc.fallback_enabled && Loc::zeroed(&stats, end);
+                    if zeroed {
+                        mode.zero_windows += 1;
+                        if mode.zero_windows >= lc.large_repo_zero_detection_windows {
+                            mode.zero_windows = 0;
+                            mode.fallback_until = end + lc.large_repo_cooldown.as_secs() as i64;
+                            fallback = true;
+                            tracing::info!(org = %self.org.org, repo, "contributor stats carry no line counts; using commit-level LOC");
+                        }
+                        self.kv_put_json(LOC_MODE_NS, &key, &mode).await?;
+                    } else if mode.zero_windows > 0 {
+                        mode.zero_windows = 0;
+                        self.kv_put_json(LOC_MODE_NS, &key, &mode).await?;
+                    }
+                    if !fallback {
+                        let loc = Loc::from_stats(&stats, end);
+                        self.kv_put_json(LOC_NS, &key, &loc).await?;
+                        return Ok(Some(loc));
+                    }
+                }
+                Err(Error::StatsPending) => {
+                    tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
+                    return Ok(cached);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.fallback_loc(repo, week, end).await? {
+            Some(loc) => {
                 self.kv_put_json(LOC_NS, &key, &loc).await?;
                 Ok(Some(loc))
             }
-            Err(Error::StatsPending) => {
-                tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
-                Ok(cached.filter(|c| c.week_start == week))
-            }
-            Err(e) => Err(e),
+            None => Ok(cached),
         }
+    }
+
+    /// The week's LOC from `GET /commits/{sha}` of each of its commits, only when the whole
+    /// week fits the per-repo cap and the org's hourly budget: a partial sum is never shown.
+    async fn fallback_loc(&self, repo: &str, week: i64, end: i64) -> Result<Option<Loc>, Error> {
+        let lc = &self.gh.loc;
+        let commits = self
+            .client
+            .commits(repo, week, week + 7 * 86_400 - 1)
+            .await?;
+        if commits.len() > lc.fallback_max_commits_per_repo_per_week as usize {
+            tracing::warn!(org = %self.org.org, repo, commits = commits.len(), cap = lc.fallback_max_commits_per_repo_per_week, "too many commits for the LOC fallback; no LOC for this repo this week");
+            return Ok(None);
+        }
+        {
+            let hour = end / 3600;
+            let mut s = self.state.lock();
+            if s.fallback_hour.0 != hour {
+                s.fallback_hour = (hour, 0);
+            }
+            let need = commits.len() as u32;
+            if s.fallback_hour.1 + need > lc.fallback_max_commit_detail_calls_per_org_per_hour {
+                s.live.loc_fallback_deferred += 1;
+                return Ok(None);
+            }
+            s.fallback_hour.1 += need;
+        }
+        let mut details = Vec::with_capacity(commits.len());
+        for c in &commits {
+            details.push(self.client.commit_detail(repo, &c.sha).await?);
+        }
+        Ok(Some(Loc::from_commits(&details, week, end)))
     }
 
     async fn kv_json<T: serde::de::DeserializeOwned>(
@@ -383,6 +488,9 @@ impl OrgPoller {
         }
     }
 
+    /// Compares the cycle's cost with the org's share of the hourly budget: when the
+    /// configured interval cannot fit, warns and spaces cycles out rather than running dry
+    /// mid-cycle. The first (cold) cycle only records its cost.
     fn stretch(&self, started: i64, requests: u64) {
         let interval = self.org.scrape_interval.as_secs_f64();
         let b = self.client.budget().snapshot();
@@ -390,17 +498,24 @@ impl OrgPoller {
             b.limit
         } else {
             5000
-        } as f64;
-        let allowed = (limit * interval / 3600.0 - f64::from(self.gh.rate_limit.reserve)).max(1.0);
+        };
+        let per_hour = (limit.saturating_sub(u64::from(self.gh.rate_limit.reserve)) as f64
+            / f64::from(self.budget_share))
+        .max(1.0);
         let mut s = self.state.lock();
+        s.cycles += 1;
         s.live.cycle_requests = requests;
-        let over = requests as f64 > allowed;
+        if s.cycles < 2 {
+            return;
+        }
+        let needed = requests as f64 * 3600.0 / interval;
+        let over = needed > per_hour;
         if over && !s.live.overcommitted {
-            tracing::warn!(org = %self.org.org, requests, allowed = allowed as u64, interval = ?self.org.scrape_interval, "the org's scrape cycle does not fit its rate-limit budget; stretching the interval");
+            tracing::warn!(org = %self.org.org, requests_per_cycle = requests, needed_per_hour = needed as u64, budget_per_hour = per_hour as u64, interval = ?self.org.scrape_interval, "the org's scrape interval does not fit its rate-limit budget; stretching the interval");
         }
         s.live.overcommitted = over;
         let effective = if over {
-            interval * requests as f64 / allowed
+            requests as f64 * 3600.0 / per_hour
         } else {
             interval
         };
@@ -441,7 +556,7 @@ impl Poller for OrgPoller {
         if stretched {
             return Vec::new();
         }
-        let spent_before = self.client.budget().snapshot().spent;
+        let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
         let org_scope = format!("github/{}", self.org.org);
         let repos = match self.client.org_repos().await {
             Ok(r) => r,
@@ -526,7 +641,17 @@ impl Poller for OrgPoller {
                 }
                 Err(e) => {
                     failed += 1;
-                    if !matches!(e, Error::Cancelled) {
+                    // A 4xx on one repo (gone, forbidden) is not fixed by asking again
+                    // for the same window; the next cycle sees the new listing.
+                    let retryable = !matches!(
+                        e,
+                        Error::Cancelled
+                            | Error::Status {
+                                status: 400..=499,
+                                ..
+                            }
+                    );
+                    if retryable {
                         self.enqueue(Some(&repo), now, e.kind()).await;
                     }
                     out.push(ScopeResult {
@@ -545,7 +670,7 @@ impl Poller for OrgPoller {
         } else {
             self.state.lock().consecutive_failures = 0;
         }
-        let spent = self.client.budget().snapshot().spent - spent_before;
+        let spent = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
         self.stretch(now, spent);
         out
     }

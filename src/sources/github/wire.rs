@@ -28,7 +28,7 @@ pub struct GitActor {
     pub date: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CommitInner {
     pub author: Option<GitActor>,
     pub committer: Option<GitActor>,
@@ -37,9 +37,24 @@ pub struct CommitInner {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Commit {
     pub sha: String,
+    #[serde(default)]
     pub commit: CommitInner,
     pub author: Option<User>,
     pub committer: Option<User>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CommitStats {
+    pub additions: i64,
+    pub deletions: i64,
+}
+
+/// `GET /repos/{o}/{r}/commits/{sha}`: a commit with its line counts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CommitDetail {
+    #[serde(flatten)]
+    pub commit: Commit,
+    pub stats: Option<CommitStats>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -63,7 +78,8 @@ pub struct Review {
 pub struct IssueComment {
     pub user: Option<User>,
     pub created_at: String,
-    pub updated_at: String,
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -86,6 +102,54 @@ pub struct ContributorStats {
 pub struct InstallationToken {
     pub token: String,
     pub expires_at: String,
+}
+
+// GraphQL: `repository.pullRequests` with nested reviews.
+
+#[derive(Debug, Deserialize)]
+pub struct GqlRepoData {
+    pub repository: Option<GqlRepo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlRepo {
+    pub pull_requests: GqlConnection<GqlPull>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlPageInfo {
+    pub has_next_page: bool,
+    #[serde(default)]
+    pub end_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlConnection<T> {
+    pub page_info: GqlPageInfo,
+    pub nodes: Vec<T>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlPull {
+    pub number: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub merged_at: Option<String>,
+    pub author: Option<User>,
+    pub reviews: GqlConnection<GqlReview>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GqlReview {
+    pub author: Option<User>,
+    pub submitted_at: Option<String>,
+    #[serde(default)]
+    pub state: String,
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as GitHub writes them
