@@ -152,6 +152,13 @@ impl Telemetry {
         }
     }
 
+    /// A poll that fetched nothing on purpose; counted, but health and age are untouched.
+    pub fn source_skipped(&self, source: &str) {
+        let mut sources = self.sources.lock();
+        let h = sources.entry(source.to_string()).or_default();
+        *h.results.entry("skipped").or_default() += 1;
+    }
+
     pub fn sources(&self) -> BTreeMap<String, SourceHealth> {
         self.sources.lock().clone()
     }

@@ -46,6 +46,8 @@ pub trait Poller: Send + Sync {
     fn interval(&self) -> Duration;
     /// Deadline for one whole poll.
     fn timeout(&self) -> Duration;
+    /// Every scope fetched this time. An empty result means the poll was skipped (not due,
+    /// cooling down after failures): it leaves health and last-success time unchanged.
     async fn poll(&self) -> Vec<ScopeResult>;
 }
 
@@ -76,6 +78,12 @@ pub async fn poll_once(
 ) {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(poller.timeout(), poller.poll()).await {
+        // A poll that fetched nothing (a stretched interval's idle tick) is neither a success
+        // nor a failure: the age of the last good values keeps growing.
+        Ok(results) if results.is_empty() => {
+            telemetry.source_skipped(poller.name());
+            return;
+        }
         Ok(results) => {
             let mut first_error: Option<PollError> = None;
             for r in results {
