@@ -152,6 +152,22 @@ impl Telemetry {
         }
     }
 
+    /// The last success known from persisted state, before this process has polled.
+    pub fn seed_last_success(&self, source: &str, at: f64) {
+        let mut sources = self.sources.lock();
+        let h = sources.entry(source.to_string()).or_default();
+        if h.last_success_timestamp.is_none() {
+            h.last_success_timestamp = Some(at);
+        }
+    }
+
+    /// A poll that fetched nothing on purpose; counted, but health and age are untouched.
+    pub fn source_skipped(&self, source: &str) {
+        let mut sources = self.sources.lock();
+        let h = sources.entry(source.to_string()).or_default();
+        *h.results.entry("skipped").or_default() += 1;
+    }
+
     pub fn sources(&self) -> BTreeMap<String, SourceHealth> {
         self.sources.lock().clone()
     }

@@ -46,6 +46,8 @@ pub trait Poller: Send + Sync {
     fn interval(&self) -> Duration;
     /// Deadline for one whole poll.
     fn timeout(&self) -> Duration;
+    /// Every scope fetched this time. An empty result means the poll was skipped (not due,
+    /// cooling down after failures): it leaves health and last-success time unchanged.
     async fn poll(&self) -> Vec<ScopeResult>;
 }
 
@@ -58,6 +60,20 @@ pub async fn run_poller(
     shutdown: CancellationToken,
 ) {
     telemetry.register_source(poller.name());
+    // After a restart the values persisted by the last run are served at once; their age
+    // must be too. A source's scopes are named after it (`spacelift/…`, `github/<org>/…`).
+    let name = poller.name();
+    let nested = format!("{name}/");
+    let last = store
+        .snapshot()
+        .scopes
+        .iter()
+        .filter(|s| &*s.name == name || s.name.starts_with(&nested))
+        .map(|s| s.updated_at)
+        .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
+    if let Some(t) = last {
+        telemetry.seed_last_success(name, t);
+    }
     let mut ticker = tokio::time::interval(poller.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,6 +92,12 @@ pub async fn poll_once(
 ) {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(poller.timeout(), poller.poll()).await {
+        // A poll that fetched nothing (a stretched interval's idle tick) is neither a success
+        // nor a failure: the age of the last good values keeps growing.
+        Ok(results) if results.is_empty() => {
+            telemetry.source_skipped(poller.name());
+            return;
+        }
         Ok(results) => {
             let mut first_error: Option<PollError> = None;
             for r in results {
@@ -102,4 +124,66 @@ pub async fn poll_once(
         }
     };
     telemetry.source_scraped(poller.name(), started.elapsed(), outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Labels, id};
+    use crate::store::Store;
+
+    struct Failing;
+
+    #[async_trait]
+    impl Poller for Failing {
+        fn name(&self) -> &'static str {
+            "testsrc"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        async fn poll(&self) -> Vec<ScopeResult> {
+            vec![ScopeResult {
+                scope: "testsrc/a".into(),
+                result: Err(PollError::new("http_status", "503")),
+            }]
+        }
+    }
+
+    #[tokio::test]
+    async fn age_of_persisted_values_survives_a_restart_and_a_failing_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("s.db")).unwrap();
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(db).unwrap());
+        let fid = id("devmetrics_source_up");
+        let sample = Sample::number(fid, Labels::new(fid, &["x"]).unwrap(), 1.0);
+        store
+            .replace_scope("testsrc/a", vec![sample])
+            .await
+            .unwrap();
+        let written = store.snapshot().scope("testsrc/a").unwrap().updated_at;
+
+        let telemetry = Arc::new(Telemetry::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_poller(
+            Arc::new(Failing),
+            store.clone(),
+            telemetry.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let h = &telemetry.sources()["testsrc"];
+        assert!(!h.up);
+        assert_eq!(h.last_success_timestamp, Some(written));
+        // The failed scope kept its values.
+        assert_eq!(
+            store.snapshot().scope("testsrc/a").unwrap().series_count(),
+            1
+        );
+    }
 }
