@@ -395,32 +395,85 @@ async fn a_failing_group_keeps_its_last_values_marked_stale_and_blanks_nothing_e
     assert_matches(&s, &now);
 }
 
+/// The source, keeping each failed scope's error: which group failed how, whatever order
+/// the poll reports them in.
+struct Recording<'a> {
+    inner: &'a spacelift::Source,
+    errors: std::sync::Mutex<BTreeMap<String, (&'static str, String)>>,
+}
+
+#[async_trait::async_trait]
+impl Poller for Recording<'_> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn interval(&self) -> Duration {
+        self.inner.interval()
+    }
+    fn timeout(&self) -> Duration {
+        self.inner.timeout()
+    }
+    async fn poll(&self) -> Vec<devmetrics::sources::ScopeResult> {
+        let results = self.inner.poll().await;
+        let mut errors = self.errors.lock().unwrap();
+        errors.clear();
+        for r in &results {
+            if let Err(e) = &r.result {
+                errors.insert(r.scope.clone(), (e.kind, e.message.clone()));
+            }
+        }
+        results
+    }
+}
+
 #[tokio::test]
 async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
-    let rig = Rig::new(4, |c| c.scrape_timeout = Duration::from_secs(1)).await;
+    // The deadline leaves the healthy groups ample time on a loaded machine; the injected
+    // delays are far past it, so only the deadline can have ended the slow requests.
+    const DEADLINE: Duration = Duration::from_secs(3);
+    const DELAY_MS: u64 = 60_000;
+    let rig = Rig::new(4, |c| c.scrape_timeout = DEADLINE).await;
+    let rec = Recording {
+        inner: &rig.poller,
+        errors: Default::default(),
+    };
     let sim = &rig.fake.sim;
-    sim.delay_field("metrics", 10_000);
+    sim.delay_field("metrics", DELAY_MS);
     let started = std::time::Instant::now();
-    let s = rig.poll().await;
-    // Not a performance figure: proof the deadline cut the 10 s answer short.
-    assert!(started.elapsed() < Duration::from_secs(5));
+    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    let s = rig.store.snapshot();
+    // Not a performance figure: proof the deadline cut the 60 s answer short.
+    assert!(started.elapsed() < Duration::from_millis(DELAY_MS / 2));
     assert_eq!(
         collector(&s, "spacelift_scrape_collector_success", "aggregates"),
         Some(0.0)
     );
     assert_eq!(count(&s, "spacelift_current_stacks_count_by_state"), 0);
-    assert_eq!(
-        collector(&s, "spacelift_scrape_collector_success", "usage"),
-        Some(1.0)
-    );
+    for c in ["publicworkerpool", "workerpools", "usage", "stacks"] {
+        assert_eq!(
+            collector(&s, "spacelift_scrape_collector_success", c),
+            Some(1.0),
+            "{c}"
+        );
+    }
     assert_eq!(
         get(&s, "spacelift_public_worker_pool_parallelism", &[]),
         Some(10.0)
     );
-    let h = &rig.telemetry.sources()["spacelift"];
-    assert!(!h.up);
-    let err = h.last_error.as_deref().unwrap();
-    assert!(err.contains("timeout"), "{err}");
+    assert!(!rig.source_up());
+    {
+        let errors = rec.errors.lock().unwrap();
+        let (kind, message) = &errors["spacelift/aggregates"];
+        assert_eq!(*kind, "timeout", "{message}");
+        assert!(message.contains("aggregates collector"), "{message}");
+        assert!(message.contains("timeout"), "{message}");
+        let failed: BTreeSet<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(
+            failed,
+            ["spacelift/aggregates", "spacelift/attention"].into(),
+            "only the groups asking the slow root field"
+        );
+    }
 
     // A slow upstream: the token exchange counts against the same deadline.
     sim.clear_knobs();
@@ -428,17 +481,20 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
         .server
         .faults
         .delay_ms
-        .store(2_000, Ordering::Relaxed);
+        .store(DELAY_MS, Ordering::Relaxed);
     sim.revoke_tokens();
-    let s = rig.poll().await;
+    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    let s = rig.store.snapshot();
     for g in spacelift::Group::ALL {
         assert_eq!(
             collector(&s, "spacelift_scrape_collector_success", g.collector()),
             Some(0.0)
         );
+        assert_eq!(rec.errors.lock().unwrap()[g.scope()].0, "timeout", "{g:?}");
     }
     assert_eq!(count(&s, "spacelift_build_info"), 0);
-    assert!(get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap() < 3.5);
+    let took = get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap();
+    assert!(took < (DELAY_MS / 2) as f64 / 1000.0, "{took}");
 }
 
 #[tokio::test]
