@@ -745,7 +745,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         "spacelift_scrape_collector_supported",
         Gauge,
         None,
-        "Whether a collector's data is available on this deployment, tier and API key (1) or not (0). An unsupported collector is not a failure.",
+        "Whether Spacelift serves a collector's data to this API key and release (1) or refuses it (0: the collector's series are absent, which is not a failure). Spacelift refuses per-stack data (the stacks collector) to API keys.",
         &["collector"],
         Origin::SpaceliftExporter,
     ),

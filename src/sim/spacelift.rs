@@ -7,9 +7,15 @@
 //! bearer token on queries and none on the exchange, and refuses expired or revoked tokens
 //! with the GraphQL `unauthorized` error (HTTP 200) that Spacelift returns.
 //!
-//! Knobs beyond [`super::Faults`]: per-root-field GraphQL errors (including the "not
-//! available for machine sessions" gate) and delays, token lifetime, token revocation and
-//! secret rotation.
+//! Every session the fake issues is a machine session (an API key's), and like Spacelift it
+//! refuses per-stack data (`searchStacks`, whose nodes select `Stack.state`) to machine
+//! sessions with a GraphQL "not available for machine sessions" error; the research
+//! (spacelift-copilot.md A.3) says that gate holds everywhere. [`Sim::gate_stacks`] lifts it
+//! for tests of the per-stack path.
+//!
+//! Knobs beyond [`super::Faults`]: the per-stack gate, per-root-field GraphQL errors (such
+//! as the same gate on older Self-Hosted releases) and delays, token lifetime, token
+//! revocation and secret rotation.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -374,6 +380,9 @@ pub struct Sim {
     pub query_missing_client_type: AtomicBool,
     /// Root field → GraphQL error message answered instead of data.
     pub field_errors: Mutex<BTreeMap<String, String>>,
+    /// Whether `searchStacks` is refused to machine sessions (every session here), as
+    /// Spacelift does. On by default.
+    pub stacks_gated_for_machine_sessions: AtomicBool,
     /// Root field → added latency in milliseconds.
     pub field_delay_ms: Mutex<BTreeMap<String, u64>>,
     /// Operation names of the queries answered (not the exchange), in order.
@@ -395,6 +404,7 @@ impl Sim {
             exchange_had_headers: AtomicBool::new(false),
             query_missing_client_type: AtomicBool::new(false),
             field_errors: Mutex::new(BTreeMap::new()),
+            stacks_gated_for_machine_sessions: AtomicBool::new(true),
             field_delay_ms: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(Vec::new()),
             rng: Mutex::new(super::rng(seed ^ 0x5ace_11f7)),
@@ -419,6 +429,12 @@ impl Sim {
         self.field_errors
             .lock()
             .insert(field.to_string(), message.to_string());
+    }
+
+    /// `false` serves per-stack data to API keys, as if Spacelift lifted its gate.
+    pub fn gate_stacks(&self, gated: bool) {
+        self.stacks_gated_for_machine_sessions
+            .store(gated, Ordering::Relaxed);
     }
 
     pub fn delay_field(&self, field: &str, ms: u64) {
@@ -523,11 +539,20 @@ async fn graphql(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let failing = {
+    let gated = sim
+        .stacks_gated_for_machine_sessions
+        .load(Ordering::Relaxed)
+        && fields.contains(&"searchStacks");
+    let failing = if gated {
+        Some(("searchStacks".to_string(), MACHINE_SESSION_GATE.to_string()))
+    } else {
         let e = sim.field_errors.lock();
-        fields
-            .iter()
-            .find_map(|f| e.get(&root(f)).map(|m| (root(f), m.clone())))
+        // A knob on "metrics/attention" fails that selection only; one on "metrics" both.
+        fields.iter().find_map(|f| {
+            e.get(*f)
+                .or_else(|| e.get(&root(f)))
+                .map(|m| (root(f), m.clone()))
+        })
     };
     if let Some((field, message)) = failing {
         // Non-null roots: one field error nulls the whole `data`.

@@ -26,7 +26,15 @@ struct Rig {
 }
 
 impl Rig {
+    /// Most scenarios exercise the per-stack path, so their fake serves stacks to the API
+    /// key as if Spacelift lifted its machine-session gate; [`Rig::faithful`] keeps it.
     async fn new(stacks: usize, tweak: impl FnOnce(&mut SpaceliftConfig)) -> Rig {
+        let rig = Rig::faithful(stacks, tweak).await;
+        rig.fake.sim.gate_stacks(false);
+        rig
+    }
+
+    async fn faithful(stacks: usize, tweak: impl FnOnce(&mut SpaceliftConfig)) -> Rig {
         let fake = SpaceliftFake::start(42, stacks).await.unwrap();
         let mut cfg = demo_config(&fake.base_url());
         tweak(&mut cfg);
@@ -387,32 +395,85 @@ async fn a_failing_group_keeps_its_last_values_marked_stale_and_blanks_nothing_e
     assert_matches(&s, &now);
 }
 
+/// The source, keeping each failed scope's error: which group failed how, whatever order
+/// the poll reports them in.
+struct Recording<'a> {
+    inner: &'a spacelift::Source,
+    errors: std::sync::Mutex<BTreeMap<String, (&'static str, String)>>,
+}
+
+#[async_trait::async_trait]
+impl Poller for Recording<'_> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn interval(&self) -> Duration {
+        self.inner.interval()
+    }
+    fn timeout(&self) -> Duration {
+        self.inner.timeout()
+    }
+    async fn poll(&self) -> Vec<devmetrics::sources::ScopeResult> {
+        let results = self.inner.poll().await;
+        let mut errors = self.errors.lock().unwrap();
+        errors.clear();
+        for r in &results {
+            if let Err(e) = &r.result {
+                errors.insert(r.scope.clone(), (e.kind, e.message.clone()));
+            }
+        }
+        results
+    }
+}
+
 #[tokio::test]
 async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
-    let rig = Rig::new(4, |c| c.scrape_timeout = Duration::from_secs(1)).await;
+    // The deadline leaves the healthy groups ample time on a loaded machine; the injected
+    // delays are far past it, so only the deadline can have ended the slow requests.
+    const DEADLINE: Duration = Duration::from_secs(3);
+    const DELAY_MS: u64 = 60_000;
+    let rig = Rig::new(4, |c| c.scrape_timeout = DEADLINE).await;
+    let rec = Recording {
+        inner: &rig.poller,
+        errors: Default::default(),
+    };
     let sim = &rig.fake.sim;
-    sim.delay_field("metrics", 10_000);
+    sim.delay_field("metrics", DELAY_MS);
     let started = std::time::Instant::now();
-    let s = rig.poll().await;
-    // Not a performance figure: proof the deadline cut the 10 s answer short.
-    assert!(started.elapsed() < Duration::from_secs(5));
+    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    let s = rig.store.snapshot();
+    // Not a performance figure: proof the deadline cut the 60 s answer short.
+    assert!(started.elapsed() < Duration::from_millis(DELAY_MS / 2));
     assert_eq!(
         collector(&s, "spacelift_scrape_collector_success", "aggregates"),
         Some(0.0)
     );
     assert_eq!(count(&s, "spacelift_current_stacks_count_by_state"), 0);
-    assert_eq!(
-        collector(&s, "spacelift_scrape_collector_success", "usage"),
-        Some(1.0)
-    );
+    for c in ["publicworkerpool", "workerpools", "usage", "stacks"] {
+        assert_eq!(
+            collector(&s, "spacelift_scrape_collector_success", c),
+            Some(1.0),
+            "{c}"
+        );
+    }
     assert_eq!(
         get(&s, "spacelift_public_worker_pool_parallelism", &[]),
         Some(10.0)
     );
-    let h = &rig.telemetry.sources()["spacelift"];
-    assert!(!h.up);
-    let err = h.last_error.as_deref().unwrap();
-    assert!(err.contains("timeout"), "{err}");
+    assert!(!rig.source_up());
+    {
+        let errors = rec.errors.lock().unwrap();
+        let (kind, message) = &errors["spacelift/aggregates"];
+        assert_eq!(*kind, "timeout", "{message}");
+        assert!(message.contains("aggregates collector"), "{message}");
+        assert!(message.contains("timeout"), "{message}");
+        let failed: BTreeSet<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(
+            failed,
+            ["spacelift/aggregates", "spacelift/attention"].into(),
+            "only the groups asking the slow root field"
+        );
+    }
 
     // A slow upstream: the token exchange counts against the same deadline.
     sim.clear_knobs();
@@ -420,17 +481,20 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
         .server
         .faults
         .delay_ms
-        .store(2_000, Ordering::Relaxed);
+        .store(DELAY_MS, Ordering::Relaxed);
     sim.revoke_tokens();
-    let s = rig.poll().await;
+    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    let s = rig.store.snapshot();
     for g in spacelift::Group::ALL {
         assert_eq!(
             collector(&s, "spacelift_scrape_collector_success", g.collector()),
             Some(0.0)
         );
+        assert_eq!(rec.errors.lock().unwrap()[g.scope()].0, "timeout", "{g:?}");
     }
     assert_eq!(count(&s, "spacelift_build_info"), 0);
-    assert!(get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap() < 3.5);
+    let took = get(&s, "spacelift_scrape_duration_seconds", &[]).unwrap();
+    assert!(took < (DELAY_MS / 2) as f64 / 1000.0, "{took}");
 }
 
 #[tokio::test]
@@ -490,6 +554,199 @@ async fn machine_session_gate_is_unsupported_not_a_failure() {
         count(&s, "spacelift_stack_state"),
         0,
         "nothing to show, nothing stale"
+    );
+    // Older Self-Hosted releases gate the replaced exporter's own fields the same way.
+    rig.fake.sim.fail_field("usage", MACHINE_SESSION_GATE);
+    let s = rig.poll().await;
+    assert!(rig.source_up());
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_supported", "usage"),
+        Some(0.0)
+    );
+    assert_eq!(count(&s, "spacelift_current_billing_period_used_seats"), 0);
+}
+
+/// Log lines written while it is the thread's default subscriber (a current-thread test
+/// runtime runs the poller, the client and the fake on this thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(self.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish(),
+        )
+    }
+
+    /// Warnings about `collector` being unsupported.
+    fn unsupported_warnings(&self, collector: &str) -> usize {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("supported is 0"))
+            .filter(|l| l.contains(&format!("collector=\"{collector}\"")))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn per_stack_data_is_refused_to_api_keys_by_default_and_said_so_once() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let rig = Rig::faithful(5, |_| {}).await;
+    for _ in 0..3 {
+        let s = rig.poll().await;
+        assert!(rig.source_up(), "a refused collector is not a failure");
+        assert_eq!(
+            collector(&s, "spacelift_scrape_collector_supported", "stacks"),
+            Some(0.0)
+        );
+        assert_eq!(
+            collector(&s, "spacelift_scrape_collector_success", "stacks"),
+            Some(1.0)
+        );
+        for f in [
+            "spacelift_stack_state",
+            "spacelift_stack_resources",
+            "spacelift_stack_resources_drifted",
+            "spacelift_runs",
+            "devmetrics_spacelift_stacks_omitted",
+        ] {
+            assert_eq!(count(&s, f), 0, "{f}");
+        }
+        for g in spacelift::Group::ALL
+            .iter()
+            .filter(|g| **g != spacelift::Group::Stacks)
+        {
+            assert_eq!(
+                collector(&s, "spacelift_scrape_collector_supported", g.collector()),
+                Some(1.0),
+                "{g:?}"
+            );
+        }
+        assert_eq!(
+            get(
+                &s,
+                "spacelift_current_avg_stack_size_by_resource_count",
+                &[]
+            ),
+            rig.fake.sim.account().avg_stack_size(),
+            "account-wide aggregates still flow"
+        );
+    }
+    assert_eq!(
+        logs.unsupported_warnings("stacks"),
+        1,
+        "warned once, not per poll"
+    );
+    assert_eq!(logs.unsupported_warnings("usage"), 0);
+
+    // Spacelift lifts the gate: the per-stack families appear; if it comes back, the log
+    // says so again.
+    rig.fake.sim.gate_stacks(false);
+    let s = rig.poll().await;
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_supported", "stacks"),
+        Some(1.0)
+    );
+    assert_eq!(count(&s, "spacelift_stack_state"), 5);
+    rig.fake.sim.gate_stacks(true);
+    let s = rig.poll().await;
+    assert_eq!(
+        count(&s, "spacelift_stack_state"),
+        0,
+        "nothing stale is kept"
+    );
+    assert_eq!(logs.unsupported_warnings("stacks"), 2);
+}
+
+#[tokio::test]
+async fn a_schema_mismatch_fails_the_group_except_the_optional_attention_fields() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let rig = Rig::new(4, |_| {}).await;
+    let s0 = rig.poll().await;
+    let sim = &rig.fake.sim;
+    sim.fail_field(
+        "usage",
+        "Cannot query field \"usedSeats\" on type \"Usage\".",
+    );
+    sim.fail_field(
+        "metrics/attention",
+        "Cannot query field \"needsApprovalRuns\" on type \"Metrics\".",
+    );
+    let s = rig.poll().await;
+    // usage: a bug or an unsupported release, reported as a failure with its own kind.
+    assert!(!rig.source_up());
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_success", "usage"),
+        Some(0.0)
+    );
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_supported", "usage"),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(&s, "spacelift_current_billing_period_used_seats", &[]),
+        get(&s0, "spacelift_current_billing_period_used_seats", &[]),
+        "the failed group keeps its last values"
+    );
+    let err = rig.telemetry.sources()["spacelift"]
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(err.contains("usage collector"), "{err}");
+    assert!(err.contains("schema does not match"), "{err}");
+    // attention: fields a Spacelift release may lack, so "not supported here".
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_success", "attention"),
+        Some(1.0)
+    );
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_supported", "attention"),
+        Some(0.0)
+    );
+    assert_eq!(count(&s, "spacelift_runs_needing_approval"), 0);
+    assert_eq!(
+        collector(&s, "spacelift_scrape_collector_success", "aggregates"),
+        Some(1.0),
+        "the same root with the replaced exporter's selection is unaffected"
+    );
+    assert_eq!(logs.unsupported_warnings("attention"), 1);
+    assert_eq!(logs.unsupported_warnings("usage"), 0);
+    let text = {
+        let mut out = Vec::new();
+        devmetrics::exposition::render(
+            &[Arc::new(rig.telemetry.scope())],
+            devmetrics::exposition::Format::Text,
+            &mut out,
+        )
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert!(
+        text.contains("devmetrics_source_scrapes_total{source=\"spacelift\",result=\"schema\"} 1"),
+        "{text}"
     );
 }
 
@@ -696,12 +953,17 @@ async fn demo_metrics_serve_every_dashboard_query_and_health() {
             .text()
             .await
             .unwrap();
-        if body.contains("spacelift_stack_state{") {
+        if body.contains("spacelift_scrape_collector_supported{") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let series: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
+    // The demo's fake refuses per-stack data to its API key, as Spacelift does.
+    assert!(
+        series.contains(&"spacelift_scrape_collector_supported{collector=\"stacks\"} 0"),
+        "{body}"
+    );
     let queries = owned_queries();
     assert!(queries.len() >= 14);
     for q in &queries {

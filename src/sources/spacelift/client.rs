@@ -23,6 +23,10 @@ pub enum Error {
     Unauthorized { message: String },
     #[error("not available for this API key (machine session): {message}")]
     Unsupported { message: String },
+    /// The schema lacks a field we select: a bug on our side or a Spacelift release we do
+    /// not support, never a tier limitation.
+    #[error("Spacelift's schema does not match the query: {message}")]
+    Schema { message: String },
     #[error("Spacelift GraphQL error: {message}")]
     GraphQl { message: String },
     #[error("decoding the Spacelift answer: {message}")]
@@ -41,6 +45,7 @@ impl Error {
             Error::Status { .. } => "http_status",
             Error::Unauthorized { .. } => "unauthorized",
             Error::Unsupported { .. } => "unsupported",
+            Error::Schema { .. } => "schema",
             Error::GraphQl { .. } => "graphql",
             Error::Decode { .. } => "decode",
             Error::Transport { timeout: true, .. } | Error::Timeout(_) => "timeout",
@@ -60,12 +65,10 @@ impl Error {
         // "unauthenticated" too, so a server-side expiry always gets one refresh.
         if lower.contains("unauthorized") || lower.contains("unauthenticated") {
             Error::Unauthorized { message }
-        } else if lower.contains("not available for machine sessions")
-            || lower.contains("cannot query field")
-        {
-            // An older Self-Hosted schema without a field we select is "not supported
-            // here", not a failing upstream.
+        } else if lower.contains("not available for machine sessions") {
             Error::Unsupported { message }
+        } else if lower.contains("cannot query field") {
+            Error::Schema { message }
         } else {
             Error::GraphQl { message }
         }
@@ -299,6 +302,11 @@ mod tests {
         assert_eq!(
             e("not available for machine sessions").kind(),
             "unsupported"
+        );
+        assert_eq!(
+            e("Cannot query field \"usedSeats\" on type \"Usage\".").kind(),
+            "schema",
+            "a schema mismatch is an error, not a tier limitation"
         );
         assert_eq!(e("boom").kind(), "graphql");
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::raw::duration;
 use crate::config::{Error, Secret, SecretSource};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpacelift {
     /// Lets a file keep the section while switching the source off.
@@ -22,6 +22,27 @@ pub struct RawSpacelift {
     pub collectors: RawCollectors,
     #[serde(default)]
     pub stacks: RawStacks,
+}
+
+/// Written out so the inline secret never reaches a log line or an error that prints the
+/// raw config.
+impl std::fmt::Debug for RawSpacelift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSpacelift")
+            .field("enabled", &self.enabled)
+            .field("api_endpoint", &self.api_endpoint)
+            .field("api_key_id", &self.api_key_id)
+            .field(
+                "api_key_secret",
+                &self.api_key_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("api_key_secret_file", &self.api_key_secret_file)
+            .field("scrape_timeout", &self.scrape_timeout)
+            .field("interval", &self.interval)
+            .field("collectors", &self.collectors)
+            .field("stacks", &self.stacks)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +364,19 @@ mod tests {
         r.api_key_secret_file = Some("/nonexistent/secret".into());
         let e = r.resolve(None).unwrap_err().to_string();
         assert!(e.contains("spacelift.api_key_secret_file"), "{e}");
+    }
+
+    #[test]
+    fn raw_debug_redacts_the_secret() {
+        let shown = format!("{:?}", raw());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("api_key_secret: Some(\"<redacted>\")"),
+            "{shown}"
+        );
+        assert!(shown.contains("01KEY"), "the rest stays visible: {shown}");
+        let none = format!("{:?}", RawSpacelift::default());
+        assert!(none.contains("api_key_secret: None"), "{none}");
     }
 
     #[test]

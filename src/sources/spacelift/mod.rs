@@ -17,7 +17,7 @@ pub use config::SpaceliftConfig;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,15 +121,19 @@ enum Fetched {
         filtered: usize,
         over_budget: usize,
     },
-    /// The API refuses this data to the key (machine sessions on older Self-Hosted): not a
-    /// failure, and the scope is emptied.
-    Unsupported,
+    /// The API refuses this data to the key (machine sessions: per-stack data everywhere,
+    /// more on older Self-Hosted), with Spacelift's message: not a failure, and the scope
+    /// is emptied.
+    Unsupported(String),
 }
 
 /// The Spacelift poller.
 pub struct Source {
     config: SpaceliftConfig,
     client: Client,
+    /// Collectors already warned about as unsupported, so the log says it once rather than
+    /// on every poll; one that becomes supported again is warned about anew if it regresses.
+    warned_unsupported: parking_lot::Mutex<BTreeSet<Group>>,
 }
 
 impl Source {
@@ -141,7 +145,11 @@ impl Source {
             config.scrape_timeout,
             telemetry,
         )?;
-        Ok(Source { config, client })
+        Ok(Source {
+            config,
+            client,
+            warned_unsupported: Default::default(),
+        })
     }
 
     /// One scrape: every enabled group, concurrently, under one deadline.
@@ -170,10 +178,13 @@ impl Source {
         let mut omitted = None;
         for (g, r, took) in outcomes {
             let (ok, supported) = match &r {
-                Ok(Fetched::Unsupported) => (true, false),
+                Ok(Fetched::Unsupported(_)) => (true, false),
                 Ok(_) => (true, true),
                 Err(_) => (false, true),
             };
+            if ok && supported {
+                self.warned_unsupported.lock().remove(&g);
+            }
             status.push((g, ok, supported, took));
             let result = match r {
                 Ok(Fetched::Samples(s)) => Ok(s),
@@ -185,11 +196,8 @@ impl Source {
                     omitted = Some((filtered, over_budget));
                     Ok(samples)
                 }
-                Ok(Fetched::Unsupported) => {
-                    tracing::debug!(
-                        collector = g.collector(),
-                        "Spacelift refuses this data to the API key; collector marked unsupported"
-                    );
+                Ok(Fetched::Unsupported(message)) => {
+                    self.log_unsupported(g, &message);
                     Ok(Vec::new())
                 }
                 Err(e) => Err(PollError::new(
@@ -254,8 +262,43 @@ impl Source {
             Group::Stacks => self.stacks().await,
         };
         match r {
-            Err(Error::Unsupported { .. }) => Ok(Fetched::Unsupported),
+            Err(Error::Unsupported { message }) => Ok(Fetched::Unsupported(message)),
+            // The attention fields come from the replaced exporter's unmerged parity work,
+            // so a Spacelift release may lack them. Every other group selects fields the
+            // replaced exporter (or Spacelift's own tools) rely on: a mismatch there is a
+            // bug and fails the group.
+            Err(Error::Schema { message }) if g == Group::Attention => {
+                Ok(Fetched::Unsupported(message))
+            }
             r => r,
+        }
+    }
+
+    /// Warns the first time a collector turns out unsupported; later polls log at debug.
+    fn log_unsupported(&self, g: Group, message: &str) {
+        let first = self.warned_unsupported.lock().insert(g);
+        let consequence = match g {
+            Group::Stacks => {
+                "Spacelift does not serve per-stack data to this API key (machine session): no \
+                 spacelift_stack_* or spacelift_runs series will be exported; set \
+                 spacelift.stacks.enabled: false to stop asking"
+            }
+            _ => {
+                "Spacelift refuses this collector's data to this API key or release: its series are absent"
+            }
+        };
+        if first {
+            tracing::warn!(
+                collector = g.collector(),
+                spacelift_message = message,
+                "{consequence}; spacelift_scrape_collector_supported is 0"
+            );
+        } else {
+            tracing::debug!(
+                collector = g.collector(),
+                spacelift_message = message,
+                "collector still unsupported"
+            );
         }
     }
 
