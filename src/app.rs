@@ -354,6 +354,16 @@ async fn drop_unconfigured_scopes(
                 let org = rest.split('/').next().unwrap_or("");
                 return !orgs.iter().any(|o| o == org);
             }
+            // Runner inventory and recovery figures are gauges of what is polled now. The
+            // workflow counters (`webhooks/workflows`) stay: they are history, not state.
+            let gh = config.webhooks.github.as_ref();
+            if name.starts_with("webhooks/runners/") {
+                return gh.and_then(|g| g.runners.as_ref()).is_none();
+            }
+            if let Some(rest) = name.strip_prefix("webhooks/recovery/") {
+                let org = rest.split('/').next().unwrap_or("");
+                return !gh.is_some_and(|g| g.recovery.iter().any(|r| r.org == org));
+            }
             false
         })
         .collect();

@@ -30,6 +30,8 @@ impl Demo {
                 .token_ttl_secs
                 .store(120, std::sync::atomic::Ordering::Relaxed);
             fake.animate(std::time::Duration::from_secs(2));
+            // Show the per-stack families too, as an account that grants them would.
+            fake.sim.gate_stacks(false);
             config.spacelift = Some(crate::sources::spacelift::config::demo_config(
                 &fake.base_url(),
             ));

@@ -208,7 +208,13 @@ async fn series_of_unconfigured_sources_are_dropped_at_start() {
         )
         .unwrap();
         let fid = id("devmetrics_source_up");
-        for scope in ["spacelift/usage", "github/acme/repo", "events/other"] {
+        for scope in [
+            "spacelift/usage",
+            "github/acme/repo",
+            "webhooks/runners/acme",
+            "webhooks/recovery/acme/org",
+            "events/other",
+        ] {
             let s = Sample::number(fid, Labels::new(fid, &[scope]).unwrap(), 1.0);
             store.replace_scope(scope, vec![s]).await.unwrap();
         }

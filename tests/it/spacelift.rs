@@ -959,9 +959,15 @@ async fn demo_metrics_serve_every_dashboard_query_and_health() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let series: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
-    // The demo's fake refuses per-stack data to its API key, as Spacelift does.
+    // The demo's account grants per-stack data, so the demo shows those families too.
     assert!(
-        series.contains(&"spacelift_scrape_collector_supported{collector=\"stacks\"} 0"),
+        series.contains(&"spacelift_scrape_collector_supported{collector=\"stacks\"} 1"),
+        "{body}"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.starts_with("spacelift_stack_state{")),
         "{body}"
     );
     let queries = owned_queries();
