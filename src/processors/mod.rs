@@ -156,7 +156,21 @@ pub async fn run_consumer(
                 }
             },
         };
-        match apply_and_forward(&*store, &*queue, &delivery.payload, &opts, &sink_topics).await {
+        // A payload that panics a processor is a bad message, not a reason to lose this
+        // consumer: it is nacked like any failure, so it ends in the dead-letter table.
+        let work = apply_and_forward(&*store, &*queue, &delivery.payload, &opts, &sink_topics);
+        let outcome =
+            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(id = delivery.id, "processing a GitHub delivery panicked");
+                    if let Err(e) = delivery.nack("panic").await {
+                        tracing::warn!(error = %e, "nack failed");
+                    }
+                    continue;
+                }
+            };
+        match outcome {
             Ok(_) => {
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(error = %e, "ack failed; the delivery will be applied again (harmlessly)");
