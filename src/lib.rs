@@ -13,3 +13,4 @@ pub mod sim;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod timestamp;

@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 use super::sink::{Error, Sink};
-use crate::processors::time::format_rfc3339;
 use crate::processors::workflows::{Item, JobItem, RunItem};
+use crate::timestamp::format_rfc3339;
 
 const DEFAULT_INGESTION: &str = "https://dc.services.visualstudio.com";
 

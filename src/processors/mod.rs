@@ -3,7 +3,6 @@
 //! only after every batch is durable, so a crash at any point redelivers and the keys make
 //! the retry harmless.
 
-pub mod time;
 pub mod workflows;
 
 use bytes::Bytes;

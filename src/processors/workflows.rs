@@ -12,9 +12,9 @@
 
 use serde::Deserialize;
 
-use super::time::parse_rfc3339;
 use crate::metrics::{FamilyId, Labels, id};
 use crate::store::{Op, Update};
+use crate::timestamp::parse_rfc3339;
 
 /// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
 pub const SCOPE: &str = "webhooks/workflows";

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::webhooks::Sender;
-use crate::processors::time::format_rfc3339;
+use crate::timestamp::format_rfc3339;
 
 #[derive(Clone, Debug)]
 pub struct Attempt {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::processors::time::format_rfc3339;
+use crate::timestamp::format_rfc3339;
 
 const JOB_TEMPLATE: &str = include_str!("../../tests/fixtures/github_webhooks/workflow_job.json");
 const RUN_TEMPLATE: &str = include_str!("../../tests/fixtures/github_webhooks/workflow_run.json");

@@ -293,7 +293,7 @@ impl Recovery {
             HookTarget::Org(hook) => (format!("/orgs/{org}/hooks/{hook}"), false),
             HookTarget::App => ("/app/hook".to_string(), true),
         };
-        let at = |d: &HookDelivery| crate::processors::time::parse_rfc3339(&d.delivered_at);
+        let at = |d: &HookDelivery| crate::timestamp::parse_rfc3339(&d.delivered_at);
         let deliveries: Vec<HookDelivery> = pages(
             &self.client,
             format!("{base}/deliveries?per_page=100"),
