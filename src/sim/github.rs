@@ -288,7 +288,6 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     reviews,
                 }
             };
-            r.touch(pr.updated);
             r.prs.push(pr);
         }
         for _ in 0..rng.random_range(0..5) {
@@ -307,7 +306,6 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     login: pick(rng),
                     created,
                 });
-                r.touch(created);
             }
         }
         if spec.with_bot && active {
@@ -450,6 +448,7 @@ impl GithubSim {
         });
     }
 
+    /// A comment: as on GitHub, it moves neither the repo's `pushed_at` nor `updated_at`.
     pub fn add_comment(&self, org: &str, repo: &str, login: &str, at: i64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.with_org(org, |o| {
@@ -459,30 +458,17 @@ impl GithubSim {
                 login: login.into(),
                 created: at,
             });
-            r.touch(at);
         });
     }
 
-    /// A comment that, as on GitHub, leaves the repo's `updated_at` alone.
-    pub fn add_comment_quietly(&self, org: &str, repo: &str, login: &str, at: i64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.with_org(org, |o| {
-            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
-            r.comments.push(Comment {
-                id,
-                login: login.into(),
-                created: at,
-            });
-        });
-    }
-
+    /// A review of the repo's most recently updated PR: it moves the PR's `updated_at`, not
+    /// the repo's.
     pub fn add_review(&self, org: &str, repo: &str, login: &str, at: i64) {
         self.with_org(org, |o| {
             let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
             let p = &mut r.prs[0];
             p.reviews.push((login.into(), at));
             p.updated = p.updated.max(at);
-            r.touch(at);
             r.sort();
         });
     }

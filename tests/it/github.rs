@@ -839,8 +839,7 @@ async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     let t = env.advance(60);
-    env.sim
-        .add_comment_quietly(ORG, "repo-002", "user004", t - 10);
+    env.sim.add_comment(ORG, "repo-002", "user004", t - 10);
     env.sim.fail_path("/commits", 100);
     poll(&*p, &store).await;
     env.sim.fail_path("/commits", 0);
@@ -913,4 +912,46 @@ async fn several_orgs_with_their_own_credentials() {
         1,
         "only acme uses the App"
     );
+}
+
+/// Reviews and comments move neither `pushed_at` nor `updated_at` on GitHub: a repo without
+/// a recent push still has its conversations counted, cold (GraphQL) and warm (REST).
+#[tokio::test]
+async fn reviews_and_comments_in_repos_without_a_recent_push_count() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let quiet = |repo: &str| {
+        env.sim.with_org(ORG, |o| {
+            let r = o.repos.iter().find(|r| r.name == repo).unwrap();
+            assert!(r.pushed_at < env.now() - 86_400 && r.updated_at < env.now() - 86_400);
+        })
+    };
+    quiet("repo-006");
+    quiet("repo-007");
+    env.sim.add_review(ORG, "repo-006", "user002", NOW - 600);
+    env.sim.add_comment(ORG, "repo-006", "user003", NOW - 500);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, env.now()));
+    assert!(got.contains_key(&(
+        "gh_activity_reviews_submitted_24h".into(),
+        "repo-006".into(),
+        "user002".into()
+    )));
+
+    let t = env.advance(60);
+    env.sim.add_review(ORG, "repo-007", "user004", t - 10);
+    env.sim.add_comment(ORG, "repo-007", "user005", t - 10);
+    poll(&*p, &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, t));
+    assert!(got.contains_key(&(
+        "gh_activity_issue_comments_24h".into(),
+        "repo-007".into(),
+        "user005".into()
+    )));
 }

@@ -842,9 +842,21 @@ impl Client {
 
     /// The newest item of a list endpoint, conditionally: a cheap "did anything change" probe
     /// whose 304 costs no primary rate limit.
-    pub async fn probe(&self, path: &str, endpoint: &'static str) -> Result<bool, Error> {
+    /// Answers whether the list changed, and the newest `updated_at` on its first page (0
+    /// when empty).
+    pub async fn probe(&self, path: &str, endpoint: &'static str) -> Result<(bool, i64), Error> {
+        #[derive(serde::Deserialize)]
+        struct Item {
+            updated_at: Option<String>,
+        }
         let page = self.get(path, endpoint, true).await?;
-        Ok(!page.not_modified)
+        let items: Vec<Item> = decode(&page.body, endpoint)?;
+        let newest = items
+            .iter()
+            .filter_map(|i| i.updated_at.as_deref().and_then(wire::parse_time))
+            .max()
+            .unwrap_or(0);
+        Ok((!page.not_modified, newest))
     }
 
     /// `/stats/contributors`; 202 ("computing") is retried `retries` times after `delay`,

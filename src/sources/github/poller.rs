@@ -74,6 +74,20 @@ struct OrgState {
     live: OrgLive,
 }
 
+#[derive(Clone, Copy)]
+struct Probe {
+    changed: bool,
+    /// Newest `updated_at` of any PR or comment.
+    newest: i64,
+}
+
+/// What a fetch of a repo's window needs.
+struct Want {
+    commits: bool,
+    conversations: bool,
+    graphql: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct CachedEvents {
     marker: (Option<String>, Option<String>),
@@ -196,48 +210,49 @@ impl OrgPoller {
         let name = &repo.name;
         let key = format!("{}/{name}", self.org.org);
         let t = |s: &Option<String>| s.as_deref().and_then(wire::parse_time).unwrap_or(0);
-        let (pushed, updated) = (t(&repo.pushed_at), t(&repo.updated_at));
+        let pushed = t(&repo.pushed_at);
         let marker = (repo.pushed_at.clone(), repo.updated_at.clone());
-        let events = if pushed.max(updated) < start {
-            // Nothing happened in the repo during the window: no request needed.
-            RepoEvents::default()
+        // Only pushes move `pushed_at`; reviews and comments move neither it nor `updated_at`,
+        // so the probes run for every repo (their 304s are free) and tell what changed.
+        let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
+        let cold = cached.is_none();
+        let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
+        // Probe before fetching, so a change landing in between is seen next cycle rather
+        // than hidden behind a fresh ETag.
+        let probe = if fresh {
+            None
         } else {
-            let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
-            let cold = cached.is_none();
-            let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
-            // Probe before fetching, so a change landing in between is seen next cycle
-            // rather than hidden behind a fresh ETag.
-            let reuse = match (&cached, fresh) {
-                (_, true) => false,
-                (Some(c), false) if c.events.until <= end => self.unchanged(name).await?,
-                (_, false) => {
-                    self.unchanged(name).await?;
-                    false
+            Some(self.probe(name).await?)
+        };
+        let reuse =
+            matches!((&cached, probe), (Some(c), Some(p)) if c.events.until <= end && !p.changed);
+        let events = match cached {
+            Some(c) if reuse => c.events,
+            _ => {
+                if !fresh {
+                    // The probes' ETags have moved on: if the fetch below fails, the old
+                    // events must not be reused behind their 304s next cycle.
+                    self.store
+                        .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))?;
                 }
-            };
-            match cached {
-                Some(c) if reuse => c.events,
-                _ => {
-                    if !fresh {
-                        // The probes' ETags have moved on: if the fetch below fails, the old
-                        // events must not be reused behind their 304s next cycle.
-                        self.store
-                            .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
-                            .await
-                            .map_err(|e| Error::Store(e.to_string()))?;
-                    }
-                    let ev = self
-                        .fetch_events(name, start, end, cold && self.gh.graphql)
-                        .await?;
-                    if !fresh {
-                        let c = CachedEvents {
-                            marker,
-                            events: ev.clone(),
-                        };
-                        self.kv_put_json(EVENTS_NS, &key, &c).await?;
-                    }
-                    ev
+                let want = Want {
+                    commits: pushed >= start,
+                    // No PR or comment updated since the window began: none was opened,
+                    // merged, reviewed or written in it.
+                    conversations: probe.is_none_or(|p| p.newest >= start),
+                    graphql: cold && self.gh.graphql,
+                };
+                let ev = self.fetch_events(name, start, end, want).await?;
+                if !fresh {
+                    let c = CachedEvents {
+                        marker,
+                        events: ev.clone(),
+                    };
+                    self.kv_put_json(EVENTS_NS, &key, &c).await?;
                 }
+                ev
             }
         };
         let loc = self.loc(name, pushed, end).await?;
@@ -254,9 +269,9 @@ impl OrgPoller {
 
     /// Conditional probes of the newest PR page and the newest comment: two 304s (free)
     /// when nothing changed.
-    async fn unchanged(&self, repo: &str) -> Result<bool, Error> {
+    async fn probe(&self, repo: &str) -> Result<Probe, Error> {
         let org = &self.org.org;
-        let pulls = self
+        let (pulls, pulls_newest) = self
             .client
             .probe(
                 &format!(
@@ -265,7 +280,7 @@ impl OrgPoller {
                 "pulls",
             )
             .await?;
-        let comments = self
+        let (comments, comments_newest) = self
             .client
             .probe(
                 &format!(
@@ -274,20 +289,30 @@ impl OrgPoller {
                 "issue_comments",
             )
             .await?;
-        Ok(!pulls && !comments)
+        Ok(Probe {
+            changed: pulls || comments,
+            newest: pulls_newest.max(comments_newest),
+        })
     }
 
-    /// `graphql`: one query for PRs and their reviews (best when nothing is cached); REST
+    /// GraphQL: one query for PRs and their reviews (best when nothing is cached); REST
     /// otherwise, where unchanged PRs' reviews answer 304.
     async fn fetch_events(
         &self,
         repo: &str,
         start: i64,
         end: i64,
-        graphql: bool,
+        want: Want,
     ) -> Result<RepoEvents, Error> {
-        let commits = self.client.commits(repo, start, end).await?;
-        let (pulls, reviews) = if graphql {
+        let commits = if want.commits {
+            self.client.commits(repo, start, end).await?
+        } else {
+            Vec::new()
+        };
+        if !want.conversations {
+            return Ok(RepoEvents::from_wire(start, end, &commits, &[], &[], &[]));
+        }
+        let (pulls, reviews) = if want.graphql {
             self.client.pulls_with_reviews_since(repo, start).await?
         } else {
             let pulls = self.client.pulls_updated_since(repo, start).await?;
