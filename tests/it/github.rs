@@ -955,3 +955,37 @@ async fn reviews_and_comments_in_repos_without_a_recent_push_count() {
         "user005".into()
     )));
 }
+
+/// A cycle skipped for the cooldown is a failure of the org, not a success: the source shows
+/// down and the last success time stays where it was.
+#[tokio::test]
+async fn cooldown_shows_the_org_down() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    let last_success = |t: &Telemetry| t.sources()["github/acme"].last_success_timestamp;
+    let first = last_success(&telemetry).expect("first cycle succeeded");
+    env.sim.fail_path("/orgs/acme/repos", 1000);
+    for _ in 0..2 {
+        env.advance(60);
+        sources::poll_once(&*p, &*store, &telemetry).await;
+    }
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    env.sim.fail_path("/orgs/acme/repos", 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.advance(30);
+    let before = env.fake.requests.total();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert_eq!(
+        env.fake.requests.total(),
+        before,
+        "no request in the cooldown"
+    );
+    assert!(!telemetry.sources()["github/acme"].up);
+    assert_eq!(last_success(&telemetry), Some(first));
+}

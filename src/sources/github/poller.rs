@@ -574,15 +574,22 @@ impl Poller for OrgPoller {
             }
             (cooling, now < s.next_start)
         };
+        let org_scope = format!("github/{}", self.org.org);
         if cooling {
             self.enqueue(None, now, "github_unhealthy").await;
-            return Vec::new();
+            // Not a skip: the org is down until the cooldown ends, and its values age.
+            return vec![ScopeResult {
+                scope: org_scope,
+                result: Err(PollError::new(
+                    "cooldown",
+                    "cooling down after repeated failures",
+                )),
+            }];
         }
         if stretched {
             return Vec::new();
         }
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
-        let org_scope = format!("github/{}", self.org.org);
         let repos = match self.client.org_repos().await {
             Ok(r) => r,
             Err(e) => {
