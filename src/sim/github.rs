@@ -1185,6 +1185,14 @@ async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes)
         .as_str()
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    let typename = query.contains("__typename");
+    // GraphQL names a bot by its App slug, without REST's `[bot]`.
+    let actor = |login: &str| match login.strip_suffix("[bot]") {
+        Some(slug) if typename => json!({"__typename": "Bot", "login": slug}),
+        Some(slug) => json!({"login": slug}),
+        None if typename => json!({"__typename": "User", "login": login}),
+        None => json!({"login": login}),
+    };
     let data = with_repo(&sim, owner, name, |r| {
         let nodes: Vec<Value> = r
             .prs
@@ -1195,9 +1203,9 @@ async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes)
                 let mut rv = p.reviews.clone();
                 rv.sort_by_key(|x| x.1);
                 json!({"number": p.number, "createdAt": format_time(p.created), "updatedAt": format_time(p.updated),
-                    "mergedAt": p.merged.map(format_time), "author": {"login": p.author},
+                    "mergedAt": p.merged.map(format_time), "author": actor(&p.author),
                     "reviews": {"pageInfo": {"hasNextPage": rv.len() > 100},
-                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": {"login": u}, "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
+                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": actor(u), "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
             })
             .collect();
         let more = offset + 50 < r.prs.len();

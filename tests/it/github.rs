@@ -989,3 +989,49 @@ async fn cooldown_shows_the_org_down() {
     assert!(!telemetry.sources()["github/acme"].up);
     assert_eq!(last_success(&telemetry), Some(first));
 }
+
+/// GraphQL names a bot `dependabot` where REST says `dependabot[bot]`: bots stay excluded on
+/// the cold (GraphQL) cycle, and when included carry the same label cold and warm.
+#[tokio::test]
+async fn bots_look_the_same_over_graphql_and_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(env.sim.graphql_queries() > 0, "the cold cycle used GraphQL");
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
+    let cfg = env.config("activity: {include_bots: true}\n");
+    let (store, queue) = env.open();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let key = |u: &str| {
+        (
+            "gh_activity_reviews_submitted_24h".to_string(),
+            "repo-000".to_string(),
+            u.to_string(),
+        )
+    };
+    assert_eq!(exported(&store).get(&key("dependabot[bot]")), Some(&1.0));
+    let t = env.advance(60);
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", t - 10);
+    let graphql = env.sim.graphql_queries();
+    poll(&*p, &store).await;
+    assert_eq!(
+        env.sim.graphql_queries(),
+        graphql,
+        "the warm cycle used REST"
+    );
+    let got = exported(&store);
+    assert_eq!(got.get(&key("dependabot[bot]")), Some(&2.0));
+    assert!(!got.keys().any(|k| k.2 == "dependabot"));
+}

@@ -767,7 +767,7 @@ impl Client {
         repo: &str,
         since: i64,
     ) -> Result<(Vec<wire::Pull>, Vec<wire::Review>), Error> {
-        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { login } submittedAt state } } } } } }";
+        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { __typename login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { __typename login } submittedAt state } } } } } }";
         let (mut pulls, mut reviews) = (Vec::new(), Vec::new());
         let mut cursor: Option<String> = None;
         loop {
@@ -797,14 +797,14 @@ impl Client {
                     reviews.extend(self.reviews(repo, n.number).await?);
                 } else {
                     reviews.extend(n.reviews.nodes.into_iter().map(|rv| wire::Review {
-                        user: rv.author,
+                        user: rv.author.map(wire::GqlActor::into_user),
                         submitted_at: rv.submitted_at,
                         state: rv.state,
                     }));
                 }
                 pulls.push(wire::Pull {
                     number: n.number,
-                    user: n.author,
+                    user: n.author.map(wire::GqlActor::into_user),
                     created_at: n.created_at,
                     updated_at: n.updated_at,
                     merged_at: n.merged_at,

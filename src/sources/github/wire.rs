@@ -139,17 +139,40 @@ pub struct GqlPull {
     pub created_at: String,
     pub updated_at: String,
     pub merged_at: Option<String>,
-    pub author: Option<User>,
+    pub author: Option<GqlActor>,
     pub reviews: GqlConnection<GqlReview>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GqlReview {
-    pub author: Option<User>,
+    pub author: Option<GqlActor>,
     pub submitted_at: Option<String>,
     #[serde(default)]
     pub state: String,
+}
+
+/// A GraphQL `author { __typename login }`. GraphQL names an App's bot `dependabot` where
+/// REST says `dependabot[bot]`.
+#[derive(Debug, Deserialize)]
+pub struct GqlActor {
+    #[serde(rename = "__typename", default)]
+    pub typename: Option<String>,
+    pub login: String,
+}
+
+impl GqlActor {
+    /// The REST login, so cold (GraphQL) and warm (REST) cycles label a user alike.
+    pub fn into_user(self) -> User {
+        let bot = self.typename.as_deref() == Some("Bot") && !self.login.ends_with("[bot]");
+        User {
+            login: if bot {
+                format!("{}[bot]", self.login)
+            } else {
+                self.login
+            },
+        }
+    }
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as GitHub writes them
