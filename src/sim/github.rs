@@ -701,7 +701,15 @@ impl GithubSim {
             return r;
         }
         let text = serde_json::to_vec(&body).expect("json serializes");
-        let etag = format!("W/\"{}\"", hex::encode(&sha2::Sha256::digest(&text)[..16]));
+        // GitHub's ETag depends on the credentials too: another token's ETag never matches.
+        let mut hash = sha2::Sha256::new();
+        hash.update(
+            h.get("authorization")
+                .map(|v| v.as_bytes())
+                .unwrap_or_default(),
+        );
+        hash.update(&text);
+        let etag = format!("W/\"{}\"", hex::encode(&hash.finalize()[..16]));
         let not_modified = status == StatusCode::OK
             && h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str());
         let (remaining, limit, reset, exhausted) = {

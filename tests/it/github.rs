@@ -325,6 +325,8 @@ async fn restart_keeps_values_and_etags() {
     poll(&*gh.pollers[0], &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
     let spent = env.sim.counted() - before;
+    // ETags belong to the token that got them: the persisted token is used again.
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 1);
     assert!(
         spent < 20,
         "after a restart the cached ETags still answer 304: spent {spent}"

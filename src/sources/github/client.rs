@@ -18,6 +18,9 @@ use crate::store::SharedStore;
 use crate::telemetry::Telemetry;
 
 const ETAG_NS: &str = "github.etag";
+/// Installation tokens, kept until they expire: GitHub ties an ETag to the token that got
+/// it, so a restart that exchanged a new token would find every cached ETag stale.
+const TOKEN_NS: &str = "github.token";
 const USER_AGENT: &str = concat!("devmetrics/", env!("CARGO_PKG_VERSION"));
 /// A token is renewed this long before GitHub says it expires.
 const TOKEN_MARGIN: i64 = 300;
@@ -166,6 +169,7 @@ pub struct Page {
     pub not_modified: bool,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct CachedToken {
     token: String,
     expires_at: i64,
@@ -292,16 +296,40 @@ impl Client {
             } => {
                 let mut cached = self.token.lock().await;
                 let now = now_secs();
+                let fresh = |t: &CachedToken| t.expires_at - TOKEN_MARGIN > now;
                 if let Some(t) = cached.as_ref()
-                    && t.expires_at - TOKEN_MARGIN > now
+                    && fresh(t)
                 {
                     return Ok(format!("token {}", t.token));
+                }
+                let kv_key = format!("{}|{installation_id}", self.base);
+                let stored = self
+                    .store
+                    .kv_get(TOKEN_NS, &kv_key)
+                    .await
+                    .map_err(|e| Error::Store(e.to_string()))?
+                    .and_then(|v| serde_json::from_slice::<CachedToken>(&v).ok())
+                    .filter(fresh);
+                if let Some(t) = stored {
+                    let header = format!("token {}", t.token);
+                    *cached = Some(t);
+                    return Ok(header);
                 }
                 let pem = key
                     .read()
                     .map_err(|e| Error::Auth(format!("reading the App private key: {e}")))?;
                 let jwt = app_jwt(*app_id, pem.expose().as_bytes(), now)?;
                 let tok = self.exchange(*installation_id, &jwt).await?;
+                let ttl = (tok.expires_at - now).max(1) as u64;
+                self.store
+                    .kv_put(
+                        TOKEN_NS,
+                        &kv_key,
+                        serde_json::to_vec(&tok).expect("token serializes"),
+                        Some(Duration::from_secs(ttl)),
+                    )
+                    .await
+                    .map_err(|e| Error::Store(e.to_string()))?;
                 let header = format!("token {}", tok.token);
                 *cached = Some(tok);
                 Ok(header)
@@ -638,6 +666,20 @@ impl Client {
                 401 => {
                     // A revoked or expired token: drop it so the next call exchanges anew.
                     *self.token.lock().await = None;
+                    if let Auth::App {
+                        installation_id, ..
+                    } = &self.auth
+                    {
+                        self.store
+                            .kv_put(
+                                TOKEN_NS,
+                                &format!("{}|{installation_id}", self.base),
+                                Vec::new(),
+                                Some(Duration::from_secs(1)),
+                            )
+                            .await
+                            .map_err(|e| Error::Store(e.to_string()))?;
+                    }
                     if attempt >= self.retry.max_attempts.min(2) {
                         return Err(Error::Status {
                             status,
