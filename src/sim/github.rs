@@ -142,14 +142,28 @@ struct RateState {
     remaining: u64,
     reset_at: i64,
     counted: u64,
-    /// GraphQL queries: their own budget (one point per query here).
+    /// GraphQL queries answered: they spend their own budget (one point per query here).
     graphql: u64,
+    graphql_limit: u64,
+    graphql_remaining: u64,
+    graphql_reset_at: i64,
+    /// The current secondary-limit window: (started, ends). GitHub refuses every request of
+    /// the installation until it ends.
+    secondary: Option<(std::time::Instant, std::time::Instant)>,
+    /// Requests sent well into a secondary-limit window (not merely in flight when it began).
+    secondary_ignored: u64,
 }
 
 /// Knobs beyond [`super::Faults`], specific to GitHub.
 pub struct Knobs {
-    /// The next N API requests get a secondary-limit 403 with `Retry-After: 1`.
+    /// The next N API requests each open a one-second secondary-limit window: 403 with
+    /// `Retry-After: 1` to every request until it ends, as GitHub does.
     pub secondary_next: AtomicU32,
+    /// Only requests whose path contains this open a secondary-limit window, if set.
+    pub secondary_path: Mutex<Option<String>>,
+    /// Milliseconds (± half, at random) every successful answer takes to arrive, after it was
+    /// decided.
+    pub answer_delay_ms: AtomicU64,
     /// Requests whose path contains this fail with 502, `fail_path_count` times.
     pub fail_path: Mutex<Option<(String, u32)>>,
     /// How many 202s `/stats/contributors` answers after each change before the 200.
@@ -348,9 +362,16 @@ impl GithubSim {
                 reset_at: crate::sources::github::client::now_secs() + 3600,
                 counted: 0,
                 graphql: 0,
+                graphql_limit: 5000,
+                graphql_remaining: 5000,
+                graphql_reset_at: crate::sources::github::client::now_secs() + 3600,
+                secondary: None,
+                secondary_ignored: 0,
             }),
             knobs: Knobs {
                 secondary_next: AtomicU32::new(0),
+                secondary_path: Mutex::new(None),
+                answer_delay_ms: AtomicU64::new(0),
                 fail_path: Mutex::new(None),
                 stats_202: AtomicU32::new(1),
                 token_ttl: AtomicU64::new(3600),
@@ -374,6 +395,10 @@ impl GithubSim {
             .route("/repos/{owner}/{repo}/stats/contributors", get(stats))
             .route("/rate_limit", get(rate_limit))
             .route("/graphql", post(graphql))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                slow_answers,
+            ))
             .with_state(self.clone())
     }
 
@@ -383,6 +408,20 @@ impl GithubSim {
         r.limit = limit;
         r.remaining = limit;
         r.reset_at = crate::sources::github::client::now_secs() + 3600;
+    }
+
+    /// Sets GraphQL's budget (per hour window) and refills it.
+    pub fn set_graphql_limit(&self, limit: u64) {
+        let mut r = self.rate.lock();
+        r.graphql_limit = limit;
+        r.graphql_remaining = limit;
+        r.graphql_reset_at = crate::sources::github::client::now_secs() + 3600;
+    }
+
+    /// Requests sent more than 50 ms into a secondary-limit window: a client that pauses
+    /// all its workers sends none.
+    pub fn secondary_ignored(&self) -> u64 {
+        self.rate.lock().secondary_ignored
     }
 
     /// Requests so far that counted against the primary limit (not 304s, not token exchange).
@@ -645,18 +684,38 @@ impl GithubSim {
                 return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
             }
         }
-        let used = {
+        let (limit, remaining, reset, exhausted) = {
             let mut r = self.rate.lock();
-            r.graphql += 1;
-            r.graphql
+            let now = crate::sources::github::client::now_secs();
+            if now >= r.graphql_reset_at {
+                r.graphql_remaining = r.graphql_limit;
+                r.graphql_reset_at = now + 3600;
+            }
+            let exhausted = r.graphql_remaining == 0;
+            if !exhausted {
+                r.graphql_remaining -= 1;
+                r.graphql += 1;
+            }
+            (
+                r.graphql_limit,
+                r.graphql_remaining,
+                r.graphql_reset_at,
+                exhausted,
+            )
         };
-        let mut resp = json_response(StatusCode::OK, json!({ "data": data }));
+        // GraphQL's primary limit is an error in a 200 answer, not a 403.
+        let body = if exhausted {
+            json!({"errors": [{"type": "RATE_LIMITED", "message": format!("API rate limit exceeded for installation ID {INSTALLATION_ID}.")}]})
+        } else {
+            json!({ "data": data })
+        };
+        let mut resp = json_response(StatusCode::OK, body);
         let hm = resp.headers_mut();
-        hm.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
-        hm.insert(
-            "x-ratelimit-remaining",
-            HeaderValue::from_str(&5000u64.saturating_sub(used).to_string()).expect("digits"),
-        );
+        let num = |n: i64| HeaderValue::from_str(&n.to_string()).expect("digits");
+        hm.insert("x-ratelimit-limit", num(limit as i64));
+        hm.insert("x-ratelimit-remaining", num(remaining as i64));
+        hm.insert("x-ratelimit-used", num((limit - remaining) as i64));
+        hm.insert("x-ratelimit-reset", num(reset));
         hm.insert("x-ratelimit-resource", HeaderValue::from_static("graphql"));
         resp
     }
@@ -686,12 +745,37 @@ impl GithubSim {
                 return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
             }
         }
-        if self
+        let in_window = {
+            let mut r = self.rate.lock();
+            let now = std::time::Instant::now();
+            match r.secondary {
+                Some((from, until)) if now < until => {
+                    if now > from + std::time::Duration::from_millis(50) {
+                        r.secondary_ignored += 1;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        let on_path = self
             .knobs
-            .secondary_next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+            .secondary_path
+            .lock()
+            .as_deref()
+            .is_none_or(|p| uri.path().contains(p));
+        if in_window
+            || (on_path
+                && self
+                    .knobs
+                    .secondary_next
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok())
         {
+            if !in_window {
+                let now = std::time::Instant::now();
+                self.rate.lock().secondary = Some((now, now + std::time::Duration::from_secs(1)));
+            }
             let mut r = json_response(
                 StatusCode::FORBIDDEN,
                 json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}),
@@ -758,6 +842,22 @@ impl GithubSim {
         }
         resp
     }
+}
+
+/// Holds successful answers for `answer_delay_ms`, so requests overlap as on a slow network.
+async fn slow_answers(
+    State(sim): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let r = next.run(req).await;
+    let d = sim.knobs.answer_delay_ms.load(Ordering::Relaxed);
+    if d > 0 && r.status().is_success() {
+        // Jittered, so concurrent workers drift out of step as on a real network.
+        let ms = d / 2 + rand::rng().random_range(0..d);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    r
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {

@@ -1037,3 +1037,43 @@ async fn bots_look_the_same_over_graphql_and_rest() {
     assert_eq!(got.get(&key("dependabot[bot]")), Some(&2.0));
     assert!(!got.keys().any(|k| k.2 == "dependabot"));
 }
+
+/// GraphQL's primary limit answers 200 with a RATE_LIMITED error and has its own budget: the
+/// cold cycle falls back to REST, the REST budget is not mistaken for it.
+#[tokio::test]
+async fn a_spent_graphql_budget_falls_back_to_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_graphql_limit(2);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.graphql_queries(), 2);
+    let b = p.client.budget().snapshot();
+    assert!(b.graphql.known && b.graphql.remaining == 0);
+    assert_eq!(b.limit, 5000);
+    assert!(b.remaining > 4900, "REST budget: {}", b.remaining);
+}
+
+/// A secondary limit pauses every worker of the installation, not just the request that got
+/// it: GitHub keeps refusing (and counting) the others' requests meanwhile.
+#[tokio::test]
+async fn a_secondary_limit_pauses_every_worker() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("graphql: false\n");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    // Workers overlap out of step (answers take 150-450 ms); the limit strikes mid-cycle.
+    env.sim.knobs.answer_delay_ms.store(300, Ordering::Relaxed);
+    *env.sim.knobs.secondary_path.lock() = Some("/repo-006/".into());
+    env.sim.knobs.secondary_next.store(1, Ordering::Relaxed);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.knobs.secondary_next.load(Ordering::Relaxed), 0);
+    assert_eq!(env.sim.secondary_ignored(), 0);
+}

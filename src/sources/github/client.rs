@@ -95,6 +95,20 @@ pub struct BudgetState {
     /// Responses that spent quota (not 304s) and secondary-limit hits, since start.
     pub spent: u64,
     pub secondary_hits: u64,
+    /// GraphQL's own primary limit (`x-ratelimit-resource: graphql`).
+    pub graphql: Resource,
+    /// Until when every worker of the installation pauses after a secondary limit: GitHub
+    /// keeps refusing the others' requests too, and counts them against the installation.
+    pub secondary_until: Option<Instant>,
+}
+
+/// One primary limit, from the last `x-ratelimit-*` headers of its resource.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resource {
+    pub known: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_at: i64,
 }
 
 impl Budget {
@@ -102,11 +116,19 @@ impl Budget {
         *self.state.lock()
     }
 
-    /// How long to wait before the next request: until the reset when the reserve is
-    /// reached, and spaced out over the reset window when running low.
-    fn delay(&self, reserve: u32, buffer: Duration, now: i64) -> Duration {
+    /// How long to wait before the next request: a secondary-limit pause first; then, for
+    /// REST, until the reset when the reserve is reached, and spaced out over the reset
+    /// window when running low.
+    fn delay(&self, reserve: u32, buffer: Duration, now: i64, graphql: bool) -> Duration {
         let mut s = self.state.lock();
-        if !s.known || s.reset_at <= now {
+        if let Some(until) = s.secondary_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return left;
+            }
+            s.secondary_until = None;
+        }
+        if graphql || !s.known || s.reset_at <= now {
             return Duration::ZERO;
         }
         let left = s.remaining.saturating_sub(u64::from(reserve));
@@ -120,6 +142,20 @@ impl Budget {
             return Duration::from_secs_f64(until_reset as f64 / left as f64);
         }
         Duration::ZERO
+    }
+
+    /// Pauses every worker of the installation for `wait`.
+    fn secondary(&self, wait: Duration) {
+        let mut s = self.state.lock();
+        s.secondary_hits += 1;
+        let until = Instant::now() + wait;
+        s.secondary_until = Some(s.secondary_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// When GraphQL's budget is spent, the time it resets.
+    fn graphql_exhausted(&self, now: i64) -> Option<i64> {
+        let g = self.state.lock().graphql;
+        (g.known && g.remaining == 0 && g.reset_at > now).then_some(g.reset_at)
     }
 
     fn observe(&self, h: &reqwest::header::HeaderMap, spent: bool) {
@@ -136,16 +172,30 @@ impl Budget {
         if spent {
             s.spent += 1;
         }
-        if resource != "core" {
+        let (Some(rem), Some(reset)) = (num("x-ratelimit-remaining"), num("x-ratelimit-reset"))
+        else {
             return;
-        }
-        if let (Some(rem), Some(reset)) = (num("x-ratelimit-remaining"), num("x-ratelimit-reset")) {
-            s.known = true;
-            s.remaining = rem.max(0) as u64;
-            s.reset_at = reset;
-            if let Some(l) = num("x-ratelimit-limit") {
-                s.limit = l.max(0) as u64;
+        };
+        let limit = num("x-ratelimit-limit").map(|l| l.max(0) as u64);
+        match resource {
+            "core" => {
+                s.known = true;
+                s.remaining = rem.max(0) as u64;
+                s.reset_at = reset;
+                if let Some(l) = limit {
+                    s.limit = l;
+                }
             }
+            "graphql" => {
+                let g = &mut s.graphql;
+                g.known = true;
+                g.remaining = rem.max(0) as u64;
+                g.reset_at = reset;
+                if let Some(l) = limit {
+                    g.limit = l;
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -412,6 +462,9 @@ impl Client {
             #[serde(default)]
             errors: Vec<serde_json::Value>,
         }
+        if let Some(reset_at) = self.budget.graphql_exhausted(now_secs()) {
+            return Err(Error::RateLimited { reset_at });
+        }
         let url = graphql_url(&self.base);
         let body = serde_json::to_vec(&serde_json::json!({"query": query, "variables": variables}))
             .expect("json serializes");
@@ -419,6 +472,21 @@ impl Client {
             .request(&url, Some(Bytes::from(body)), endpoint, false)
             .await?;
         let a: Answer<T> = decode(&page.body, endpoint)?;
+        // GraphQL's primary limit answers 200 with a RATE_LIMITED error.
+        if a.errors
+            .iter()
+            .any(|e| e.get("type").and_then(|t| t.as_str()) == Some("RATE_LIMITED"))
+        {
+            let reset_at = self
+                .budget
+                .graphql_exhausted(now_secs())
+                .unwrap_or(now_secs() + 60);
+            let mut s = self.budget.state.lock();
+            s.graphql.known = true;
+            s.graphql.remaining = 0;
+            s.graphql.reset_at = reset_at;
+            return Err(Error::RateLimited { reset_at });
+        }
         match a.data {
             Some(d) if a.errors.is_empty() => Ok(d),
             _ => Err(Error::Decode {
@@ -461,9 +529,12 @@ impl Client {
         let mut reset_waits = 0u32;
         let mut secondary = 0u32;
         loop {
-            let d = self
-                .budget
-                .delay(self.rate.reserve, self.rate.reset_buffer, now_secs());
+            let d = self.budget.delay(
+                self.rate.reserve,
+                self.rate.reset_buffer,
+                now_secs(),
+                post.is_some(),
+            );
             if d > Duration::from_secs(30) {
                 tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate-limit reserve reached; waiting for the reset");
             }
@@ -615,7 +686,6 @@ impl Client {
                         || (retry_after.is_some() && remaining != Some(0))
                         || (status == 429 && remaining != Some(0));
                     if is_secondary {
-                        self.budget.state.lock().secondary_hits += 1;
                         secondary += 1;
                         if secondary > self.retry.max_attempts.max(3) {
                             return Err(Error::SecondaryLimit { endpoint });
@@ -625,8 +695,9 @@ impl Client {
                             * secondary;
                         let jitter = rand::rng().random_range(0.0..0.25);
                         let wait = base.mul_f64(1.0 + jitter);
-                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs_f64(), "GitHub secondary rate limit; backing off");
-                        self.wait(wait).await?;
+                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs_f64(), "GitHub secondary rate limit; every worker of the installation backs off");
+                        // The wait happens at the top of the loop, shared with the others.
+                        self.budget.secondary(wait);
                         attempt -= 1;
                         continue;
                     }
@@ -1056,13 +1127,37 @@ mod tests {
         h.insert("x-ratelimit-remaining", "100".parse().unwrap());
         h.insert("x-ratelimit-reset", "1100".parse().unwrap());
         b.observe(&h, true);
-        assert!(b.delay(100, Duration::from_secs(5), 1000) >= Duration::from_secs(105));
+        assert!(b.delay(100, Duration::from_secs(5), 1000, false) >= Duration::from_secs(105));
         h.insert("x-ratelimit-remaining", "4000".parse().unwrap());
         b.observe(&h, true);
-        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::ZERO);
+        assert_eq!(b.delay(100, Duration::ZERO, 1000, false), Duration::ZERO);
         // Low but above the reserve: spaced over what is left of the window.
         h.insert("x-ratelimit-remaining", "150".parse().unwrap());
         b.observe(&h, true);
-        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::from_secs(2));
+        assert_eq!(
+            b.delay(100, Duration::ZERO, 1000, false),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn graphql_has_its_own_budget_and_a_secondary_limit_pauses_everyone() {
+        let b = Budget::default();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-limit", "5000".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "4000".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1100".parse().unwrap());
+        b.observe(&h, true);
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-resource", "graphql".parse().unwrap());
+        b.observe(&h, true);
+        let s = b.snapshot();
+        assert_eq!((s.remaining, s.graphql.remaining), (4000, 0));
+        assert_eq!(b.graphql_exhausted(1000), Some(1100));
+        assert_eq!(b.delay(100, Duration::ZERO, 1000, false), Duration::ZERO);
+        b.secondary(Duration::from_secs(30));
+        for graphql in [false, true] {
+            assert!(b.delay(100, Duration::ZERO, 1000, graphql) > Duration::from_secs(29));
+        }
     }
 }

@@ -312,8 +312,18 @@ impl OrgPoller {
         if !want.conversations {
             return Ok(RepoEvents::from_wire(start, end, &commits, &[], &[], &[]));
         }
-        let (pulls, reviews) = if want.graphql {
-            self.client.pulls_with_reviews_since(repo, start).await?
+        let gql = if want.graphql {
+            match self.client.pulls_with_reviews_since(repo, start).await {
+                Ok(x) => Some(x),
+                // GraphQL's own budget is spent: REST costs more but still works.
+                Err(Error::RateLimited { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let (pulls, reviews) = if let Some(x) = gql {
+            x
         } else {
             let pulls = self.client.pulls_updated_since(repo, start).await?;
             let mut reviews = Vec::new();
