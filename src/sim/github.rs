@@ -79,7 +79,10 @@ impl OrgSpec {
 pub struct Commit {
     pub sha: String,
     pub login: String,
+    /// Committer date: what `since`/`until` filter on and windows count by.
     pub at: i64,
+    /// Author date: earlier for rebased and cherry-picked commits.
+    pub authored: i64,
     pub additions: i64,
     pub deletions: i64,
 }
@@ -235,6 +238,7 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                 sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                 login,
                 at,
+                authored: at,
                 additions: rng.random_range(0..400),
                 deletions: rng.random_range(0..200),
             });
@@ -245,6 +249,7 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                     login: pick(rng),
                     at: now - rng.random_range(60..23 * 3600),
+                    authored: 0,
                     additions: rng.random_range(1..300),
                     deletions: rng.random_range(0..100),
                 });
@@ -327,9 +332,20 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                 sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                 login: "dependabot[bot]".into(),
                 at: now - 7200,
+                authored: 0,
                 additions: 3,
                 deletions: 3,
             });
+        }
+        // A third of the commits were rebased or cherry-picked: authored up to two days
+        // before they were committed.
+        for c in &mut r.commits {
+            let id = u64::from_str_radix(&c.sha[32..], 16).expect("hex sha");
+            c.authored = if id % 3 == 0 {
+                c.at - ((id % 47) as i64 + 1) * 3600
+            } else {
+                c.at
+            };
         }
         r.comments.sort_by_key(|c| c.id);
         let last_commit = r.commits.iter().map(|c| c.at).max().unwrap_or(pushed);
@@ -452,6 +468,7 @@ impl GithubSim {
                 r.updated_at -= secs;
                 for c in &mut r.commits {
                     c.at -= secs;
+                    c.authored -= secs;
                 }
                 for p in &mut r.prs {
                     p.created -= secs;
@@ -470,6 +487,21 @@ impl GithubSim {
     }
 
     pub fn add_commit(&self, org: &str, repo: &str, login: &str, at: i64, add: i64, del: i64) {
+        self.add_rebased_commit(org, repo, login, at, at, add, del);
+    }
+
+    /// A commit committed at `at` but authored at `authored` (a rebase or cherry-pick).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rebased_commit(
+        &self,
+        org: &str,
+        repo: &str,
+        login: &str,
+        authored: i64,
+        at: i64,
+        add: i64,
+        del: i64,
+    ) {
         let sha = format!("{:040x}", self.next_id.fetch_add(1, Ordering::Relaxed));
         self.with_org(org, |o| {
             let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
@@ -477,6 +509,7 @@ impl GithubSim {
                 sha,
                 login: login.into(),
                 at,
+                authored,
                 additions: add,
                 deletions: del,
             });
@@ -1033,7 +1066,7 @@ async fn commits(
 fn commit_json(c: &Commit) -> Value {
     let email = format!("{}@users.noreply.github.com", c.login);
     json!({"sha": c.sha, "commit": {
-        "author": {"name": c.login, "email": email, "date": format_time(c.at)},
+        "author": {"name": c.login, "email": email, "date": format_time(c.authored)},
         "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
         "message": "change"},
       "author": user(&c.login), "committer": user("web-flow"), "parents": []})

@@ -1077,3 +1077,39 @@ async fn a_secondary_limit_pauses_every_worker() {
     assert_eq!(env.sim.knobs.secondary_next.load(Ordering::Relaxed), 0);
     assert_eq!(env.sim.secondary_ignored(), 0);
 }
+
+/// GitHub selects commits by committer date: a commit rebased today but authored days ago is
+/// today's activity, in the window and in the weekly LOC alike.
+#[tokio::test]
+async fn commits_count_by_committer_date() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.add_rebased_commit(
+        ORG,
+        "repo-001",
+        "user005",
+        NOW - 3 * 86_400,
+        NOW - 300,
+        9,
+        4,
+    );
+    let generated_rebased = env.sim.with_org(ORG, |o| {
+        o.repos
+            .iter()
+            .flat_map(|r| &r.commits)
+            .filter(|c| c.authored != c.at && c.at > NOW - 86_400)
+            .count()
+    });
+    assert!(generated_rebased > 1, "the fake rebases some commits");
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, env.now()));
+    assert!(got.contains_key(&(
+        "gh_activity_commits_24h".into(),
+        "repo-001".into(),
+        "user005".into()
+    )));
+}
