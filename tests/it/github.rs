@@ -1113,3 +1113,34 @@ async fn commits_count_by_committer_date() {
         "user005".into()
     )));
 }
+
+/// A failing `/stats/contributors` keeps the week's cached LOC, publishes the repo's activity
+/// anyway, and the LOC is fetched again on a later cycle.
+#[tokio::test]
+async fn failing_stats_keep_the_loc_and_publish_activity() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    // A day on (LOC is due again), stats fail past the retries; a new commit must show.
+    let t = env.advance(25 * 3600);
+    env.sim.add_commit(ORG, "repo-000", "user005", t - 60, 3, 1);
+    env.sim.fail_path("/stats/contributors", 1000);
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert!(telemetry.sources()["github/acme"].up);
+    assert_same(&exported(&store), &env.sim.truth(ORG, t));
+
+    env.sim.fail_path("/stats/contributors", 0);
+    let route = "GET /repos/{owner}/{repo}/stats/contributors";
+    let before = env.fake.requests.count(route);
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert!(env.fake.requests.count(route) > before, "LOC retried");
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}

@@ -391,15 +391,27 @@ impl OrgPoller {
                     tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
                     return Ok(cached);
                 }
-                Err(e) => return Err(e),
+                Err(e @ Error::Cancelled) => return Err(e),
+                // LOC is weekly and cached: a failed refresh keeps this week's last value
+                // (none for a week not fetched yet, never a partial one) and is retried next
+                // cycle, while the repo's activity is published anyway.
+                Err(e) => {
+                    tracing::warn!(org = %self.org.org, repo, error = %e, "contributor stats failed; keeping the last LOC");
+                    return Ok(cached);
+                }
             }
         }
-        match self.fallback_loc(repo, week, end).await? {
-            Some(loc) => {
+        match self.fallback_loc(repo, week, end).await {
+            Ok(Some(loc)) => {
                 self.kv_put_json(LOC_NS, &key, &loc).await?;
                 Ok(Some(loc))
             }
-            None => Ok(cached),
+            Ok(None) => Ok(cached),
+            Err(e @ Error::Cancelled) => Err(e),
+            Err(e) => {
+                tracing::warn!(org = %self.org.org, repo, error = %e, "LOC from commit details failed; keeping the last LOC");
+                Ok(cached)
+            }
         }
     }
 
