@@ -304,7 +304,7 @@ impl Client {
             token: tokio::sync::Mutex::new(None),
             store,
             telemetry,
-            budget: budgets.get(&org.auth.budget_key(&org.org)),
+            budget: budgets.get(&org.auth.budget_key()),
             retry: gh.retry.clone(),
             rate: gh.rate_limit.clone(),
             shutdown,
