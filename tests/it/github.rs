@@ -1144,3 +1144,42 @@ async fn failing_stats_keep_the_loc_and_publish_activity() {
     assert!(env.fake.requests.count(route) > before, "LOC retried");
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }
+
+/// A backfill finishing while a newer cycle records the same repo never leaves the older
+/// window shown, whichever side takes the repo first.
+#[tokio::test]
+async fn a_backfill_racing_a_newer_cycle_never_wins() {
+    use devmetrics::sources::github::BackfillJob;
+    for backfill_first in [true, false] {
+        let env = Env::start(OrgSpec::small(ORG)).await;
+        let cfg = env.config("");
+        let (store, queue) = env.open();
+        let stop = CancellationToken::new();
+        let gh = env.build(&cfg, &store, &queue, &stop);
+        let p = gh.pollers[0].clone();
+        poll(&*p, &store).await;
+        let t1 = env.advance(60);
+        env.sim.add_comment(ORG, "repo-001", "user003", t1 - 5);
+        let t2 = env.advance(60);
+        env.sim.add_comment(ORG, "repo-001", "user004", t2 - 5);
+        let job = BackfillJob {
+            org: ORG.into(),
+            repo: Some("repo-001".into()),
+            window_end: t1,
+            reason: "test".into(),
+        };
+        // Both sides queue on the held repo in the chosen order, then race.
+        let held = p.hold_repo("repo-001").await;
+        let (pb, pc, s) = (p.clone(), p.clone(), store.clone());
+        let backfill = tokio::spawn(async move { pb.backfill(&job).await });
+        if backfill_first {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let cycle = tokio::spawn(async move { poll(&*pc, &s).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        backfill.await.unwrap().unwrap();
+        cycle.await.unwrap();
+        assert_same(&exported(&store), &env.sim.truth(ORG, t2));
+    }
+}

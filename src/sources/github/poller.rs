@@ -105,6 +105,9 @@ pub struct OrgPoller {
     /// Orgs sharing this org's installation (or token) budget.
     budget_share: u32,
     state: Mutex<OrgState>,
+    /// Per repo: a backfill's check-then-replace and a cycle's claim of the shown window
+    /// never interleave, so a backfill cannot overwrite a newer cycle.
+    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl OrgPoller {
@@ -136,7 +139,19 @@ impl OrgPoller {
             clock,
             budget_share: budget_share.max(1),
             state: Mutex::new(state),
+            repo_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds `repo`'s shown window: while held, neither a backfill nor a cycle records it.
+    pub async fn hold_repo(&self, repo: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .repo_locks
+            .lock()
+            .entry(repo.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     pub fn live(&self) -> OrgLive {
@@ -509,7 +524,9 @@ impl OrgPoller {
             }
             match self.scrape_repo(r, job.window_end, true).await {
                 Ok(samples) => {
-                    // Check again: a regular cycle may have finished meanwhile.
+                    // Check again: a regular cycle may have finished meanwhile. A cycle
+                    // records its window before its values are stored, under the same lock.
+                    let _held = self.hold_repo(&r.name).await;
                     if self.shown_window(&r.name).await? >= job.window_end {
                         self.count_backfill("superseded");
                         continue;
@@ -685,6 +702,7 @@ impl Poller for OrgPoller {
                         exceeded = true;
                     }
                     series += samples.len() as u64;
+                    let _held = self.hold_repo(&repo).await;
                     if let Err(e) = self.set_shown_window(&repo, now).await {
                         tracing::warn!(org = %self.org.org, repo, error = %e, "recording the shown window failed");
                     }
