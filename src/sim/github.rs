@@ -985,11 +985,32 @@ async fn access_token(State(sim): S, Path(id): Path<u64>, h: HeaderMap) -> Respo
     v.set_required_spec_claims(&["exp", "iat", "iss"]);
     v.set_issuer(&[APP_ID.to_string()]);
     v.leeway = 60;
-    if jsonwebtoken::decode::<Value>(jwt, &key, &v).is_err() {
+    let Ok(claims) = jsonwebtoken::decode::<Value>(jwt, &key, &v) else {
         return json_response(
             StatusCode::UNAUTHORIZED,
             json!({"message": "A JSON web token could not be decoded"}),
         );
+    };
+    // GitHub refuses App JWTs meant to live longer than ten minutes.
+    let (iat, exp) = (
+        claims.claims["iat"].as_i64().unwrap_or(0),
+        claims.claims["exp"].as_i64().unwrap_or(i64::MAX),
+    );
+    if exp.saturating_sub(iat) > 600 {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "'Expiration time' claim ('exp') is too far in the future"}),
+        );
+    }
+    {
+        let mut fp = sim.knobs.fail_path.lock();
+        if let Some((p, n)) = fp.as_mut()
+            && format!("/app/installations/{id}/access_tokens").contains(p.as_str())
+            && *n > 0
+        {
+            *n -= 1;
+            return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
+        }
     }
     if id != INSTALLATION_ID {
         return not_found();

@@ -1183,3 +1183,60 @@ async fn a_backfill_racing_a_newer_cycle_never_wins() {
         assert_same(&exported(&store), &env.sim.truth(ORG, t2));
     }
 }
+
+/// GitHub refuses an App JWT meant to live over ten minutes; ours lives exactly ten.
+#[tokio::test]
+async fn app_jwts_longer_than_ten_minutes_are_refused() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        devmetrics::sim::github::TEST_APP_KEY_PEM.as_bytes(),
+    )
+    .unwrap();
+    let now = devmetrics::sources::github::client::now_secs();
+    let url = format!(
+        "{}/app/installations/{INSTALLATION_ID}/access_tokens",
+        env.fake.base_url()
+    );
+    let exchange = |jwt: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("authorization", format!("Bearer {jwt}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let long = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({"iat": now - 60, "exp": now + 641, "iss": APP_ID.to_string()}),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(exchange(long).await, 401);
+    let ours = devmetrics::sources::github::client::app_jwt(
+        APP_ID,
+        devmetrics::sim::github::TEST_APP_KEY_PEM.as_bytes(),
+        now,
+    )
+    .unwrap();
+    assert_eq!(exchange(ours).await, 201);
+}
+
+/// A 5xx from the token exchange is retried like any request.
+#[tokio::test]
+async fn the_token_exchange_is_retried_on_5xx() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.fail_path("/access_tokens", 2);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*gh.pollers[0], &*store, &telemetry).await;
+    assert!(telemetry.sources()["github/acme"].up);
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}

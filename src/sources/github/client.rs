@@ -394,47 +394,62 @@ impl Client {
             "{}/app/installations/{installation_id}/access_tokens",
             self.base
         );
-        let started = Instant::now();
-        let r = self
-            .http
-            .post(&url)
-            .header("authorization", format!("Bearer {jwt}"))
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .send()
-            .await;
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                self.telemetry.upstream_request(
-                    "github",
-                    "installation_token",
-                    "network",
-                    started.elapsed(),
-                );
-                return Err(Error::Auth(format!("token exchange failed: {e}")));
+        // Retried like any request: a 5xx or a dropped connection says nothing about the
+        // credentials. A 4xx does.
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let r = self
+                .http
+                .post(&url)
+                .header("authorization", format!("Bearer {jwt}"))
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .send()
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.is_timeout() { "timeout" } else { "network" };
+                    self.telemetry.upstream_request(
+                        "github",
+                        "installation_token",
+                        kind,
+                        started.elapsed(),
+                    );
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Auth(format!("token exchange failed: {e}")));
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                    continue;
+                }
+            };
+            let status = r.status().as_u16();
+            self.telemetry.upstream_request(
+                "github",
+                "installation_token",
+                &status.to_string(),
+                started.elapsed(),
+            );
+            let body = r.bytes().await.unwrap_or_default();
+            if status >= 500 && attempt < self.retry.max_attempts {
+                self.wait(self.backoff(attempt)).await?;
+                continue;
             }
-        };
-        let status = r.status().as_u16();
-        self.telemetry.upstream_request(
-            "github",
-            "installation_token",
-            &status.to_string(),
-            started.elapsed(),
-        );
-        let body = r.bytes().await.unwrap_or_default();
-        if status != 201 && status != 200 {
-            return Err(Error::Auth(format!(
-                "token exchange answered {status}: {}",
-                message_of(&body)
-            )));
+            if status != 201 && status != 200 {
+                return Err(Error::Auth(format!(
+                    "token exchange answered {status}: {}",
+                    message_of(&body)
+                )));
+            }
+            let t: wire::InstallationToken = serde_json::from_slice(&body)
+                .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
+            return Ok(CachedToken {
+                expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
+                token: t.token,
+            });
         }
-        let t: wire::InstallationToken = serde_json::from_slice(&body)
-            .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
-        Ok(CachedToken {
-            expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
-            token: t.token,
-        })
     }
 
     /// One GET of `path_or_url` (a path under the base URL, or a full `next` link), with
