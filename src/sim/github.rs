@@ -426,6 +426,11 @@ impl GithubSim {
         r.reset_at = crate::sources::github::client::now_secs() + 3600;
     }
 
+    /// Revokes every installation token issued so far (as their expiry would).
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().clear();
+    }
+
     /// Sets GraphQL's budget (per hour window) and refills it.
     pub fn set_graphql_limit(&self, limit: u64) {
         let mut r = self.rate.lock();

@@ -565,6 +565,18 @@ async fn standard_org_request_economy() {
         "steady state sends no GraphQL"
     );
     eprintln!("cold by route: {:?}", env.fake.requests.all());
+
+    // A new installation token (hourly): every ETag of the old one is stale once.
+    env.sim.revoke_tokens();
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    eprintln!(
+        "standard org: first cycle on a new token {} counted ({} sent)",
+        env.sim.counted() - before.0,
+        env.fake.requests.total() - before.1
+    );
     assert!(
         (cold + cold_graphql) * 4 <= legacy,
         "cold {cold} + {cold_graphql} vs legacy {legacy}"
