@@ -551,7 +551,7 @@ impl Client {
                 post.is_some(),
             );
             if d > Duration::from_secs(30) {
-                tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate-limit reserve reached; waiting for the reset");
+                tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate limit (reserve reached or secondary-limit pause); waiting");
             }
             self.wait(d).await?;
             let auth = self.authorization().await?;
