@@ -26,6 +26,20 @@ pub fn format_rfc3339(t: f64) -> String {
         .unwrap_or_default()
 }
 
+/// Whole Unix seconds to RFC 3339 UTC without a fraction (`2026-02-19T12:00:00Z`), the form
+/// GitHub's REST API writes and accepts in `since`/`until`.
+pub fn format_rfc3339_secs(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +73,6 @@ mod tests {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
         }
         assert_eq!(format_rfc3339(1_628_159_698.0), "2021-08-05T10:34:58.000Z");
+        assert_eq!(format_rfc3339_secs(1_628_159_698), "2021-08-05T10:34:58Z");
     }
 }

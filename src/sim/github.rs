@@ -79,7 +79,10 @@ impl OrgSpec {
 pub struct Commit {
     pub sha: String,
     pub login: String,
+    /// Committer date: what `since`/`until` filter on and windows count by.
     pub at: i64,
+    /// Author date: earlier for rebased and cherry-picked commits.
+    pub authored: i64,
     pub additions: i64,
     pub deletions: i64,
 }
@@ -142,14 +145,28 @@ struct RateState {
     remaining: u64,
     reset_at: i64,
     counted: u64,
-    /// GraphQL queries: their own budget (one point per query here).
+    /// GraphQL queries answered: they spend their own budget (one point per query here).
     graphql: u64,
+    graphql_limit: u64,
+    graphql_remaining: u64,
+    graphql_reset_at: i64,
+    /// The current secondary-limit window: (started, ends). GitHub refuses every request of
+    /// the installation until it ends.
+    secondary: Option<(std::time::Instant, std::time::Instant)>,
+    /// Requests sent well into a secondary-limit window (not merely in flight when it began).
+    secondary_ignored: u64,
 }
 
 /// Knobs beyond [`super::Faults`], specific to GitHub.
 pub struct Knobs {
-    /// The next N API requests get a secondary-limit 403 with `Retry-After: 1`.
+    /// The next N API requests each open a one-second secondary-limit window: 403 with
+    /// `Retry-After: 1` to every request until it ends, as GitHub does.
     pub secondary_next: AtomicU32,
+    /// Only requests whose path contains this open a secondary-limit window, if set.
+    pub secondary_path: Mutex<Option<String>>,
+    /// Milliseconds (± half, at random) every successful answer takes to arrive, after it was
+    /// decided.
+    pub answer_delay_ms: AtomicU64,
     /// Requests whose path contains this fail with 502, `fail_path_count` times.
     pub fail_path: Mutex<Option<(String, u32)>>,
     /// How many 202s `/stats/contributors` answers after each change before the 200.
@@ -221,6 +238,7 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                 sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                 login,
                 at,
+                authored: at,
                 additions: rng.random_range(0..400),
                 deletions: rng.random_range(0..200),
             });
@@ -231,6 +249,7 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                     login: pick(rng),
                     at: now - rng.random_range(60..23 * 3600),
+                    authored: 0,
                     additions: rng.random_range(1..300),
                     deletions: rng.random_range(0..100),
                 });
@@ -288,7 +307,6 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     reviews,
                 }
             };
-            r.touch(pr.updated);
             r.prs.push(pr);
         }
         for _ in 0..rng.random_range(0..5) {
@@ -307,7 +325,6 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                     login: pick(rng),
                     created,
                 });
-                r.touch(created);
             }
         }
         if spec.with_bot && active {
@@ -315,9 +332,20 @@ fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &AtomicU64) -> O
                 sha: format!("{:040x}", next_id.fetch_add(1, Ordering::Relaxed)),
                 login: "dependabot[bot]".into(),
                 at: now - 7200,
+                authored: 0,
                 additions: 3,
                 deletions: 3,
             });
+        }
+        // A third of the commits were rebased or cherry-picked: authored up to two days
+        // before they were committed.
+        for c in &mut r.commits {
+            let id = u64::from_str_radix(&c.sha[32..], 16).expect("hex sha");
+            c.authored = if id % 3 == 0 {
+                c.at - ((id % 47) as i64 + 1) * 3600
+            } else {
+                c.at
+            };
         }
         r.comments.sort_by_key(|c| c.id);
         let last_commit = r.commits.iter().map(|c| c.at).max().unwrap_or(pushed);
@@ -350,9 +378,16 @@ impl GithubSim {
                 reset_at: crate::sources::github::client::now_secs() + 3600,
                 counted: 0,
                 graphql: 0,
+                graphql_limit: 5000,
+                graphql_remaining: 5000,
+                graphql_reset_at: crate::sources::github::client::now_secs() + 3600,
+                secondary: None,
+                secondary_ignored: 0,
             }),
             knobs: Knobs {
                 secondary_next: AtomicU32::new(0),
+                secondary_path: Mutex::new(None),
+                answer_delay_ms: AtomicU64::new(0),
                 fail_path: Mutex::new(None),
                 stats_202: AtomicU32::new(1),
                 token_ttl: AtomicU64::new(3600),
@@ -376,6 +411,10 @@ impl GithubSim {
             .route("/repos/{owner}/{repo}/stats/contributors", get(stats))
             .route("/rate_limit", get(rate_limit))
             .route("/graphql", post(graphql))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                slow_answers,
+            ))
             .with_state(self.clone())
     }
 
@@ -385,6 +424,25 @@ impl GithubSim {
         r.limit = limit;
         r.remaining = limit;
         r.reset_at = crate::sources::github::client::now_secs() + 3600;
+    }
+
+    /// Revokes every installation token issued so far (as their expiry would).
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().clear();
+    }
+
+    /// Sets GraphQL's budget (per hour window) and refills it.
+    pub fn set_graphql_limit(&self, limit: u64) {
+        let mut r = self.rate.lock();
+        r.graphql_limit = limit;
+        r.graphql_remaining = limit;
+        r.graphql_reset_at = crate::sources::github::client::now_secs() + 3600;
+    }
+
+    /// Requests sent more than 50 ms into a secondary-limit window: a client that pauses
+    /// all its workers sends none.
+    pub fn secondary_ignored(&self) -> u64 {
+        self.rate.lock().secondary_ignored
     }
 
     /// Requests so far that counted against the primary limit (not 304s, not token exchange).
@@ -415,6 +473,7 @@ impl GithubSim {
                 r.updated_at -= secs;
                 for c in &mut r.commits {
                     c.at -= secs;
+                    c.authored -= secs;
                 }
                 for p in &mut r.prs {
                     p.created -= secs;
@@ -433,6 +492,21 @@ impl GithubSim {
     }
 
     pub fn add_commit(&self, org: &str, repo: &str, login: &str, at: i64, add: i64, del: i64) {
+        self.add_rebased_commit(org, repo, login, at, at, add, del);
+    }
+
+    /// A commit committed at `at` but authored at `authored` (a rebase or cherry-pick).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rebased_commit(
+        &self,
+        org: &str,
+        repo: &str,
+        login: &str,
+        authored: i64,
+        at: i64,
+        add: i64,
+        del: i64,
+    ) {
         let sha = format!("{:040x}", self.next_id.fetch_add(1, Ordering::Relaxed));
         self.with_org(org, |o| {
             let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
@@ -440,6 +514,7 @@ impl GithubSim {
                 sha,
                 login: login.into(),
                 at,
+                authored,
                 additions: add,
                 deletions: del,
             });
@@ -450,6 +525,7 @@ impl GithubSim {
         });
     }
 
+    /// A comment: as on GitHub, it moves neither the repo's `pushed_at` nor `updated_at`.
     pub fn add_comment(&self, org: &str, repo: &str, login: &str, at: i64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.with_org(org, |o| {
@@ -459,30 +535,17 @@ impl GithubSim {
                 login: login.into(),
                 created: at,
             });
-            r.touch(at);
         });
     }
 
-    /// A comment that, as on GitHub, leaves the repo's `updated_at` alone.
-    pub fn add_comment_quietly(&self, org: &str, repo: &str, login: &str, at: i64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.with_org(org, |o| {
-            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
-            r.comments.push(Comment {
-                id,
-                login: login.into(),
-                created: at,
-            });
-        });
-    }
-
+    /// A review of the repo's most recently updated PR: it moves the PR's `updated_at`, not
+    /// the repo's.
     pub fn add_review(&self, org: &str, repo: &str, login: &str, at: i64) {
         self.with_org(org, |o| {
             let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
             let p = &mut r.prs[0];
             p.reviews.push((login.into(), at));
             p.updated = p.updated.max(at);
-            r.touch(at);
             r.sort();
         });
     }
@@ -659,18 +722,38 @@ impl GithubSim {
                 return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
             }
         }
-        let used = {
+        let (limit, remaining, reset, exhausted) = {
             let mut r = self.rate.lock();
-            r.graphql += 1;
-            r.graphql
+            let now = crate::sources::github::client::now_secs();
+            if now >= r.graphql_reset_at {
+                r.graphql_remaining = r.graphql_limit;
+                r.graphql_reset_at = now + 3600;
+            }
+            let exhausted = r.graphql_remaining == 0;
+            if !exhausted {
+                r.graphql_remaining -= 1;
+                r.graphql += 1;
+            }
+            (
+                r.graphql_limit,
+                r.graphql_remaining,
+                r.graphql_reset_at,
+                exhausted,
+            )
         };
-        let mut resp = json_response(StatusCode::OK, json!({ "data": data }));
+        // GraphQL's primary limit is an error in a 200 answer, not a 403.
+        let body = if exhausted {
+            json!({"errors": [{"type": "RATE_LIMITED", "message": format!("API rate limit exceeded for installation ID {INSTALLATION_ID}.")}]})
+        } else {
+            json!({ "data": data })
+        };
+        let mut resp = json_response(StatusCode::OK, body);
         let hm = resp.headers_mut();
-        hm.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
-        hm.insert(
-            "x-ratelimit-remaining",
-            HeaderValue::from_str(&5000u64.saturating_sub(used).to_string()).expect("digits"),
-        );
+        let num = |n: i64| HeaderValue::from_str(&n.to_string()).expect("digits");
+        hm.insert("x-ratelimit-limit", num(limit as i64));
+        hm.insert("x-ratelimit-remaining", num(remaining as i64));
+        hm.insert("x-ratelimit-used", num((limit - remaining) as i64));
+        hm.insert("x-ratelimit-reset", num(reset));
         hm.insert("x-ratelimit-resource", HeaderValue::from_static("graphql"));
         resp
     }
@@ -700,12 +783,37 @@ impl GithubSim {
                 return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
             }
         }
-        if self
+        let in_window = {
+            let mut r = self.rate.lock();
+            let now = std::time::Instant::now();
+            match r.secondary {
+                Some((from, until)) if now < until => {
+                    if now > from + std::time::Duration::from_millis(50) {
+                        r.secondary_ignored += 1;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        let on_path = self
             .knobs
-            .secondary_next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+            .secondary_path
+            .lock()
+            .as_deref()
+            .is_none_or(|p| uri.path().contains(p));
+        if in_window
+            || (on_path
+                && self
+                    .knobs
+                    .secondary_next
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok())
         {
+            if !in_window {
+                let now = std::time::Instant::now();
+                self.rate.lock().secondary = Some((now, now + std::time::Duration::from_secs(1)));
+            }
             let mut r = json_response(
                 StatusCode::FORBIDDEN,
                 json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}),
@@ -715,7 +823,15 @@ impl GithubSim {
             return r;
         }
         let text = serde_json::to_vec(&body).expect("json serializes");
-        let etag = format!("W/\"{}\"", hex::encode(&sha2::Sha256::digest(&text)[..16]));
+        // GitHub's ETag depends on the credentials too: another token's ETag never matches.
+        let mut hash = sha2::Sha256::new();
+        hash.update(
+            h.get("authorization")
+                .map(|v| v.as_bytes())
+                .unwrap_or_default(),
+        );
+        hash.update(&text);
+        let etag = format!("W/\"{}\"", hex::encode(&hash.finalize()[..16]));
         let not_modified = status == StatusCode::OK
             && h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str());
         let (remaining, limit, reset, exhausted) = {
@@ -764,6 +880,22 @@ impl GithubSim {
         }
         resp
     }
+}
+
+/// Holds successful answers for `answer_delay_ms`, so requests overlap as on a slow network.
+async fn slow_answers(
+    State(sim): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let r = next.run(req).await;
+    let d = sim.knobs.answer_delay_ms.load(Ordering::Relaxed);
+    if d > 0 && r.status().is_success() {
+        // Jittered, so concurrent workers drift out of step as on a real network.
+        let ms = d / 2 + rand::rng().random_range(0..d);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    r
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
@@ -858,11 +990,32 @@ async fn access_token(State(sim): S, Path(id): Path<u64>, h: HeaderMap) -> Respo
     v.set_required_spec_claims(&["exp", "iat", "iss"]);
     v.set_issuer(&[APP_ID.to_string()]);
     v.leeway = 60;
-    if jsonwebtoken::decode::<Value>(jwt, &key, &v).is_err() {
+    let Ok(claims) = jsonwebtoken::decode::<Value>(jwt, &key, &v) else {
         return json_response(
             StatusCode::UNAUTHORIZED,
             json!({"message": "A JSON web token could not be decoded"}),
         );
+    };
+    // GitHub refuses App JWTs meant to live longer than ten minutes.
+    let (iat, exp) = (
+        claims.claims["iat"].as_i64().unwrap_or(0),
+        claims.claims["exp"].as_i64().unwrap_or(i64::MAX),
+    );
+    if exp.saturating_sub(iat) > 600 {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "'Expiration time' claim ('exp') is too far in the future"}),
+        );
+    }
+    {
+        let mut fp = sim.knobs.fail_path.lock();
+        if let Some((p, n)) = fp.as_mut()
+            && format!("/app/installations/{id}/access_tokens").contains(p.as_str())
+            && *n > 0
+        {
+            *n -= 1;
+            return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
+        }
     }
     if id != INSTALLATION_ID {
         return not_found();
@@ -939,7 +1092,7 @@ async fn commits(
 fn commit_json(c: &Commit) -> Value {
     let email = format!("{}@users.noreply.github.com", c.login);
     json!({"sha": c.sha, "commit": {
-        "author": {"name": c.login, "email": email, "date": format_time(c.at)},
+        "author": {"name": c.login, "email": email, "date": format_time(c.authored)},
         "committer": {"name": "GitHub", "email": "noreply@github.com", "date": format_time(c.at)},
         "message": "change"},
       "author": user(&c.login), "committer": user("web-flow"), "parents": []})
@@ -1199,6 +1352,14 @@ async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes)
         .as_str()
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    let typename = query.contains("__typename");
+    // GraphQL names a bot by its App slug, without REST's `[bot]`.
+    let actor = |login: &str| match login.strip_suffix("[bot]") {
+        Some(slug) if typename => json!({"__typename": "Bot", "login": slug}),
+        Some(slug) => json!({"login": slug}),
+        None if typename => json!({"__typename": "User", "login": login}),
+        None => json!({"login": login}),
+    };
     let data = with_repo(&sim, owner, name, |r| {
         let nodes: Vec<Value> = r
             .prs
@@ -1209,9 +1370,9 @@ async fn graphql(State(sim): S, h: HeaderMap, uri: Uri, body: axum::body::Bytes)
                 let mut rv = p.reviews.clone();
                 rv.sort_by_key(|x| x.1);
                 json!({"number": p.number, "createdAt": format_time(p.created), "updatedAt": format_time(p.updated),
-                    "mergedAt": p.merged.map(format_time), "author": {"login": p.author},
+                    "mergedAt": p.merged.map(format_time), "author": actor(&p.author),
                     "reviews": {"pageInfo": {"hasNextPage": rv.len() > 100},
-                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": {"login": u}, "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
+                        "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": actor(u), "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
             })
             .collect();
         let more = offset + 50 < r.prs.len();

@@ -325,6 +325,8 @@ async fn restart_keeps_values_and_etags() {
     poll(&*gh.pollers[0], &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
     let spent = env.sim.counted() - before;
+    // ETags belong to the token that got them: the persisted token is used again.
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 1);
     assert!(
         spent < 20,
         "after a restart the cached ETags still answer 304: spent {spent}"
@@ -563,6 +565,18 @@ async fn standard_org_request_economy() {
         "steady state sends no GraphQL"
     );
     eprintln!("cold by route: {:?}", env.fake.requests.all());
+
+    // A new installation token (hourly): every ETag of the old one is stale once.
+    env.sim.revoke_tokens();
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    eprintln!(
+        "standard org: first cycle on a new token {} counted ({} sent)",
+        env.sim.counted() - before.0,
+        env.fake.requests.total() - before.1
+    );
     assert!(
         (cold + cold_graphql) * 4 <= legacy,
         "cold {cold} + {cold_graphql} vs legacy {legacy}"
@@ -839,8 +853,7 @@ async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     let t = env.advance(60);
-    env.sim
-        .add_comment_quietly(ORG, "repo-002", "user004", t - 10);
+    env.sim.add_comment(ORG, "repo-002", "user004", t - 10);
     env.sim.fail_path("/commits", 100);
     poll(&*p, &store).await;
     env.sim.fail_path("/commits", 0);
@@ -913,4 +926,329 @@ async fn several_orgs_with_their_own_credentials() {
         1,
         "only acme uses the App"
     );
+}
+
+/// Reviews and comments move neither `pushed_at` nor `updated_at` on GitHub: a repo without
+/// a recent push still has its conversations counted, cold (GraphQL) and warm (REST).
+#[tokio::test]
+async fn reviews_and_comments_in_repos_without_a_recent_push_count() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let quiet = |repo: &str| {
+        env.sim.with_org(ORG, |o| {
+            let r = o.repos.iter().find(|r| r.name == repo).unwrap();
+            assert!(r.pushed_at < env.now() - 86_400 && r.updated_at < env.now() - 86_400);
+        })
+    };
+    quiet("repo-006");
+    quiet("repo-007");
+    env.sim.add_review(ORG, "repo-006", "user002", NOW - 600);
+    env.sim.add_comment(ORG, "repo-006", "user003", NOW - 500);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, env.now()));
+    assert!(got.contains_key(&(
+        "gh_activity_reviews_submitted_24h".into(),
+        "repo-006".into(),
+        "user002".into()
+    )));
+
+    let t = env.advance(60);
+    env.sim.add_review(ORG, "repo-007", "user004", t - 10);
+    env.sim.add_comment(ORG, "repo-007", "user005", t - 10);
+    poll(&*p, &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, t));
+    assert!(got.contains_key(&(
+        "gh_activity_issue_comments_24h".into(),
+        "repo-007".into(),
+        "user005".into()
+    )));
+}
+
+/// A cycle skipped for the cooldown is a failure of the org, not a success: the source shows
+/// down and the last success time stays where it was.
+#[tokio::test]
+async fn cooldown_shows_the_org_down() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    let last_success = |t: &Telemetry| t.sources()["github/acme"].last_success_timestamp;
+    let first = last_success(&telemetry).expect("first cycle succeeded");
+    env.sim.fail_path("/orgs/acme/repos", 1000);
+    for _ in 0..2 {
+        env.advance(60);
+        sources::poll_once(&*p, &*store, &telemetry).await;
+    }
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    env.sim.fail_path("/orgs/acme/repos", 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.advance(30);
+    let before = env.fake.requests.total();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert_eq!(
+        env.fake.requests.total(),
+        before,
+        "no request in the cooldown"
+    );
+    assert!(!telemetry.sources()["github/acme"].up);
+    assert_eq!(last_success(&telemetry), Some(first));
+}
+
+/// GraphQL names a bot `dependabot` where REST says `dependabot[bot]`: bots stay excluded on
+/// the cold (GraphQL) cycle, and when included carry the same label cold and warm.
+#[tokio::test]
+async fn bots_look_the_same_over_graphql_and_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert!(env.sim.graphql_queries() > 0, "the cold cycle used GraphQL");
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
+    let cfg = env.config("activity: {include_bots: true}\n");
+    let (store, queue) = env.open();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    let key = |u: &str| {
+        (
+            "gh_activity_reviews_submitted_24h".to_string(),
+            "repo-000".to_string(),
+            u.to_string(),
+        )
+    };
+    assert_eq!(exported(&store).get(&key("dependabot[bot]")), Some(&1.0));
+    let t = env.advance(60);
+    env.sim
+        .add_review(ORG, "repo-000", "dependabot[bot]", t - 10);
+    let graphql = env.sim.graphql_queries();
+    poll(&*p, &store).await;
+    assert_eq!(
+        env.sim.graphql_queries(),
+        graphql,
+        "the warm cycle used REST"
+    );
+    let got = exported(&store);
+    assert_eq!(got.get(&key("dependabot[bot]")), Some(&2.0));
+    assert!(!got.keys().any(|k| k.2 == "dependabot"));
+}
+
+/// GraphQL's primary limit answers 200 with a RATE_LIMITED error and has its own budget: the
+/// cold cycle falls back to REST, the REST budget is not mistaken for it.
+#[tokio::test]
+async fn a_spent_graphql_budget_falls_back_to_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_graphql_limit(2);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.graphql_queries(), 2);
+    let b = p.client.budget().snapshot();
+    assert!(b.graphql.known && b.graphql.remaining == 0);
+    assert_eq!(b.limit, 5000);
+    assert!(b.remaining > 4900, "REST budget: {}", b.remaining);
+}
+
+/// A secondary limit pauses every worker of the installation, not just the request that got
+/// it: GitHub keeps refusing (and counting) the others' requests meanwhile.
+#[tokio::test]
+async fn a_secondary_limit_pauses_every_worker() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("graphql: false\n");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    // Workers overlap out of step (answers take 150-450 ms); the limit strikes mid-cycle.
+    env.sim.knobs.answer_delay_ms.store(300, Ordering::Relaxed);
+    *env.sim.knobs.secondary_path.lock() = Some("/repo-006/".into());
+    env.sim.knobs.secondary_next.store(1, Ordering::Relaxed);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.knobs.secondary_next.load(Ordering::Relaxed), 0);
+    assert_eq!(env.sim.secondary_ignored(), 0);
+}
+
+/// GitHub selects commits by committer date: a commit rebased today but authored days ago is
+/// today's activity, in the window and in the weekly LOC alike.
+#[tokio::test]
+async fn commits_count_by_committer_date() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.add_rebased_commit(
+        ORG,
+        "repo-001",
+        "user005",
+        NOW - 3 * 86_400,
+        NOW - 300,
+        9,
+        4,
+    );
+    let generated_rebased = env.sim.with_org(ORG, |o| {
+        o.repos
+            .iter()
+            .flat_map(|r| &r.commits)
+            .filter(|c| c.authored != c.at && c.at > NOW - 86_400)
+            .count()
+    });
+    assert!(generated_rebased > 1, "the fake rebases some commits");
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    let got = exported(&store);
+    assert_same(&got, &env.sim.truth(ORG, env.now()));
+    assert!(got.contains_key(&(
+        "gh_activity_commits_24h".into(),
+        "repo-001".into(),
+        "user005".into()
+    )));
+}
+
+/// A failing `/stats/contributors` keeps the week's cached LOC, publishes the repo's activity
+/// anyway, and the LOC is fetched again on a later cycle.
+#[tokio::test]
+async fn failing_stats_keep_the_loc_and_publish_activity() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    // A day on (LOC is due again), stats fail past the retries; a new commit must show.
+    let t = env.advance(25 * 3600);
+    env.sim.add_commit(ORG, "repo-000", "user005", t - 60, 3, 1);
+    env.sim.fail_path("/stats/contributors", 1000);
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert!(telemetry.sources()["github/acme"].up);
+    assert_same(&exported(&store), &env.sim.truth(ORG, t));
+
+    env.sim.fail_path("/stats/contributors", 0);
+    let route = "GET /repos/{owner}/{repo}/stats/contributors";
+    let before = env.fake.requests.count(route);
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert!(env.fake.requests.count(route) > before, "LOC retried");
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}
+
+/// A backfill finishing while a newer cycle records the same repo never leaves the older
+/// window shown, whichever side takes the repo first.
+#[tokio::test]
+async fn a_backfill_racing_a_newer_cycle_never_wins() {
+    use devmetrics::sources::github::BackfillJob;
+    for backfill_first in [true, false] {
+        let env = Env::start(OrgSpec::small(ORG)).await;
+        let cfg = env.config("");
+        let (store, queue) = env.open();
+        let stop = CancellationToken::new();
+        let gh = env.build(&cfg, &store, &queue, &stop);
+        let p = gh.pollers[0].clone();
+        poll(&*p, &store).await;
+        let t1 = env.advance(60);
+        env.sim.add_comment(ORG, "repo-001", "user003", t1 - 5);
+        let t2 = env.advance(60);
+        env.sim.add_comment(ORG, "repo-001", "user004", t2 - 5);
+        let job = BackfillJob {
+            org: ORG.into(),
+            repo: Some("repo-001".into()),
+            window_end: t1,
+            reason: "test".into(),
+        };
+        // Both sides queue on the held repo in the chosen order, then race.
+        let held = p.hold_repo("repo-001").await;
+        let (pb, pc, s) = (p.clone(), p.clone(), store.clone());
+        let backfill = tokio::spawn(async move { pb.backfill(&job).await });
+        if backfill_first {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let cycle = tokio::spawn(async move { poll(&*pc, &s).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        backfill.await.unwrap().unwrap();
+        cycle.await.unwrap();
+        assert_same(&exported(&store), &env.sim.truth(ORG, t2));
+    }
+}
+
+/// GitHub refuses an App JWT meant to live over ten minutes; ours lives exactly ten.
+#[tokio::test]
+async fn app_jwts_longer_than_ten_minutes_are_refused() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        devmetrics::sim::github::TEST_APP_KEY_PEM.as_bytes(),
+    )
+    .unwrap();
+    let now = devmetrics::sources::github::client::now_secs();
+    let url = format!(
+        "{}/app/installations/{INSTALLATION_ID}/access_tokens",
+        env.fake.base_url()
+    );
+    let exchange = |jwt: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("authorization", format!("Bearer {jwt}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let long = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({"iat": now - 60, "exp": now + 641, "iss": APP_ID.to_string()}),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(exchange(long).await, 401);
+    let ours = devmetrics::sources::github::client::app_jwt(
+        APP_ID,
+        devmetrics::sim::github::TEST_APP_KEY_PEM.as_bytes(),
+        now,
+    )
+    .unwrap();
+    assert_eq!(exchange(ours).await, 201);
+}
+
+/// A 5xx from the token exchange is retried like any request.
+#[tokio::test]
+async fn the_token_exchange_is_retried_on_5xx() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.fail_path("/access_tokens", 2);
+    let cfg = env.config("");
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*gh.pollers[0], &*store, &telemetry).await;
+    assert!(telemetry.sources()["github/acme"].up);
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }

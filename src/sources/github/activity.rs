@@ -108,7 +108,11 @@ impl RepoEvents {
             commits: commits
                 .iter()
                 .filter_map(|c| {
-                    let d = c.commit.author.as_ref()?.date.as_deref().and_then(t)?;
+                    // GitHub's `since`/`until` select by committer date; counting by the
+                    // same date keeps a rebased or cherry-picked commit in its window.
+                    let d = [&c.commit.committer, &c.commit.author]
+                        .into_iter()
+                        .find_map(|a| a.as_ref()?.date.as_deref().and_then(t))?;
                     Some((commit_user(c), d))
                 })
                 .collect(),

@@ -18,6 +18,9 @@ use crate::store::SharedStore;
 use crate::telemetry::Telemetry;
 
 const ETAG_NS: &str = "github.etag";
+/// Installation tokens, kept until they expire: GitHub ties an ETag to the token that got
+/// it, so a restart that exchanged a new token would find every cached ETag stale.
+const TOKEN_NS: &str = "github.token";
 const USER_AGENT: &str = concat!("devmetrics/", env!("CARGO_PKG_VERSION"));
 /// A token is renewed this long before GitHub says it expires.
 const TOKEN_MARGIN: i64 = 300;
@@ -92,6 +95,20 @@ pub struct BudgetState {
     /// Responses that spent quota (not 304s) and secondary-limit hits, since start.
     pub spent: u64,
     pub secondary_hits: u64,
+    /// GraphQL's own primary limit (`x-ratelimit-resource: graphql`).
+    pub graphql: Resource,
+    /// Until when every worker of the installation pauses after a secondary limit: GitHub
+    /// keeps refusing the others' requests too, and counts them against the installation.
+    pub secondary_until: Option<Instant>,
+}
+
+/// One primary limit, from the last `x-ratelimit-*` headers of its resource.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resource {
+    pub known: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_at: i64,
 }
 
 impl Budget {
@@ -99,11 +116,19 @@ impl Budget {
         *self.state.lock()
     }
 
-    /// How long to wait before the next request: until the reset when the reserve is
-    /// reached, and spaced out over the reset window when running low.
-    fn delay(&self, reserve: u32, buffer: Duration, now: i64) -> Duration {
+    /// How long to wait before the next request: a secondary-limit pause first; then, for
+    /// REST, until the reset when the reserve is reached, and spaced out over the reset
+    /// window when running low.
+    fn delay(&self, reserve: u32, buffer: Duration, now: i64, graphql: bool) -> Duration {
         let mut s = self.state.lock();
-        if !s.known || s.reset_at <= now {
+        if let Some(until) = s.secondary_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return left;
+            }
+            s.secondary_until = None;
+        }
+        if graphql || !s.known || s.reset_at <= now {
             return Duration::ZERO;
         }
         let left = s.remaining.saturating_sub(u64::from(reserve));
@@ -117,6 +142,20 @@ impl Budget {
             return Duration::from_secs_f64(until_reset as f64 / left as f64);
         }
         Duration::ZERO
+    }
+
+    /// Pauses every worker of the installation for `wait`.
+    fn secondary(&self, wait: Duration) {
+        let mut s = self.state.lock();
+        s.secondary_hits += 1;
+        let until = Instant::now() + wait;
+        s.secondary_until = Some(s.secondary_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// When GraphQL's budget is spent, the time it resets.
+    fn graphql_exhausted(&self, now: i64) -> Option<i64> {
+        let g = self.state.lock().graphql;
+        (g.known && g.remaining == 0 && g.reset_at > now).then_some(g.reset_at)
     }
 
     fn observe(&self, h: &reqwest::header::HeaderMap, spent: bool) {
@@ -133,16 +172,30 @@ impl Budget {
         if spent {
             s.spent += 1;
         }
-        if resource != "core" {
+        let (Some(rem), Some(reset)) = (num("x-ratelimit-remaining"), num("x-ratelimit-reset"))
+        else {
             return;
-        }
-        if let (Some(rem), Some(reset)) = (num("x-ratelimit-remaining"), num("x-ratelimit-reset")) {
-            s.known = true;
-            s.remaining = rem.max(0) as u64;
-            s.reset_at = reset;
-            if let Some(l) = num("x-ratelimit-limit") {
-                s.limit = l.max(0) as u64;
+        };
+        let limit = num("x-ratelimit-limit").map(|l| l.max(0) as u64);
+        match resource {
+            "core" => {
+                s.known = true;
+                s.remaining = rem.max(0) as u64;
+                s.reset_at = reset;
+                if let Some(l) = limit {
+                    s.limit = l;
+                }
             }
+            "graphql" => {
+                let g = &mut s.graphql;
+                g.known = true;
+                g.remaining = rem.max(0) as u64;
+                g.reset_at = reset;
+                if let Some(l) = limit {
+                    g.limit = l;
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -166,6 +219,7 @@ pub struct Page {
     pub not_modified: bool,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct CachedToken {
     token: String,
     expires_at: i64,
@@ -250,7 +304,7 @@ impl Client {
             token: tokio::sync::Mutex::new(None),
             store,
             telemetry,
-            budget: budgets.get(&org.auth.budget_key(&org.org)),
+            budget: budgets.get(&org.auth.budget_key()),
             retry: gh.retry.clone(),
             rate: gh.rate_limit.clone(),
             shutdown,
@@ -292,16 +346,40 @@ impl Client {
             } => {
                 let mut cached = self.token.lock().await;
                 let now = now_secs();
+                let fresh = |t: &CachedToken| t.expires_at - TOKEN_MARGIN > now;
                 if let Some(t) = cached.as_ref()
-                    && t.expires_at - TOKEN_MARGIN > now
+                    && fresh(t)
                 {
                     return Ok(format!("token {}", t.token));
+                }
+                let kv_key = format!("{}|{installation_id}", self.base);
+                let stored = self
+                    .store
+                    .kv_get(TOKEN_NS, &kv_key)
+                    .await
+                    .map_err(|e| Error::Store(e.to_string()))?
+                    .and_then(|v| serde_json::from_slice::<CachedToken>(&v).ok())
+                    .filter(fresh);
+                if let Some(t) = stored {
+                    let header = format!("token {}", t.token);
+                    *cached = Some(t);
+                    return Ok(header);
                 }
                 let pem = key
                     .read()
                     .map_err(|e| Error::Auth(format!("reading the App private key: {e}")))?;
                 let jwt = app_jwt(*app_id, pem.expose().as_bytes(), now)?;
                 let tok = self.exchange(*installation_id, &jwt).await?;
+                let ttl = (tok.expires_at - now).max(1) as u64;
+                self.store
+                    .kv_put(
+                        TOKEN_NS,
+                        &kv_key,
+                        serde_json::to_vec(&tok).expect("token serializes"),
+                        Some(Duration::from_secs(ttl)),
+                    )
+                    .await
+                    .map_err(|e| Error::Store(e.to_string()))?;
                 let header = format!("token {}", tok.token);
                 *cached = Some(tok);
                 Ok(header)
@@ -316,47 +394,62 @@ impl Client {
             "{}/app/installations/{installation_id}/access_tokens",
             self.base
         );
-        let started = Instant::now();
-        let r = self
-            .http
-            .post(&url)
-            .header("authorization", format!("Bearer {jwt}"))
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .send()
-            .await;
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                self.telemetry.upstream_request(
-                    "github",
-                    "installation_token",
-                    "network",
-                    started.elapsed(),
-                );
-                return Err(Error::Auth(format!("token exchange failed: {e}")));
+        // Retried like any request: a 5xx or a dropped connection says nothing about the
+        // credentials. A 4xx does.
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let r = self
+                .http
+                .post(&url)
+                .header("authorization", format!("Bearer {jwt}"))
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .send()
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.is_timeout() { "timeout" } else { "network" };
+                    self.telemetry.upstream_request(
+                        "github",
+                        "installation_token",
+                        kind,
+                        started.elapsed(),
+                    );
+                    if attempt >= self.retry.max_attempts {
+                        return Err(Error::Auth(format!("token exchange failed: {e}")));
+                    }
+                    self.wait(self.backoff(attempt)).await?;
+                    continue;
+                }
+            };
+            let status = r.status().as_u16();
+            self.telemetry.upstream_request(
+                "github",
+                "installation_token",
+                &status.to_string(),
+                started.elapsed(),
+            );
+            let body = r.bytes().await.unwrap_or_default();
+            if status >= 500 && attempt < self.retry.max_attempts {
+                self.wait(self.backoff(attempt)).await?;
+                continue;
             }
-        };
-        let status = r.status().as_u16();
-        self.telemetry.upstream_request(
-            "github",
-            "installation_token",
-            &status.to_string(),
-            started.elapsed(),
-        );
-        let body = r.bytes().await.unwrap_or_default();
-        if status != 201 && status != 200 {
-            return Err(Error::Auth(format!(
-                "token exchange answered {status}: {}",
-                message_of(&body)
-            )));
+            if status != 201 && status != 200 {
+                return Err(Error::Auth(format!(
+                    "token exchange answered {status}: {}",
+                    message_of(&body)
+                )));
+            }
+            let t: wire::InstallationToken = serde_json::from_slice(&body)
+                .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
+            return Ok(CachedToken {
+                expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
+                token: t.token,
+            });
         }
-        let t: wire::InstallationToken = serde_json::from_slice(&body)
-            .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
-        Ok(CachedToken {
-            expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
-            token: t.token,
-        })
     }
 
     /// One GET of `path_or_url` (a path under the base URL, or a full `next` link), with
@@ -384,6 +477,9 @@ impl Client {
             #[serde(default)]
             errors: Vec<serde_json::Value>,
         }
+        if let Some(reset_at) = self.budget.graphql_exhausted(now_secs()) {
+            return Err(Error::RateLimited { reset_at });
+        }
         let url = graphql_url(&self.base);
         let body = serde_json::to_vec(&serde_json::json!({"query": query, "variables": variables}))
             .expect("json serializes");
@@ -391,6 +487,21 @@ impl Client {
             .request(&url, Some(Bytes::from(body)), endpoint, false)
             .await?;
         let a: Answer<T> = decode(&page.body, endpoint)?;
+        // GraphQL's primary limit answers 200 with a RATE_LIMITED error.
+        if a.errors
+            .iter()
+            .any(|e| e.get("type").and_then(|t| t.as_str()) == Some("RATE_LIMITED"))
+        {
+            let reset_at = self
+                .budget
+                .graphql_exhausted(now_secs())
+                .unwrap_or(now_secs() + 60);
+            let mut s = self.budget.state.lock();
+            s.graphql.known = true;
+            s.graphql.remaining = 0;
+            s.graphql.reset_at = reset_at;
+            return Err(Error::RateLimited { reset_at });
+        }
         match a.data {
             Some(d) if a.errors.is_empty() => Ok(d),
             _ => Err(Error::Decode {
@@ -433,11 +544,14 @@ impl Client {
         let mut reset_waits = 0u32;
         let mut secondary = 0u32;
         loop {
-            let d = self
-                .budget
-                .delay(self.rate.reserve, self.rate.reset_buffer, now_secs());
+            let d = self.budget.delay(
+                self.rate.reserve,
+                self.rate.reset_buffer,
+                now_secs(),
+                post.is_some(),
+            );
             if d > Duration::from_secs(30) {
-                tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate-limit reserve reached; waiting for the reset");
+                tracing::warn!(org = %self.org, wait_s = d.as_secs(), "GitHub rate limit (reserve reached or secondary-limit pause); waiting");
             }
             self.wait(d).await?;
             let auth = self.authorization().await?;
@@ -587,7 +701,6 @@ impl Client {
                         || (retry_after.is_some() && remaining != Some(0))
                         || (status == 429 && remaining != Some(0));
                     if is_secondary {
-                        self.budget.state.lock().secondary_hits += 1;
                         secondary += 1;
                         if secondary > self.retry.max_attempts.max(3) {
                             return Err(Error::SecondaryLimit { endpoint });
@@ -597,8 +710,9 @@ impl Client {
                             * secondary;
                         let jitter = rand::rng().random_range(0.0..0.25);
                         let wait = base.mul_f64(1.0 + jitter);
-                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs_f64(), "GitHub secondary rate limit; backing off");
-                        self.wait(wait).await?;
+                        tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs_f64(), "GitHub secondary rate limit; every worker of the installation backs off");
+                        // The wait happens at the top of the loop, shared with the others.
+                        self.budget.secondary(wait);
                         attempt -= 1;
                         continue;
                     }
@@ -638,6 +752,20 @@ impl Client {
                 401 => {
                     // A revoked or expired token: drop it so the next call exchanges anew.
                     *self.token.lock().await = None;
+                    if let Auth::App {
+                        installation_id, ..
+                    } = &self.auth
+                    {
+                        self.store
+                            .kv_put(
+                                TOKEN_NS,
+                                &format!("{}|{installation_id}", self.base),
+                                Vec::new(),
+                                Some(Duration::from_secs(1)),
+                            )
+                            .await
+                            .map_err(|e| Error::Store(e.to_string()))?;
+                    }
                     if attempt >= self.retry.max_attempts.min(2) {
                         return Err(Error::Status {
                             status,
@@ -870,7 +998,7 @@ impl Client {
         repo: &str,
         since: i64,
     ) -> Result<(Vec<wire::Pull>, Vec<wire::Review>), Error> {
-        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { login } submittedAt state } } } } } }";
+        const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { __typename login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { __typename login } submittedAt state } } } } } }";
         let (mut pulls, mut reviews) = (Vec::new(), Vec::new());
         let mut cursor: Option<String> = None;
         loop {
@@ -900,14 +1028,14 @@ impl Client {
                     reviews.extend(self.reviews(repo, n.number).await?);
                 } else {
                     reviews.extend(n.reviews.nodes.into_iter().map(|rv| wire::Review {
-                        user: rv.author,
+                        user: rv.author.map(wire::GqlActor::into_user),
                         submitted_at: rv.submitted_at,
                         state: rv.state,
                     }));
                 }
                 pulls.push(wire::Pull {
                     number: n.number,
-                    user: n.author,
+                    user: n.author.map(wire::GqlActor::into_user),
                     created_at: n.created_at,
                     updated_at: n.updated_at,
                     merged_at: n.merged_at,
@@ -945,9 +1073,21 @@ impl Client {
 
     /// The newest item of a list endpoint, conditionally: a cheap "did anything change" probe
     /// whose 304 costs no primary rate limit.
-    pub async fn probe(&self, path: &str, endpoint: &'static str) -> Result<bool, Error> {
+    /// Answers whether the list changed, and the newest `updated_at` on its first page (0
+    /// when empty).
+    pub async fn probe(&self, path: &str, endpoint: &'static str) -> Result<(bool, i64), Error> {
+        #[derive(serde::Deserialize)]
+        struct Item {
+            updated_at: Option<String>,
+        }
         let page = self.get(path, endpoint, true).await?;
-        Ok(!page.not_modified)
+        let items: Vec<Item> = decode(&page.body, endpoint)?;
+        let newest = items
+            .iter()
+            .filter_map(|i| i.updated_at.as_deref().and_then(wire::parse_time))
+            .max()
+            .unwrap_or(0);
+        Ok((!page.not_modified, newest))
     }
 
     /// `/stats/contributors`; 202 ("computing") is retried `retries` times after `delay`,
@@ -1105,13 +1245,37 @@ mod tests {
         h.insert("x-ratelimit-remaining", "100".parse().unwrap());
         h.insert("x-ratelimit-reset", "1100".parse().unwrap());
         b.observe(&h, true);
-        assert!(b.delay(100, Duration::from_secs(5), 1000) >= Duration::from_secs(105));
+        assert!(b.delay(100, Duration::from_secs(5), 1000, false) >= Duration::from_secs(105));
         h.insert("x-ratelimit-remaining", "4000".parse().unwrap());
         b.observe(&h, true);
-        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::ZERO);
+        assert_eq!(b.delay(100, Duration::ZERO, 1000, false), Duration::ZERO);
         // Low but above the reserve: spaced over what is left of the window.
         h.insert("x-ratelimit-remaining", "150".parse().unwrap());
         b.observe(&h, true);
-        assert_eq!(b.delay(100, Duration::ZERO, 1000), Duration::from_secs(2));
+        assert_eq!(
+            b.delay(100, Duration::ZERO, 1000, false),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn graphql_has_its_own_budget_and_a_secondary_limit_pauses_everyone() {
+        let b = Budget::default();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-limit", "5000".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "4000".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1100".parse().unwrap());
+        b.observe(&h, true);
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-resource", "graphql".parse().unwrap());
+        b.observe(&h, true);
+        let s = b.snapshot();
+        assert_eq!((s.remaining, s.graphql.remaining), (4000, 0));
+        assert_eq!(b.graphql_exhausted(1000), Some(1100));
+        assert_eq!(b.delay(100, Duration::ZERO, 1000, false), Duration::ZERO);
+        b.secondary(Duration::from_secs(30));
+        for graphql in [false, true] {
+            assert!(b.delay(100, Duration::ZERO, 1000, graphql) > Duration::from_secs(29));
+        }
     }
 }

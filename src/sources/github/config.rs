@@ -155,13 +155,19 @@ pub enum Auth {
 }
 
 impl Auth {
-    /// The budget key: orgs sharing an installation (or a token) share its rate limit.
-    pub fn budget_key(&self, org: &str) -> String {
+    /// The budget key: orgs sharing an installation (or a token) share its rate limit. A
+    /// token is known by a hash of its value, or by its file's path, never by itself.
+    pub fn budget_key(&self) -> String {
         match self {
             Auth::App {
                 installation_id, ..
             } => format!("installation:{installation_id}"),
-            Auth::Token(_) => format!("token:{org}"),
+            Auth::Token(SecretSource::Value(s)) => {
+                use sha2::Digest;
+                let h = sha2::Sha256::digest(s.expose().as_bytes());
+                format!("token:{}", hex::encode(&h[..16]))
+            }
+            Auth::Token(SecretSource::File(p)) => format!("token_file:{}", p.display()),
         }
     }
 
@@ -705,6 +711,21 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orgs_sharing_a_token_share_its_budget() {
+        let raw: RawGithub = serde_yaml::from_str(
+            "orgs: [{org: a, token: ghp_shared}, {org: b, token: ghp_shared}, {org: c, token: ghp_other}, {org: d, token_file: /run/t}, {org: e, token_file: /run/t}]\n",
+        )
+        .unwrap();
+        let cfg = raw.resolve(None).unwrap().unwrap();
+        let k: Vec<String> = cfg.orgs.iter().map(|o| o.auth.budget_key()).collect();
+        assert_eq!(k[0], k[1]);
+        assert_ne!(k[0], k[2]);
+        assert_eq!(k[3], k[4]);
+        assert_ne!(k[0], k[3]);
+        assert!(k.iter().all(|k| !k.contains("ghp_")), "{k:?}");
+    }
 
     #[test]
     fn secrets_never_print() {

@@ -51,7 +51,7 @@ impl Github {
         let mut pollers = Vec::new();
         let mut sharing: HashMap<String, u32> = HashMap::new();
         for org in &cfg.orgs {
-            *sharing.entry(org.auth.budget_key(&org.org)).or_default() += 1;
+            *sharing.entry(org.auth.budget_key()).or_default() += 1;
         }
         for org in &cfg.orgs {
             let client = Arc::new(Client::new(
@@ -69,7 +69,7 @@ impl Github {
                 store.clone(),
                 queue.clone(),
                 clock.clone(),
-                sharing[&org.auth.budget_key(&org.org)],
+                sharing[&org.auth.budget_key()],
             )));
         }
         let g = Github {

@@ -74,6 +74,20 @@ struct OrgState {
     live: OrgLive,
 }
 
+#[derive(Clone, Copy)]
+struct Probe {
+    changed: bool,
+    /// Newest `updated_at` of any PR or comment.
+    newest: i64,
+}
+
+/// What a fetch of a repo's window needs.
+struct Want {
+    commits: bool,
+    conversations: bool,
+    graphql: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 struct CachedEvents {
     marker: (Option<String>, Option<String>),
@@ -91,6 +105,9 @@ pub struct OrgPoller {
     /// Orgs sharing this org's installation (or token) budget.
     budget_share: u32,
     state: Mutex<OrgState>,
+    /// Per repo: a backfill's check-then-replace and a cycle's claim of the shown window
+    /// never interleave, so a backfill cannot overwrite a newer cycle.
+    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl OrgPoller {
@@ -122,7 +139,19 @@ impl OrgPoller {
             clock,
             budget_share: budget_share.max(1),
             state: Mutex::new(state),
+            repo_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds `repo`'s shown window: while held, neither a backfill nor a cycle records it.
+    pub async fn hold_repo(&self, repo: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .repo_locks
+            .lock()
+            .entry(repo.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     pub fn live(&self) -> OrgLive {
@@ -196,48 +225,49 @@ impl OrgPoller {
         let name = &repo.name;
         let key = format!("{}/{name}", self.org.org);
         let t = |s: &Option<String>| s.as_deref().and_then(wire::parse_time).unwrap_or(0);
-        let (pushed, updated) = (t(&repo.pushed_at), t(&repo.updated_at));
+        let pushed = t(&repo.pushed_at);
         let marker = (repo.pushed_at.clone(), repo.updated_at.clone());
-        let events = if pushed.max(updated) < start {
-            // Nothing happened in the repo during the window: no request needed.
-            RepoEvents::default()
+        // Only pushes move `pushed_at`; reviews and comments move neither it nor `updated_at`,
+        // so the probes run for every repo (their 304s are free) and tell what changed.
+        let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
+        let cold = cached.is_none();
+        let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
+        // Probe before fetching, so a change landing in between is seen next cycle rather
+        // than hidden behind a fresh ETag.
+        let probe = if fresh {
+            None
         } else {
-            let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
-            let cold = cached.is_none();
-            let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
-            // Probe before fetching, so a change landing in between is seen next cycle
-            // rather than hidden behind a fresh ETag.
-            let reuse = match (&cached, fresh) {
-                (_, true) => false,
-                (Some(c), false) if c.events.until <= end => self.unchanged(name).await?,
-                (_, false) => {
-                    self.unchanged(name).await?;
-                    false
+            Some(self.probe(name).await?)
+        };
+        let reuse =
+            matches!((&cached, probe), (Some(c), Some(p)) if c.events.until <= end && !p.changed);
+        let events = match cached {
+            Some(c) if reuse => c.events,
+            _ => {
+                if !fresh {
+                    // The probes' ETags have moved on: if the fetch below fails, the old
+                    // events must not be reused behind their 304s next cycle.
+                    self.store
+                        .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))?;
                 }
-            };
-            match cached {
-                Some(c) if reuse => c.events,
-                _ => {
-                    if !fresh {
-                        // The probes' ETags have moved on: if the fetch below fails, the old
-                        // events must not be reused behind their 304s next cycle.
-                        self.store
-                            .kv_put(EVENTS_NS, &key, Vec::new(), Some(KV_TTL))
-                            .await
-                            .map_err(|e| Error::Store(e.to_string()))?;
-                    }
-                    let ev = self
-                        .fetch_events(name, start, end, cold && self.gh.graphql)
-                        .await?;
-                    if !fresh {
-                        let c = CachedEvents {
-                            marker,
-                            events: ev.clone(),
-                        };
-                        self.kv_put_json(EVENTS_NS, &key, &c).await?;
-                    }
-                    ev
+                let want = Want {
+                    commits: pushed >= start,
+                    // No PR or comment updated since the window began: none was opened,
+                    // merged, reviewed or written in it.
+                    conversations: probe.is_none_or(|p| p.newest >= start),
+                    graphql: cold && self.gh.graphql,
+                };
+                let ev = self.fetch_events(name, start, end, want).await?;
+                if !fresh {
+                    let c = CachedEvents {
+                        marker,
+                        events: ev.clone(),
+                    };
+                    self.kv_put_json(EVENTS_NS, &key, &c).await?;
                 }
+                ev
             }
         };
         let loc = self.loc(name, pushed, end).await?;
@@ -254,9 +284,9 @@ impl OrgPoller {
 
     /// Conditional probes of the newest PR page and the newest comment: two 304s (free)
     /// when nothing changed.
-    async fn unchanged(&self, repo: &str) -> Result<bool, Error> {
+    async fn probe(&self, repo: &str) -> Result<Probe, Error> {
         let org = &self.org.org;
-        let pulls = self
+        let (pulls, pulls_newest) = self
             .client
             .probe(
                 &format!(
@@ -265,7 +295,7 @@ impl OrgPoller {
                 "pulls",
             )
             .await?;
-        let comments = self
+        let (comments, comments_newest) = self
             .client
             .probe(
                 &format!(
@@ -274,21 +304,41 @@ impl OrgPoller {
                 "issue_comments",
             )
             .await?;
-        Ok(!pulls && !comments)
+        Ok(Probe {
+            changed: pulls || comments,
+            newest: pulls_newest.max(comments_newest),
+        })
     }
 
-    /// `graphql`: one query for PRs and their reviews (best when nothing is cached); REST
+    /// GraphQL: one query for PRs and their reviews (best when nothing is cached); REST
     /// otherwise, where unchanged PRs' reviews answer 304.
     async fn fetch_events(
         &self,
         repo: &str,
         start: i64,
         end: i64,
-        graphql: bool,
+        want: Want,
     ) -> Result<RepoEvents, Error> {
-        let commits = self.client.commits(repo, start, end).await?;
-        let (pulls, reviews) = if graphql {
-            self.client.pulls_with_reviews_since(repo, start).await?
+        let commits = if want.commits {
+            self.client.commits(repo, start, end).await?
+        } else {
+            Vec::new()
+        };
+        if !want.conversations {
+            return Ok(RepoEvents::from_wire(start, end, &commits, &[], &[], &[]));
+        }
+        let gql = if want.graphql {
+            match self.client.pulls_with_reviews_since(repo, start).await {
+                Ok(x) => Some(x),
+                // GraphQL's own budget is spent: REST costs more but still works.
+                Err(Error::RateLimited { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let (pulls, reviews) = if let Some(x) = gql {
+            x
         } else {
             let pulls = self.client.pulls_updated_since(repo, start).await?;
             let mut reviews = Vec::new();
@@ -356,15 +406,27 @@ impl OrgPoller {
                     tracing::debug!(org = %self.org.org, repo, "contributor stats still computing; keeping the last LOC");
                     return Ok(cached);
                 }
-                Err(e) => return Err(e),
+                Err(e @ Error::Cancelled) => return Err(e),
+                // LOC is weekly and cached: a failed refresh keeps this week's last value
+                // (none for a week not fetched yet, never a partial one) and is retried next
+                // cycle, while the repo's activity is published anyway.
+                Err(e) => {
+                    tracing::warn!(org = %self.org.org, repo, error = %e, "contributor stats failed; keeping the last LOC");
+                    return Ok(cached);
+                }
             }
         }
-        match self.fallback_loc(repo, week, end).await? {
-            Some(loc) => {
+        match self.fallback_loc(repo, week, end).await {
+            Ok(Some(loc)) => {
                 self.kv_put_json(LOC_NS, &key, &loc).await?;
                 Ok(Some(loc))
             }
-            None => Ok(cached),
+            Ok(None) => Ok(cached),
+            Err(e @ Error::Cancelled) => Err(e),
+            Err(e) => {
+                tracing::warn!(org = %self.org.org, repo, error = %e, "LOC from commit details failed; keeping the last LOC");
+                Ok(cached)
+            }
         }
     }
 
@@ -462,7 +524,9 @@ impl OrgPoller {
             }
             match self.scrape_repo(r, job.window_end, true).await {
                 Ok(samples) => {
-                    // Check again: a regular cycle may have finished meanwhile.
+                    // Check again: a regular cycle may have finished meanwhile. A cycle
+                    // records its window before its values are stored, under the same lock.
+                    let _held = self.hold_repo(&r.name).await;
                     if self.shown_window(&r.name).await? >= job.window_end {
                         self.count_backfill("superseded");
                         continue;
@@ -549,15 +613,22 @@ impl Poller for OrgPoller {
             }
             (cooling, now < s.next_start)
         };
+        let org_scope = format!("github/{}", self.org.org);
         if cooling {
             self.enqueue(None, now, "github_unhealthy").await;
-            return Vec::new();
+            // Not a skip: the org is down until the cooldown ends, and its values age.
+            return vec![ScopeResult {
+                scope: org_scope,
+                result: Err(PollError::new(
+                    "cooldown",
+                    "cooling down after repeated failures",
+                )),
+            }];
         }
         if stretched {
             return Vec::new();
         }
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
-        let org_scope = format!("github/{}", self.org.org);
         let repos = match self.client.org_repos().await {
             Ok(r) => r,
             Err(e) => {
@@ -631,6 +702,7 @@ impl Poller for OrgPoller {
                         exceeded = true;
                     }
                     series += samples.len() as u64;
+                    let _held = self.hold_repo(&repo).await;
                     if let Err(e) = self.set_shown_window(&repo, now).await {
                         tracing::warn!(org = %self.org.org, repo, error = %e, "recording the shown window failed");
                     }

@@ -139,87 +139,51 @@ pub struct GqlPull {
     pub created_at: String,
     pub updated_at: String,
     pub merged_at: Option<String>,
-    pub author: Option<User>,
+    pub author: Option<GqlActor>,
     pub reviews: GqlConnection<GqlReview>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GqlReview {
-    pub author: Option<User>,
+    pub author: Option<GqlActor>,
     pub submitted_at: Option<String>,
     #[serde(default)]
     pub state: String,
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC timestamp as GitHub writes them
-/// (`2026-02-19T12:00:00Z`, optionally with fractional seconds or a `+00:00` offset).
-pub fn parse_time(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, sec) = (
-        n(0..4)?,
-        n(5..7)?,
-        n(8..10)?,
-        n(11..13)?,
-        n(14..16)?,
-        n(17..19)?,
-    );
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
-            let oh: i64 = r[1..3].parse().ok()?;
-            let om: i64 = r[4..6].parse().ok()?;
-            let o = oh * 3600 + om * 60;
-            if r.starts_with('+') { o } else { -o }
+/// A GraphQL `author { __typename login }`. GraphQL names an App's bot `dependabot` where
+/// REST says `dependabot[bot]`.
+#[derive(Debug, Deserialize)]
+pub struct GqlActor {
+    #[serde(rename = "__typename", default)]
+    pub typename: Option<String>,
+    pub login: String,
+}
+
+impl GqlActor {
+    /// The REST login, so cold (GraphQL) and warm (REST) cycles label a user alike.
+    pub fn into_user(self) -> User {
+        let bot = self.typename.as_deref() == Some("Bot") && !self.login.ends_with("[bot]");
+        User {
+            login: if bot {
+                format!("{}[bot]", self.login)
+            } else {
+                self.login
+            },
         }
-        _ => return None,
-    };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset)
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp as GitHub writes them
+/// (`2026-02-19T12:00:00Z`, optionally with fractional seconds or an offset).
+pub fn parse_time(s: &str) -> Option<i64> {
+    crate::timestamp::parse_rfc3339(s).map(|t| t.floor() as i64)
 }
 
 /// RFC 3339 UTC, second precision.
 pub fn format_time(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-// Howard Hinnant's civil-calendar algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    crate::timestamp::format_rfc3339_secs(t)
 }
 
 /// Start (Sunday 00:00 UTC) of the GitHub statistics week containing `t`.
