@@ -403,9 +403,7 @@ impl Client {
             let r = self
                 .http
                 .post(&url)
-                .header("authorization", format!("Bearer {jwt}"))
-                .header("accept", "application/vnd.github+json")
-                .header("x-github-api-version", "2022-11-28")
+                .headers(rest_headers(format!("Bearer {jwt}")))
                 .send()
                 .await;
             let r = match r {
@@ -563,9 +561,7 @@ impl Client {
                     .body(b.clone()),
                 None => self.http.get(&url),
             }
-            .header("authorization", auth)
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28");
+            .headers(rest_headers(auth));
             if let Some((etag, _)) = &cached {
                 req = req.header("if-none-match", etag.as_str());
             }
@@ -805,9 +801,7 @@ impl Client {
         let r = self
             .http
             .post(&url)
-            .header("authorization", auth)
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
+            .headers(rest_headers(auth))
             .send()
             .await;
         match r {
@@ -861,9 +855,7 @@ impl Client {
         let r = self
             .http
             .request(method, &url)
-            .header("authorization", format!("Bearer {jwt}"))
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
+            .headers(rest_headers(format!("Bearer {jwt}")))
             .send()
             .await;
         let r = match r {
@@ -1195,6 +1187,26 @@ fn split_next(v: &Bytes) -> (Option<String>, Bytes) {
         }
         None => (None, v.clone()),
     }
+}
+
+/// What every GitHub REST request carries: credentials, the media type, and the API version
+/// our wire types were written against.
+fn rest_headers(authorization: impl AsRef<str>) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(mut v) = reqwest::header::HeaderValue::from_str(authorization.as_ref()) {
+        // Kept out of reqwest's and hyper's debug output.
+        v.set_sensitive(true);
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    h.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static("application/vnd.github+json"),
+    );
+    h.insert(
+        "x-github-api-version",
+        reqwest::header::HeaderValue::from_static("2022-11-28"),
+    );
+    h
 }
 
 #[cfg(test)]
