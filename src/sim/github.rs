@@ -704,23 +704,32 @@ impl GithubSim {
         self.pat.lock().as_deref() == Some(tok)
     }
 
-    /// The GraphQL counterpart of [`Self::answer`]: auth, fault knobs, its own budget.
-    fn answer_graphql(&self, h: &HeaderMap, uri: &Uri, data: Value) -> Response {
+    /// What REST and GraphQL answers check first: credentials, then the fail-by-path knob.
+    fn refuse(&self, h: &HeaderMap, uri: &Uri) -> Option<Response> {
         if !self.authorized(h) {
-            return json_response(
+            return Some(json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"message": "Bad credentials"}),
-            );
+            ));
         }
+        let mut fp = self.knobs.fail_path.lock();
+        if let Some((p, n)) = fp.as_mut()
+            && uri.path().contains(p.as_str())
+            && *n > 0
         {
-            let mut fp = self.knobs.fail_path.lock();
-            if let Some((p, n)) = fp.as_mut()
-                && uri.path().contains(p.as_str())
-                && *n > 0
-            {
-                *n -= 1;
-                return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
-            }
+            *n -= 1;
+            return Some(json_response(
+                StatusCode::BAD_GATEWAY,
+                json!({"message": "Server Error"}),
+            ));
+        }
+        None
+    }
+
+    /// The GraphQL counterpart of [`Self::answer`]: auth, fault knobs, its own budget.
+    fn answer_graphql(&self, h: &HeaderMap, uri: &Uri, data: Value) -> Response {
+        if let Some(refused) = self.refuse(h, uri) {
+            return refused;
         }
         let (limit, remaining, reset, exhausted) = {
             let mut r = self.rate.lock();
@@ -767,21 +776,8 @@ impl GithubSim {
         body: Value,
         link: Option<String>,
     ) -> Response {
-        if !self.authorized(h) {
-            return json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({"message": "Bad credentials"}),
-            );
-        }
-        {
-            let mut fp = self.knobs.fail_path.lock();
-            if let Some((p, n)) = fp.as_mut()
-                && uri.path().contains(p.as_str())
-                && *n > 0
-            {
-                *n -= 1;
-                return json_response(StatusCode::BAD_GATEWAY, json!({"message": "Server Error"}));
-            }
+        if let Some(refused) = self.refuse(h, uri) {
+            return refused;
         }
         let in_window = {
             let mut r = self.rate.lock();
