@@ -8,17 +8,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devmetrics::metrics::Sample;
 use devmetrics::metrics::{self, Labels};
-use devmetrics::store::{Sample, Store};
+use devmetrics::store::Store;
 
 const REPOS_PER_ORG: usize = 100;
 const USERS_PER_SCOPE: usize = 100;
 
 fn family() -> metrics::FamilyId {
-    // The contract family once the GitHub source exists; until then a stand-in with the same
-    // label count.
-    metrics::lookup("gh_activity_commits_24h")
-        .unwrap_or_else(|| metrics::id("devmetrics_upstream_requests_total"))
+    metrics::GH_ACTIVITY_COMMITS_24H
 }
 
 fn vm_hwm_kib() -> u64 {

@@ -123,7 +123,7 @@ pub async fn launch(
             queue.clone(),
             telemetry.clone(),
             shutdown.clone(),
-            sources::github::poller::system_clock(),
+            crate::clock::Clock::system(),
         )
         .context("building the GitHub clients")?;
         for p in &github.pollers {

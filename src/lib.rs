@@ -2,6 +2,7 @@
 //! Prometheus/OpenMetrics. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod exposition;

@@ -375,9 +375,9 @@ async fn demo(mut cfg: config::Config, seed: u64) -> anyhow::Result<()> {
 
 async fn debug(what: DebugCommand) -> anyhow::Result<()> {
     use devmetrics::db::Db;
-    use devmetrics::metrics::{Labels, id};
+    use devmetrics::metrics::{Labels, Op, Update};
     use devmetrics::queue::{Published, Queue, RetryPolicy, sqlite::SqliteQueue};
-    use devmetrics::store::{Applied, Op, Store, Update, sqlite::SqliteStore};
+    use devmetrics::store::{Applied, Store, sqlite::SqliteStore};
     use std::io::Write;
     use std::sync::Arc;
 
@@ -391,7 +391,7 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
     match what {
         DebugCommand::StoreLoad { storage_path, keys } => {
             let store = Arc::new(SqliteStore::open(Db::open(&storage_path)?)?);
-            let fam = id("devmetrics_store_duplicate_updates_total");
+            let fam = metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL;
             let mut tasks = tokio::task::JoinSet::new();
             for w in 0..CONCURRENCY {
                 let (store, print) = (store.clone(), print.clone());

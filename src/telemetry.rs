@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::metrics::{FamilyId, Labels, family, id};
-use crate::store::{HistogramValue, ScopeData, Value, now_unix};
+use crate::clock::now_unix;
+use crate::metrics::{self, FamilyId, HistogramValue, Labels, ScopeData, Value, family};
 
 /// A histogram over a catalog family's buckets, for hot paths that are not events.
 pub struct Histogram {
@@ -17,8 +17,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn for_family(name: &str) -> Self {
-        let bounds = family(id(name)).buckets;
+    pub fn for_family(fid: FamilyId) -> Self {
+        let bounds = family(fid).buckets;
         Histogram {
             bounds,
             inner: Mutex::new(HistogramValue::new(bounds)),
@@ -87,7 +87,7 @@ impl Telemetry {
 
     pub fn http_request(&self, route: &'static str, code: u16, elapsed: Duration) {
         *self.http.lock().entry((route, code)).or_default() += 1;
-        let bounds = family(id("devmetrics_http_request_duration_seconds")).buckets;
+        let bounds = family(metrics::DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS).buckets;
         self.http_latency
             .lock()
             .entry(route)
@@ -108,7 +108,7 @@ impl Telemetry {
             .lock()
             .entry((upstream, endpoint, status.to_string()))
             .or_default() += 1;
-        let bounds = family(id("devmetrics_upstream_request_duration_seconds")).buckets;
+        let bounds = family(metrics::DEVMETRICS_UPSTREAM_REQUEST_DURATION_SECONDS).buckets;
         self.upstream_latency
             .lock()
             .entry((upstream, endpoint))
@@ -183,73 +183,72 @@ impl Telemetry {
     /// The exporter's own series, as one scope rendered after the store's.
     pub fn scope(&self) -> ScopeData {
         let mut rows: Vec<(FamilyId, Labels, Value)> = Vec::new();
-        let mut push = |name: &str, values: &[&str], v: Value| {
-            let fid = id(name);
+        let mut push = |fid: FamilyId, values: &[&str], v: Value| {
             let labels = Labels::new(fid, values).expect("telemetry label arity matches catalog");
             rows.push((fid, labels, v));
         };
         let n = |v: f64| Value::Number(v);
         push(
-            "devmetrics_build_info",
+            metrics::DEVMETRICS_BUILD_INFO,
             &[env!("CARGO_PKG_VERSION"), self.revision],
             n(1.0),
         );
         push(
-            "devmetrics_start_time_seconds",
+            metrics::DEVMETRICS_START_TIME_SECONDS,
             &[],
             n(self.started_at.floor()),
         );
         for ((route, code), c) in self.http.lock().iter() {
             push(
-                "devmetrics_http_requests_total",
+                metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL,
                 &[route, itoa::Buffer::new().format(*code)],
                 n(*c as f64),
             );
         }
         for (route, h) in self.http_latency.lock().iter() {
             push(
-                "devmetrics_http_request_duration_seconds",
+                metrics::DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS,
                 &[route],
                 Value::Histogram(Box::new(h.clone())),
             );
         }
         for ((u, e, s), c) in self.upstream.lock().iter() {
             push(
-                "devmetrics_upstream_requests_total",
+                metrics::DEVMETRICS_UPSTREAM_REQUESTS_TOTAL,
                 &[u, e, s],
                 n(*c as f64),
             );
         }
         for ((u, e), h) in self.upstream_latency.lock().iter() {
             push(
-                "devmetrics_upstream_request_duration_seconds",
+                metrics::DEVMETRICS_UPSTREAM_REQUEST_DURATION_SECONDS,
                 &[u, e],
                 Value::Histogram(Box::new(h.clone())),
             );
         }
         for (name, h) in self.sources.lock().iter() {
             push(
-                "devmetrics_source_up",
+                metrics::DEVMETRICS_SOURCE_UP,
                 &[name],
                 n(if h.up { 1.0 } else { 0.0 }),
             );
             if h.scrapes > 0 {
                 push(
-                    "devmetrics_source_scrape_duration_seconds",
+                    metrics::DEVMETRICS_SOURCE_SCRAPE_DURATION_SECONDS,
                     &[name],
                     n(h.last_duration_seconds),
                 );
             }
             if let Some(t) = h.last_success_timestamp {
                 push(
-                    "devmetrics_source_last_success_timestamp_seconds",
+                    metrics::DEVMETRICS_SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS,
                     &[name],
                     n(t),
                 );
             }
             for (result, c) in &h.results {
                 push(
-                    "devmetrics_source_scrapes_total",
+                    metrics::DEVMETRICS_SOURCE_SCRAPES_TOTAL,
                     &[name, result],
                     n(*c as f64),
                 );
@@ -257,7 +256,7 @@ impl Telemetry {
         }
         for (format, secs) in self.render.lock().iter() {
             push(
-                "devmetrics_exposition_render_duration_seconds",
+                metrics::DEVMETRICS_EXPOSITION_RENDER_DURATION_SECONDS,
                 &[format],
                 n(*secs),
             );
@@ -268,6 +267,7 @@ impl Telemetry {
         let mut data = ScopeData {
             name: Arc::from("devmetrics/telemetry"),
             updated_at: now_unix(),
+            version: 0,
             families: BTreeMap::new(),
         };
         for (fid, labels, v) in rows {

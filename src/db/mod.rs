@@ -11,6 +11,7 @@
 
 mod schema;
 
+use crate::metrics;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -82,8 +83,10 @@ impl Default for Stats {
         Stats {
             commits: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            commit_seconds: Histogram::for_family("devmetrics_store_commit_duration_seconds"),
-            batch_size: Histogram::for_family("devmetrics_store_commit_batch_size"),
+            commit_seconds: Histogram::for_family(
+                metrics::DEVMETRICS_STORE_COMMIT_DURATION_SECONDS,
+            ),
+            batch_size: Histogram::for_family(metrics::DEVMETRICS_STORE_COMMIT_BATCH_SIZE),
         }
     }
 }

@@ -64,7 +64,7 @@ fn repo_name(full: &str) -> &str {
 fn envelope(ikey: &str, name: &str, at: Option<f64>, op: &str, props: Value, meas: Value) -> Value {
     json!({
         "name": "Microsoft.ApplicationInsights.Event",
-        "time": at.map(format_rfc3339).unwrap_or_else(|| format_rfc3339(crate::store::now_unix())),
+        "time": at.map(format_rfc3339).unwrap_or_else(|| format_rfc3339(crate::clock::now_unix())),
         "iKey": ikey,
         "tags": {"ai.cloud.role": "devmetrics", "ai.operation.id": op},
         "data": {"baseType": "EventData", "baseData": {

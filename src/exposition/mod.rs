@@ -17,8 +17,7 @@ pub use negotiate::{Format, negotiate};
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use crate::metrics::{FAMILIES, FamilyDef, FamilyId, Kind};
-use crate::store::{ScopeData, Value};
+use crate::metrics::{FAMILIES, FamilyDef, FamilyId, Kind, ScopeData, Value};
 
 /// Renders every family that has at least one series in `scopes`, in catalog order.
 ///
@@ -155,23 +154,23 @@ fn write_le(v: f64, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Labels, id};
-    use crate::store::HistogramValue;
+    use crate::metrics::HistogramValue;
+    use crate::metrics::{self, Labels};
     use std::collections::BTreeMap;
 
     fn scope() -> Arc<ScopeData> {
         let mut families = BTreeMap::new();
-        let req = id("devmetrics_http_requests_total");
+        let req = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
         let mut m = BTreeMap::new();
         m.insert(
             Labels::new(req, &["/x\"y", "200"]).unwrap(),
             Value::Number(3.0),
         );
         families.insert(req, m);
-        let h = id("devmetrics_http_request_duration_seconds");
-        let mut hv = HistogramValue::new(crate::metrics::family(h).buckets);
-        hv.observe(crate::metrics::family(h).buckets, 0.003);
-        hv.observe(crate::metrics::family(h).buckets, 100.0);
+        let h = metrics::DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS;
+        let mut hv = HistogramValue::new(metrics::family(h).buckets);
+        hv.observe(metrics::family(h).buckets, 0.003);
+        hv.observe(metrics::family(h).buckets, 100.0);
         let mut m = BTreeMap::new();
         m.insert(
             Labels::new(h, &["/"]).unwrap(),
@@ -181,6 +180,7 @@ mod tests {
         Arc::new(ScopeData {
             name: Arc::from("t"),
             updated_at: 0.0,
+            version: 0,
             families,
         })
     }

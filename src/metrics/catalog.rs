@@ -1,7 +1,19 @@
 //! Every metric family, once. Sections follow the data flow: the exporter itself, then one
 //! block per source. `docs/metrics.md` is generated from this table (`devmetrics docs metrics`).
 
-use super::{FamilyDef, Kind, Origin};
+use super::{FamilyDef, FamilyId, Kind, Origin};
+
+/// Declares every family once: `FAMILIES` in declaration order, and a [`FamilyId`] constant
+/// per family, so a misspelt family does not build and no hot path looks a name up.
+macro_rules! families {
+    ($($id:ident: $def:expr),* $(,)?) => {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[repr(u16)]
+        enum Index { $($id,)* }
+        $(pub const $id: FamilyId = FamilyId(Index::$id as u16);)*
+        pub static FAMILIES: &[FamilyDef] = &[$($def,)*];
+    };
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -155,177 +167,177 @@ const fn workflows(
     )
 }
 
-pub static FAMILIES: &[FamilyDef] = &[
+families! {
     // ── the exporter itself ─────────────────────────────────────────────────────────────
-    core(
+    DEVMETRICS_BUILD_INFO: core(
         "devmetrics_build_info",
         Gauge,
         None,
         "A metric with a constant '1' value labeled by version and revision of devmetrics.",
         &["version", "revision"],
     ),
-    core(
+    DEVMETRICS_START_TIME_SECONDS: core(
         "devmetrics_start_time_seconds",
         Gauge,
         Some("seconds"),
         "Unix time at which the process started.",
         &[],
     ),
-    core(
+    DEVMETRICS_SOURCE_UP: core(
         "devmetrics_source_up",
         Gauge,
         None,
         "1 if the last scrape of the source succeeded, 0 otherwise.",
         &["source"],
     ),
-    core(
+    DEVMETRICS_SOURCE_SCRAPE_DURATION_SECONDS: core(
         "devmetrics_source_scrape_duration_seconds",
         Gauge,
         Some("seconds"),
         "Duration of the last scrape of the source.",
         &["source"],
     ),
-    core(
+    DEVMETRICS_SOURCE_SCRAPES_TOTAL: core(
         "devmetrics_source_scrapes_total",
         Counter,
         None,
         "Scrapes of the source by result (success or the error kind).",
         &["source", "result"],
     ),
-    core(
+    DEVMETRICS_SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS: core(
         "devmetrics_source_last_success_timestamp_seconds",
         Gauge,
         Some("seconds"),
         "Unix time of the last successful scrape of the source; the age of its values.",
         &["source"],
     ),
-    core(
+    DEVMETRICS_HTTP_REQUESTS_TOTAL: core(
         "devmetrics_http_requests_total",
         Counter,
         None,
         "HTTP requests served, by route and status code.",
         &["route", "code"],
     ),
-    core_histogram(
+    DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS: core_histogram(
         "devmetrics_http_request_duration_seconds",
         Some("seconds"),
         "Time to answer an HTTP request, by route.",
         &["route"],
         LATENCY_BUCKETS,
     ),
-    core(
+    DEVMETRICS_UPSTREAM_REQUESTS_TOTAL: core(
         "devmetrics_upstream_requests_total",
         Counter,
         None,
         "Requests to upstream APIs, by upstream, endpoint class and status (a code, or the error kind).",
         &["upstream", "endpoint", "status"],
     ),
-    core_histogram(
+    DEVMETRICS_UPSTREAM_REQUEST_DURATION_SECONDS: core_histogram(
         "devmetrics_upstream_request_duration_seconds",
         Some("seconds"),
         "Latency of upstream API requests, by upstream and endpoint class.",
         &["upstream", "endpoint"],
         LATENCY_BUCKETS,
     ),
-    core(
+    DEVMETRICS_QUEUE_DEPTH: core(
         "devmetrics_queue_depth",
         Gauge,
         None,
         "Messages waiting in the queue (ready, scheduled for retry or in flight).",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_OLDEST_MESSAGE_AGE_SECONDS: core(
         "devmetrics_queue_oldest_message_age_seconds",
         Gauge,
         Some("seconds"),
         "Age of the oldest message still in the queue; 0 when empty.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_PUBLISHED_TOTAL: core(
         "devmetrics_queue_published_total",
         Counter,
         None,
         "Messages durably published to the queue.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_DUPLICATES_TOTAL: core(
         "devmetrics_queue_duplicates_total",
         Counter,
         None,
         "Publishes refused because a message with the same deduplication key was seen.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_ACKED_TOTAL: core(
         "devmetrics_queue_acked_total",
         Counter,
         None,
         "Messages acknowledged (processed) and removed from the queue.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_RETRIED_TOTAL: core(
         "devmetrics_queue_retried_total",
         Counter,
         None,
         "Messages scheduled for another attempt after a failure.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_DEAD_LETTERED_TOTAL: core(
         "devmetrics_queue_dead_lettered_total",
         Counter,
         None,
         "Messages moved to the dead-letter table after their last attempt.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_QUEUE_DEAD_LETTERS: core(
         "devmetrics_queue_dead_letters",
         Gauge,
         None,
         "Messages currently held in the dead-letter table.",
         &["topic"],
     ),
-    core(
+    DEVMETRICS_STORE_SERIES: core(
         "devmetrics_store_series",
         Gauge,
         None,
         "Series held by the store, across all scopes.",
         &[],
     ),
-    core(
+    DEVMETRICS_STORE_SCOPES: core(
         "devmetrics_store_scopes",
         Gauge,
         None,
         "Scopes (units of atomic replacement) held by the store.",
         &[],
     ),
-    core(
+    DEVMETRICS_STORE_COMMITS_TOTAL: core(
         "devmetrics_store_commits_total",
         Counter,
         None,
         "Transactions committed by the embedded database writer.",
         &[],
     ),
-    core_histogram(
+    DEVMETRICS_STORE_COMMIT_DURATION_SECONDS: core_histogram(
         "devmetrics_store_commit_duration_seconds",
         Some("seconds"),
         "Time to execute and durably commit one group of writes.",
         &[],
         LATENCY_BUCKETS,
     ),
-    core_histogram(
+    DEVMETRICS_STORE_COMMIT_BATCH_SIZE: core_histogram(
         "devmetrics_store_commit_batch_size",
         None,
         "Operations grouped into one commit.",
         &[],
         BATCH_BUCKETS,
     ),
-    core(
+    DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL: core(
         "devmetrics_store_duplicate_updates_total",
         Counter,
         None,
         "Event updates skipped because their idempotency key was already applied.",
         &[],
     ),
-    core(
+    DEVMETRICS_EXPOSITION_RENDER_DURATION_SECONDS: core(
         "devmetrics_exposition_render_duration_seconds",
         Gauge,
         Some("seconds"),
@@ -334,123 +346,123 @@ pub static FAMILIES: &[FamilyDef] = &[
     ),
     // ── source: github (activity; issue 4) ──────────────────────────────────────────────
     //
-    gh_activity(
+    GH_ACTIVITY_COMMITS_24H: gh_activity(
         "gh_activity_commits_24h",
         "Commits on the default branch in the 24 hours ending at the repo's last scrape, by attributed user.",
     ),
-    gh_activity(
+    GH_ACTIVITY_PRS_OPENED_24H: gh_activity(
         "gh_activity_prs_opened_24h",
         "Pull requests opened in the 24 hours ending at the repo's last scrape, by PR author.",
     ),
-    gh_activity(
+    GH_ACTIVITY_PRS_MERGED_24H: gh_activity(
         "gh_activity_prs_merged_24h",
         "Pull requests merged in the 24 hours ending at the repo's last scrape, by PR author.",
     ),
-    gh_activity(
+    GH_ACTIVITY_REVIEWS_SUBMITTED_24H: gh_activity(
         "gh_activity_reviews_submitted_24h",
         "Pull request reviews submitted (any state) in the 24 hours ending at the repo's last scrape, by reviewer.",
     ),
-    gh_activity(
+    GH_ACTIVITY_ISSUE_COMMENTS_24H: gh_activity(
         "gh_activity_issue_comments_24h",
         "Issue and pull request conversation comments created in the 24 hours ending at the repo's last scrape, by commenter.",
     ),
-    gh_activity(
+    GH_ACTIVITY_LOC_ADDED_WEEKLY: gh_activity(
         "gh_activity_loc_added_weekly",
         "Lines added in the last complete statistics week (Sunday 00:00 UTC), from /stats/contributors.",
     ),
-    gh_activity(
+    GH_ACTIVITY_LOC_REMOVED_WEEKLY: gh_activity(
         "gh_activity_loc_removed_weekly",
         "Lines removed in the last complete statistics week (Sunday 00:00 UTC), from /stats/contributors.",
     ),
-    gh_activity(
+    GH_ACTIVITY_LAST_EVENT_UNIXTIME: gh_activity(
         "gh_activity_last_event_unixtime",
         "Unix time of the user's latest commit, PR opened or merged, review or comment in the 24-hour window.",
     ),
-    github(
+    DEVMETRICS_GITHUB_RATE_LIMIT_REMAINING: github(
         "devmetrics_github_rate_limit_remaining",
         Gauge,
         None,
         "Primary rate limit left for the org's installation (or token), from the last x-ratelimit-remaining.",
         &["org", "installation_id"],
     ),
-    github(
+    DEVMETRICS_GITHUB_RATE_LIMIT_RESET_TIMESTAMP_SECONDS: github(
         "devmetrics_github_rate_limit_reset_timestamp_seconds",
         Gauge,
         Some("seconds"),
         "When the org's primary rate-limit window resets.",
         &["org", "installation_id"],
     ),
-    github(
+    DEVMETRICS_GITHUB_SECONDARY_LIMIT_HITS_TOTAL: github(
         "devmetrics_github_secondary_limit_hits_total",
         Counter,
         None,
         "Secondary rate-limit answers (403/429 with Retry-After or a secondary-limit message).",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_NOT_MODIFIED_TOTAL: github(
         "devmetrics_github_not_modified_total",
         Counter,
         None,
         "Conditional requests answered 304 (no primary rate limit spent).",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_CYCLE_REQUESTS: github(
         "devmetrics_github_cycle_requests",
         Gauge,
         None,
         "Requests of the org's last scrape cycle that counted against the primary rate limit.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_BUDGET_OVERCOMMITTED: github(
         "devmetrics_github_budget_overcommitted",
         Gauge,
         None,
         "1 when the org's scrape interval cannot fit its rate-limit budget and the interval is being stretched.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_EFFECTIVE_INTERVAL_SECONDS: github(
         "devmetrics_github_effective_interval_seconds",
         Gauge,
         Some("seconds"),
         "The org's scrape interval after stretching to fit the rate-limit budget.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_ORG_COOLDOWN: github(
         "devmetrics_github_org_cooldown",
         Gauge,
         None,
         "1 while the org is in cooldown after repeated failures (its skipped cycles are backfilled).",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_SCRAPE_PROGRESS_RATIO: github(
         "devmetrics_github_scrape_progress_ratio",
         Gauge,
         Some("ratio"),
         "Repos done of the total in the org's current (or last) scrape cycle.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_SCRAPE_ETA_SECONDS: github(
         "devmetrics_github_scrape_eta_seconds",
         Gauge,
         Some("seconds"),
         "Estimated time left in the org's current scrape cycle; 0 when idle.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_SERIES_BUDGET_EXCEEDED: github(
         "devmetrics_github_series_budget_exceeded",
         Gauge,
         None,
         "1 when the org's last cycle hit github.activity.series_budget_per_org and dropped series.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_LOC_FALLBACK_DEFERRED_TOTAL: github(
         "devmetrics_github_loc_fallback_deferred_total",
         Counter,
         None,
         "Repos whose commit-level LOC fallback was postponed because the org's hourly commit-detail budget could not cover the whole week.",
         &["org"],
     ),
-    github(
+    DEVMETRICS_GITHUB_BACKFILL_JOBS_TOTAL: github(
         "devmetrics_github_backfill_jobs_total",
         Counter,
         None,
@@ -459,7 +471,7 @@ pub static FAMILIES: &[FamilyDef] = &[
     ),
     // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────
     //
-    workflows(
+    DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL: workflows(
         "devmetrics_webhook_deliveries_total",
         Counter,
         None,
@@ -467,7 +479,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["source", "outcome"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WEBHOOK_REDELIVERIES_TOTAL: workflows(
         "devmetrics_webhook_redeliveries_total",
         Counter,
         None,
@@ -475,7 +487,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["source", "result"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WEBHOOK_FAILED_DELIVERIES: workflows(
         "devmetrics_webhook_failed_deliveries",
         Gauge,
         None,
@@ -483,7 +495,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["org", "hook"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_RUNNERS: workflows(
         "devmetrics_workflow_runners",
         Gauge,
         None,
@@ -491,7 +503,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["org", "repo", "runner_group", "runner_labels", "state"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_RUNS_TOTAL: workflows(
         "devmetrics_workflow_runs_total",
         Counter,
         None,
@@ -499,7 +511,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         RUN_LABELS,
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_RUN_DURATION_SECONDS: workflows(
         "devmetrics_workflow_run_duration_seconds",
         Histogram,
         Some("seconds"),
@@ -507,7 +519,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         RUN_LABELS,
         CI_DURATION_BUCKETS,
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_JOBS_TOTAL: workflows(
         "devmetrics_workflow_jobs_total",
         Counter,
         None,
@@ -515,7 +527,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         JOB_LABELS,
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_JOB_DURATION_SECONDS: workflows(
         "devmetrics_workflow_job_duration_seconds",
         Histogram,
         Some("seconds"),
@@ -523,7 +535,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         JOB_LABELS,
         CI_DURATION_BUCKETS,
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_JOB_QUEUE_DURATION_SECONDS: workflows(
         "devmetrics_workflow_job_queue_duration_seconds",
         Histogram,
         Some("seconds"),
@@ -531,7 +543,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["repo", "workflow", "job", "runner_group", "runner_labels"],
         CI_QUEUE_BUCKETS,
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_STEP_DURATION_SECONDS: workflows(
         "devmetrics_workflow_step_duration_seconds",
         Histogram,
         Some("seconds"),
@@ -539,7 +551,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["repo", "workflow", "job", "step", "conclusion"],
         CI_DURATION_BUCKETS,
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_JOBS_QUEUED: workflows(
         "devmetrics_workflow_jobs_queued",
         Gauge,
         None,
@@ -547,7 +559,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["repo", "runner_labels"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_JOBS_IN_PROGRESS: workflows(
         "devmetrics_workflow_jobs_in_progress",
         Gauge,
         None,
@@ -555,7 +567,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["repo", "runner_group", "runner_labels"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_RUNNER_BUSY_SECONDS_TOTAL: workflows(
         "devmetrics_workflow_runner_busy_seconds_total",
         Counter,
         Some("seconds"),
@@ -563,7 +575,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["runner_group", "runner_labels"],
         &[],
     ),
-    workflows(
+    DEVMETRICS_WORKFLOW_INVALID_DURATIONS_TOTAL: workflows(
         "devmetrics_workflow_invalid_durations_total",
         Counter,
         None,
@@ -573,7 +585,7 @@ pub static FAMILIES: &[FamilyDef] = &[
     ),
     // ── source: spacelift (issue 6) ──────────────────────────────────────────────────────
     //
-    spacelift(
+    SPACELIFT_PUBLIC_WORKER_POOL_RUNS_PENDING: spacelift(
         "spacelift_public_worker_pool_runs_pending",
         Gauge,
         None,
@@ -581,7 +593,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_PUBLIC_WORKER_POOL_WORKERS_BUSY: spacelift(
         "spacelift_public_worker_pool_workers_busy",
         Gauge,
         None,
@@ -589,7 +601,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_PUBLIC_WORKER_POOL_PARALLELISM: spacelift(
         "spacelift_public_worker_pool_parallelism",
         Gauge,
         None,
@@ -597,7 +609,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_WORKER_POOL_RUNS_PENDING: spacelift(
         "spacelift_worker_pool_runs_pending",
         Gauge,
         None,
@@ -605,7 +617,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["worker_pool_id", "worker_pool_name"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_WORKER_POOL_WORKERS_BUSY: spacelift(
         "spacelift_worker_pool_workers_busy",
         Gauge,
         None,
@@ -613,7 +625,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["worker_pool_id", "worker_pool_name"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_WORKER_POOL_WORKERS: spacelift(
         "spacelift_worker_pool_workers",
         Gauge,
         None,
@@ -621,7 +633,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["worker_pool_id", "worker_pool_name"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_WORKER_POOL_WORKERS_DRAINED: spacelift(
         "spacelift_worker_pool_workers_drained",
         Gauge,
         None,
@@ -629,7 +641,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["worker_pool_id", "worker_pool_name"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_BILLING_PERIOD_START_TIMESTAMP_SECONDS: spacelift(
         "spacelift_current_billing_period_start_timestamp_seconds",
         Gauge,
         Some("seconds"),
@@ -637,7 +649,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_BILLING_PERIOD_END_TIMESTAMP_SECONDS: spacelift(
         "spacelift_current_billing_period_end_timestamp_seconds",
         Gauge,
         Some("seconds"),
@@ -645,7 +657,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_BILLING_PERIOD_USED_PRIVATE_SECONDS: spacelift(
         "spacelift_current_billing_period_used_private_seconds",
         Gauge,
         Some("seconds"),
@@ -653,7 +665,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_BILLING_PERIOD_USED_PUBLIC_SECONDS: spacelift(
         "spacelift_current_billing_period_used_public_seconds",
         Gauge,
         Some("seconds"),
@@ -661,7 +673,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_BILLING_PERIOD_USED_SEATS: spacelift(
         "spacelift_current_billing_period_used_seats",
         Gauge,
         None,
@@ -669,7 +681,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE: spacelift(
         "spacelift_current_stacks_count_by_state",
         Gauge,
         None,
@@ -677,7 +689,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["state"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_RESOURCES_COUNT_BY_DRIFT: spacelift(
         "spacelift_current_resources_count_by_drift",
         Gauge,
         None,
@@ -685,7 +697,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["state"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_AVG_STACK_SIZE_BY_RESOURCE_COUNT: spacelift(
         "spacelift_current_avg_stack_size_by_resource_count",
         Gauge,
         None,
@@ -693,7 +705,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_AVERAGE_RUN_DURATION: spacelift(
         "spacelift_current_average_run_duration",
         Gauge,
         None,
@@ -701,7 +713,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_CURRENT_MEDIAN_RUN_DURATION: spacelift(
         "spacelift_current_median_run_duration",
         Gauge,
         None,
@@ -709,7 +721,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_SCRAPE_DURATION_SECONDS: spacelift(
         "spacelift_scrape_duration_seconds",
         Gauge,
         Some("seconds"),
@@ -717,7 +729,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_BUILD_INFO: spacelift(
         "spacelift_build_info",
         Gauge,
         None,
@@ -725,7 +737,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["version", "commit", "goversion"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_SCRAPE_COLLECTOR_SUCCESS: spacelift(
         "spacelift_scrape_collector_success",
         Gauge,
         None,
@@ -733,7 +745,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["collector"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_SCRAPE_COLLECTOR_DURATION_SECONDS: spacelift(
         "spacelift_scrape_collector_duration_seconds",
         Gauge,
         Some("seconds"),
@@ -741,7 +753,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["collector"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    SPACELIFT_SCRAPE_COLLECTOR_SUPPORTED: spacelift(
         "spacelift_scrape_collector_supported",
         Gauge,
         None,
@@ -749,7 +761,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["collector"],
         Origin::SpaceliftExporter,
     ),
-    spacelift(
+    DEVMETRICS_SPACELIFT_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS: spacelift(
         "devmetrics_spacelift_collector_last_success_timestamp_seconds",
         Gauge,
         Some("seconds"),
@@ -757,7 +769,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["collector"],
         Origin::Devmetrics,
     ),
-    spacelift(
+    DEVMETRICS_SPACELIFT_STACKS_OMITTED: spacelift(
         "devmetrics_spacelift_stacks_omitted",
         Gauge,
         None,
@@ -765,7 +777,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["reason"],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_RUNS_NEEDING_APPROVAL: spacelift(
         "spacelift_runs_needing_approval",
         Gauge,
         None,
@@ -773,7 +785,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_RUNS_REQUIRING_ATTENTION: spacelift(
         "spacelift_runs_requiring_attention",
         Gauge,
         None,
@@ -781,7 +793,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &[],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_STACK_STATE: spacelift(
         "spacelift_stack_state",
         Gauge,
         None,
@@ -789,7 +801,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["stack", "space", "state"],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_STACK_RESOURCES: spacelift(
         "spacelift_stack_resources",
         Gauge,
         None,
@@ -797,7 +809,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["stack", "space"],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_STACK_RESOURCES_DRIFTED: spacelift(
         "spacelift_stack_resources_drifted",
         Gauge,
         None,
@@ -805,7 +817,7 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["stack", "space"],
         Origin::Devmetrics,
     ),
-    spacelift(
+    SPACELIFT_RUNS: spacelift(
         "spacelift_runs",
         Gauge,
         None,
@@ -813,4 +825,4 @@ pub static FAMILIES: &[FamilyDef] = &[
         &["space", "type", "state"],
         Origin::Devmetrics,
     ),
-];
+}

@@ -118,11 +118,15 @@ pub fn escape_label_value(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::id;
+    use crate::metrics;
 
     #[test]
     fn renders_and_parses_back_escaped_values() {
-        let l = Labels::new(id("devmetrics_http_requests_total"), &["a\"b\\c\nd", "200"]).unwrap();
+        let l = Labels::new(
+            metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL,
+            &["a\"b\\c\nd", "200"],
+        )
+        .unwrap();
         assert_eq!(l.as_str(), r#"route="a\"b\\c\nd",code="200""#);
         let pairs: Vec<_> = l.pairs().collect();
         assert_eq!(
@@ -137,7 +141,7 @@ mod tests {
 
     #[test]
     fn arity_is_checked() {
-        let err = Labels::new(id("devmetrics_http_requests_total"), &["x"]).unwrap_err();
+        let err = Labels::new(metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &["x"]).unwrap_err();
         assert!(matches!(
             err,
             LabelError::Arity {

@@ -6,9 +6,11 @@
 mod catalog;
 pub mod docs;
 mod labels;
+mod value;
 
-pub use catalog::FAMILIES;
+pub use catalog::*;
 pub use labels::{LabelError, Labels};
+pub use value::{HistogramValue, Op, Sample, ScopeData, Snapshot, Update, Value, WrongKind};
 
 /// Index of a family in [`FAMILIES`]; stable within one build, never persisted
 /// (the store keys series by family name so catalog reordering is harmless).
@@ -91,18 +93,13 @@ pub fn family(id: FamilyId) -> &'static FamilyDef {
     &FAMILIES[id.0 as usize]
 }
 
-/// Looks a family up by name. Linear, but only used at start-up, in tests and when loading
-/// persisted rows; hot paths hold [`FamilyId`]s.
+/// Looks a family up by name. Linear, but only used when loading persisted rows and in tests;
+/// code names families by their constants (`metrics::DEVMETRICS_BUILD_INFO`).
 pub fn lookup(name: &str) -> Option<FamilyId> {
     FAMILIES
         .iter()
         .position(|f| f.name == name)
         .map(|i| FamilyId(i as u16))
-}
-
-/// `lookup` for names the code itself declares; a typo is a broken invariant.
-pub fn id(name: &str) -> FamilyId {
-    lookup(name).unwrap_or_else(|| panic!("metric family {name} is not in the catalog"))
 }
 
 #[cfg(test)]

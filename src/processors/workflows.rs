@@ -12,8 +12,7 @@
 
 use serde::Deserialize;
 
-use crate::metrics::{FamilyId, Labels, id};
-use crate::store::{Op, Update};
+use crate::metrics::{self, FamilyId, Labels, Op, Update};
 use crate::timestamp::parse_rfc3339;
 
 /// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
@@ -349,8 +348,7 @@ fn labels(family: FamilyId, values: &[&str]) -> Labels {
     Labels::new(family, values).expect("label arity matches the catalog")
 }
 
-fn upd(name: &str, values: &[&str], op: Op) -> Update {
-    let family = id(name);
+fn upd(family: FamilyId, values: &[&str], op: Op) -> Update {
     Update {
         family,
         labels: labels(family, values),
@@ -377,7 +375,7 @@ fn span(from: Option<&str>, to: Option<&str>) -> Span {
 fn observe(
     out: &mut Vec<Update>,
     s: Span,
-    family: &str,
+    family: FamilyId,
     values: &[&str],
     kind: &str,
 ) -> Option<f64> {
@@ -399,7 +397,7 @@ fn observe(
 
 fn invalid(kind: &str, reason: &str) -> Update {
     upd(
-        "devmetrics_workflow_invalid_durations_total",
+        metrics::DEVMETRICS_WORKFLOW_INVALID_DURATIONS_TOTAL,
         &[kind, reason],
         Op::Inc(1.0),
     )
@@ -449,14 +447,14 @@ fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
     let ran = r == 2 || j.runner_name.as_deref().is_some_and(|n| !n.is_empty());
     let queued = |d: f64| {
         vec![upd(
-            "devmetrics_workflow_jobs_queued",
+            metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED,
             &[repo, &rl],
             Op::Add(d),
         )]
     };
     let running = |d: f64| {
         vec![upd(
-            "devmetrics_workflow_jobs_in_progress",
+            metrics::DEVMETRICS_WORKFLOW_JOBS_IN_PROGRESS,
             &[repo, group, &rl],
             Op::Add(d),
         )]
@@ -479,7 +477,7 @@ fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
             observe(
                 &mut q,
                 span(j.created_at.as_deref(), j.started_at.as_deref()),
-                "devmetrics_workflow_job_queue_duration_seconds",
+                metrics::DEVMETRICS_WORKFLOW_JOB_QUEUE_DURATION_SECONDS,
                 &[repo, workflow, &j.name, group, &rl],
                 "job_queue",
             );
@@ -498,18 +496,22 @@ fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
         }
         let conclusion = j.conclusion.as_deref().unwrap_or("unknown");
         let values = [repo, workflow, &j.name, branch, conclusion, group, &rl];
-        let mut u = vec![upd("devmetrics_workflow_jobs_total", &values, Op::Inc(1.0))];
+        let mut u = vec![upd(
+            metrics::DEVMETRICS_WORKFLOW_JOBS_TOTAL,
+            &values,
+            Op::Inc(1.0),
+        )];
         if ran {
             let d = observe(
                 &mut u,
                 span(j.started_at.as_deref(), j.completed_at.as_deref()),
-                "devmetrics_workflow_job_duration_seconds",
+                metrics::DEVMETRICS_WORKFLOW_JOB_DURATION_SECONDS,
                 &values,
                 "job",
             );
             if let Some(d) = d {
                 u.push(upd(
-                    "devmetrics_workflow_runner_busy_seconds_total",
+                    metrics::DEVMETRICS_WORKFLOW_RUNNER_BUSY_SECONDS_TOTAL,
                     &[group, &rl],
                     Op::Inc(d),
                 ));
@@ -524,7 +526,7 @@ fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
                 observe(
                     &mut u,
                     span(s.started_at.as_deref(), s.completed_at.as_deref()),
-                    "devmetrics_workflow_step_duration_seconds",
+                    metrics::DEVMETRICS_WORKFLOW_STEP_DURATION_SECONDS,
                     &[repo, workflow, &j.name, &s.name, c],
                     "step",
                 );
@@ -566,13 +568,17 @@ fn run(action: &str, r: &Run, repo: &str, opts: &Options) -> Vec<Batch> {
         branch,
         r.conclusion.as_deref().unwrap_or("unknown"),
     ];
-    let mut u = vec![upd("devmetrics_workflow_runs_total", &values, Op::Inc(1.0))];
+    let mut u = vec![upd(
+        metrics::DEVMETRICS_WORKFLOW_RUNS_TOTAL,
+        &values,
+        Op::Inc(1.0),
+    )];
     // For a completed run `updated_at` is its completion; `run_started_at` is this attempt's
     // start (`created_at` is the first attempt's).
     observe(
         &mut u,
         span(r.run_started_at.as_deref(), r.updated_at.as_deref()),
-        "devmetrics_workflow_run_duration_seconds",
+        metrics::DEVMETRICS_WORKFLOW_RUN_DURATION_SECONDS,
         &values,
         "run",
     );

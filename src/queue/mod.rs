@@ -173,29 +173,36 @@ impl crate::telemetry::Collect for Collector {
         out: &mut Vec<(
             crate::metrics::FamilyId,
             crate::metrics::Labels,
-            crate::store::Value,
+            crate::metrics::Value,
         )>,
     ) {
-        use crate::metrics::{Labels, id};
-        use crate::store::Value;
+        use crate::metrics::{self, Labels, Value};
         for (topic, s) in self.0.stats() {
-            for (name, v) in [
-                ("devmetrics_queue_depth", s.depth as f64),
+            for (fid, v) in [
+                (metrics::DEVMETRICS_QUEUE_DEPTH, s.depth as f64),
                 (
-                    "devmetrics_queue_oldest_message_age_seconds",
+                    metrics::DEVMETRICS_QUEUE_OLDEST_MESSAGE_AGE_SECONDS,
                     s.oldest_age_seconds,
                 ),
-                ("devmetrics_queue_published_total", s.published as f64),
-                ("devmetrics_queue_duplicates_total", s.duplicates as f64),
-                ("devmetrics_queue_acked_total", s.acked as f64),
-                ("devmetrics_queue_retried_total", s.retried as f64),
                 (
-                    "devmetrics_queue_dead_lettered_total",
+                    metrics::DEVMETRICS_QUEUE_PUBLISHED_TOTAL,
+                    s.published as f64,
+                ),
+                (
+                    metrics::DEVMETRICS_QUEUE_DUPLICATES_TOTAL,
+                    s.duplicates as f64,
+                ),
+                (metrics::DEVMETRICS_QUEUE_ACKED_TOTAL, s.acked as f64),
+                (metrics::DEVMETRICS_QUEUE_RETRIED_TOTAL, s.retried as f64),
+                (
+                    metrics::DEVMETRICS_QUEUE_DEAD_LETTERED_TOTAL,
                     s.dead_lettered as f64,
                 ),
-                ("devmetrics_queue_dead_letters", s.dead_letters as f64),
+                (
+                    metrics::DEVMETRICS_QUEUE_DEAD_LETTERS,
+                    s.dead_letters as f64,
+                ),
             ] {
-                let fid = id(name);
                 let labels =
                     Labels::new(fid, &[topic.as_str()]).expect("queue families take one label");
                 out.push((fid, labels, Value::Number(v)));

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 use super::{Acker, Delivery, Error, Published, Queue, RetryPolicy, TopicStats};
+use crate::clock::now_unix;
 use crate::db::{Db, Finish};
-use crate::store::now_unix;
 
 /// Payloads at least this large are stored LZ4-compressed: webhook bodies are JSON that
 /// shrinks 4–6×, and durable ingest is bound by bytes written (design.md §7).

@@ -5,7 +5,7 @@ use axum::response::{Html, IntoResponse, Response};
 use std::sync::atomic::Ordering;
 
 use super::Shared;
-use crate::store::now_unix;
+use crate::clock::now_unix;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -361,7 +361,7 @@ impl GithubSim {
     pub fn new(seed: u64, clock: Clock, orgs: &[OrgSpec]) -> Arc<GithubSim> {
         let mut rng = StdRng::seed_from_u64(seed);
         let next_id = AtomicU64::new(1000);
-        let now = clock();
+        let now = clock.now();
         let world = orgs
             .iter()
             .map(|s| (s.name.clone(), gen_org(s, now, &mut rng, &next_id)))
@@ -375,12 +375,12 @@ impl GithubSim {
             rate: Mutex::new(RateState {
                 limit: 5000,
                 remaining: 5000,
-                reset_at: crate::sources::github::client::now_secs() + 3600,
+                reset_at: crate::clock::now_secs() + 3600,
                 counted: 0,
                 graphql: 0,
                 graphql_limit: 5000,
                 graphql_remaining: 5000,
-                graphql_reset_at: crate::sources::github::client::now_secs() + 3600,
+                graphql_reset_at: crate::clock::now_secs() + 3600,
                 secondary: None,
                 secondary_ignored: 0,
             }),
@@ -423,7 +423,7 @@ impl GithubSim {
         let mut r = self.rate.lock();
         r.limit = limit;
         r.remaining = limit;
-        r.reset_at = crate::sources::github::client::now_secs() + 3600;
+        r.reset_at = crate::clock::now_secs() + 3600;
     }
 
     /// Revokes every installation token issued so far (as their expiry would).
@@ -436,7 +436,7 @@ impl GithubSim {
         let mut r = self.rate.lock();
         r.graphql_limit = limit;
         r.graphql_remaining = limit;
-        r.graphql_reset_at = crate::sources::github::client::now_secs() + 3600;
+        r.graphql_reset_at = crate::clock::now_secs() + 3600;
     }
 
     /// Requests sent more than 50 ms into a secondary-limit window: a client that pauses
@@ -552,7 +552,7 @@ impl GithubSim {
 
     /// One random event at the clock's now on a random active repo: the demo's live data.
     pub fn live_tick(&self) {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let (org, repo, user, kind) = {
             let w = self.world.lock();
             let mut rng = self.rng.lock();
@@ -697,7 +697,7 @@ impl GithubSim {
             .strip_prefix("token ")
             .or_else(|| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let now = crate::sources::github::client::now_secs();
+        let now = crate::clock::now_secs();
         if self.tokens.lock().get(tok).is_some_and(|exp| *exp > now) {
             return true;
         }
@@ -733,7 +733,7 @@ impl GithubSim {
         }
         let (limit, remaining, reset, exhausted) = {
             let mut r = self.rate.lock();
-            let now = crate::sources::github::client::now_secs();
+            let now = crate::clock::now_secs();
             if now >= r.graphql_reset_at {
                 r.graphql_remaining = r.graphql_limit;
                 r.graphql_reset_at = now + 3600;
@@ -832,7 +832,7 @@ impl GithubSim {
             && h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str());
         let (remaining, limit, reset, exhausted) = {
             let mut r = self.rate.lock();
-            let now = crate::sources::github::client::now_secs();
+            let now = crate::clock::now_secs();
             if now >= r.reset_at {
                 r.remaining = r.limit;
                 r.reset_at = now + 3600;
@@ -1019,7 +1019,7 @@ async fn access_token(State(sim): S, Path(id): Path<u64>, h: HeaderMap) -> Respo
     let n = sim.tokens_issued.fetch_add(1, Ordering::Relaxed);
     let token = format!("ghs_sim{n:020}");
     let ttl = sim.knobs.token_ttl.load(Ordering::Relaxed) as i64;
-    let expires = crate::sources::github::client::now_secs() + ttl;
+    let expires = crate::clock::now_secs() + ttl;
     sim.tokens.lock().insert(token.clone(), expires);
     json_response(
         StatusCode::CREATED,
@@ -1214,7 +1214,7 @@ async fn stats(
     h: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let now = (sim.clock)();
+    let now = sim.clock.now();
     let n202 = sim.knobs.stats_202.load(Ordering::Relaxed);
     let zeroed = sim.knobs.zero_stats_repos.lock().contains(&repo);
     let out = with_repo(&sim, &org, &repo, |r| {
@@ -1282,7 +1282,7 @@ pub async fn demo(
     seed: u64,
 ) -> std::io::Result<Arc<super::FakeServer>> {
     use crate::sources::github::config::{Auth, RawGithub};
-    let clock = crate::sources::github::poller::system_clock();
+    let clock = crate::clock::Clock::system();
     let mut acme = OrgSpec::small("acme");
     acme.repos = 12;
     acme.active = 6;

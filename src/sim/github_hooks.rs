@@ -234,7 +234,7 @@ async fn redeliver_id(s: &HooksSim, id: u64) -> Response {
     };
     s.redeliveries.fetch_add(1, Ordering::Relaxed);
     let status = s.post(&event, &guid, body).await;
-    s.log(&guid, &event, crate::store::now_unix(), true, status);
+    s.log(&guid, &event, crate::clock::now_unix(), true, status);
     (StatusCode::ACCEPTED, Json(json!({}))).into_response()
 }
 

@@ -158,7 +158,7 @@ impl Account {
             })
             .collect();
         // The current billing period, so "time until usage resets" means something.
-        let today = now_unix() - now_unix() % 86_400;
+        let today = crate::clock::now_secs() - crate::clock::now_secs() % 86_400;
         let period_start = today - (seed as i64 % 20 + 1) * 86_400;
         let mut account = Account {
             public_pool: PublicPool {
@@ -216,7 +216,7 @@ impl Account {
 
     /// Moves the account on: runs start and finish, drift appears, queues and usage move.
     pub fn tick(&mut self, rng: &mut StdRng) {
-        let now = now_unix();
+        let now = crate::clock::now_secs();
         if !self.stacks.is_empty() {
             let i = rng.random_range(0..self.stacks.len());
             let s = &mut self.stacks[i];
@@ -356,13 +356,6 @@ fn stack_state(runs: &[Run]) -> String {
         .unwrap_or_else(|| "NONE".into())
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The fake's state and knobs, shared with the test that owns it.
 pub struct Sim {
     pub key_id: String,
@@ -448,7 +441,7 @@ impl Sim {
 
     fn issue_token(&self) -> (String, i64) {
         let n = self.exchanges.fetch_add(1, Ordering::Relaxed) + 1;
-        let valid_until = now_unix() + self.token_ttl_secs.load(Ordering::Relaxed);
+        let valid_until = crate::clock::now_secs() + self.token_ttl_secs.load(Ordering::Relaxed);
         // Shaped like a JWT (three base64url parts); nothing verifies the signature.
         use base64::Engine;
         let b64 = |v: &Value| {
@@ -467,7 +460,7 @@ impl Sim {
         self.tokens
             .lock()
             .get(jwt)
-            .is_some_and(|until| now_unix() < *until)
+            .is_some_and(|until| crate::clock::now_secs() < *until)
     }
 }
 

@@ -278,7 +278,7 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
     let mut g = Generator::new(seed);
     let mut n = 0u64;
     loop {
-        let t0 = crate::store::now_unix();
+        let t0 = crate::clock::now_unix();
         let jobs = g.run_plan(t0, 1 + (n % 3) as usize);
         let mut bodies = vec![("workflow_run", g.run_payload(&jobs, "requested", false))];
         for action in ["queued", "in_progress", "completed"] {

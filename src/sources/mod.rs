@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Sample, SharedStore};
+use crate::metrics::Sample;
+use crate::store::SharedStore;
 use crate::telemetry::Telemetry;
 
 /// A failed part of a poll: a bounded kind for metric labels, a message for people.
@@ -129,7 +130,7 @@ pub async fn poll_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Labels, id};
+    use crate::metrics::{self, Labels};
     use crate::store::Store;
 
     struct Failing;
@@ -158,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::Db::open(&dir.path().join("s.db")).unwrap();
         let store = Arc::new(crate::store::sqlite::SqliteStore::open(db).unwrap());
-        let fid = id("devmetrics_source_up");
+        let fid = metrics::DEVMETRICS_SOURCE_UP;
         let sample = Sample::number(fid, Labels::new(fid, &["x"]).unwrap(), 1.0);
         store
             .replace_scope("testsrc/a", vec![sample])

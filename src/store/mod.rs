@@ -15,134 +15,22 @@ mod state;
 use async_trait::async_trait;
 use std::sync::Arc;
 
-use crate::metrics::{FamilyId, Kind, Labels, family};
-pub use state::{ScopeData, Snapshot, State};
+pub use crate::metrics::{Sample, Snapshot, Update};
+pub use state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Db(#[from] crate::db::Error),
-    #[error("family {family} is a {kind}; {op} does not apply")]
-    WrongKind {
-        family: &'static str,
-        kind: &'static str,
-        op: &'static str,
-    },
+    #[error(transparent)]
+    WrongKind(#[from] crate::metrics::WrongKind),
 }
 
 impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Db(e) => e.kind(),
-            Error::WrongKind { .. } => "wrong_kind",
-        }
-    }
-}
-
-/// A histogram's state: per-bucket (non-cumulative) counts, the last one for +Inf.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HistogramValue {
-    pub counts: Box<[u64]>,
-    pub sum: f64,
-}
-
-impl HistogramValue {
-    pub fn new(bounds: &[f64]) -> Self {
-        HistogramValue {
-            counts: vec![0; bounds.len() + 1].into_boxed_slice(),
-            sum: 0.0,
-        }
-    }
-
-    pub fn observe(&mut self, bounds: &[f64], v: f64) {
-        let i = bounds.partition_point(|b| *b < v);
-        self.counts[i] += 1;
-        self.sum += v;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    /// Gauges and counters alike: the family's kind decides how it is exposed.
-    Number(f64),
-    Histogram(Box<HistogramValue>),
-}
-
-impl Value {
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Number(v) => Some(*v),
-            Value::Histogram(_) => None,
-        }
-    }
-}
-
-/// One series of a poller's result.
-#[derive(Clone, Debug)]
-pub struct Sample {
-    pub family: FamilyId,
-    pub labels: Labels,
-    pub value: Value,
-}
-
-impl Sample {
-    pub fn number(family: FamilyId, labels: Labels, v: f64) -> Self {
-        Sample {
-            family,
-            labels,
-            value: Value::Number(v),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Op {
-    /// Counter increment (must be ≥ 0).
-    Inc(f64),
-    /// Histogram observation.
-    Observe(f64),
-    /// Gauge set (event-driven gauges such as jobs in progress).
-    Set(f64),
-    /// Gauge move by a signed delta.
-    Add(f64),
-}
-
-#[derive(Clone, Debug)]
-pub struct Update {
-    pub family: FamilyId,
-    pub labels: Labels,
-    pub op: Op,
-}
-
-impl Update {
-    /// Checks the operation fits the family's kind, so a processor bug is an error at the
-    /// edge rather than a corrupt series.
-    pub fn validate(&self) -> Result<(), Error> {
-        let def = family(self.family);
-        let ok = match (&self.op, def.kind) {
-            (Op::Inc(v), Kind::Counter | Kind::LegacyCounter) => *v >= 0.0,
-            // A NaN or infinite observation would poison the sum forever.
-            (Op::Observe(v), Kind::Histogram) => v.is_finite(),
-            (Op::Set(_) | Op::Add(_), Kind::Gauge) => true,
-            _ => false,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::WrongKind {
-                family: def.name,
-                kind: def.kind.as_str(),
-                op: match self.op {
-                    Op::Inc(_) => "inc",
-                    Op::Observe(_) => "observe",
-                    Op::Set(_) => "set",
-                    Op::Add(_) => "add",
-                },
-            })
+            Error::WrongKind(_) => "wrong_kind",
         }
     }
 }
@@ -210,10 +98,3 @@ pub trait Store: Send + Sync {
 }
 
 pub type SharedStore = Arc<dyn Store>;
-
-pub fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use super::{
-    Applied, Error, HistogramValue, Op, Sample, ScopeData, Snapshot, State, Store, Update, Value,
-    now_unix,
-};
+use super::{Applied, Error, State, Store};
+use crate::clock::now_unix;
 use crate::db::{Db, Finish};
-use crate::metrics::{self, FamilyId, Labels, family};
+use crate::metrics::{
+    self, FamilyId, HistogramValue, Labels, Op, Sample, ScopeData, Snapshot, Update, Value, family,
+};
 
 pub struct SqliteStore {
     db: Db,
@@ -80,6 +80,7 @@ fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
             ScopeData {
                 name: Arc::from(name.as_str()),
                 updated_at,
+                version: 0,
                 families: BTreeMap::new(),
             },
         );
@@ -246,6 +247,7 @@ impl Store for SqliteStore {
         let mut data = ScopeData {
             name: Arc::from(scope),
             updated_at: now,
+            version: 0,
             families: BTreeMap::new(),
         };
         for s in samples {
@@ -460,29 +462,29 @@ impl Store for SqliteStore {
 impl crate::telemetry::Collect for SqliteStore {
     fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
         let stats = &self.db.stats;
-        let mut push = |name: &str, v: Value| out.push((metrics::id(name), Labels::empty(), v));
+        let mut push = |fid: FamilyId, v: Value| out.push((fid, Labels::empty(), v));
         push(
-            "devmetrics_store_series",
+            metrics::DEVMETRICS_STORE_SERIES,
             Value::Number(self.state.series_count() as f64),
         );
         push(
-            "devmetrics_store_scopes",
+            metrics::DEVMETRICS_STORE_SCOPES,
             Value::Number(self.state.scope_count() as f64),
         );
         push(
-            "devmetrics_store_commits_total",
+            metrics::DEVMETRICS_STORE_COMMITS_TOTAL,
             Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
         );
         push(
-            "devmetrics_store_commit_duration_seconds",
+            metrics::DEVMETRICS_STORE_COMMIT_DURATION_SECONDS,
             Value::Histogram(Box::new(stats.commit_seconds.value())),
         );
         push(
-            "devmetrics_store_commit_batch_size",
+            metrics::DEVMETRICS_STORE_COMMIT_BATCH_SIZE,
             Value::Histogram(Box::new(stats.batch_size.value())),
         );
         push(
-            "devmetrics_store_duplicate_updates_total",
+            metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL,
             Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
         );
     }
@@ -492,20 +494,20 @@ impl crate::telemetry::Collect for SqliteStore {
 #[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
-    use crate::metrics::id;
+    use crate::metrics;
 
     fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(Db::open(&dir.path().join("t.db")).unwrap()).unwrap()
     }
 
     fn labels(route: &str) -> Labels {
-        Labels::new(id("devmetrics_http_requests_total"), &[route, "200"]).unwrap()
+        Labels::new(metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &[route, "200"]).unwrap()
     }
 
     #[tokio::test]
     async fn replace_scope_drops_absent_series_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let fam = id("devmetrics_http_requests_total");
+        let fam = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
         {
             let store = open(&dir);
             store
@@ -536,8 +538,8 @@ mod tests {
     async fn apply_once_counts_each_key_once_even_when_concurrent() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(open(&dir));
-        let fam = id("devmetrics_http_requests_total");
-        let hist = id("devmetrics_http_request_duration_seconds");
+        let fam = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
+        let hist = metrics::DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS;
         let hl = Labels::new(hist, &["/x"]).unwrap();
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -603,7 +605,7 @@ mod tests {
                 "k",
                 "s",
                 vec![Update {
-                    family: id("devmetrics_http_requests_total"),
+                    family: metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL,
                     labels: labels("/"),
                     op: Op::Observe(1.0),
                 }],
@@ -617,7 +619,7 @@ mod tests {
     async fn apply_each_once_applies_each_key_once_in_one_step() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let fam = id("devmetrics_http_requests_total");
+        let fam = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
         let inc = || {
             vec![Update {
                 family: fam,

@@ -2,46 +2,7 @@ use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::Value;
-use crate::metrics::{FamilyId, Labels};
-
-/// All series of one scope, grouped by family and sorted by labels so output is stable.
-#[derive(Clone, Debug, Default)]
-pub struct ScopeData {
-    pub name: Arc<str>,
-    pub updated_at: f64,
-    pub families: BTreeMap<FamilyId, BTreeMap<Labels, Value>>,
-}
-
-impl ScopeData {
-    pub fn series_count(&self) -> usize {
-        self.families.values().map(|m| m.len()).sum()
-    }
-}
-
-/// An immutable view of every scope at one moment: cloning scopes' `Arc`s, not their data.
-#[derive(Clone, Default)]
-pub struct Snapshot {
-    pub scopes: Vec<Arc<ScopeData>>,
-}
-
-impl Snapshot {
-    pub fn scope(&self, name: &str) -> Option<&Arc<ScopeData>> {
-        self.scopes.iter().find(|s| &*s.name == name)
-    }
-
-    pub fn get(&self, scope: &str, family: FamilyId, labels: &Labels) -> Option<&Value> {
-        self.scope(scope)?.families.get(&family)?.get(labels)
-    }
-
-    /// Every series of `family` across scopes, for tests and sinks.
-    pub fn family(&self, family: FamilyId) -> impl Iterator<Item = (&Labels, &Value)> {
-        self.scopes
-            .iter()
-            .filter_map(move |s| s.families.get(&family))
-            .flat_map(|m| m.iter())
-    }
-}
+use crate::metrics::{FamilyId, Labels, ScopeData, Snapshot, Value};
 
 /// The in-memory mirror of a store backend. Writers replace or copy-on-write one scope at a
 /// time; a scrape holds `Arc`s to the scopes it renders, so a long render never blocks writers

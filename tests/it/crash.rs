@@ -8,9 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use devmetrics::db::Db;
-use devmetrics::metrics::{Labels, id};
+use devmetrics::metrics::Labels;
+use devmetrics::metrics::Value;
 use devmetrics::queue::{Queue, RetryPolicy, sqlite::SqliteQueue};
-use devmetrics::store::{Store, Value, sqlite::SqliteStore};
+use devmetrics::store::{Store, sqlite::SqliteStore};
 
 /// Runs `devmetrics debug <args>`, SIGKILLs it after `kill_after` lines (or lets it finish
 /// with `None`), and returns the keys it reported as done.
@@ -72,7 +73,7 @@ fn store_sigkill_loses_no_applied_update_and_applies_none_twice() {
         let store = SqliteStore::open(Db::open(&db).unwrap()).unwrap();
         match store.snapshot().get(
             "crash-test",
-            id("devmetrics_store_duplicate_updates_total"),
+            devmetrics::metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL,
             &Labels::empty(),
         ) {
             Some(Value::Number(v)) => *v as usize,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use devmetrics::exposition::{self, Format};
 use devmetrics::metrics::{FAMILIES, FamilyId, Kind, Labels};
-use devmetrics::store::{HistogramValue, Sample, ScopeData, Value};
+use devmetrics::metrics::{HistogramValue, Sample, ScopeData, Value};
 
 use crate::support;
 
@@ -61,6 +61,7 @@ fn scopes_with_every_family() -> Vec<Arc<ScopeData>> {
             Arc::new(ScopeData {
                 name: Arc::from(format!("test/{i}").as_str()),
                 updated_at: 0.0,
+                version: 0,
                 families,
             })
         })

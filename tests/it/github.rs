@@ -36,7 +36,7 @@ impl Env {
     async fn start(spec: OrgSpec) -> Env {
         let now = Arc::new(AtomicI64::new(NOW));
         let c = now.clone();
-        let clock: Clock = Arc::new(move || c.load(Ordering::SeqCst));
+        let clock = Clock::from_fn(move || c.load(Ordering::SeqCst));
         let sim = GithubSim::new(7, clock.clone(), &[spec]);
         let fake = FakeServer::start("github", sim.router(), Faults::new(7))
             .await
@@ -867,7 +867,7 @@ async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
 async fn several_orgs_with_their_own_credentials() {
     let now = Arc::new(AtomicI64::new(NOW));
     let c = now.clone();
-    let clock: Clock = Arc::new(move || c.load(Ordering::SeqCst));
+    let clock = Clock::from_fn(move || c.load(Ordering::SeqCst));
     let sim = GithubSim::new(
         11,
         clock.clone(),
@@ -1204,7 +1204,7 @@ async fn app_jwts_longer_than_ten_minutes_are_refused() {
         devmetrics::sim::github::TEST_APP_KEY_PEM.as_bytes(),
     )
     .unwrap();
-    let now = devmetrics::sources::github::client::now_secs();
+    let now = devmetrics::clock::now_secs();
     let url = format!(
         "{}/app/installations/{INSTALLATION_ID}/access_tokens",
         env.fake.base_url()

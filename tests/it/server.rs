@@ -199,15 +199,16 @@ async fn graceful_shutdown_stops_listening() {
 
 #[tokio::test]
 async fn series_of_unconfigured_sources_are_dropped_at_start() {
-    use devmetrics::metrics::{Labels, id};
-    use devmetrics::store::{Sample, Store};
+    use devmetrics::metrics::Labels;
+    use devmetrics::metrics::Sample;
+    use devmetrics::store::Store;
     let dir = tempfile::tempdir().unwrap();
     {
         let store = devmetrics::store::sqlite::SqliteStore::open(
             devmetrics::db::Db::open(&dir.path().join("devmetrics.db")).unwrap(),
         )
         .unwrap();
-        let fid = id("devmetrics_source_up");
+        let fid = devmetrics::metrics::DEVMETRICS_SOURCE_UP;
         for scope in [
             "spacelift/usage",
             "github/acme/repo",

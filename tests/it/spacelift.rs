@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use devmetrics::config::{Secret, SecretSource};
-use devmetrics::metrics::{Labels, id};
+use devmetrics::metrics::Labels;
 use devmetrics::sim::spacelift::{Account, MACHINE_SESSION_GATE, SpaceliftFake};
 use devmetrics::sources::spacelift::{self, SpaceliftConfig, config::demo_config};
 use devmetrics::sources::{Poller, poll_once};
@@ -63,7 +63,7 @@ impl Rig {
 }
 
 fn get(s: &Snapshot, name: &str, labels: &[&str]) -> Option<f64> {
-    let fid = id(name);
+    let fid = devmetrics::metrics::lookup(name).expect("a catalog family");
     let l = Labels::new(fid, labels).unwrap();
     s.family(fid)
         .find(|(k, _)| **k == l)
@@ -71,7 +71,8 @@ fn get(s: &Snapshot, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 fn count(s: &Snapshot, name: &str) -> usize {
-    s.family(id(name)).count()
+    s.family(devmetrics::metrics::lookup(name).expect("a catalog family"))
+        .count()
 }
 
 fn collector(s: &Snapshot, name: &str, c: &str) -> Option<f64> {
@@ -777,7 +778,7 @@ async fn stack_filters_and_series_budget_are_applied_and_reported() {
         get(&s, "devmetrics_spacelift_stacks_omitted", &["budget"]),
         Some((a.stacks.len() - filtered - exported) as f64)
     );
-    for (l, _) in s.family(id("spacelift_stack_state")) {
+    for (l, _) in s.family(devmetrics::metrics::SPACELIFT_STACK_STATE) {
         assert!(!l.get("space").unwrap().starts_with("sandbox-"));
     }
     // The account-wide aggregates are not filtered.
@@ -1050,7 +1051,7 @@ fn golden_output_of_the_replaced_exporter_is_reproduced() {
     samples.extend(spacelift::aggregate_samples(
         &serde_json::from_value(d["metrics"].clone()).unwrap(),
     ));
-    let mut scope = devmetrics::store::ScopeData {
+    let mut scope = devmetrics::metrics::ScopeData {
         name: "t".into(),
         ..Default::default()
     };

@@ -1,10 +1,10 @@
 //! GitHub webhooks end to end: the receiver's status codes, the workflow scenario over
 //! every real example, and a crash under load.
 
-use devmetrics::metrics::{Labels, id};
+use devmetrics::metrics::Labels;
+use devmetrics::metrics::Value;
 use devmetrics::processors::GITHUB_TOPIC;
 use devmetrics::sim::webhooks::{Generator, Sender, signature};
-use devmetrics::store::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,7 +82,7 @@ impl App {
 
     fn series(&self, family: &str, filter: &[(&str, &str)]) -> Vec<(Labels, Value)> {
         let snap = self.state().store.snapshot();
-        snap.family(id(family))
+        snap.family(devmetrics::metrics::lookup(family).expect("a catalog family"))
             .filter(|(l, _)| {
                 filter
                     .iter()
@@ -311,7 +311,7 @@ async fn every_bad_input_gets_its_documented_code_and_nothing_is_lost() {
     // Both accepted deliveries carry the same job: it counts once.
     assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 1.0);
     let deliveries = |o: &str| {
-        let fid = id("devmetrics_webhook_deliveries_total");
+        let fid = devmetrics::metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL;
         let l = Labels::new(fid, &["github", o]).unwrap();
         app.state()
             .telemetry
@@ -883,7 +883,7 @@ async fn missed_deliveries_are_redelivered_once_and_counted_once() {
     let app = App::start(&[]).await;
     hooks.set_target(Sender::new(app.url.clone(), SECRET));
     let mut g = Generator::new(21);
-    let now = devmetrics::store::now_unix();
+    let now = devmetrics::clock::now_unix();
     // 150 deliveries over the last hour (two pages of the log); every fifth failed.
     let n = 150;
     for i in 0..n {
@@ -1109,7 +1109,7 @@ async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
     let app = App::start(&[]).await;
     hooks.set_target(Sender::new(app.url.clone(), SECRET));
     let mut g = Generator::new(31);
-    let now = devmetrics::store::now_unix();
+    let now = devmetrics::clock::now_unix();
     for i in 0..10 {
         let at = now - 600.0 + i as f64;
         hooks

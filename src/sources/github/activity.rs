@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::config::{ActivityConfig, UserLabelMode, glob_match};
 use super::wire;
-use crate::metrics::{FamilyId, Labels, id};
-use crate::store::Sample;
+use crate::metrics::Sample;
+use crate::metrics::{self, FamilyId, Labels};
 
 /// A repo's events, reduced to who did what when (unix seconds). Kept in the store between
 /// cycles so an unchanged repo costs no request.
@@ -324,14 +324,14 @@ pub struct Families {
 impl Families {
     pub fn get() -> Families {
         Families {
-            commits: id("gh_activity_commits_24h"),
-            prs_opened: id("gh_activity_prs_opened_24h"),
-            prs_merged: id("gh_activity_prs_merged_24h"),
-            reviews: id("gh_activity_reviews_submitted_24h"),
-            comments: id("gh_activity_issue_comments_24h"),
-            loc_added: id("gh_activity_loc_added_weekly"),
-            loc_removed: id("gh_activity_loc_removed_weekly"),
-            last_event: id("gh_activity_last_event_unixtime"),
+            commits: metrics::GH_ACTIVITY_COMMITS_24H,
+            prs_opened: metrics::GH_ACTIVITY_PRS_OPENED_24H,
+            prs_merged: metrics::GH_ACTIVITY_PRS_MERGED_24H,
+            reviews: metrics::GH_ACTIVITY_REVIEWS_SUBMITTED_24H,
+            comments: metrics::GH_ACTIVITY_ISSUE_COMMENTS_24H,
+            loc_added: metrics::GH_ACTIVITY_LOC_ADDED_WEEKLY,
+            loc_removed: metrics::GH_ACTIVITY_LOC_REMOVED_WEEKLY,
+            last_event: metrics::GH_ACTIVITY_LAST_EVENT_UNIXTIME,
         }
     }
 }
@@ -508,7 +508,7 @@ mod tests {
                 .map(|s| {
                     (
                         (
-                            crate::metrics::family(s.family).name.to_string(),
+                            metrics::family(s.family).name.to_string(),
                             s.labels.as_str().to_string(),
                         ),
                         s.value.as_f64().unwrap(),

@@ -249,10 +249,6 @@ pub struct Client {
     pub counts: Counts,
 }
 
-pub fn now_secs() -> i64 {
-    crate::store::now_unix() as i64
-}
-
 impl Client {
     pub fn new(
         gh: &GithubConfig,
@@ -345,7 +341,7 @@ impl Client {
                 key,
             } => {
                 let mut cached = self.token.lock().await;
-                let now = now_secs();
+                let now = crate::clock::now_secs();
                 let fresh = |t: &CachedToken| t.expires_at - TOKEN_MARGIN > now;
                 if let Some(t) = cached.as_ref()
                     && fresh(t)
@@ -444,7 +440,8 @@ impl Client {
             let t: wire::InstallationToken = serde_json::from_slice(&body)
                 .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
             return Ok(CachedToken {
-                expires_at: wire::parse_time(&t.expires_at).unwrap_or(now_secs() + 600),
+                expires_at: wire::parse_time(&t.expires_at)
+                    .unwrap_or(crate::clock::now_secs() + 600),
                 token: t.token,
             });
         }
@@ -475,7 +472,7 @@ impl Client {
             #[serde(default)]
             errors: Vec<serde_json::Value>,
         }
-        if let Some(reset_at) = self.budget.graphql_exhausted(now_secs()) {
+        if let Some(reset_at) = self.budget.graphql_exhausted(crate::clock::now_secs()) {
             return Err(Error::RateLimited { reset_at });
         }
         let url = graphql_url(&self.base);
@@ -492,8 +489,8 @@ impl Client {
         {
             let reset_at = self
                 .budget
-                .graphql_exhausted(now_secs())
-                .unwrap_or(now_secs() + 60);
+                .graphql_exhausted(crate::clock::now_secs())
+                .unwrap_or(crate::clock::now_secs() + 60);
             let mut s = self.budget.state.lock();
             s.graphql.known = true;
             s.graphql.remaining = 0;
@@ -545,7 +542,7 @@ impl Client {
             let d = self.budget.delay(
                 self.rate.reserve,
                 self.rate.reset_buffer,
-                now_secs(),
+                crate::clock::now_secs(),
                 post.is_some(),
             );
             if d > Duration::from_secs(30) {
@@ -717,13 +714,14 @@ impl Client {
                             .get("x-ratelimit-reset")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse::<i64>().ok())
-                            .unwrap_or(now_secs() + 60);
+                            .unwrap_or(crate::clock::now_secs() + 60);
                         reset_waits += 1;
                         if reset_waits > MAX_RESET_WAITS {
                             return Err(Error::RateLimited { reset_at: reset });
                         }
-                        let wait = Duration::from_secs((reset - now_secs()).max(1) as u64)
-                            + self.rate.reset_buffer;
+                        let wait =
+                            Duration::from_secs((reset - crate::clock::now_secs()).max(1) as u64)
+                                + self.rate.reset_buffer;
                         tracing::warn!(org = %self.org, endpoint, wait_s = wait.as_secs(), "GitHub primary rate limit exhausted; waiting for the reset");
                         self.wait(wait).await?;
                         attempt -= 1;
@@ -844,7 +842,7 @@ impl Client {
         let pem = key
             .read()
             .map_err(|e| Error::Auth(format!("reading the App private key: {e}")))?;
-        let jwt = app_jwt(*app_id, pem.expose().as_bytes(), now_secs())?;
+        let jwt = app_jwt(*app_id, pem.expose().as_bytes(), crate::clock::now_secs())?;
         let url = if path_or_url.starts_with("http") {
             path_or_url.to_string()
         } else {

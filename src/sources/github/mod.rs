@@ -17,13 +17,14 @@ pub use client::{Budget, Budgets, Client, Error};
 pub use config::GithubConfig;
 pub use poller::{BACKFILL_TOPIC, BackfillJob, OrgPoller};
 
-use crate::metrics::{FamilyId, Labels, id};
+use crate::metrics::Value;
+use crate::metrics::{self, FamilyId, Labels};
 use crate::queue::SharedQueue;
-use crate::store::{SharedStore, Value};
+use crate::store::SharedStore;
 use crate::telemetry::{Collect, Telemetry};
 
-/// Wall-clock seconds; tests substitute a manual clock to hold windows exact.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+/// Tests substitute a manual clock to hold windows exact.
+pub use crate::clock::Clock;
 
 /// Every org's poller, plus what the backfill consumer needs.
 pub struct Github {
@@ -112,8 +113,7 @@ pub struct Collector(pub Vec<Arc<OrgPoller>>);
 
 impl Collect for Collector {
     fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let mut push = |name: &str, labels: &[&str], v: f64| {
-            let fid = id(name);
+        let mut push = |fid: FamilyId, labels: &[&str], v: f64| {
             out.push((
                 fid,
                 Labels::new(fid, labels).expect("catalog arity"),
@@ -127,23 +127,23 @@ impl Collect for Collector {
             let live = p.live();
             if b.known {
                 push(
-                    "devmetrics_github_rate_limit_remaining",
+                    metrics::DEVMETRICS_GITHUB_RATE_LIMIT_REMAINING,
                     &[org, &inst],
                     b.remaining as f64,
                 );
                 push(
-                    "devmetrics_github_rate_limit_reset_timestamp_seconds",
+                    metrics::DEVMETRICS_GITHUB_RATE_LIMIT_RESET_TIMESTAMP_SECONDS,
                     &[org, &inst],
                     b.reset_at as f64,
                 );
             }
             push(
-                "devmetrics_github_secondary_limit_hits_total",
+                metrics::DEVMETRICS_GITHUB_SECONDARY_LIMIT_HITS_TOTAL,
                 &[org],
                 b.secondary_hits as f64,
             );
             push(
-                "devmetrics_github_not_modified_total",
+                metrics::DEVMETRICS_GITHUB_NOT_MODIFIED_TOTAL,
                 &[org],
                 p.client
                     .counts
@@ -151,44 +151,48 @@ impl Collect for Collector {
                     .load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
             push(
-                "devmetrics_github_cycle_requests",
+                metrics::DEVMETRICS_GITHUB_CYCLE_REQUESTS,
                 &[org],
                 live.cycle_requests as f64,
             );
             push(
-                "devmetrics_github_budget_overcommitted",
+                metrics::DEVMETRICS_GITHUB_BUDGET_OVERCOMMITTED,
                 &[org],
                 f64::from(u8::from(live.overcommitted)),
             );
             push(
-                "devmetrics_github_effective_interval_seconds",
+                metrics::DEVMETRICS_GITHUB_EFFECTIVE_INTERVAL_SECONDS,
                 &[org],
                 live.effective_interval,
             );
             push(
-                "devmetrics_github_org_cooldown",
+                metrics::DEVMETRICS_GITHUB_ORG_COOLDOWN,
                 &[org],
                 f64::from(u8::from(live.cooldown)),
             );
             push(
-                "devmetrics_github_scrape_progress_ratio",
+                metrics::DEVMETRICS_GITHUB_SCRAPE_PROGRESS_RATIO,
                 &[org],
                 live.progress,
             );
-            push("devmetrics_github_scrape_eta_seconds", &[org], live.eta);
             push(
-                "devmetrics_github_series_budget_exceeded",
+                metrics::DEVMETRICS_GITHUB_SCRAPE_ETA_SECONDS,
+                &[org],
+                live.eta,
+            );
+            push(
+                metrics::DEVMETRICS_GITHUB_SERIES_BUDGET_EXCEEDED,
                 &[org],
                 f64::from(u8::from(live.series_budget_exceeded)),
             );
             push(
-                "devmetrics_github_loc_fallback_deferred_total",
+                metrics::DEVMETRICS_GITHUB_LOC_FALLBACK_DEFERRED_TOTAL,
                 &[org],
                 live.loc_fallback_deferred as f64,
             );
             for (result, n) in &live.backfill {
                 push(
-                    "devmetrics_github_backfill_jobs_total",
+                    metrics::DEVMETRICS_GITHUB_BACKFILL_JOBS_TOTAL,
                     &[org, result],
                     *n as f64,
                 );

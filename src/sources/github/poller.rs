@@ -13,13 +13,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::activity::{self, Loc, RepoEvents, Users};
-use super::client::{self, Client};
+use super::client::Client;
 use super::config::{GithubConfig, OrgConfig, glob_match};
 use super::wire;
 use super::{Clock, Error};
+use crate::metrics::Sample;
 use crate::queue::SharedQueue;
 use crate::sources::{PollError, Poller, ScopeResult};
-use crate::store::{Sample, SharedStore};
+use crate::store::SharedStore;
 
 pub const BACKFILL_TOPIC: &str = "github.backfill";
 const WINDOW: i64 = 86_400;
@@ -178,7 +179,7 @@ impl OrgPoller {
     async fn enqueue(&self, repo: Option<&str>, window_end: i64, reason: &str) {
         let cap = self.gh.backfill.max_enqueues_per_org_per_minute;
         if cap > 0 {
-            let minute = (self.clock)() / 60;
+            let minute = self.clock.now() / 60;
             let mut s = self.state.lock();
             if s.enqueued_minute.0 != minute {
                 s.enqueued_minute = (minute, 0);
@@ -604,7 +605,7 @@ impl Poller for OrgPoller {
     }
 
     async fn poll(&self) -> Vec<ScopeResult> {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let (cooling, stretched) = {
             let mut s = self.state.lock();
             let cooling = now < s.cooldown_until;
@@ -784,7 +785,7 @@ pub async fn run_backfill(
             let _ = d.ack().await;
             continue;
         };
-        if clock() - job.window_end > max_age.as_secs() as i64 {
+        if clock.now() - job.window_end > max_age.as_secs() as i64 {
             p.count_backfill("expired");
             let _ = d.ack().await;
             continue;
@@ -804,8 +805,4 @@ pub async fn run_backfill(
             tracing::warn!(error = %e, "acknowledging a backfill job failed");
         }
     }
-}
-
-pub fn system_clock() -> Clock {
-    Arc::new(client::now_secs)
 }

@@ -91,13 +91,6 @@ pub struct Client {
     telemetry: Arc<Telemetry>,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Client {
     pub fn new(
         endpoint: &str,
@@ -148,7 +141,7 @@ impl Client {
     async fn bearer(&self, stale: Option<u64>) -> Result<(Secret, u64), Error> {
         let mut guard = self.token.lock().await;
         if let Some(t) = guard.as_ref() {
-            let fresh = now_unix() + REFRESH_PADDING_SECS < t.valid_until;
+            let fresh = crate::clock::now_secs() + REFRESH_PADDING_SECS < t.valid_until;
             if fresh && stale != Some(t.generation) {
                 return Ok((t.jwt.clone(), t.generation));
             }

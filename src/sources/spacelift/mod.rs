@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{PollError, Poller, ScopeResult};
-use crate::metrics::{FamilyId, Labels, id};
-use crate::store::{Sample, now_unix};
+use crate::clock::now_unix;
+use crate::metrics::Sample;
+use crate::metrics::{self, FamilyId, Labels};
 use crate::telemetry::Telemetry;
 
 pub const SOURCE: &str = "spacelift";
@@ -211,7 +212,7 @@ impl Source {
             let result = result.map(|mut samples| {
                 any_ok = true;
                 samples.push(sample(
-                    "devmetrics_spacelift_collector_last_success_timestamp_seconds",
+                    metrics::DEVMETRICS_SPACELIFT_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS,
                     &[g.collector()],
                     now,
                 ));
@@ -376,8 +377,7 @@ pub fn compat_routes() -> axum::Router<crate::server::Shared> {
 
 pub const HEALTH_BODY: &str = "Countdown complete - ready to serve metrics!";
 
-fn sample(name: &str, labels: &[&str], v: f64) -> Sample {
-    let fid: FamilyId = id(name);
+fn sample(fid: FamilyId, labels: &[&str], v: f64) -> Sample {
     let labels = Labels::new(fid, labels).expect("label arity is fixed by this module");
     Sample::number(fid, labels, v)
 }
@@ -385,17 +385,17 @@ fn sample(name: &str, labels: &[&str], v: f64) -> Sample {
 pub fn public_worker_pool_samples(p: &wire::PublicWorkerPool) -> Vec<Sample> {
     vec![
         sample(
-            "spacelift_public_worker_pool_runs_pending",
+            metrics::SPACELIFT_PUBLIC_WORKER_POOL_RUNS_PENDING,
             &[],
             p.pending_runs as f64,
         ),
         sample(
-            "spacelift_public_worker_pool_workers_busy",
+            metrics::SPACELIFT_PUBLIC_WORKER_POOL_WORKERS_BUSY,
             &[],
             p.busy_workers as f64,
         ),
         sample(
-            "spacelift_public_worker_pool_parallelism",
+            metrics::SPACELIFT_PUBLIC_WORKER_POOL_PARALLELISM,
             &[],
             p.parallelism as f64,
         ),
@@ -408,22 +408,22 @@ pub fn worker_pool_samples(pools: &[wire::WorkerPool]) -> Vec<Sample> {
         let l = [p.id.as_str(), p.name.as_str()];
         let drained = p.workers.iter().filter(|w| w.drained).count();
         out.push(sample(
-            "spacelift_worker_pool_runs_pending",
+            metrics::SPACELIFT_WORKER_POOL_RUNS_PENDING,
             &l,
             p.pending_runs as f64,
         ));
         out.push(sample(
-            "spacelift_worker_pool_workers_busy",
+            metrics::SPACELIFT_WORKER_POOL_WORKERS_BUSY,
             &l,
             p.busy_workers as f64,
         ));
         out.push(sample(
-            "spacelift_worker_pool_workers",
+            metrics::SPACELIFT_WORKER_POOL_WORKERS,
             &l,
             p.workers.len() as f64,
         ));
         out.push(sample(
-            "spacelift_worker_pool_workers_drained",
+            metrics::SPACELIFT_WORKER_POOL_WORKERS_DRAINED,
             &l,
             drained as f64,
         ));
@@ -434,27 +434,27 @@ pub fn worker_pool_samples(pools: &[wire::WorkerPool]) -> Vec<Sample> {
 pub fn usage_samples(u: &wire::Usage) -> Vec<Sample> {
     vec![
         sample(
-            "spacelift_current_billing_period_start_timestamp_seconds",
+            metrics::SPACELIFT_CURRENT_BILLING_PERIOD_START_TIMESTAMP_SECONDS,
             &[],
             u.billing_period_start as f64,
         ),
         sample(
-            "spacelift_current_billing_period_end_timestamp_seconds",
+            metrics::SPACELIFT_CURRENT_BILLING_PERIOD_END_TIMESTAMP_SECONDS,
             &[],
             u.billing_period_end as f64,
         ),
         sample(
-            "spacelift_current_billing_period_used_private_seconds",
+            metrics::SPACELIFT_CURRENT_BILLING_PERIOD_USED_PRIVATE_SECONDS,
             &[],
             u.used_private_minutes as f64 * 60.0,
         ),
         sample(
-            "spacelift_current_billing_period_used_public_seconds",
+            metrics::SPACELIFT_CURRENT_BILLING_PERIOD_USED_PUBLIC_SECONDS,
             &[],
             u.used_public_minutes as f64 * 60.0,
         ),
         sample(
-            "spacelift_current_billing_period_used_seats",
+            metrics::SPACELIFT_CURRENT_BILLING_PERIOD_USED_SEATS,
             &[],
             u.used_seats as f64,
         ),
@@ -468,11 +468,11 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
     let mut out = Vec::new();
     for (name, points) in [
         (
-            "spacelift_current_stacks_count_by_state",
+            metrics::SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE,
             &m.stacks_count_by_state,
         ),
         (
-            "spacelift_current_resources_count_by_drift",
+            metrics::SPACELIFT_CURRENT_RESOURCES_COUNT_BY_DRIFT,
             &m.resources_count_by_drift,
         ),
     ] {
@@ -486,15 +486,15 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
     }
     for (name, points) in [
         (
-            "spacelift_current_avg_stack_size_by_resource_count",
+            metrics::SPACELIFT_CURRENT_AVG_STACK_SIZE_BY_RESOURCE_COUNT,
             &m.avg_stack_size_by_resource_count,
         ),
         (
-            "spacelift_current_average_run_duration",
+            metrics::SPACELIFT_CURRENT_AVERAGE_RUN_DURATION,
             &m.average_run_duration,
         ),
         (
-            "spacelift_current_median_run_duration",
+            metrics::SPACELIFT_CURRENT_MEDIAN_RUN_DURATION,
             &m.median_run_duration,
         ),
     ] {
@@ -508,12 +508,12 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
 pub fn attention_samples(m: &wire::Attention) -> Vec<Sample> {
     vec![
         sample(
-            "spacelift_runs_needing_approval",
+            metrics::SPACELIFT_RUNS_NEEDING_APPROVAL,
             &[],
             m.needs_approval_runs.len() as f64,
         ),
         sample(
-            "spacelift_runs_requiring_attention",
+            metrics::SPACELIFT_RUNS_REQUIRING_ATTENTION,
             &[],
             m.runs_requiring_attention.len() as f64,
         ),
@@ -559,17 +559,17 @@ pub fn stack_samples(
         }
         let l = [s.id.as_str(), s.space.as_str()];
         out.push(sample(
-            "spacelift_stack_state",
+            metrics::SPACELIFT_STACK_STATE,
             &[&s.id, &s.space, &s.state],
             1.0,
         ));
         out.push(sample(
-            "spacelift_stack_resources",
+            metrics::SPACELIFT_STACK_RESOURCES,
             &l,
             s.entities.len() as f64,
         ));
         out.push(sample(
-            "spacelift_stack_resources_drifted",
+            metrics::SPACELIFT_STACK_RESOURCES_DRIFTED,
             &l,
             s.entities.iter().filter(|e| e.drifted.is_some()).count() as f64,
         ));
@@ -581,7 +581,7 @@ pub fn stack_samples(
     }
     out.extend(
         runs.into_iter()
-            .map(|((space, t, st), v)| sample("spacelift_runs", &[&space, &t, &st], v)),
+            .map(|((space, t, st), v)| sample(metrics::SPACELIFT_RUNS, &[&space, &t, &st], v)),
     );
     (out, filtered, over_budget)
 }
@@ -593,21 +593,25 @@ fn scrape_samples(
     omitted: Option<(usize, usize)>,
 ) -> Vec<Sample> {
     let mut out = vec![sample(
-        "spacelift_scrape_duration_seconds",
+        metrics::SPACELIFT_SCRAPE_DURATION_SECONDS,
         &[],
         elapsed.as_secs_f64(),
     )];
     let bit = |b: bool| if b { 1.0 } else { 0.0 };
     for (g, ok, supported, took) in status {
         let c = [g.collector()];
-        out.push(sample("spacelift_scrape_collector_success", &c, bit(*ok)));
         out.push(sample(
-            "spacelift_scrape_collector_supported",
+            metrics::SPACELIFT_SCRAPE_COLLECTOR_SUCCESS,
+            &c,
+            bit(*ok),
+        ));
+        out.push(sample(
+            metrics::SPACELIFT_SCRAPE_COLLECTOR_SUPPORTED,
             &c,
             bit(*supported),
         ));
         out.push(sample(
-            "spacelift_scrape_collector_duration_seconds",
+            metrics::SPACELIFT_SCRAPE_COLLECTOR_DURATION_SECONDS,
             &c,
             took.as_secs_f64(),
         ));
@@ -616,7 +620,7 @@ fn scrape_samples(
     // its presence as "the exporter reaches Spacelift".
     if any_ok {
         out.push(sample(
-            "spacelift_build_info",
+            metrics::SPACELIFT_BUILD_INFO,
             &[
                 env!("CARGO_PKG_VERSION"),
                 option_env!("DEVMETRICS_REVISION").unwrap_or("unknown"),
@@ -627,12 +631,12 @@ fn scrape_samples(
     }
     if let Some((filtered, over_budget)) = omitted {
         out.push(sample(
-            "devmetrics_spacelift_stacks_omitted",
+            metrics::DEVMETRICS_SPACELIFT_STACKS_OMITTED,
             &["filtered"],
             filtered as f64,
         ));
         out.push(sample(
-            "devmetrics_spacelift_stacks_omitted",
+            metrics::DEVMETRICS_SPACELIFT_STACKS_OMITTED,
             &["budget"],
             over_budget as f64,
         ));
@@ -643,10 +647,9 @@ fn scrape_samples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Value;
+    use crate::metrics::Value;
 
-    fn value(samples: &[Sample], name: &str, labels: &[&str]) -> Option<f64> {
-        let fid = id(name);
+    fn value(samples: &[Sample], fid: FamilyId, labels: &[&str]) -> Option<f64> {
         let l = Labels::new(fid, labels).unwrap();
         samples
             .iter()
@@ -680,11 +683,15 @@ mod tests {
         let s = aggregate_samples(&m);
         assert_eq!(s.len(), 2, "empty-label point and empty list skipped");
         assert_eq!(
-            value(&s, "spacelift_current_stacks_count_by_state", &["FINISHED"]),
+            value(
+                &s,
+                metrics::SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE,
+                &["FINISHED"]
+            ),
             Some(3.0)
         );
         assert_eq!(
-            value(&s, "spacelift_current_average_run_duration", &[]),
+            value(&s, metrics::SPACELIFT_CURRENT_AVERAGE_RUN_DURATION, &[]),
             Some(1.5e11)
         );
     }
@@ -730,11 +737,19 @@ mod tests {
         assert_eq!((filtered, over), (1, 1));
         assert_eq!(s.len(), 8);
         assert_eq!(
-            value(&s, "spacelift_stack_resources_drifted", &["a", "prod"]),
+            value(
+                &s,
+                metrics::SPACELIFT_STACK_RESOURCES_DRIFTED,
+                &["a", "prod"]
+            ),
             Some(1.0)
         );
         assert_eq!(
-            value(&s, "spacelift_runs", &["prod", "TRACKED", "FINISHED"]),
+            value(
+                &s,
+                metrics::SPACELIFT_RUNS,
+                &["prod", "TRACKED", "FINISHED"]
+            ),
             Some(2.0)
         );
         cfg.series_budget = 100;

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::metrics::{FamilyId, Labels, id};
+use crate::clock::now_unix;
+use crate::metrics::{self, FamilyId, Labels, Sample, Value};
 use crate::processors::workflows::runner_labels;
 use crate::sources::github::client::{Client, Error};
 use crate::sources::{PollError, Poller, ScopeResult};
-use crate::store::{Sample, SharedStore, Value, now_unix};
+use crate::store::SharedStore;
 
 /// Follows `Link: rel="next"` over pages whose list sits under `field`; `as_app` fetches
 /// with the App's JWT instead of the installation token.
@@ -171,7 +172,7 @@ impl Runners {
                     .or_default() += 1.0;
             }
         }
-        let fid = id("devmetrics_workflow_runners");
+        let fid = metrics::DEVMETRICS_WORKFLOW_RUNNERS;
         Ok(counts
             .into_iter()
             .map(|((repo, group, labels, state), n)| {
@@ -225,7 +226,7 @@ pub struct RecoveryStats {
 
 impl crate::telemetry::Collect for RecoveryStats {
     fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let fid = id("devmetrics_webhook_redeliveries_total");
+        let fid = metrics::DEVMETRICS_WEBHOOK_REDELIVERIES_TOTAL;
         for (result, v) in [
             ("requested", &self.requested),
             ("refused", &self.refused),
@@ -385,7 +386,7 @@ impl Poller for Recovery {
         self.interval.min(Duration::from_secs(300))
     }
     async fn poll(&self) -> Vec<ScopeResult> {
-        let fid = id("devmetrics_webhook_failed_deliveries");
+        let fid = metrics::DEVMETRICS_WEBHOOK_FAILED_DELIVERIES;
         let hook = match self.target {
             HookTarget::Org(id) => id.to_string(),
             HookTarget::App => "app".to_string(),

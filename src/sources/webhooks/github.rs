@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::GithubConfig;
-use crate::metrics::{FamilyId, Labels, id};
+use crate::clock::now_unix;
+use crate::metrics::Value;
+use crate::metrics::{self, FamilyId, Labels};
 use crate::processors::{Envelope, GITHUB_TOPIC, workflows};
 use crate::queue::{Published, SharedQueue};
-use crate::store::{Value, now_unix};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -125,7 +126,7 @@ impl Stats {
 
 impl crate::telemetry::Collect for Stats {
     fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let fid = id("devmetrics_webhook_deliveries_total");
+        let fid = metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL;
         for (i, o) in OUTCOMES.iter().enumerate() {
             let labels = Labels::new(fid, &["github", o]).expect("two labels");
             out.push((
