@@ -12,6 +12,7 @@ pub mod queue;
 pub mod server;
 pub mod sim;
 pub mod sources;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod timestamp;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-use devmetrics::{app, config, metrics};
+use devmetrics::{app, config, metrics, storage};
 
 #[derive(Parser)]
 #[command(
@@ -374,10 +374,9 @@ async fn demo(mut cfg: config::Config, seed: u64) -> anyhow::Result<()> {
 }
 
 async fn debug(what: DebugCommand) -> anyhow::Result<()> {
-    use devmetrics::db::Db;
     use devmetrics::metrics::{Labels, Op, Update};
-    use devmetrics::queue::{Published, Queue, RetryPolicy, sqlite::SqliteQueue};
-    use devmetrics::store::{Applied, Store, sqlite::SqliteStore};
+    use devmetrics::queue::{Published, RetryPolicy};
+    use devmetrics::store::Applied;
     use std::io::Write;
     use std::sync::Arc;
 
@@ -390,7 +389,7 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
     };
     match what {
         DebugCommand::StoreLoad { storage_path, keys } => {
-            let store = Arc::new(SqliteStore::open(Db::open(&storage_path)?)?);
+            let store = storage::open_sqlite(&storage_path, RetryPolicy::default())?.store;
             let fam = metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL;
             let mut tasks = tokio::task::JoinSet::new();
             for w in 0..CONCURRENCY {
@@ -421,10 +420,7 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
             storage_path,
             messages,
         } => {
-            let queue = Arc::new(SqliteQueue::open(
-                Db::open(&storage_path)?,
-                RetryPolicy::default(),
-            )?);
+            let queue = storage::open_sqlite(&storage_path, RetryPolicy::default())?.queue;
             let mut tasks = tokio::task::JoinSet::new();
             for w in 0..CONCURRENCY {
                 let (queue, print) = (queue.clone(), print.clone());
@@ -434,7 +430,7 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
                         let key = format!("m{i}");
                         let body = bytes::Bytes::from(key.clone().into_bytes());
                         match queue.publish("crash-test", Some(&key), body).await? {
-                            Published::Published(_) => print(format!("published {key}")),
+                            Published::Published => print(format!("published {key}")),
                             Published::Duplicate => print(format!("duplicate {key}")),
                         }
                         i += CONCURRENCY;

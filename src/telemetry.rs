@@ -47,9 +47,26 @@ pub struct SourceHealth {
     results: BTreeMap<&'static str, u64>,
 }
 
+/// Series gathered at scrape time.
+#[derive(Default)]
+pub struct Rows(Vec<(FamilyId, Labels, Value)>);
+
+impl Rows {
+    pub fn push(&mut self, fid: FamilyId, values: &[&str], v: Value) {
+        let labels = Labels::new(fid, values).expect("label arity matches the catalog");
+        self.0.push((fid, labels, v));
+    }
+
+    pub fn number(&mut self, fid: FamilyId, values: &[&str], v: f64) {
+        self.push(fid, values, Value::Number(v));
+    }
+}
+
 /// Anything that contributes series at scrape time (queue, store, sources' live gauges).
+/// Collectors read what they already hold, or ask their backend with a short deadline.
+#[async_trait::async_trait]
 pub trait Collect: Send + Sync {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>);
+    async fn collect(&self, out: &mut Rows);
 }
 
 pub struct Telemetry {
@@ -181,12 +198,9 @@ impl Telemetry {
     }
 
     /// The exporter's own series, as one scope rendered after the store's.
-    pub fn scope(&self) -> ScopeData {
-        let mut rows: Vec<(FamilyId, Labels, Value)> = Vec::new();
-        let mut push = |fid: FamilyId, values: &[&str], v: Value| {
-            let labels = Labels::new(fid, values).expect("telemetry label arity matches catalog");
-            rows.push((fid, labels, v));
-        };
+    pub async fn scope(&self) -> ScopeData {
+        let mut rows = Rows::default();
+        let mut push = |fid: FamilyId, values: &[&str], v: Value| rows.push(fid, values, v);
         let n = |v: f64| Value::Number(v);
         push(
             metrics::DEVMETRICS_BUILD_INFO,
@@ -261,8 +275,9 @@ impl Telemetry {
                 n(*secs),
             );
         }
-        for c in self.collectors.lock().iter() {
-            c.collect(&mut rows);
+        let collectors = self.collectors.lock().clone();
+        for c in collectors {
+            c.collect(&mut rows).await;
         }
         let mut data = ScopeData {
             name: Arc::from("devmetrics/telemetry"),
@@ -270,7 +285,7 @@ impl Telemetry {
             version: 0,
             families: BTreeMap::new(),
         };
-        for (fid, labels, v) in rows {
+        for (fid, labels, v) in rows.0 {
             data.families.entry(fid).or_default().insert(labels, v);
         }
         data

@@ -9,7 +9,9 @@ pub mod raw;
 mod secret;
 
 pub use duration::{format_duration, parse_duration};
-pub use raw::{Config, LogFormat, QueueConfig, StorageConfig, WebConfig};
+pub use raw::{
+    Config, LogFormat, QueueBackend, QueueConfig, StorageBackend, StorageConfig, WebConfig,
+};
 pub use secret::{Secret, SecretSource};
 
 use serde_yaml::{Mapping, Value};
@@ -69,7 +71,7 @@ impl Error {
 /// Environment variables of the replaced tools, honoured as aliases of our keys. Our own
 /// `DEVMETRICS_*` form wins when both are set.
 pub const ENV_ALIASES: &[(&str, &str)] = &[
-    // spacelift-io/prometheus-exporter (issue 6)
+    // spacelift-io/prometheus-exporter
     ("SPACELIFT_PROMEX_API_ENDPOINT", "spacelift.api_endpoint"),
     ("SPACELIFT_PROMEX_API_KEY_ID", "spacelift.api_key_id"),
     (
@@ -135,7 +137,7 @@ pub fn load(
         }
         None => Value::Mapping(Mapping::new()),
     };
-    // github-stats-exporter's config files load as they are (issue 4).
+    // github-stats-exporter's config files load as they are.
     let github_compat = crate::sources::github::config::translate_legacy(&mut tree);
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     for (var, key) in ENV_ALIASES {

@@ -21,13 +21,9 @@ pub struct RawConfig {
     pub queue: RawQueue,
     // Source sections: each source owns its raw and resolved config types in
     // `src/sources/<name>/config.rs`.
-    //
-    // github (issue 4)
     #[serde(default)]
     pub github: Option<crate::sources::github::config::RawGithub>,
-    // webhooks (issue 5)
     pub webhooks: Option<crate::sources::webhooks::config::RawWebhooks>,
-    // spacelift (issue 6)
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
 
@@ -53,6 +49,7 @@ pub struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
+    pub backend: Option<String>,
     pub path: Option<PathBuf>,
     pub idempotency_retention: Option<String>,
 }
@@ -60,6 +57,7 @@ pub struct RawStorage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
+    pub backend: Option<String>,
     pub max_attempts: Option<u32>,
     pub initial_backoff: Option<String>,
     pub max_backoff: Option<String>,
@@ -101,14 +99,30 @@ pub struct WebConfig {
     pub request_timeout: Duration,
 }
 
+/// Where metric state, kv and leases live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// The embedded SQLite file at `storage.path`.
+    Sqlite,
+}
+
+/// Where queued work lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// Rows of the embedded SQLite file at `storage.path`.
+    Sqlite,
+}
+
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
+    pub backend: StorageBackend,
     pub path: PathBuf,
     pub idempotency_retention: Duration,
 }
 
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
+    pub backend: QueueBackend,
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -122,11 +136,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub storage: StorageConfig,
     pub queue: QueueConfig,
-    // github (issue 4)
     pub github: Option<crate::sources::github::GithubConfig>,
-    // webhooks (issue 5)
     pub webhooks: crate::sources::webhooks::WebhooksConfig,
-    // spacelift (issue 6)
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
 
@@ -219,6 +230,26 @@ impl RawConfig {
                 ));
             }
         };
+        let storage_backend = match self.storage.backend.as_deref().unwrap_or("sqlite") {
+            "sqlite" => StorageBackend::Sqlite,
+            other => {
+                return Err(Error::invalid(
+                    "storage.backend",
+                    Some(other),
+                    "expected sqlite",
+                ));
+            }
+        };
+        let queue_backend = match self.queue.backend.as_deref().unwrap_or("sqlite") {
+            "sqlite" => QueueBackend::Sqlite,
+            other => {
+                return Err(Error::invalid(
+                    "queue.backend",
+                    Some(other),
+                    "expected sqlite",
+                ));
+            }
+        };
         let max_attempts = self.queue.max_attempts.unwrap_or(8);
         if max_attempts == 0 {
             return Err(Error::invalid(
@@ -274,6 +305,7 @@ impl RawConfig {
             log_level: level,
             log_format,
             storage: StorageConfig {
+                backend: storage_backend,
                 // The default is relative to the working directory, not to the config file:
                 // a config mounted read-only (a ConfigMap) must not put the database beside it.
                 path: self
@@ -288,6 +320,7 @@ impl RawConfig {
                 )?,
             },
             queue: QueueConfig {
+                backend: queue_backend,
                 max_attempts,
                 initial_backoff,
                 max_backoff,

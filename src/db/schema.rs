@@ -1,7 +1,8 @@
 use rusqlite::Connection;
 
 /// Schema versions, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE series (
         scope   TEXT NOT NULL,
         family  TEXT NOT NULL,
@@ -52,7 +53,26 @@ const MIGRATIONS: &[&str] = &[r#"
         dead_at      REAL NOT NULL,
         last_error   TEXT
     );
-"#];
+"#,
+    r#"
+    ALTER TABLE scopes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    -- GitHub windows were versions kept beside their scopes in kv; they move onto the scopes.
+    UPDATE scopes SET version = COALESCE((
+        SELECT CAST(CAST(kv.value AS TEXT) AS INTEGER) FROM kv
+        WHERE kv.ns = 'github.window' AND 'github/' || kv.key = scopes.scope
+    ), 0);
+    DELETE FROM kv WHERE ns = 'github.window';
+    UPDATE queue SET topic = 'github/backfill' WHERE topic = 'github.backfill';
+    UPDATE queue_dedupe SET topic = 'github/backfill' WHERE topic = 'github.backfill';
+    UPDATE dead_letters SET topic = 'github/backfill' WHERE topic = 'github.backfill';
+    CREATE TABLE leases (
+        name       TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        fence      INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+"#,
+];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -6,10 +6,9 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 use crate::processors::{Envelope, workflows};
-use crate::queue::SharedQueue;
+use crate::queue::Failure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,45 +33,20 @@ pub trait Sink: Send + Sync {
     async fn send(&self, item: &workflows::Item) -> Result<(), Error>;
 }
 
-pub fn topic(sink: &str) -> String {
-    format!("sink/{sink}")
-}
+/// Sends each finished run or job of the sink's topic; a failed send is retried by the queue.
+pub struct Worker(pub Arc<dyn Sink>);
 
-/// Sends every message of the sink's topic until `shutdown`.
-pub async fn run(queue: SharedQueue, sink: Arc<dyn Sink>, shutdown: CancellationToken) {
-    let topic = topic(sink.name());
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            d = queue.receive(&topic) => match d {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(sink = sink.name(), error = %e, "receiving from the queue failed");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
+#[async_trait]
+impl crate::queue::Handler for Worker {
+    async fn handle(&self, delivery: &crate::queue::Delivery) -> Result<(), Failure> {
         let item = Envelope::decode(&delivery.payload)
             .and_then(|e| workflows::item(&e.event, &e.body).ok().flatten());
-        let Some(item) = item else {
-            // Only decodable terminal items are queued here; anything else is a bug, kept
-            // for inspection rather than dropped.
-            let _ = delivery.nack("undecodable sink message").await;
-            continue;
-        };
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = sink.send(&item) => r,
-        };
-        match result {
-            Ok(()) => {
-                let _ = delivery.ack().await;
-            }
-            Err(e) => {
-                tracing::warn!(sink = sink.name(), kind = e.kind(), error = %e, "sink send failed; will retry");
-                let _ = delivery.nack(e.kind()).await;
-            }
-        }
+        // Only decodable terminal items are queued here; anything else is a bug, kept in the
+        // dead letters for inspection rather than dropped.
+        let item = item.ok_or_else(|| Failure::new("undecodable", "undecodable sink message"))?;
+        self.0
+            .send(&item)
+            .await
+            .map_err(|e| Failure::new(e.kind(), format!("{}: {e}", self.0.name())))
     }
 }

@@ -344,7 +344,7 @@ families! {
         "Duration of the last /metrics render, by format.",
         &["format"],
     ),
-    // ── source: github (activity; issue 4) ──────────────────────────────────────────────
+    // ── source: github (activity) ──────────────────────────────────────────────
     //
     GH_ACTIVITY_COMMITS_24H: gh_activity(
         "gh_activity_commits_24h",
@@ -469,7 +469,7 @@ families! {
         "Backfill jobs by result: enqueued, dropped (per-minute cap), applied, superseded (a newer window already shown), failed, expired.",
         &["org", "result"],
     ),
-    // ── source: workflows (webhooks and CI; issue 5) ─────────────────────────────────────
+    // ── source: workflows (webhooks and CI ) ─────────────────────────────────────
     //
     DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL: workflows(
         "devmetrics_webhook_deliveries_total",
@@ -583,7 +583,7 @@ families! {
         &["kind", "reason"],
         &[],
     ),
-    // ── source: spacelift (issue 6) ──────────────────────────────────────────────────────
+    // ── source: spacelift ──────────────────────────────────────────────────────
     //
     SPACELIFT_PUBLIC_WORKER_POOL_RUNS_PENDING: spacelift(
         "spacelift_public_worker_pool_runs_pending",

@@ -1,19 +1,15 @@
-//! Pure work: a queued item → metric updates. Processors do no network I/O; the consumer
-//! loop here receives from the queue, applies each batch with `Store::apply_once` and acks
-//! only after every batch is durable, so a crash at any point redelivers and the keys make
+//! Pure work: a queued item → metric updates. Processors do no network I/O; their handlers
+//! apply each batch with `Store::apply_each_once` and return only once it is durable (the
+//! queue's consumer runner acks then), so a crash at any point redelivers and the keys make
 //! the retry harmless.
 
 pub mod workflows;
 
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
-use crate::queue::SharedQueue;
+use crate::queue::{Failure, SharedQueue};
 use crate::store::SharedStore;
-
-/// Queue topic of accepted GitHub deliveries.
-pub const GITHUB_TOPIC: &str = "webhooks/github";
 
 /// A delivery as queued: a short text header and the raw body, so the body is stored as
 /// received (and compressed by the queue) without a JSON re-encode.
@@ -134,54 +130,28 @@ pub async fn apply_and_forward(
     Ok(n)
 }
 
-/// Receives GitHub deliveries until `shutdown`. Several of these may run at once: the
-/// processors' keys make the result independent of order.
-pub async fn run_consumer(
-    queue: SharedQueue,
-    store: SharedStore,
-    opts: Arc<workflows::Options>,
-    sink_topics: Arc<Vec<String>>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            d = queue.receive(GITHUB_TOPIC) => match d {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "receiving from the queue failed");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        // A payload that panics a processor is a bad message, not a reason to lose this
-        // consumer: it is nacked like any failure, so it ends in the dead-letter table.
-        let work = apply_and_forward(&*store, &*queue, &delivery.payload, &opts, &sink_topics);
-        let outcome =
-            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::error!(id = delivery.id, "processing a GitHub delivery panicked");
-                    if let Err(e) = delivery.nack("panic").await {
-                        tracing::warn!(error = %e, "nack failed");
-                    }
-                    continue;
-                }
-            };
-        match outcome {
-            Ok(_) => {
-                if let Err(e) = delivery.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the delivery will be applied again (harmlessly)");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(kind = e.kind(), error = %e, "processing a GitHub delivery failed; will retry");
-                if let Err(e) = delivery.nack(e.kind()).await {
-                    tracing::warn!(error = %e, "nack failed");
-                }
-            }
-        }
+/// The consumer of accepted GitHub deliveries. Several may run at once: the processors' keys
+/// make the result independent of order.
+pub struct Deliveries {
+    pub store: SharedStore,
+    pub queue: SharedQueue,
+    pub opts: Arc<workflows::Options>,
+    pub sink_topics: Arc<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl crate::queue::Handler for Deliveries {
+    async fn handle(&self, delivery: &crate::queue::Delivery) -> Result<(), Failure> {
+        apply_and_forward(
+            &*self.store,
+            &*self.queue,
+            &delivery.payload,
+            &self.opts,
+            &self.sink_topics,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Failure::new(e.kind(), e))
     }
 }
 

@@ -1,11 +1,15 @@
 //! Durable work queue between receivers/schedulers and processors.
 //!
-//! Contract for every backend: `publish` returns only once the message is durable;
-//! delivery is at-least-once (an un-acked delivery comes back after a crash, a nack or a
-//! dropped handle); a failed message is retried with exponential backoff and jitter and moved
-//! to a dead-letter store after `max_attempts`. Processors make at-least-once exactly-once by
-//! applying their updates with `Store::apply_once`.
+//! What every backend guarantees (and `queue::contract` checks): `publish` returns only once
+//! the message is durable; a second publish of the same deduplication key on the same topic
+//! (within retention) is refused as [`Published::Duplicate`]; delivery is at-least-once (an
+//! un-acked delivery comes back after a crash, a nack or a dropped [`Delivery`]); a nacked
+//! message is retried with exponential backoff and jitter and dead-lettered after
+//! `max_attempts`. Delivery handles are opaque: each backend settles its own. Processors make
+//! at-least-once exactly-once by applying their updates with `Store::apply_once`.
 
+pub mod contract;
+mod runner;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -13,10 +17,27 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use runner::{Failure, Handler, run_consumer};
+
+/// Every topic, in one place and one style (`<area>/<what>`).
+pub mod topics {
+    /// Accepted GitHub webhook deliveries.
+    pub const GITHUB_WEBHOOKS: &str = "webhooks/github";
+    /// GitHub activity windows to scrape again.
+    pub const GITHUB_BACKFILL: &str = "github/backfill";
+
+    /// A push sink's own topic: finished runs and jobs it has yet to accept.
+    pub fn sink(name: &str) -> String {
+        format!("sink/{name}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Db(#[from] crate::db::Error),
+    /// The backend cannot answer or persist now; the operation did not happen and may
+    /// succeed later. `kind` is a bounded label.
+    #[error("queue unavailable ({kind}): {message}")]
+    Unavailable { kind: &'static str, message: String },
     #[error("queue is closed")]
     Closed,
 }
@@ -24,7 +45,7 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Db(e) => e.kind(),
+            Error::Unavailable { kind, .. } => kind,
             Error::Closed => "closed",
         }
     }
@@ -32,7 +53,7 @@ impl Error {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Published {
-    Published(i64),
+    Published,
     /// A message with the same deduplication key was published before (within retention).
     Duplicate,
 }
@@ -83,30 +104,35 @@ pub struct TopicStats {
 /// One message handed to a consumer. Dropping it without `ack`/`nack` releases it for
 /// redelivery without counting an attempt (the consumer was cancelled, not the message bad).
 pub struct Delivery {
-    pub id: i64,
+    /// The backend's id of the message, for logs.
+    pub id: String,
     pub topic: Arc<str>,
     pub payload: Bytes,
     /// Attempts before this one.
     pub attempts: u32,
     pub published_at: f64,
-    acker: Option<Arc<dyn Acker>>,
+    settle: Option<Box<dyn Settle>>,
 }
 
+/// How a backend settles one delivery; each backend's handle knows what it needs (a row id,
+/// a delivery tag, a stream entry id).
 #[async_trait]
-pub trait Acker: Send + Sync {
-    async fn ack(&self, topic: &str, id: i64) -> Result<(), Error>;
-    async fn nack(&self, topic: &str, id: i64, attempts: u32, reason: &str) -> Result<(), Error>;
-    fn release(&self, topic: &str, id: i64);
+pub trait Settle: Send + Sync {
+    async fn ack(&self) -> Result<(), Error>;
+    /// `attempts` counts this one; past the policy's maximum the message is dead-lettered.
+    async fn nack(&self, attempts: u32, reason: &str) -> Result<(), Error>;
+    /// Hands the message back for redelivery without counting an attempt.
+    fn release(&self);
 }
 
 impl Delivery {
     pub fn new(
-        id: i64,
+        id: String,
         topic: Arc<str>,
         payload: Bytes,
         attempts: u32,
         published_at: f64,
-        acker: Arc<dyn Acker>,
+        settle: Box<dyn Settle>,
     ) -> Self {
         Delivery {
             id,
@@ -114,33 +140,31 @@ impl Delivery {
             payload,
             attempts,
             published_at,
-            acker: Some(acker),
+            settle: Some(settle),
         }
     }
 
     pub async fn ack(mut self) -> Result<(), Error> {
-        let acker = self
-            .acker
+        let settle = self
+            .settle
             .take()
-            .expect("acker is present until ack, nack or drop");
-        acker.ack(&self.topic, self.id).await
+            .expect("the handle is present until ack, nack or drop");
+        settle.ack().await
     }
 
     pub async fn nack(mut self, reason: &str) -> Result<(), Error> {
-        let acker = self
-            .acker
+        let settle = self
+            .settle
             .take()
-            .expect("acker is present until ack, nack or drop");
-        acker
-            .nack(&self.topic, self.id, self.attempts + 1, reason)
-            .await
+            .expect("the handle is present until ack, nack or drop");
+        settle.nack(self.attempts + 1, reason).await
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            acker.release(&self.topic, self.id);
+        if let Some(settle) = self.settle.take() {
+            settle.release();
         }
     }
 }
@@ -159,7 +183,11 @@ pub trait Queue: Send + Sync {
     /// Waits for the next message of `topic` that is due.
     async fn receive(&self, topic: &str) -> Result<Delivery, Error>;
 
-    fn stats(&self) -> Vec<(String, TopicStats)>;
+    /// Per-topic figures, sorted by topic.
+    async fn stats(&self) -> Result<Vec<(String, TopicStats)>, Error>;
+
+    /// Forgets deduplication keys older than `dedupe_retention`; returns how many went.
+    async fn gc(&self, dedupe_retention: Duration) -> Result<u64, Error>;
 }
 
 pub type SharedQueue = Arc<dyn Queue>;
@@ -167,17 +195,18 @@ pub type SharedQueue = Arc<dyn Queue>;
 /// Exposes every queue backend's figures as `devmetrics_queue_*`.
 pub struct Collector(pub SharedQueue);
 
+#[async_trait]
 impl crate::telemetry::Collect for Collector {
-    fn collect(
-        &self,
-        out: &mut Vec<(
-            crate::metrics::FamilyId,
-            crate::metrics::Labels,
-            crate::metrics::Value,
-        )>,
-    ) {
-        use crate::metrics::{self, Labels, Value};
-        for (topic, s) in self.0.stats() {
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
+        use crate::metrics;
+        let stats = match self.0.stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "queue figures unavailable for this scrape");
+                return;
+            }
+        };
+        for (topic, s) in stats {
             for (fid, v) in [
                 (metrics::DEVMETRICS_QUEUE_DEPTH, s.depth as f64),
                 (
@@ -203,9 +232,7 @@ impl crate::telemetry::Collect for Collector {
                     s.dead_letters as f64,
                 ),
             ] {
-                let labels =
-                    Labels::new(fid, &[topic.as_str()]).expect("queue families take one label");
-                out.push((fid, labels, Value::Number(v)));
+                out.number(fid, &[topic.as_str()], v);
             }
         }
     }

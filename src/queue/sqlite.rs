@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
-use super::{Acker, Delivery, Error, Published, Queue, RetryPolicy, TopicStats};
+use super::{Delivery, Error, Published, Queue, RetryPolicy, Settle, TopicStats};
 use crate::clock::now_unix;
 use crate::db::{Db, Finish};
 
@@ -162,16 +162,6 @@ impl SqliteQueue {
         Ok(SqliteQueue { inner })
     }
 
-    /// Forgets deduplication keys older than `retention`.
-    pub async fn gc(&self, retention: Duration) -> Result<usize, Error> {
-        let cutoff = now_unix() as i64 - retention.as_secs() as i64;
-        Ok(self
-            .inner
-            .db
-            .write(move |c| c.execute("DELETE FROM queue_dedupe WHERE seen_at < ?1", [cutoff]))
-            .await?)
-    }
-
     fn submit<T: Send + 'static>(
         &self,
         run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -185,11 +175,14 @@ impl SqliteQueue {
                         effect(&v);
                         Ok(v)
                     }
-                    Err(e) => Err(Error::Db(crate::db::Error::Commit(e.to_string()))),
+                    Err(e) => Err(Error::Unavailable {
+                        kind: "commit",
+                        message: e.to_string(),
+                    }),
                 });
             }) as Finish),
             Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
-                let _ = tx.send(Err(Error::Db(crate::db::Error::Sql(e))));
+                let _ = tx.send(Err(crate::db::Error::Sql(e).into()));
             }) as Finish),
         }))?;
         Ok(rx)
@@ -197,8 +190,40 @@ impl SqliteQueue {
 }
 
 async fn wait<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
-    rx.await
-        .map_err(|_| Error::Db(crate::db::Error::WriterGone))?
+    rx.await.map_err(|_| crate::db::Error::WriterGone)?
+}
+
+impl From<crate::db::Error> for Error {
+    fn from(e: crate::db::Error) -> Self {
+        Error::Unavailable {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A delivery's handle: the row it came from.
+struct Handle {
+    queue: SqliteQueue,
+    topic: Arc<str>,
+    id: i64,
+}
+
+#[async_trait]
+impl Settle for Handle {
+    async fn ack(&self) -> Result<(), Error> {
+        self.queue.ack(&self.topic, self.id).await
+    }
+
+    async fn nack(&self, attempts: u32, reason: &str) -> Result<(), Error> {
+        self.queue
+            .nack(&self.topic, self.id, attempts, reason)
+            .await
+    }
+
+    fn release(&self) {
+        self.queue.release(&self.topic, self.id)
+    }
 }
 
 #[async_trait]
@@ -224,18 +249,18 @@ impl Queue for SqliteQueue {
                         )?
                         .execute(params![&*t, key, now as i64])?;
                     if fresh == 0 {
-                        return Ok(Published::Duplicate);
+                        return Ok(None);
                     }
                 }
                 c.prepare_cached(
                     "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
                 )?
                 .execute(params![&*t, stored, now])?;
-                Ok(Published::Published(c.last_insert_rowid()))
+                Ok(Some(c.last_insert_rowid()))
             },
             move |outcome| {
                 inner.with_topic(&topic_name, |t| match outcome {
-                    Published::Published(id) => {
+                    Some(id) => {
                         t.stats.published += 1;
                         t.ready.push_back(Msg {
                             id: *id,
@@ -245,11 +270,14 @@ impl Queue for SqliteQueue {
                         });
                         t.notify.notify_one();
                     }
-                    Published::Duplicate => t.stats.duplicates += 1,
+                    None => t.stats.duplicates += 1,
                 })
             },
         )?;
-        wait(rx).await
+        Ok(match wait(rx).await? {
+            Some(_) => Published::Published,
+            None => Published::Duplicate,
+        })
     }
 
     async fn receive(&self, topic: &str) -> Result<Delivery, Error> {
@@ -265,13 +293,18 @@ impl Queue for SqliteQueue {
                 (msg, t.notify.clone(), t.delayed.keys().next().map(|k| k.0))
             });
             if let Some(m) = msg {
+                let handle = Handle {
+                    queue: self.clone(),
+                    topic: topic_name.clone(),
+                    id: m.id,
+                };
                 return Ok(Delivery::new(
-                    m.id,
+                    m.id.to_string(),
                     topic_name,
                     m.payload,
                     m.attempts,
                     m.published_at,
-                    Arc::new(self.clone()) as Arc<dyn Acker>,
+                    Box::new(handle),
                 ));
             }
             let sleep = next_due
@@ -284,7 +317,7 @@ impl Queue for SqliteQueue {
         }
     }
 
-    fn stats(&self) -> Vec<(String, TopicStats)> {
+    async fn stats(&self) -> Result<Vec<(String, TopicStats)>, Error> {
         let now = now_unix();
         let topics = self.inner.topics.lock();
         let mut out: Vec<_> = topics
@@ -308,15 +341,23 @@ impl Queue for SqliteQueue {
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        Ok(out)
+    }
+
+    async fn gc(&self, dedupe_retention: Duration) -> Result<u64, Error> {
+        let cutoff = now_unix() as i64 - dedupe_retention.as_secs() as i64;
+        Ok(self
+            .inner
+            .db
+            .write(move |c| c.execute("DELETE FROM queue_dedupe WHERE seen_at < ?1", [cutoff]))
+            .await? as u64)
     }
 }
 
 /// Acks and nacks change memory in the post-commit step of their own write, so a dropped
 /// future cannot leave memory and disk disagreeing; a write that fails releases the message
 /// for redelivery instead of stranding it in flight.
-#[async_trait]
-impl Acker for SqliteQueue {
+impl SqliteQueue {
     async fn ack(&self, topic: &str, id: i64) -> Result<(), Error> {
         let (inner, t) = (self.inner.clone(), topic.to_string());
         let rx = self.submit(
@@ -425,7 +466,7 @@ mod tests {
             q.publish("t", Some("a"), Bytes::from_static(b"1"))
                 .await
                 .unwrap(),
-            Published::Published(_)
+            Published::Published
         ));
         assert_eq!(
             q.publish("t", Some("a"), Bytes::from_static(b"1"))
@@ -441,7 +482,7 @@ mod tests {
         let d = q.receive("t").await.unwrap();
         assert_eq!(d.payload, big);
         d.ack().await.unwrap();
-        let s = &q.stats()[0].1;
+        let s = &q.stats().await.unwrap()[0].1;
         assert_eq!((s.published, s.duplicates, s.acked, s.depth), (2, 1, 2, 0));
     }
 
@@ -457,7 +498,7 @@ mod tests {
             assert_eq!(d.attempts, attempt);
             d.nack("boom").await.unwrap();
         }
-        let s = &q.stats()[0].1;
+        let s = &q.stats().await.unwrap()[0].1;
         assert_eq!(
             (s.retried, s.dead_lettered, s.dead_letters, s.depth),
             (2, 1, 1, 0)
@@ -476,7 +517,7 @@ mod tests {
         // Reopening keeps the dead-letter count.
         drop(q);
         let q = open(&dir, fast());
-        assert_eq!(q.stats()[0].1.dead_letters, 1);
+        assert_eq!(q.stats().await.unwrap()[0].1.dead_letters, 1);
     }
 
     #[tokio::test]
@@ -519,5 +560,16 @@ mod tests {
             assert!(b4 >= Duration::from_secs(4) && b4 <= Duration::from_secs(8));
             assert!(p.backoff(30) <= Duration::from_secs(60));
         }
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    #[tokio::test]
+    async fn the_sqlite_queue_passes_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("c.db")).unwrap();
+        let queue = super::SqliteQueue::open(db, crate::queue::contract::policy()).unwrap();
+        crate::queue::contract::run(std::sync::Arc::new(queue)).await;
     }
 }

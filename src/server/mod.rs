@@ -219,7 +219,7 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             .into_response();
     };
     let mut scopes = s.store.snapshot().scopes;
-    scopes.push(Arc::new(s.telemetry.scope()));
+    scopes.push(Arc::new(s.telemetry.scope().await));
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let telemetry = s.telemetry.clone();
     let send_timeout = s.config.web.request_timeout;

@@ -70,9 +70,14 @@ pub async fn landing(State(s): State<Shared>) -> Html<String> {
 pub async fn healthz(State(s): State<Shared>) -> Response {
     let ready = s.ready.load(Ordering::Relaxed);
     let sources = s.telemetry.sources();
-    let queue: serde_json::Map<String, serde_json::Value> = s
-        .queue
-        .stats()
+    let queue_stats = match s.queue.stats().await {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::debug!(error = %e, "queue figures unavailable for /healthz");
+            Vec::new()
+        }
+    };
+    let queue: serde_json::Map<String, serde_json::Value> = queue_stats
         .into_iter()
         .map(|(topic, st)| {
             (

@@ -14,9 +14,121 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::metrics::Sample;
+use crate::queue::{Handler, SharedQueue};
+use crate::server::Shared;
 use crate::store::SharedStore;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Collect, Telemetry};
+
+/// Every kind of component, in start order. A new source adds its line here.
+pub const COMPONENTS: &[Kind] = &[
+    Kind {
+        name: "github",
+        owns: &["github/"],
+        build: github::activity,
+    },
+    Kind {
+        name: "webhooks",
+        owns: &["webhooks/runners/", "webhooks/recovery/"],
+        build: webhooks::component,
+    },
+    Kind {
+        name: "spacelift",
+        owns: &["spacelift/"],
+        build: spacelift::component,
+    },
+];
+
+/// A kind of component: how to build it from the configuration (`None` when its section is
+/// absent), and the scopes it may write, so that series it persisted while it was configured
+/// are removed once it no longer is.
+pub struct Kind {
+    pub name: &'static str,
+    /// Scope prefixes (ending in `/`) that only this kind writes.
+    pub owns: &'static [&'static str],
+    pub build: fn(&Context) -> Result<Option<Component>, BuildError>,
+}
+
+/// What every component is built from.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub queue: SharedQueue,
+    pub telemetry: Arc<Telemetry>,
+    /// The GitHub clients of the configured orgs (none without a `github` section).
+    pub github: github::Clients,
+    pub clock: Clock,
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(
+        config: Arc<Config>,
+        store: SharedStore,
+        queue: SharedQueue,
+        telemetry: Arc<Telemetry>,
+        clock: Clock,
+        shutdown: CancellationToken,
+    ) -> Result<Context, BuildError> {
+        let github = match &config.github {
+            Some(gh) => {
+                github::Clients::build(gh, store.clone(), telemetry.clone(), shutdown.clone())
+                    .map_err(|e| BuildError::new("github", e))?
+            }
+            None => github::Clients::default(),
+        };
+        Ok(Context {
+            config,
+            store,
+            queue,
+            telemetry,
+            github,
+            clock,
+            shutdown,
+        })
+    }
+}
+
+/// What a component runs. The service starts every part the same way: pollers on their
+/// interval, consumers on their topics, routes on the listeners, collectors at scrape time.
+#[derive(Default)]
+pub struct Component {
+    pub pollers: Vec<Arc<dyn Poller>>,
+    pub consumers: Vec<Consumer>,
+    /// Routes on the main listener.
+    pub routes: axum::Router<Shared>,
+    /// Webhook receivers: on the webhook listener when one is configured, else the main one.
+    pub webhook_routes: axum::Router<Shared>,
+    pub collectors: Vec<Arc<dyn Collect>>,
+    /// The scopes this instance writes (exact names or prefixes ending in `/`); anything else
+    /// under its kind's `owns` is stale.
+    pub scopes: Vec<String>,
+}
+
+/// `count` consumers of `topic`, each handing deliveries to `handler`.
+pub struct Consumer {
+    pub topic: String,
+    pub handler: Arc<dyn Handler>,
+    pub count: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("building the {component} component: {message}")]
+pub struct BuildError {
+    pub component: &'static str,
+    pub message: String,
+}
+
+impl BuildError {
+    pub fn new(component: &'static str, e: impl std::fmt::Display) -> Self {
+        BuildError {
+            component,
+            message: e.to_string(),
+        }
+    }
+}
 
 /// A failed part of a poll: a bounded kind for metric labels, a message for people.
 #[derive(Clone, Debug)]
@@ -37,13 +149,30 @@ impl PollError {
 /// One scope of a poll: its complete new series, or why they could not be fetched.
 pub struct ScopeResult {
     pub scope: String,
+    /// With a version, the series replace the scope only if it is newer than the stored
+    /// one ([`crate::store::Store::replace_scope_if_newer`]).
+    pub version: Option<i64>,
     pub result: Result<Vec<Sample>, PollError>,
+}
+
+impl ScopeResult {
+    pub fn new(scope: impl Into<String>, result: Result<Vec<Sample>, PollError>) -> Self {
+        ScopeResult {
+            scope: scope.into(),
+            version: None,
+            result,
+        }
+    }
 }
 
 #[async_trait]
 pub trait Poller: Send + Sync {
-    /// Source name as shown in `devmetrics_source_*{source}` and on the status page.
-    fn name(&self) -> &'static str;
+    /// Source name as shown in `devmetrics_source_*{source}` and on the status page; unique
+    /// among the running pollers.
+    fn name(&self) -> &str;
+    /// The scopes this poller writes: exact names, or prefixes ending in `/`. After a restart
+    /// the age of their persisted values is the poller's last success.
+    fn scopes(&self) -> Vec<String>;
     fn interval(&self) -> Duration;
     /// Deadline for one whole poll.
     fn timeout(&self) -> Duration;
@@ -60,16 +189,16 @@ pub async fn run_poller(
     telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
-    telemetry.register_source(poller.name());
-    // After a restart the values persisted by the last run are served at once; their age
-    // must be too. A source's scopes are named after it (`spacelift/…`, `github/<org>/…`).
     let name = poller.name();
-    let nested = format!("{name}/");
+    telemetry.register_source(name);
+    // After a restart the values persisted by the last run are served at once; their age
+    // must be too.
+    let owned = poller.scopes();
     let last = store
         .snapshot()
         .scopes
         .iter()
-        .filter(|s| &*s.name == name || s.name.starts_with(&nested))
+        .filter(|s| owns(&owned, &s.name))
         .map(|s| s.updated_at)
         .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
     if let Some(t) = last {
@@ -84,6 +213,17 @@ pub async fn run_poller(
         }
         poll_once(&*poller, &*store, &telemetry).await;
     }
+}
+
+/// Whether `scope` is one of `owned`: an exact name, or under a prefix ending in `/`.
+pub fn owns(owned: &[String], scope: &str) -> bool {
+    owned.iter().any(|o| {
+        if o.ends_with('/') {
+            scope.starts_with(o.as_str()) || scope == &o[..o.len() - 1]
+        } else {
+            scope == o
+        }
+    })
 }
 
 pub async fn poll_once(
@@ -104,7 +244,14 @@ pub async fn poll_once(
             for r in results {
                 match r.result {
                     Ok(samples) => {
-                        if let Err(e) = store.replace_scope(&r.scope, samples).await {
+                        let written = match r.version {
+                            Some(v) => store
+                                .replace_scope_if_newer(&r.scope, v, samples)
+                                .await
+                                .map(|_| ()),
+                            None => store.replace_scope(&r.scope, samples).await,
+                        };
+                        if let Err(e) = written {
                             first_error.get_or_insert(PollError::new("store", e.to_string()));
                         }
                     }
@@ -137,8 +284,11 @@ mod tests {
 
     #[async_trait]
     impl Poller for Failing {
-        fn name(&self) -> &'static str {
+        fn name(&self) -> &str {
             "testsrc"
+        }
+        fn scopes(&self) -> Vec<String> {
+            vec!["testsrc/".into()]
         }
         fn interval(&self) -> Duration {
             Duration::from_secs(3600)
@@ -147,10 +297,10 @@ mod tests {
             Duration::from_secs(1)
         }
         async fn poll(&self) -> Vec<ScopeResult> {
-            vec![ScopeResult {
-                scope: "testsrc/a".into(),
-                result: Err(PollError::new("http_status", "503")),
-            }]
+            vec![ScopeResult::new(
+                "testsrc/a",
+                Err(PollError::new("http_status", "503")),
+            )]
         }
     }
 

@@ -1,27 +1,42 @@
-//! Metric state: what `/metrics` shows, kept per scope.
+//! Metric state: what `/metrics` shows, kept per scope; plus the small key-value state and
+//! leases the sources and replicas share.
 //!
-//! Two kinds of writes, matching design.md §3:
+//! Writes to metric state, matching design.md §3:
 //! - [`Store::replace_scope`]: a poller's result replaces every series of its scope at once;
 //!   a series absent from the new result disappears.
+//! - [`Store::replace_scope_if_newer`]: the same, applied only when its version is newer than
+//!   the scope's, checked atomically by the backend (a late backfill never overwrites a newer
+//!   window, whichever replica wrote it).
 //! - [`Store::apply_once`]: event-driven counters and histograms move by an update that is
 //!   applied together with its idempotency key, so a redelivered event never counts twice.
 //!
-//! Every backend mirrors its state in memory ([`State`]): scrapes read that mirror and never
-//! touch the database.
+//! What every backend guarantees (and `store::contract` checks): each write is atomic and
+//! durable when it returns `Ok`; memory ([`State`]) changes only after that, so scrapes read
+//! the mirror and never wait on the backend; a key is applied at most once across every
+//! process sharing the backend; kv entries with a TTL are gone after it.
 
+pub mod contract;
+mod lease;
 pub mod sqlite;
 mod state;
 
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::metrics::{Sample, Snapshot, Update};
+pub use lease::{Grant, Lease, SharedLease};
 pub use state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Db(#[from] crate::db::Error),
+    /// The backend cannot answer or persist now (disk, connection, a stopped writer). The
+    /// write did not happen; the same call may succeed later. `kind` is a bounded label.
+    #[error("storage unavailable ({kind}): {message}")]
+    Unavailable { kind: &'static str, message: String },
+    /// The backend refused this operation; repeating it fails the same way.
+    #[error("storage refused the operation ({kind}): {message}")]
+    Refused { kind: &'static str, message: String },
     #[error(transparent)]
     WrongKind(#[from] crate::metrics::WrongKind),
 }
@@ -29,9 +44,14 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Db(e) => e.kind(),
+            Error::Unavailable { kind, .. } | Error::Refused { kind, .. } => kind,
             Error::WrongKind(_) => "wrong_kind",
         }
+    }
+
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
     }
 }
 
@@ -42,13 +62,29 @@ pub enum Applied {
     Duplicate,
 }
 
+/// Whether [`Store::replace_scope_if_newer`] wrote, or found the scope at its version or newer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Written,
+    Superseded,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// The in-memory view every scrape renders. Never touches the database.
+    /// The in-memory view every scrape renders. Never touches the backend.
     fn snapshot(&self) -> Snapshot;
 
-    /// Atomically replaces every series of `scope` with `samples`.
+    /// Atomically replaces every series of `scope` with `samples`; the scope's version stays.
     async fn replace_scope(&self, scope: &str, samples: Vec<Sample>) -> Result<(), Error>;
+
+    /// Atomically replaces `scope` and records `version`, only if `version` is greater than the
+    /// scope's current version (0 for a new scope). The check and the write are one step.
+    async fn replace_scope_if_newer(
+        &self,
+        scope: &str,
+        version: i64,
+        samples: Vec<Sample>,
+    ) -> Result<Written, Error>;
 
     /// Applies `updates` to `scope` and records `key`, in one atomic step; a key seen before
     /// changes nothing.
@@ -57,34 +93,38 @@ pub trait Store: Send + Sync {
         key: &str,
         scope: &str,
         updates: Vec<Update>,
-    ) -> Result<Applied, Error>;
+    ) -> Result<Applied, Error> {
+        let mut out = self
+            .apply_each_once(scope, vec![(key.to_string(), updates)])
+            .await?;
+        Ok(out.pop().unwrap_or(Applied::Duplicate))
+    }
 
     /// Applies several keyed batches to `scope` in one atomic step, each key at most once
-    /// (a processor's transitions for one event). Backends should override this to use one
-    /// transaction; the default applies them one by one, which is equally correct.
+    /// (a processor's transitions for one event).
     async fn apply_each_once(
         &self,
         scope: &str,
         batches: Vec<(String, Vec<Update>)>,
-    ) -> Result<Vec<Applied>, Error> {
-        let mut out = Vec::with_capacity(batches.len());
-        for (key, updates) in batches {
-            out.push(self.apply_once(&key, scope, updates).await?);
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Applied>, Error>;
 
     /// Removes whole scopes and their series (e.g. of a source no longer configured).
     async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error>;
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Stores `value`; with a `ttl` it is gone once the TTL has passed.
     async fn kv_put(
         &self,
         ns: &str,
         key: &str,
         value: Vec<u8>,
-        ttl: Option<std::time::Duration>,
+        ttl: Option<Duration>,
     ) -> Result<(), Error>;
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error>;
+
+    /// Forgets idempotency keys older than `idempotency_retention` and expired kv entries;
+    /// returns how many entries went. Backends that expire by themselves return 0.
+    async fn gc(&self, idempotency_retention: Duration) -> Result<u64, Error>;
 
     /// `Err` with the reason while the backend cannot persist (shown on `/healthz`).
     fn health(&self) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use super::{Applied, Error, State, Store};
+use super::{Applied, Error, Grant, Lease, State, Store, Written};
 use crate::clock::now_unix;
 use crate::db::{Db, Finish};
 use crate::metrics::{
@@ -43,44 +43,109 @@ impl SqliteStore {
         })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     pub fn state(&self) -> &State {
         &self.state
     }
 
-    /// Forgets idempotency keys and expired key-value entries older than `retention`.
-    pub async fn gc(&self, retention: Duration) -> Result<usize, Error> {
-        let cutoff = now_unix() as i64 - retention.as_secs() as i64;
-        let now = now_unix() as i64;
-        Ok(self
-            .db
-            .write(move |c| {
-                let a = c.execute("DELETE FROM applied_keys WHERE applied_at < ?1", [cutoff])?;
-                let b = c.execute(
-                    "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?1",
-                    [now],
-                )?;
-                Ok(a + b)
-            })
-            .await?)
+    /// Replaces `scope`; with a `version`, only when it is newer than the stored one.
+    async fn replace(
+        &self,
+        scope: &str,
+        version: Option<i64>,
+        samples: Vec<Sample>,
+    ) -> Result<Written, Error> {
+        let mut data = ScopeData {
+            name: Arc::from(scope),
+            updated_at: now_unix(),
+            version: 0,
+            families: BTreeMap::new(),
+        };
+        for s in samples {
+            data.families
+                .entry(s.family)
+                .or_default()
+                .insert(s.labels, s.value);
+        }
+        let (tx, rx) = oneshot::channel();
+        let state = self.state.clone();
+        self.db.submit(Box::new(move |conn| {
+            match write_scope(conn, &mut data, version) {
+                Ok(Written::Written) => {
+                    Ok(reply(tx, Written::Written, move || state.replace(data)))
+                }
+                Ok(Written::Superseded) => Ok(reply(tx, Written::Superseded, || {})),
+                Err(e) => Err(fail(tx, e)),
+            }
+        }))?;
+        recv(rx).await
     }
+}
+
+impl From<crate::db::Error> for Error {
+    fn from(e: crate::db::Error) -> Self {
+        use crate::db::Error as Db;
+        let kind = e.kind();
+        match e {
+            Db::Sql(_) => Error::Refused {
+                kind,
+                message: e.to_string(),
+            },
+            _ => Error::Unavailable {
+                kind,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Writes `data` as the whole of its scope, unless `version` is not newer than the stored
+/// one. Sets `data.version` to what the scope's version is afterwards.
+fn write_scope(
+    conn: &Connection,
+    data: &mut ScopeData,
+    version: Option<i64>,
+) -> rusqlite::Result<Written> {
+    let current: i64 = conn
+        .prepare_cached("SELECT version FROM scopes WHERE scope = ?1")?
+        .query_row([&*data.name], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if version.is_some_and(|v| v <= current) {
+        return Ok(Written::Superseded);
+    }
+    data.version = version.unwrap_or(current);
+    conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
+        .execute([&*data.name])?;
+    for (fid, series) in &data.families {
+        for (labels, value) in series {
+            write_series(conn, &data.name, *fid, labels, value)?;
+        }
+    }
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO scopes (scope, updated_at, version) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![&*data.name, data.updated_at, data.version])?;
+    Ok(Written::Written)
 }
 
 fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
     let mut scopes: BTreeMap<String, ScopeData> = BTreeMap::new();
-    let mut stmt = conn.prepare("SELECT scope, updated_at FROM scopes")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
+    let mut stmt = conn.prepare("SELECT scope, updated_at, version FROM scopes")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, f64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
     for row in rows {
-        let (name, updated_at) = row?;
+        let (name, updated_at, version) = row?;
         scopes.insert(
             name.clone(),
             ScopeData {
                 name: Arc::from(name.as_str()),
                 updated_at,
-                version: 0,
+                version,
                 families: BTreeMap::new(),
             },
         );
@@ -213,20 +278,22 @@ fn reply<T: Send + 'static>(
                 effect();
                 Ok(value)
             }
-            Err(e) => Err(Error::Db(crate::db::Error::Commit(e.to_string()))),
+            Err(e) => Err(Error::Unavailable {
+                kind: "commit",
+                message: e.to_string(),
+            }),
         });
     })
 }
 
 fn fail<T: Send + 'static>(tx: oneshot::Sender<Result<T, Error>>, e: rusqlite::Error) -> Finish {
     Box::new(move |_| {
-        let _ = tx.send(Err(Error::Db(crate::db::Error::Sql(e))));
+        let _ = tx.send(Err(crate::db::Error::Sql(e).into()));
     })
 }
 
 async fn recv<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
-    rx.await
-        .map_err(|_| Error::Db(crate::db::Error::WriterGone))?
+    rx.await.map_err(|_| crate::db::Error::WriterGone)?
 }
 
 #[async_trait]
@@ -243,96 +310,16 @@ impl Store for SqliteStore {
     }
 
     async fn replace_scope(&self, scope: &str, samples: Vec<Sample>) -> Result<(), Error> {
-        let now = now_unix();
-        let mut data = ScopeData {
-            name: Arc::from(scope),
-            updated_at: now,
-            version: 0,
-            families: BTreeMap::new(),
-        };
-        for s in samples {
-            data.families
-                .entry(s.family)
-                .or_default()
-                .insert(s.labels, s.value);
-        }
-        let (tx, rx) = oneshot::channel();
-        let state = self.state.clone();
-        self.db.submit(Box::new(move |conn| {
-            let run = || -> rusqlite::Result<()> {
-                conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
-                    .execute([&*data.name])?;
-                for (fid, series) in &data.families {
-                    for (labels, value) in series {
-                        write_series(conn, &data.name, *fid, labels, value)?;
-                    }
-                }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO scopes (scope, updated_at) VALUES (?1, ?2)",
-                )?
-                .execute(params![&*data.name, data.updated_at])?;
-                Ok(())
-            };
-            match run() {
-                Ok(()) => Ok(reply(tx, (), move || state.replace(data))),
-                Err(e) => Err(fail(tx, e)),
-            }
-        }))?;
-        recv(rx).await
+        self.replace(scope, None, samples).await.map(|_| ())
     }
 
-    async fn apply_once(
+    async fn replace_scope_if_newer(
         &self,
-        key: &str,
         scope: &str,
-        updates: Vec<Update>,
-    ) -> Result<Applied, Error> {
-        for u in &updates {
-            u.validate()?;
-        }
-        let key = key.to_string();
-        let scope = scope.to_string();
-        let (tx, rx) = oneshot::channel();
-        let state = self.state.clone();
-        self.db.submit(Box::new(move |conn| {
-            let run = || -> rusqlite::Result<Option<Vec<(FamilyId, Labels, Value)>>> {
-                let now = now_unix();
-                let fresh = conn
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![key, now as i64])?;
-                if fresh == 0 {
-                    return Ok(None);
-                }
-                // Current values come from the transaction, not from memory: an earlier job of
-                // the same group may have moved the same series and is not in memory yet.
-                let mut out = Vec::with_capacity(updates.len());
-                for u in updates {
-                    let cur = read_series(conn, &scope, u.family, &u.labels)?;
-                    let next = apply_op(u.family, cur, &u.op);
-                    write_series(conn, &scope, u.family, &u.labels, &next)?;
-                    out.push((u.family, u.labels, next));
-                }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO scopes (scope, updated_at) VALUES (?1, ?2)",
-                )?
-                .execute(params![scope, now])?;
-                Ok(Some(out))
-            };
-            match run() {
-                Ok(None) => Ok(reply(tx, Applied::Duplicate, || {})),
-                Ok(Some(values)) => Ok(reply(tx, Applied::Applied, move || {
-                    state.set_values(&scope, now_unix(), values)
-                })),
-                Err(e) => Err(fail(tx, e)),
-            }
-        }))?;
-        let applied = recv(rx).await?;
-        if applied == Applied::Duplicate {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(applied)
+        version: i64,
+        samples: Vec<Sample>,
+    ) -> Result<Written, Error> {
+        self.replace(scope, Some(version), samples).await
     }
 
     async fn apply_each_once(
@@ -374,7 +361,8 @@ impl Store for SqliteStore {
                 }
                 if !values.is_empty() {
                     conn.prepare_cached(
-                        "INSERT OR REPLACE INTO scopes (scope, updated_at) VALUES (?1, ?2)",
+                        "INSERT INTO scopes (scope, updated_at) VALUES (?1, ?2)
+                         ON CONFLICT (scope) DO UPDATE SET updated_at = excluded.updated_at",
                     )?
                     .execute(params![scope, now])?;
                 }
@@ -457,37 +445,164 @@ impl Store for SqliteStore {
             })
             .await?)
     }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error> {
+        let (ns, key) = (ns.to_string(), key.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?
+                    .execute(params![ns, key])
+                    .map(|_| ())
+            })
+            .await?)
+    }
+
+    async fn gc(&self, idempotency_retention: Duration) -> Result<u64, Error> {
+        let now = now_unix() as i64;
+        let cutoff = now - idempotency_retention.as_secs() as i64;
+        Ok(self
+            .db
+            .write(move |c| {
+                let a = c.execute("DELETE FROM applied_keys WHERE applied_at < ?1", [cutoff])?;
+                let b = c.execute(
+                    "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?1",
+                    [now],
+                )?;
+                Ok((a + b) as u64)
+            })
+            .await?)
+    }
 }
 
+#[async_trait]
 impl crate::telemetry::Collect for SqliteStore {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
         let stats = &self.db.stats;
-        let mut push = |fid: FamilyId, v: Value| out.push((fid, Labels::empty(), v));
-        push(
-            metrics::DEVMETRICS_STORE_SERIES,
-            Value::Number(self.state.series_count() as f64),
-        );
-        push(
-            metrics::DEVMETRICS_STORE_SCOPES,
-            Value::Number(self.state.scope_count() as f64),
-        );
-        push(
-            metrics::DEVMETRICS_STORE_COMMITS_TOTAL,
-            Value::Number(stats.commits.load(Ordering::Relaxed) as f64),
-        );
-        push(
-            metrics::DEVMETRICS_STORE_COMMIT_DURATION_SECONDS,
-            Value::Histogram(Box::new(stats.commit_seconds.value())),
-        );
-        push(
-            metrics::DEVMETRICS_STORE_COMMIT_BATCH_SIZE,
-            Value::Histogram(Box::new(stats.batch_size.value())),
-        );
-        push(
-            metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL,
-            Value::Number(self.duplicates.load(Ordering::Relaxed) as f64),
-        );
+        let n = |v: u64| Value::Number(v as f64);
+        for (fid, v) in [
+            (
+                metrics::DEVMETRICS_STORE_SERIES,
+                n(self.state.series_count() as u64),
+            ),
+            (
+                metrics::DEVMETRICS_STORE_SCOPES,
+                n(self.state.scope_count() as u64),
+            ),
+            (
+                metrics::DEVMETRICS_STORE_COMMITS_TOTAL,
+                n(stats.commits.load(Ordering::Relaxed)),
+            ),
+            (
+                metrics::DEVMETRICS_STORE_COMMIT_DURATION_SECONDS,
+                Value::Histogram(Box::new(stats.commit_seconds.value())),
+            ),
+            (
+                metrics::DEVMETRICS_STORE_COMMIT_BATCH_SIZE,
+                Value::Histogram(Box::new(stats.batch_size.value())),
+            ),
+            (
+                metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL,
+                n(self.duplicates.load(Ordering::Relaxed)),
+            ),
+        ] {
+            out.push(fid, &[], v);
+        }
     }
+}
+
+/// Leases as rows: the row outlives its holder (expired, not deleted) so fences only grow.
+#[async_trait]
+impl Lease for SqliteStore {
+    async fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Grant>, Error> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                let now = now_unix();
+                let expires_at = now + ttl.as_secs_f64();
+                let fence = match lease_row(c, &name)? {
+                    Some((h, _, exp)) if exp > now && h != holder => return Ok(None),
+                    Some((h, fence, exp)) if exp > now && h == holder => fence,
+                    Some((_, fence, _)) => fence + 1,
+                    None => 1,
+                };
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO leases (name, holder, fence, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![name, holder, fence as i64, expires_at])?;
+                Ok(Some(Grant { fence, expires_at }))
+            })
+            .await?)
+    }
+
+    async fn renew(
+        &self,
+        name: &str,
+        holder: &str,
+        fence: u64,
+        ttl: Duration,
+    ) -> Result<Option<Grant>, Error> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                let now = now_unix();
+                match lease_row(c, &name)? {
+                    Some((h, f, exp)) if h == holder && f == fence && exp > now => {
+                        let expires_at = now + ttl.as_secs_f64();
+                        c.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                            .execute(params![name, expires_at])?;
+                        Ok(Some(Grant { fence, expires_at }))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await?)
+    }
+
+    async fn release(&self, name: &str, holder: &str, fence: u64) -> Result<bool, Error> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                let now = now_unix();
+                match lease_row(c, &name)? {
+                    Some((h, f, exp)) if h == holder && f == fence && exp > now => {
+                        c.prepare_cached("UPDATE leases SET expires_at = 0 WHERE name = ?1")?
+                            .execute([&name])?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            })
+            .await?)
+    }
+
+    async fn holder(&self, name: &str) -> Result<Option<(String, Grant)>, Error> {
+        let name = name.to_string();
+        Ok(self
+            .db
+            .read(move |c| {
+                Ok(lease_row(c, &name)?
+                    .filter(|(_, _, exp)| *exp > now_unix())
+                    .map(|(h, fence, expires_at)| (h, Grant { fence, expires_at })))
+            })
+            .await?)
+    }
+}
+
+fn lease_row(c: &Connection, name: &str) -> rusqlite::Result<Option<(String, u64, f64)>> {
+    c.prepare_cached("SELECT holder, fence, expires_at FROM leases WHERE name = ?1")?
+        .query_row([name], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })
+        .optional()
 }
 
 #[cfg(test)]
@@ -671,5 +786,18 @@ mod tests {
             Some(b"x".to_vec())
         );
         assert_eq!(store.kv_get("etag", "b").await.unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    #[tokio::test]
+    async fn the_sqlite_store_and_lease_pass_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            super::SqliteStore::open(crate::db::Db::open(&dir.path().join("c.db")).unwrap())
+                .unwrap(),
+        );
+        crate::store::contract::run(store.clone(), store).await;
     }
 }

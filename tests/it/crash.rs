@@ -135,7 +135,7 @@ async fn queue_sigkill_loses_no_published_message_and_duplicates_none() {
     }
     assert_eq!(seen.len(), n);
     assert!(first.iter().all(|k| seen.contains(k)));
-    let stats = queue.stats();
+    let stats = queue.stats().await.unwrap();
     assert_eq!(stats[0].1.depth, 0);
 }
 

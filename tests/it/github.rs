@@ -428,13 +428,19 @@ fn example_github_section_loads() {
     assert!(gh.compat_warnings.is_empty());
 }
 
-fn gauge(gh: &Github, name: &str) -> f64 {
-    use devmetrics::telemetry::Collect;
-    let mut out = Vec::new();
-    devmetrics::sources::github::Collector(gh.pollers.clone()).collect(&mut out);
-    out.iter()
-        .find(|(f, l, _)| family(*f).name == name && l.get("org").as_deref() == Some(ORG))
-        .and_then(|x| x.2.as_f64())
+async fn gauge(gh: &Github, name: &str) -> f64 {
+    use devmetrics::telemetry::Telemetry;
+    let telemetry = Telemetry::default();
+    telemetry.add_collector(Arc::new(devmetrics::sources::github::Collector(
+        gh.pollers.clone(),
+    )));
+    let out = telemetry.scope().await;
+    out.families
+        .iter()
+        .filter(|(f, _)| family(**f).name == name)
+        .flat_map(|(_, m)| m.iter())
+        .find(|(l, _)| l.get("org").as_deref() == Some(ORG))
+        .and_then(|(_, v)| v.as_f64())
         .unwrap_or_else(|| panic!("{name} not collected"))
 }
 
@@ -455,8 +461,11 @@ async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
         }
         poll(&*p, &store).await;
     }
-    assert_eq!(gauge(&gh, "devmetrics_github_budget_overcommitted"), 1.0);
-    let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds");
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_budget_overcommitted").await,
+        1.0
+    );
+    let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds").await;
     assert!(stretched > 60.0, "{stretched}");
     // The next tick comes before the stretched interval: skipped, nothing spent.
     let before = env.sim.counted();
@@ -477,7 +486,7 @@ async fn repeated_failures_cool_the_org_down_and_skipped_cycles_are_backfilled()
     poll(&*p, &store).await;
     env.advance(60);
     poll(&*p, &store).await;
-    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown").await, 1.0);
     let before = env.fake.requests.total();
     let skipped = env.advance(30);
     poll(&*p, &store).await;
@@ -665,7 +674,7 @@ async fn loc_fallback_for_repos_whose_stats_have_no_line_counts() {
             .keys()
             .any(|k| k.1 == "repo-000" && k.0.starts_with("gh_activity_loc_"))
     );
-    assert!(gauge(&gh2, "devmetrics_github_loc_fallback_deferred_total") >= 1.0);
+    assert!(gauge(&gh2, "devmetrics_github_loc_fallback_deferred_total").await >= 1.0);
 }
 
 #[tokio::test]
@@ -683,7 +692,10 @@ async fn token_auth_and_series_budget() {
     assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
     let n = exported(&store).len();
     assert!(n > 0 && n <= 5, "{n} series");
-    assert_eq!(gauge(&gh, "devmetrics_github_series_budget_exceeded"), 1.0);
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_series_budget_exceeded").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -838,7 +850,10 @@ async fn timeouts_and_malformed_bodies_keep_the_last_values() {
     env.advance(60);
     poll(&*p, &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
-    assert_eq!(gauge(&gh, "devmetrics_github_scrape_progress_ratio"), 1.0);
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_scrape_progress_ratio").await,
+        1.0
+    );
 }
 
 /// A change seen by a probe whose fetch then fails must not be hidden behind the probe's new
@@ -989,7 +1004,7 @@ async fn cooldown_shows_the_org_down() {
         env.advance(60);
         sources::poll_once(&*p, &*store, &telemetry).await;
     }
-    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown"), 1.0);
+    assert_eq!(gauge(&gh, "devmetrics_github_org_cooldown").await, 1.0);
     env.sim.fail_path("/orgs/acme/repos", 0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.advance(30);
@@ -1158,11 +1173,12 @@ async fn failing_stats_keep_the_loc_and_publish_activity() {
 }
 
 /// A backfill finishing while a newer cycle records the same repo never leaves the older
-/// window shown, whichever side takes the repo first.
+/// window shown, whichever side writes first: the store checks the window's version
+/// atomically with the write.
 #[tokio::test]
 async fn a_backfill_racing_a_newer_cycle_never_wins() {
     use devmetrics::sources::github::BackfillJob;
-    for backfill_first in [true, false] {
+    for order in ["backfill first", "cycle first", "together"] {
         let env = Env::start(OrgSpec::small(ORG)).await;
         let cfg = env.config("");
         let (store, queue) = env.open();
@@ -1180,18 +1196,23 @@ async fn a_backfill_racing_a_newer_cycle_never_wins() {
             window_end: t1,
             reason: "test".into(),
         };
-        // Both sides queue on the held repo in the chosen order, then race.
-        let held = p.hold_repo("repo-001").await;
         let (pb, pc, s) = (p.clone(), p.clone(), store.clone());
-        let backfill = tokio::spawn(async move { pb.backfill(&job).await });
-        if backfill_first {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let backfill = async move { pb.backfill(&job).await };
+        let cycle = async move { poll(&*pc, &s).await };
+        match order {
+            "backfill first" => {
+                backfill.await.unwrap();
+                cycle.await;
+            }
+            "cycle first" => {
+                cycle.await;
+                backfill.await.unwrap();
+            }
+            _ => {
+                let (b, ()) = tokio::join!(backfill, cycle);
+                b.unwrap();
+            }
         }
-        let cycle = tokio::spawn(async move { poll(&*pc, &s).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(held);
-        backfill.await.unwrap().unwrap();
-        cycle.await.unwrap();
         assert_same(&exported(&store), &env.sim.truth(ORG, t2));
     }
 }

@@ -1,6 +1,7 @@
 //! The integration test binary: one binary, a module per area.
 
 mod cli;
+mod contract;
 mod crash;
 mod demo;
 mod docs;

@@ -405,8 +405,11 @@ struct Recording<'a> {
 
 #[async_trait::async_trait]
 impl Poller for Recording<'_> {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         self.inner.name()
+    }
+    fn scopes(&self) -> Vec<String> {
+        self.inner.scopes()
     }
     fn interval(&self) -> Duration {
         self.inner.interval()
@@ -738,7 +741,7 @@ async fn a_schema_mismatch_fails_the_group_except_the_optional_attention_fields(
     let text = {
         let mut out = Vec::new();
         devmetrics::exposition::render(
-            &[Arc::new(rig.telemetry.scope())],
+            &[Arc::new(rig.telemetry.scope().await)],
             devmetrics::exposition::Format::Text,
             &mut out,
         )
@@ -1162,7 +1165,7 @@ async fn http_errors_and_malformed_answers_fail_groups_with_bounded_kinds() {
     let text = {
         let mut out = Vec::new();
         devmetrics::exposition::render(
-            &[Arc::new(rig.telemetry.scope())],
+            &[Arc::new(rig.telemetry.scope().await)],
             devmetrics::exposition::Format::Text,
             &mut out,
         )

@@ -118,3 +118,33 @@ pub fn parse_exposition(py: &Path, format: &str, body: &str) -> serde_json::Valu
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The storage backends the integration tests run on. Each later backend (Redis, RabbitMQ)
+/// adds its variant here, and every test that takes a backend runs on it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+}
+
+impl Backend {
+    pub fn all() -> Vec<Backend> {
+        vec![Backend::Sqlite]
+    }
+
+    /// The config keys that select this backend.
+    pub fn keys(self) -> Vec<(&'static str, serde_yaml::Value)> {
+        match self {
+            Backend::Sqlite => vec![
+                ("storage.backend", "sqlite".into()),
+                ("queue.backend", "sqlite".into()),
+            ],
+        }
+    }
+
+    /// A config for this backend in `dir`, with `extra` keys on top.
+    pub fn config(self, dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
+        let mut keys = self.keys();
+        keys.extend(extra.iter().cloned());
+        config_with(dir, &keys)
+    }
+}

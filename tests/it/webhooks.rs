@@ -3,7 +3,7 @@
 
 use devmetrics::metrics::Labels;
 use devmetrics::metrics::Value;
-use devmetrics::processors::GITHUB_TOPIC;
+use devmetrics::queue::topics::GITHUB_WEBHOOKS as GITHUB_TOPIC;
 use devmetrics::sim::webhooks::{Generator, Sender, signature};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,10 +50,12 @@ impl App {
         &self.launched.as_ref().unwrap().state
     }
 
-    fn stats(&self) -> devmetrics::queue::TopicStats {
+    async fn stats(&self) -> devmetrics::queue::TopicStats {
         self.state()
             .queue
             .stats()
+            .await
+            .unwrap()
             .into_iter()
             .find(|(t, _)| t == GITHUB_TOPIC)
             .map(|(_, s)| s)
@@ -63,13 +65,13 @@ impl App {
     /// Waits until every published delivery has been processed and acked.
     async fn drained(&self) {
         for _ in 0..1000 {
-            let s = self.stats();
+            let s = self.stats().await;
             if s.depth == 0 && s.acked == s.published {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("queue did not drain: {:?}", self.stats());
+        panic!("queue did not drain: {:?}", self.stats().await);
     }
 
     /// Sum of a counter or gauge family's series whose labels contain every `filter` pair.
@@ -307,18 +309,14 @@ async fn every_bad_input_gets_its_documented_code_and_nothing_is_lost() {
     }
     app.drained().await;
     let queued = cases.iter().filter(|c| c.6).count() as u64;
-    assert_eq!(app.stats().published, queued);
+    assert_eq!(app.stats().await.published, queued);
     // Both accepted deliveries carry the same job: it counts once.
     assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 1.0);
+    let own = app.state().telemetry.scope().await;
     let deliveries = |o: &str| {
         let fid = devmetrics::metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL;
         let l = Labels::new(fid, &["github", o]).unwrap();
-        app.state()
-            .telemetry
-            .scope()
-            .families
-            .get(&fid)
-            .and_then(|m| m.get(&l).cloned())
+        own.families.get(&fid).and_then(|m| m.get(&l).cloned())
     };
     assert_eq!(deliveries("accepted"), Some(Value::Number(2.0)));
     assert_eq!(deliveries("duplicate"), Some(Value::Number(7.0)));
@@ -763,11 +761,10 @@ async fn sinks_get_each_run_and_job_once_and_retry_through_outages() {
     let steps: usize = jobs.iter().map(|j| j.steps.len()).sum();
     let want_spans = 1 + jobs.len() + steps;
     for _ in 0..500 {
+        let stats = app.state().queue.stats().await.unwrap();
         let done = |t: &str| {
-            app.state()
-                .queue
-                .stats()
-                .into_iter()
+            stats
+                .iter()
                 .find(|(name, _)| name == t)
                 .is_some_and(|(_, s)| s.depth == 0 && s.published > 0)
         };
@@ -912,6 +909,7 @@ async fn missed_deliveries_are_redelivered_once_and_counted_once() {
         app.state().store.clone(),
         Duration::from_secs(300),
         Duration::from_secs(3 * 3600),
+        Default::default(),
     );
     // Failed in the window before this cycle: 30 old ones and the fresh one.
     assert_eq!(rec.run_once().await.unwrap(), 31);
@@ -1157,6 +1155,7 @@ async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
         app.state().store.clone(),
         Duration::from_secs(300),
         Duration::from_secs(3600),
+        Default::default(),
     );
     assert_eq!(rec.run_once().await.unwrap(), 4);
     assert_eq!(rec.stats.requested.load(Ordering::Relaxed), 4);

@@ -8,23 +8,60 @@ pub mod config;
 pub mod poller;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{Budget, Budgets, Client, Error};
 pub use config::GithubConfig;
-pub use poller::{BACKFILL_TOPIC, BackfillJob, OrgPoller};
+pub use poller::{BackfillJob, OrgPoller};
 
-use crate::metrics::Value;
-use crate::metrics::{self, FamilyId, Labels};
-use crate::queue::SharedQueue;
+use crate::metrics;
+use crate::queue::{SharedQueue, topics};
+use crate::sources::{BuildError, Component, Consumer, Context, Poller};
 use crate::store::SharedStore;
-use crate::telemetry::{Collect, Telemetry};
+use crate::telemetry::{Collect, Rows, Telemetry};
 
 /// Tests substitute a manual clock to hold windows exact.
 pub use crate::clock::Clock;
+
+/// One client per configured org, built once and shared by every GitHub feature (activity,
+/// runners, missed-delivery recovery); orgs on one installation or token share one
+/// rate-limit budget.
+#[derive(Default)]
+pub struct Clients {
+    by_org: BTreeMap<String, Arc<Client>>,
+}
+
+impl Clients {
+    pub fn build(
+        cfg: &GithubConfig,
+        store: SharedStore,
+        telemetry: Arc<Telemetry>,
+        shutdown: CancellationToken,
+    ) -> Result<Clients, Error> {
+        let budgets = Budgets::default();
+        let mut by_org = BTreeMap::new();
+        for org in &cfg.orgs {
+            let client = Client::new(
+                cfg,
+                org,
+                store.clone(),
+                telemetry.clone(),
+                &budgets,
+                shutdown.clone(),
+            )?;
+            by_org.insert(org.org.to_ascii_lowercase(), Arc::new(client));
+        }
+        Ok(Clients { by_org })
+    }
+
+    /// The client of `org` (as configured under `github.orgs`, any case).
+    pub fn get(&self, org: &str) -> Option<Arc<Client>> {
+        self.by_org.get(&org.to_ascii_lowercase()).cloned()
+    }
+}
 
 /// Every org's poller, plus what the backfill consumer needs.
 pub struct Github {
@@ -36,6 +73,7 @@ pub struct Github {
 }
 
 impl Github {
+    /// Builds the pollers on clients of their own, for tests that run activity alone.
     pub fn build(
         cfg: &GithubConfig,
         store: SharedStore,
@@ -44,44 +82,62 @@ impl Github {
         shutdown: CancellationToken,
         clock: Clock,
     ) -> Result<Github, Error> {
-        for w in &cfg.compat_warnings {
-            tracing::warn!("{w}");
-        }
+        let clients = Clients::build(cfg, store.clone(), telemetry.clone(), shutdown)?;
+        let g = Github::new(cfg, &clients, store, queue, clock);
+        telemetry.add_collector(Arc::new(Collector(g.pollers.clone())));
+        Ok(g)
+    }
+
+    pub fn new(
+        cfg: &GithubConfig,
+        clients: &Clients,
+        store: SharedStore,
+        queue: SharedQueue,
+        clock: Clock,
+    ) -> Github {
         let gh = Arc::new(cfg.clone());
-        let budgets = Budgets::default();
-        let mut pollers = Vec::new();
         let mut sharing: HashMap<String, u32> = HashMap::new();
         for org in &cfg.orgs {
             *sharing.entry(org.auth.budget_key()).or_default() += 1;
         }
-        for org in &cfg.orgs {
-            let client = Arc::new(Client::new(
-                cfg,
-                org,
-                store.clone(),
-                telemetry.clone(),
-                &budgets,
-                shutdown.clone(),
-            )?);
-            pollers.push(Arc::new(OrgPoller::new(
-                org.clone(),
-                gh.clone(),
-                client,
-                store.clone(),
-                queue.clone(),
-                clock.clone(),
-                sharing[&org.auth.budget_key()],
-            )));
-        }
-        let g = Github {
+        let pollers = cfg
+            .orgs
+            .iter()
+            .map(|org| {
+                let client = clients
+                    .get(&org.org)
+                    .expect("the registry has a client for every configured org");
+                Arc::new(OrgPoller::new(
+                    org.clone(),
+                    gh.clone(),
+                    client,
+                    store.clone(),
+                    queue.clone(),
+                    clock.clone(),
+                    sharing[&org.auth.budget_key()],
+                ))
+            })
+            .collect();
+        Github {
             pollers,
             queue,
             max_age: cfg.backfill.max_message_age,
             consumers: cfg.backfill.consumer_count,
             clock,
-        };
-        telemetry.add_collector(Arc::new(Collector(g.pollers.clone())));
-        Ok(g)
+        }
+    }
+
+    /// The handler of backfill jobs.
+    pub fn backfill(&self) -> Arc<poller::Backfill> {
+        Arc::new(poller::Backfill {
+            pollers: self
+                .pollers
+                .iter()
+                .map(|p| (p.org.org.clone(), p.clone()))
+                .collect(),
+            max_age: self.max_age,
+            clock: self.clock.clone(),
+        })
     }
 
     /// The backfill consumers, to spawn beside the pollers.
@@ -89,18 +145,13 @@ impl Github {
         &self,
         shutdown: CancellationToken,
     ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
-        let by_org: HashMap<String, Arc<OrgPoller>> = self
-            .pollers
-            .iter()
-            .map(|p| (p.org.org.clone(), p.clone()))
-            .collect();
+        let handler = self.backfill();
         (0..self.consumers)
             .map(|_| {
-                poller::run_backfill(
-                    by_org.clone(),
+                crate::queue::run_consumer(
                     self.queue.clone(),
-                    self.max_age,
-                    self.clock.clone(),
+                    topics::GITHUB_BACKFILL.to_string(),
+                    handler.clone(),
                     shutdown.clone(),
                 )
             })
@@ -108,18 +159,51 @@ impl Github {
     }
 }
 
+/// Contributor activity (`gh_activity_*`) for every org under `github.orgs`, and its
+/// backfill jobs.
+pub fn activity(ctx: &Context) -> Result<Option<Component>, BuildError> {
+    let Some(cfg) = &ctx.config.github else {
+        return Ok(None);
+    };
+    for w in &cfg.compat_warnings {
+        tracing::warn!("{w}");
+    }
+    let github = Github::new(
+        cfg,
+        &ctx.github,
+        ctx.store.clone(),
+        ctx.queue.clone(),
+        ctx.clock.clone(),
+    );
+    let pollers = github
+        .pollers
+        .iter()
+        .map(|p| p.clone() as Arc<dyn Poller>)
+        .collect();
+    Ok(Some(Component {
+        pollers,
+        consumers: vec![Consumer {
+            topic: topics::GITHUB_BACKFILL.to_string(),
+            handler: github.backfill(),
+            count: cfg.backfill.consumer_count,
+        }],
+        collectors: vec![Arc::new(Collector(github.pollers.clone()))],
+        scopes: cfg
+            .orgs
+            .iter()
+            .map(|o| format!("github/{}/", o.org))
+            .collect(),
+        ..Default::default()
+    }))
+}
+
 /// `devmetrics_github_*` from the pollers' live figures.
 pub struct Collector(pub Vec<Arc<OrgPoller>>);
 
+#[async_trait::async_trait]
 impl Collect for Collector {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let mut push = |fid: FamilyId, labels: &[&str], v: f64| {
-            out.push((
-                fid,
-                Labels::new(fid, labels).expect("catalog arity"),
-                Value::Number(v),
-            ));
-        };
+    async fn collect(&self, out: &mut Rows) {
+        let mut push = |fid, labels: &[&str], v: f64| out.number(fid, labels, v);
         for p in &self.0 {
             let org = p.org.org.as_str();
             let inst = p.org.auth.installation_label();

@@ -18,15 +18,13 @@ use super::config::{GithubConfig, OrgConfig, glob_match};
 use super::wire;
 use super::{Clock, Error};
 use crate::metrics::Sample;
-use crate::queue::SharedQueue;
+use crate::queue::{Delivery, Failure, Handler, SharedQueue, topics};
 use crate::sources::{PollError, Poller, ScopeResult};
-use crate::store::SharedStore;
+use crate::store::{SharedStore, Written};
 
-pub const BACKFILL_TOPIC: &str = "github.backfill";
 const WINDOW: i64 = 86_400;
 const EVENTS_NS: &str = "github.events";
 const LOC_NS: &str = "github.loc";
-const SHOWN_NS: &str = "github.window";
 const LOC_MODE_NS: &str = "github.loc_mode";
 
 /// Whether a repo's LOC comes from commit details, and how close it is to switching.
@@ -96,7 +94,7 @@ struct CachedEvents {
 }
 
 pub struct OrgPoller {
-    name: &'static str,
+    name: String,
     pub org: OrgConfig,
     gh: Arc<GithubConfig>,
     pub client: Arc<Client>,
@@ -106,9 +104,6 @@ pub struct OrgPoller {
     /// Orgs sharing this org's installation (or token) budget.
     budget_share: u32,
     state: Mutex<OrgState>,
-    /// Per repo: a backfill's check-then-replace and a cycle's claim of the shown window
-    /// never interleave, so a backfill cannot overwrite a newer cycle.
-    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl OrgPoller {
@@ -121,8 +116,7 @@ impl OrgPoller {
         clock: Clock,
         budget_share: u32,
     ) -> OrgPoller {
-        // Source names are `&'static str`; one per configured org, made once at start.
-        let name: &'static str = Box::leak(format!("github/{}", org.org).into_boxed_str());
+        let name = format!("github/{}", org.org);
         let state = OrgState {
             live: OrgLive {
                 effective_interval: org.scrape_interval.as_secs_f64(),
@@ -140,19 +134,7 @@ impl OrgPoller {
             clock,
             budget_share: budget_share.max(1),
             state: Mutex::new(state),
-            repo_locks: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Holds `repo`'s shown window: while held, neither a backfill nor a cycle records it.
-    pub async fn hold_repo(&self, repo: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self
-            .repo_locks
-            .lock()
-            .entry(repo.to_string())
-            .or_default()
-            .clone();
-        m.lock_owned().await
     }
 
     pub fn live(&self) -> OrgLive {
@@ -200,7 +182,7 @@ impl OrgPoller {
         let payload = Bytes::from(serde_json::to_vec(&job).expect("job serializes"));
         match self
             .queue
-            .publish(BACKFILL_TOPIC, Some(&key), payload)
+            .publish(topics::GITHUB_BACKFILL, Some(&key), payload)
             .await
         {
             Ok(_) => self.count_backfill("enqueued"),
@@ -488,16 +470,12 @@ impl OrgPoller {
             .map_err(|e| Error::Store(e.to_string()))
     }
 
-    async fn shown_window(&self, repo: &str) -> Result<i64, Error> {
-        Ok(self
-            .kv_json::<i64>(SHOWN_NS, &format!("{}/{repo}", self.org.org))
-            .await?
-            .unwrap_or(0))
-    }
-
-    async fn set_shown_window(&self, repo: &str, end: i64) -> Result<(), Error> {
-        self.kv_put_json(SHOWN_NS, &format!("{}/{repo}", self.org.org), &end)
-            .await
+    /// The end of the window `repo`'s scope shows: its version in the store.
+    fn shown_window(&self, repo: &str) -> i64 {
+        self.store
+            .snapshot()
+            .scope(&self.scope(repo))
+            .map_or(0, |s| s.version)
     }
 
     fn fail_cycle(&self, now: i64) {
@@ -519,25 +497,23 @@ impl OrgPoller {
             if job.repo.as_deref().is_some_and(|n| n != r.name) {
                 continue;
             }
-            if self.shown_window(&r.name).await? >= job.window_end {
+            // Cheap early exit; the store checks again atomically when writing, since a cycle
+            // (on any replica) may finish meanwhile.
+            if self.shown_window(&r.name) >= job.window_end {
                 self.count_backfill("superseded");
                 continue;
             }
             match self.scrape_repo(r, job.window_end, true).await {
                 Ok(samples) => {
-                    // Check again: a regular cycle may have finished meanwhile. A cycle
-                    // records its window before its values are stored, under the same lock.
-                    let _held = self.hold_repo(&r.name).await;
-                    if self.shown_window(&r.name).await? >= job.window_end {
-                        self.count_backfill("superseded");
-                        continue;
-                    }
-                    self.store
-                        .replace_scope(&self.scope(&r.name), samples)
+                    let written = self
+                        .store
+                        .replace_scope_if_newer(&self.scope(&r.name), job.window_end, samples)
                         .await
                         .map_err(|e| Error::Store(e.to_string()))?;
-                    self.set_shown_window(&r.name, job.window_end).await?;
-                    self.count_backfill("applied");
+                    self.count_backfill(match written {
+                        Written::Written => "applied",
+                        Written::Superseded => "superseded",
+                    });
                 }
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -591,8 +567,12 @@ impl OrgPoller {
 
 #[async_trait]
 impl Poller for OrgPoller {
-    fn name(&self) -> &'static str {
-        self.name
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        vec![format!("github/{}/", self.org.org)]
     }
 
     fn interval(&self) -> Duration {
@@ -620,6 +600,7 @@ impl Poller for OrgPoller {
             // Not a skip: the org is down until the cooldown ends, and its values age.
             return vec![ScopeResult {
                 scope: org_scope,
+                version: None,
                 result: Err(PollError::new(
                     "cooldown",
                     "cooling down after repeated failures",
@@ -637,6 +618,7 @@ impl Poller for OrgPoller {
                 self.enqueue(None, now, "scrape_error").await;
                 return vec![ScopeResult {
                     scope: org_scope,
+                    version: None,
                     result: Err(PollError::new(e.kind(), e.to_string())),
                 }];
             }
@@ -685,6 +667,7 @@ impl Poller for OrgPoller {
             .filter(|s| s.name.starts_with(&prefix) && !listed.contains(&*s.name))
             .map(|s| ScopeResult {
                 scope: s.name.to_string(),
+                version: None,
                 result: Ok(Vec::new()),
             })
             .collect();
@@ -703,12 +686,11 @@ impl Poller for OrgPoller {
                         exceeded = true;
                     }
                     series += samples.len() as u64;
-                    let _held = self.hold_repo(&repo).await;
-                    if let Err(e) = self.set_shown_window(&repo, now).await {
-                        tracing::warn!(org = %self.org.org, repo, error = %e, "recording the shown window failed");
-                    }
+                    // The window's end is the scope's version: a backfill of an older window
+                    // never replaces it.
                     out.push(ScopeResult {
                         scope,
+                        version: Some(now),
                         result: Ok(samples),
                     });
                 }
@@ -729,6 +711,7 @@ impl Poller for OrgPoller {
                     }
                     out.push(ScopeResult {
                         scope,
+                        version: None,
                         result: Err(PollError::new(e.kind(), e.to_string())),
                     });
                 }
@@ -749,60 +732,36 @@ impl Poller for OrgPoller {
     }
 }
 
-/// Consumes `github.backfill` until shutdown, running each job on its org's poller.
-pub async fn run_backfill(
-    pollers: HashMap<String, Arc<OrgPoller>>,
-    queue: SharedQueue,
-    max_age: Duration,
-    clock: Clock,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let d = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            d = queue.receive(BACKFILL_TOPIC) => d,
-        };
-        let d = match d {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "backfill queue receive failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        let job: BackfillJob = match serde_json::from_slice(&d.payload) {
+/// Runs `github/backfill` jobs on their org's poller.
+pub struct Backfill {
+    pub pollers: HashMap<String, Arc<OrgPoller>>,
+    pub max_age: Duration,
+    pub clock: Clock,
+}
+
+#[async_trait]
+impl Handler for Backfill {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let job: BackfillJob = match serde_json::from_slice(&delivery.payload) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "dropping an undecodable backfill job");
-                let _ = d.ack().await;
-                continue;
+                return Ok(());
             }
         };
-        let Some(p) = pollers.get(&job.org) else {
+        let Some(p) = self.pollers.get(&job.org) else {
             tracing::warn!(org = %job.org, "dropping a backfill job of an org no longer configured");
-            let _ = d.ack().await;
-            continue;
+            return Ok(());
         };
-        if clock.now() - job.window_end > max_age.as_secs() as i64 {
+        if self.clock.now() - job.window_end > self.max_age.as_secs() as i64 {
             p.count_backfill("expired");
-            let _ = d.ack().await;
-            continue;
+            return Ok(());
         }
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = p.backfill(&job) => r,
-        };
-        let r = match outcome {
-            Ok(()) => d.ack().await,
-            Err(e) => {
-                tracing::info!(org = %job.org, repo = ?job.repo, window_end = job.window_end, error = %e, "backfill failed; will retry");
-                d.nack(e.kind()).await
-            }
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "acknowledging a backfill job failed");
-        }
+        p.backfill(&job).await.map_err(|e| {
+            Failure::new(
+                e.kind(),
+                format_args!("{} {:?} window {}: {e}", job.org, job.repo, job.window_end),
+            )
+        })
     }
 }

@@ -21,10 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{PollError, Poller, ScopeResult};
+use super::{BuildError, Component, Context, PollError, Poller, ScopeResult};
 use crate::clock::now_unix;
-use crate::metrics::Sample;
-use crate::metrics::{self, FamilyId, Labels};
+use crate::metrics::{self, FamilyId, Labels, Sample};
 use crate::telemetry::Telemetry;
 
 pub const SOURCE: &str = "spacelift";
@@ -220,6 +219,7 @@ impl Source {
             });
             results.push(ScopeResult {
                 scope: g.scope().to_string(),
+                version: None,
                 result,
             });
         }
@@ -228,11 +228,13 @@ impl Source {
         for g in Group::ALL.into_iter().filter(|g| !g.enabled(&self.config)) {
             results.push(ScopeResult {
                 scope: g.scope().to_string(),
+                version: None,
                 result: Ok(Vec::new()),
             });
         }
         results.push(ScopeResult {
             scope: SCRAPE_SCOPE.to_string(),
+            version: None,
             result: Ok(scrape_samples(elapsed, &status, any_ok, omitted)),
         });
         results
@@ -352,8 +354,12 @@ impl Source {
 
 #[async_trait]
 impl Poller for Source {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         SOURCE
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        vec![format!("{SOURCE}/")]
     }
 
     fn interval(&self) -> Duration {
@@ -367,6 +373,22 @@ impl Poller for Source {
     async fn poll(&self) -> Vec<ScopeResult> {
         self.scrape().await
     }
+}
+
+/// The Spacelift poller and the replaced exporter's `/health`.
+pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
+    let Some(config) = &ctx.config.spacelift else {
+        return Ok(None);
+    };
+    let source = Source::new(config.clone(), ctx.telemetry.clone())
+        .map_err(|e| BuildError::new("spacelift", e))?;
+    let scopes = source.scopes();
+    Ok(Some(Component {
+        pollers: vec![Arc::new(source)],
+        routes: compat_routes(),
+        scopes,
+        ..Default::default()
+    }))
 }
 
 /// The replaced exporter's `/health`: always 200 with its fixed body; it never checked the

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::now_unix;
-use crate::metrics::{self, FamilyId, Labels, Sample, Value};
+use crate::metrics::{self, Labels, Sample};
 use crate::processors::workflows::runner_labels;
 use crate::sources::github::client::{Client, Error};
 use crate::sources::{PollError, Poller, ScopeResult};
@@ -87,6 +87,7 @@ struct Runner {
 }
 
 pub struct Runners {
+    name: String,
     org: String,
     /// Repositories (`owner/name`) whose own runners are listed too.
     repos: Vec<String>,
@@ -103,6 +104,7 @@ impl Runners {
         max_labels: usize,
     ) -> Runners {
         Runners {
+            name: format!("github_runners/{}", client.org()),
             org: client.org().to_string(),
             repos,
             client,
@@ -186,8 +188,11 @@ impl Runners {
 
 #[async_trait]
 impl Poller for Runners {
-    fn name(&self) -> &'static str {
-        "github_runners"
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn scopes(&self) -> Vec<String> {
+        vec![format!("webhooks/runners/{}", self.org)]
     }
     fn interval(&self) -> Duration {
         self.interval
@@ -198,6 +203,7 @@ impl Poller for Runners {
     async fn poll(&self) -> Vec<ScopeResult> {
         vec![ScopeResult {
             scope: format!("webhooks/runners/{}", self.org),
+            version: None,
             result: self
                 .fetch()
                 .await
@@ -224,16 +230,19 @@ pub struct RecoveryStats {
     pub recovered: AtomicU64,
 }
 
+#[async_trait]
 impl crate::telemetry::Collect for RecoveryStats {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let fid = metrics::DEVMETRICS_WEBHOOK_REDELIVERIES_TOTAL;
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
         for (result, v) in [
             ("requested", &self.requested),
             ("refused", &self.refused),
             ("recovered", &self.recovered),
         ] {
-            let l = Labels::new(fid, &["github", result]).expect("two labels");
-            out.push((fid, l, Value::Number(v.load(Ordering::Relaxed) as f64)));
+            out.number(
+                metrics::DEVMETRICS_WEBHOOK_REDELIVERIES_TOTAL,
+                &["github", result],
+                v.load(Ordering::Relaxed) as f64,
+            );
         }
     }
 }
@@ -256,7 +265,18 @@ pub enum HookTarget {
     App,
 }
 
+impl HookTarget {
+    /// The `hook` label and scope part: the org webhook's id, or `app`.
+    pub fn label(self) -> String {
+        match self {
+            HookTarget::Org(id) => id.to_string(),
+            HookTarget::App => "app".to_string(),
+        }
+    }
+}
+
 pub struct Recovery {
+    name: String,
     org: String,
     target: HookTarget,
     client: Arc<Client>,
@@ -273,15 +293,21 @@ impl Recovery {
         store: SharedStore,
         interval: Duration,
         lookback: Duration,
+        stats: Arc<RecoveryStats>,
     ) -> Recovery {
         Recovery {
+            name: format!(
+                "github_webhook_recovery/{}/{}",
+                client.org(),
+                target.label()
+            ),
             org: client.org().to_string(),
             target,
             client,
             store,
             interval,
             lookback,
-            stats: Arc::new(RecoveryStats::default()),
+            stats,
         }
     }
 
@@ -376,8 +402,15 @@ impl Recovery {
 
 #[async_trait]
 impl Poller for Recovery {
-    fn name(&self) -> &'static str {
-        "github_webhook_recovery"
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn scopes(&self) -> Vec<String> {
+        vec![format!(
+            "webhooks/recovery/{}/{}",
+            self.org,
+            self.target.label()
+        )]
     }
     fn interval(&self) -> Duration {
         self.interval
@@ -387,12 +420,10 @@ impl Poller for Recovery {
     }
     async fn poll(&self) -> Vec<ScopeResult> {
         let fid = metrics::DEVMETRICS_WEBHOOK_FAILED_DELIVERIES;
-        let hook = match self.target {
-            HookTarget::Org(id) => id.to_string(),
-            HookTarget::App => "app".to_string(),
-        };
+        let hook = self.target.label();
         vec![ScopeResult {
             scope: format!("webhooks/recovery/{}/{hook}", self.org),
+            version: None,
             result: self
                 .run_once()
                 .await

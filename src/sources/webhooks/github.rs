@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use super::GithubConfig;
 use crate::clock::now_unix;
-use crate::metrics::Value;
-use crate::metrics::{self, FamilyId, Labels};
-use crate::processors::{Envelope, GITHUB_TOPIC, workflows};
-use crate::queue::{Published, SharedQueue};
+use crate::metrics;
+use crate::processors::{Envelope, workflows};
+use crate::queue::{Published, SharedQueue, topics};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -124,16 +123,15 @@ impl Stats {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::telemetry::Collect for Stats {
-    fn collect(&self, out: &mut Vec<(FamilyId, Labels, Value)>) {
-        let fid = metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL;
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
         for (i, o) in OUTCOMES.iter().enumerate() {
-            let labels = Labels::new(fid, &["github", o]).expect("two labels");
-            out.push((
-                fid,
-                labels,
-                Value::Number(self.counts[i].load(Ordering::Relaxed) as f64),
-            ));
+            out.number(
+                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
+                &["github", o],
+                self.counts[i].load(Ordering::Relaxed) as f64,
+            );
         }
     }
 }
@@ -252,11 +250,11 @@ impl Receiver {
             received_at: now_unix(),
             body,
         };
-        let publish = self
-            .queue
-            .publish(GITHUB_TOPIC, Some(delivery), envelope.encode());
+        let publish =
+            self.queue
+                .publish(topics::GITHUB_WEBHOOKS, Some(delivery), envelope.encode());
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(Published::Published(_))) => Ok(done(StatusCode::ACCEPTED, "queued", "accepted")),
+            Ok(Ok(Published::Published)) => Ok(done(StatusCode::ACCEPTED, "queued", "accepted")),
             Ok(Ok(Published::Duplicate)) => {
                 Ok(done(StatusCode::OK, "duplicate delivery", "duplicate"))
             }
@@ -383,8 +381,11 @@ mod unavailable {
         async fn receive(&self, _: &str) -> Result<Delivery, crate::queue::Error> {
             Err(crate::queue::Error::Closed)
         }
-        fn stats(&self) -> Vec<(String, TopicStats)> {
-            Vec::new()
+        async fn stats(&self) -> Result<Vec<(String, TopicStats)>, crate::queue::Error> {
+            Ok(Vec::new())
+        }
+        async fn gc(&self, _: std::time::Duration) -> Result<u64, crate::queue::Error> {
+            Ok(0)
         }
     }
 

@@ -5,4 +5,106 @@ pub mod actions;
 pub mod config;
 pub mod github;
 
+use std::sync::Arc;
+
 pub use config::{GithubConfig, WebhooksConfig};
+
+use crate::exposition::{appinsights, otlp, sink};
+use crate::processors::Deliveries;
+use crate::queue::topics;
+use crate::sources::{BuildError, Component, Consumer, Context, Poller};
+
+/// The GitHub webhook receiver with what hangs off it: the workflow consumers, the push
+/// sinks, the runner inventory and missed-delivery recovery.
+pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
+    let Some(gh) = &ctx.config.webhooks.github else {
+        return Ok(None);
+    };
+    let mut c = Component::default();
+    let receiver = github::Receiver::new(gh, ctx.queue.clone());
+    c.collectors.push(receiver.stats.clone());
+    c.webhook_routes = github::routes(receiver);
+
+    let mut sinks: Vec<Arc<dyn sink::Sink>> = Vec::new();
+    if let Some(o) = &ctx.config.webhooks.sinks.otlp {
+        let headers = o
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        sinks.push(Arc::new(otlp::Otlp::new(
+            &o.endpoint,
+            o.protocol,
+            headers,
+            o.service_name.clone(),
+        )));
+    }
+    if let Some(a) = &ctx.config.webhooks.sinks.appinsights {
+        sinks.push(Arc::new(appinsights::AppInsights::new(a.clone())));
+    }
+    let sink_topics = Arc::new(sinks.iter().map(|s| topics::sink(s.name())).collect());
+    for s in sinks {
+        c.consumers.push(Consumer {
+            topic: topics::sink(s.name()),
+            handler: Arc::new(sink::Worker(s)),
+            count: 1,
+        });
+    }
+    c.consumers.push(Consumer {
+        topic: topics::GITHUB_WEBHOOKS.to_string(),
+        handler: Arc::new(Deliveries {
+            store: ctx.store.clone(),
+            queue: ctx.queue.clone(),
+            opts: Arc::new(gh.workflows.clone()),
+            sink_topics,
+        }),
+        count: gh.consumers,
+    });
+
+    let client = |org: &str| {
+        ctx.github.get(org).ok_or_else(|| {
+            BuildError::new(
+                "webhooks",
+                format!("org {org} is not configured under github.orgs"),
+            )
+        })
+    };
+    if let Some(r) = &gh.runners {
+        for org in &r.orgs {
+            let repos = r
+                .repos
+                .iter()
+                .filter(|repo| {
+                    repo.split_once('/')
+                        .is_some_and(|(o, _)| o.eq_ignore_ascii_case(org))
+                })
+                .cloned()
+                .collect();
+            let poller = actions::Runners::new(
+                client(org)?,
+                repos,
+                r.interval,
+                gh.workflows.max_runner_labels.max(8),
+            );
+            c.scopes.extend(poller.scopes());
+            c.pollers.push(Arc::new(poller));
+        }
+    }
+    if !gh.recovery.is_empty() {
+        let stats = Arc::new(actions::RecoveryStats::default());
+        c.collectors.push(stats.clone());
+        for r in &gh.recovery {
+            let poller = actions::Recovery::new(
+                client(&r.org)?,
+                r.target,
+                ctx.store.clone(),
+                r.interval,
+                r.lookback,
+                stats.clone(),
+            );
+            c.scopes.extend(poller.scopes());
+            c.pollers.push(Arc::new(poller));
+        }
+    }
+    Ok(Some(c))
+}

@@ -1,0 +1,53 @@
+//! Opens the storage backends the configuration names: the one place the service, the CLI
+//! and the tests get a store, a queue and a lease from.
+
+use std::sync::Arc;
+
+use crate::config::{Config, QueueBackend, StorageBackend};
+use crate::db::Db;
+use crate::queue::{RetryPolicy, SharedQueue, sqlite::SqliteQueue};
+use crate::store::{SharedLease, SharedStore, sqlite::SqliteStore};
+use crate::telemetry::Collect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening the embedded database: {0}")]
+    Open(#[from] crate::db::Error),
+    #[error("loading the store: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("loading the queue: {0}")]
+    Queue(#[from] crate::queue::Error),
+}
+
+/// The opened backends.
+pub struct Backends {
+    pub store: SharedStore,
+    pub queue: SharedQueue,
+    pub lease: SharedLease,
+    /// The backends' own figures (`devmetrics_store_*`, `devmetrics_queue_*`).
+    pub collectors: Vec<Arc<dyn Collect>>,
+}
+
+pub fn open(config: &Config) -> Result<Backends, Error> {
+    let policy = RetryPolicy {
+        max_attempts: config.queue.max_attempts,
+        initial_backoff: config.queue.initial_backoff,
+        max_backoff: config.queue.max_backoff,
+    };
+    match (config.storage.backend, config.queue.backend) {
+        (StorageBackend::Sqlite, QueueBackend::Sqlite) => open_sqlite(&config.storage.path, policy),
+    }
+}
+
+/// Store, queue and lease in one SQLite file, sharing its writer.
+pub fn open_sqlite(path: &std::path::Path, policy: RetryPolicy) -> Result<Backends, Error> {
+    let db = Db::open(path)?;
+    let store = Arc::new(SqliteStore::open(db.clone())?);
+    let queue: SharedQueue = Arc::new(SqliteQueue::open(db, policy)?);
+    Ok(Backends {
+        store: store.clone(),
+        lease: store.clone(),
+        collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
+        queue,
+    })
+}

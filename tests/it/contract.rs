@@ -1,0 +1,117 @@
+//! The storage contracts, run on every backend through the storage factory, and the
+//! component interface, exercised by a component this test adds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use devmetrics::app;
+use devmetrics::metrics::{self, Labels, Sample};
+use devmetrics::sources::{BuildError, Component, Context, Kind, PollError, Poller, ScopeResult};
+use devmetrics::storage;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::Backend;
+
+fn contract_config(backend: Backend, dir: &std::path::Path) -> devmetrics::config::Config {
+    let p = devmetrics::queue::contract::policy();
+    let ms = |d: Duration| serde_yaml::Value::String(format!("{}ms", d.as_millis()));
+    backend.config(
+        dir,
+        &[
+            ("queue.max_attempts", p.max_attempts.into()),
+            ("queue.initial_backoff", ms(p.initial_backoff)),
+            ("queue.max_backoff", ms(p.max_backoff)),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn every_backend_passes_the_store_and_lease_contract() {
+    for backend in Backend::all() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = storage::open(&contract_config(backend, dir.path())).expect("backend opens");
+        devmetrics::store::contract::run(b.store, b.lease).await;
+    }
+}
+
+#[tokio::test]
+async fn every_backend_passes_the_queue_contract() {
+    for backend in Backend::all() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = storage::open(&contract_config(backend, dir.path())).expect("backend opens");
+        devmetrics::queue::contract::run(b.queue).await;
+    }
+}
+
+/// A component written against the component interface alone.
+struct Toy;
+
+#[async_trait::async_trait]
+impl Poller for Toy {
+    fn name(&self) -> &str {
+        "toy"
+    }
+    fn scopes(&self) -> Vec<String> {
+        vec!["toy/".into()]
+    }
+    fn interval(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    async fn poll(&self) -> Vec<ScopeResult> {
+        let fid = metrics::DEVMETRICS_UPSTREAM_REQUESTS_TOTAL;
+        let labels = Labels::new(fid, &["toy", "things", "200"]).unwrap();
+        let samples: Result<_, PollError> = Ok(vec![Sample::number(fid, labels, 42.0)]);
+        vec![ScopeResult::new("toy/things", samples)]
+    }
+}
+
+fn toy(_: &Context) -> Result<Option<Component>, BuildError> {
+    Ok(Some(Component {
+        pollers: vec![Arc::new(Toy)],
+        routes: axum::Router::new().route("/toy", axum::routing::get(|| async { "toy\n" })),
+        scopes: vec!["toy/".into()],
+        ..Default::default()
+    }))
+}
+
+static WITH_TOY: &[Kind] = &[Kind {
+    name: "toy",
+    owns: &["toy/"],
+    build: toy,
+}];
+
+#[tokio::test]
+async fn a_component_added_through_the_interface_alone_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Backend::Sqlite.config(dir.path(), &[]);
+    let listeners = app::bind(&config).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let launched = app::launch_with(config, listeners, shutdown.clone(), WITH_TOY)
+        .await
+        .unwrap();
+    let base = format!("http://{}", launched.addrs[0]);
+    let want =
+        r#"devmetrics_upstream_requests_total{upstream="toy",endpoint="things",status="200"} 42"#;
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains(want), "{body}");
+    assert!(body.contains(r#"devmetrics_source_up{source="toy"} 1"#));
+    let page = reqwest::get(format!("{base}/toy")).await.unwrap();
+    assert_eq!(page.text().await.unwrap(), "toy\n");
+    shutdown.cancel();
+    launched.wait().await;
+}
