@@ -129,8 +129,8 @@ impl Update {
 pub struct ScopeData {
     pub name: Arc<str>,
     pub updated_at: f64,
-    /// The version of the last conditional write ([`crate::store::Store::replace_scope_if_newer`]);
-    /// 0 for a scope only ever written unconditionally.
+    /// The version of the last conditional write (`Store::replace_scope_if_newer`); 0 for a
+    /// scope only ever written unconditionally.
     pub version: i64,
     pub families: BTreeMap<FamilyId, BTreeMap<Labels, Value>>,
 }

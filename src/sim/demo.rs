@@ -34,6 +34,8 @@ impl Demo {
             fake.sim.gate_stacks(false);
             config.spacelift = Some(crate::sources::spacelift::config::demo_config(
                 &fake.base_url(),
+                super::spacelift::KEY_ID,
+                super::spacelift::KEY_SECRET,
             ));
             fakes.push(fake.server.clone());
         }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use devmetrics::config::{Secret, SecretSource};
 use devmetrics::metrics::Labels;
-use devmetrics::sim::spacelift::{Account, MACHINE_SESSION_GATE, SpaceliftFake};
+use devmetrics::sim::spacelift::{
+    Account, KEY_ID, KEY_SECRET, MACHINE_SESSION_GATE, SpaceliftFake,
+};
 use devmetrics::sources::spacelift::{self, SpaceliftConfig, config::demo_config};
 use devmetrics::sources::{Poller, poll_once};
 use devmetrics::store::{Snapshot, Store, sqlite::SqliteStore};
@@ -36,7 +38,7 @@ impl Rig {
 
     async fn faithful(stacks: usize, tweak: impl FnOnce(&mut SpaceliftConfig)) -> Rig {
         let fake = SpaceliftFake::start(42, stacks).await.unwrap();
-        let mut cfg = demo_config(&fake.base_url());
+        let mut cfg = demo_config(&fake.base_url(), KEY_ID, KEY_SECRET);
         tweak(&mut cfg);
         let telemetry = Arc::new(Telemetry::default());
         let poller = spacelift::Source::new(cfg, telemetry.clone()).unwrap();
@@ -1109,7 +1111,7 @@ async fn a_disabled_group_clears_what_an_earlier_run_left() {
     assert_eq!(count(&s, "spacelift_stack_state"), 4);
     assert!(get(&s, "spacelift_current_billing_period_used_seats", &[]).is_some());
     // A restart with the groups switched off, on the same database.
-    let mut cfg = demo_config(&rig.fake.base_url());
+    let mut cfg = demo_config(&rig.fake.base_url(), KEY_ID, KEY_SECRET);
     cfg.stacks.enabled = false;
     cfg.collectors.usage = false;
     let off = spacelift::Source::new(cfg, rig.telemetry.clone()).unwrap();

@@ -436,7 +436,7 @@ mod tests {
     /// github-stats-exporter's attribution test vector.
     #[test]
     fn attribution_cases_of_the_replaced_tool() {
-        let Some(dir) = crate::sources::github::research_dir("seed0/fixtures/expected") else {
+        let Some(dir) = crate::sim::research_dir("seed0/fixtures/expected") else {
             return;
         };
         let v: serde_json::Value = serde_json::from_slice(
@@ -474,7 +474,7 @@ mod tests {
     /// The replaced tool's expected leader-cycle series for its e2e fixtures (alice, repo-a).
     #[test]
     fn golden_cycle_of_the_replaced_tool() {
-        let Some(dir) = crate::sources::github::research_dir("seed0/fixtures") else {
+        let Some(dir) = crate::sim::research_dir("seed0/fixtures") else {
             return;
         };
         let read = |f: &str| std::fs::read(dir.join("github").join(f)).unwrap();

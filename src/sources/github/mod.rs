@@ -9,7 +9,6 @@ pub mod poller;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -283,9 +282,4 @@ impl Collect for Collector {
             }
         }
     }
-}
-
-/// See [`crate::sim::research_dir`].
-pub fn research_dir(sub: &str) -> Option<PathBuf> {
-    crate::sim::research_dir(sub)
 }

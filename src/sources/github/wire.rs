@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn real_payloads_decode() {
-        let Some(dir) = crate::sources::github::research_dir("github-rest") else {
+        let Some(dir) = crate::sim::research_dir("github-rest") else {
             return;
         };
         let read = |f: &str| std::fs::read(dir.join(f)).expect("research file");

@@ -286,12 +286,12 @@ impl RawSpacelift {
     }
 }
 
-/// Settings pointing at the simulator with its valid key, for `demo` and tests.
-pub fn demo_config(endpoint: &str) -> SpaceliftConfig {
+/// Settings with every collector on, for `demo` and tests against the simulator.
+pub fn demo_config(endpoint: &str, key_id: &str, key_secret: &str) -> SpaceliftConfig {
     SpaceliftConfig {
         api_endpoint: endpoint.to_string(),
-        api_key_id: crate::sim::spacelift::KEY_ID.to_string(),
-        api_key_secret: SecretSource::Value(Secret::new(crate::sim::spacelift::KEY_SECRET)),
+        api_key_id: key_id.to_string(),
+        api_key_secret: SecretSource::Value(Secret::new(key_secret)),
         scrape_timeout: DEFAULT_SCRAPE_TIMEOUT,
         interval: Duration::from_secs(5),
         collectors: Collectors {
