@@ -23,7 +23,7 @@ pub struct RawConfig {
     // `src/sources/<name>/config.rs`.
     #[serde(default)]
     pub github: Option<crate::sources::github::config::RawGithub>,
-    pub webhooks: Option<crate::sources::webhooks::config::RawWebhooks>,
+    pub webhooks: Option<crate::sources::github::webhook::config::RawWebhooks>,
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
 }
 
@@ -137,7 +137,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     pub github: Option<crate::sources::github::GithubConfig>,
-    pub webhooks: crate::sources::webhooks::WebhooksConfig,
+    pub webhooks: crate::sources::github::webhook::WebhooksConfig,
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
 }
 
@@ -332,7 +332,7 @@ impl RawConfig {
             },
             webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
         };
-        crate::sources::webhooks::config::check_with(&config)?;
+        crate::sources::github::webhook::config::check_with(&config)?;
         Ok(config)
     }
 }

@@ -10,9 +10,8 @@
 //! - a duplicate changes nothing;
 //! - the consumer may process deliveries in parallel and in any order.
 
-use serde::Deserialize;
-
 use crate::metrics::{self, FamilyId, Labels, Op, Update};
+use crate::sources::github::webhook::wire::{Job, JobEvent, Run, RunEvent, RunEventFull};
 use crate::timestamp::parse_rfc3339;
 
 /// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
@@ -61,91 +60,6 @@ impl Error {
 pub struct Batch {
     pub key: String,
     pub updates: Vec<Update>,
-}
-
-// ── wire types (the edge; not reused as domain types) ───────────────────────────────────
-
-#[derive(Deserialize)]
-struct Repository {
-    full_name: String,
-    id: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    login: String,
-}
-
-#[derive(Deserialize)]
-struct JobEvent {
-    action: String,
-    workflow_job: Job,
-    repository: Repository,
-}
-
-#[derive(Deserialize)]
-struct RunEventFull {
-    action: String,
-    workflow_run: Run,
-    repository: Repository,
-    sender: Option<User>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Job {
-    pub id: u64,
-    pub run_id: u64,
-    pub run_attempt: Option<u32>,
-    pub name: String,
-    pub workflow_name: Option<String>,
-    pub head_branch: Option<String>,
-    pub status: Option<String>,
-    pub conclusion: Option<String>,
-    pub created_at: Option<String>,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    pub runner_name: Option<String>,
-    pub runner_group_name: Option<String>,
-    #[serde(default)]
-    pub steps: Vec<Step>,
-    pub html_url: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Step {
-    pub name: String,
-    pub number: u32,
-    pub status: Option<String>,
-    pub conclusion: Option<String>,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RunEvent {
-    action: String,
-    workflow_run: Run,
-    repository: Repository,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Run {
-    pub id: u64,
-    pub workflow_id: Option<u64>,
-    pub run_number: Option<u64>,
-    pub status: Option<String>,
-    pub created_at: Option<String>,
-    pub html_url: Option<String>,
-    pub run_attempt: Option<u32>,
-    pub name: Option<String>,
-    pub path: Option<String>,
-    pub event: Option<String>,
-    pub head_branch: Option<String>,
-    pub conclusion: Option<String>,
-    pub run_started_at: Option<String>,
-    pub updated_at: Option<String>,
 }
 
 // ── telemetry items for the sinks (domain types, not wire types) ──────────────────────

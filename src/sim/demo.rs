@@ -49,9 +49,9 @@ impl Demo {
 
 /// Enables the GitHub receiver with a demo secret and posts live CI activity to it.
 fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
-    use crate::sources::webhooks::{GithubConfig, config::GITHUB_MAX_BODY};
+    use crate::sources::github::webhook::{HookConfig, config::GITHUB_MAX_BODY};
     let secret = format!("demo-secret-{seed}");
-    let gh = config.webhooks.github.get_or_insert_with(|| GithubConfig {
+    let gh = config.webhooks.github.get_or_insert_with(|| HookConfig {
         secrets: Vec::new(),
         insecure_skip_verify: false,
         max_body_bytes: GITHUB_MAX_BODY,

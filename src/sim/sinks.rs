@@ -175,66 +175,63 @@ pub struct Received {
     pub undecodable: Mutex<u64>,
 }
 
-/// An OTLP/HTTP collector at `/v1/traces`.
-pub async fn otlp_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
+/// A fake collector at `path`: `handle` decodes each request body into `Received` and
+/// answers as the real service does.
+async fn receiver<F, Fut, R>(
+    name: &'static str,
+    path: &str,
+    seed: u64,
+    handle: F,
+) -> std::io::Result<(FakeServer, Arc<Received>)>
+where
+    F: Fn(Arc<Received>, Bytes) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    R: axum::response::IntoResponse + 'static,
+{
     let got = Arc::new(Received::default());
     let g = got.clone();
-    let router = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let g = g.clone();
-            async move {
-                match decode_traces(&body) {
-                    Some(spans) => {
-                        g.spans.lock().extend(spans);
-                        (StatusCode::OK, Bytes::new())
-                    }
-                    None => {
-                        *g.undecodable.lock() += 1;
-                        (StatusCode::BAD_REQUEST, Bytes::new())
-                    }
-                }
-            }
-        }),
-    );
+    let router = Router::new().route(path, post(move |body: Bytes| handle(g.clone(), body)));
     Ok((
-        FakeServer::start("otlp", router, Faults::new(seed)).await?,
+        FakeServer::start(name, router, Faults::new(seed)).await?,
         got,
     ))
 }
 
+/// An OTLP/HTTP collector at `/v1/traces`.
+pub async fn otlp_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
+    receiver("otlp", "/v1/traces", seed, |g, body| async move {
+        match decode_traces(&body) {
+            Some(spans) => {
+                g.spans.lock().extend(spans);
+                (StatusCode::OK, Bytes::new())
+            }
+            None => {
+                *g.undecodable.lock() += 1;
+                (StatusCode::BAD_REQUEST, Bytes::new())
+            }
+        }
+    })
+    .await
+}
+
 /// An Application Insights ingestion endpoint at `/v2/track`.
 pub async fn appinsights_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<Received>)> {
-    let got = Arc::new(Received::default());
-    let g = got.clone();
-    let router = Router::new().route(
-        "/v2/track",
-        post(move |body: Bytes| {
-            let g = g.clone();
-            async move {
-                match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
-                    Ok(items) => {
-                        let n = items.len();
-                        g.events.lock().extend(items);
-                        (
-                            StatusCode::OK,
-                            format!(
-                                "{{\"itemsReceived\":{n},\"itemsAccepted\":{n},\"errors\":[]}}"
-                            ),
-                        )
-                    }
-                    Err(_) => {
-                        *g.undecodable.lock() += 1;
-                        (StatusCode::BAD_REQUEST, String::new())
-                    }
-                }
+    receiver("appinsights", "/v2/track", seed, |g, body| async move {
+        match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+            Ok(items) => {
+                let n = items.len();
+                g.events.lock().extend(items);
+                let answer =
+                    format!("{{\"itemsReceived\":{n},\"itemsAccepted\":{n},\"errors\":[]}}");
+                (StatusCode::OK, answer)
             }
-        }),
-    );
-    Ok((
-        FakeServer::start("appinsights", router, Faults::new(seed)).await?,
-        got,
-    ))
+            Err(_) => {
+                *g.undecodable.lock() += 1;
+                (StatusCode::BAD_REQUEST, String::new())
+            }
+        }
+    })
+    .await
 }
 
 /// An OTLP/gRPC collector (`TraceService/Export` over h2c): strips the gRPC frame, decodes
@@ -244,47 +241,41 @@ pub async fn otlp_grpc_receiver(seed: u64) -> std::io::Result<(FakeServer, Arc<R
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    let got = Arc::new(Received::default());
-    let g = got.clone();
-    let router = Router::new().route(
+    receiver(
+        "otlp-grpc",
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-        post(move |body: Bytes| {
-            let g = g.clone();
-            async move {
-                let spans = (body.len() >= 5 && body[0] == 0)
-                    .then(|| {
-                        let len = u32::from_be_bytes(body[1..5].try_into().ok()?) as usize;
-                        decode_traces(body.get(5..5 + len)?)
-                    })
-                    .flatten();
-                let code = match spans {
-                    Some(s) => {
-                        g.spans.lock().extend(s);
-                        "0"
-                    }
-                    None => {
-                        *g.undecodable.lock() += 1;
-                        "3" // INVALID_ARGUMENT
-                    }
-                };
-                let mut trailers = axum::http::HeaderMap::new();
-                trailers.insert("grpc-status", code.parse().expect("ASCII"));
-                // An empty ExportTraceServiceResponse, framed.
-                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-                    Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                    Ok(Frame::trailers(trailers)),
-                ];
-                axum::response::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(Body::new(StreamBody::new(futures_util::stream::iter(
-                        frames,
-                    ))))
-                    .expect("valid response")
-            }
-        }),
-    );
-    Ok((
-        FakeServer::start("otlp-grpc", router, Faults::new(seed)).await?,
-        got,
-    ))
+        seed,
+        |g, body| async move {
+            let spans = (body.len() >= 5 && body[0] == 0)
+                .then(|| {
+                    let len = u32::from_be_bytes(body[1..5].try_into().ok()?) as usize;
+                    decode_traces(body.get(5..5 + len)?)
+                })
+                .flatten();
+            let code = match spans {
+                Some(s) => {
+                    g.spans.lock().extend(s);
+                    "0"
+                }
+                None => {
+                    *g.undecodable.lock() += 1;
+                    "3" // INVALID_ARGUMENT
+                }
+            };
+            let mut trailers = axum::http::HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().expect("ASCII"));
+            // An empty ExportTraceServiceResponse, framed.
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            axum::response::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(StreamBody::new(futures_util::stream::iter(
+                    frames,
+                ))))
+                .expect("valid response")
+        },
+    )
+    .await
 }

@@ -7,7 +7,6 @@
 
 pub mod github;
 pub mod spacelift;
-pub mod webhooks;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ pub const COMPONENTS: &[Kind] = &[
     Kind {
         name: "webhooks",
         owns: &["webhooks/runners/", "webhooks/recovery/"],
-        build: webhooks::component,
+        build: github::webhook::component,
     },
     Kind {
         name: "spacelift",

@@ -870,7 +870,7 @@ fn acme_client(
 async fn missed_deliveries_are_redelivered_once_and_counted_once() {
     use devmetrics::sim::github_hooks::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
-    use devmetrics::sources::webhooks::actions::{HookTarget, Recovery};
+    use devmetrics::sources::github::actions::{HookTarget, Recovery};
     use std::sync::atomic::Ordering;
 
     let hooks = HooksSim::new();
@@ -936,7 +936,7 @@ async fn runner_inventory_counts_runners_by_group_labels_and_state() {
     use devmetrics::sim::github_hooks::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
     use devmetrics::sources::Poller;
-    use devmetrics::sources::webhooks::actions::Runners;
+    use devmetrics::sources::github::actions::Runners;
     use serde_json::json;
 
     let hooks = HooksSim::new();
@@ -1097,7 +1097,7 @@ async fn otlp_grpc_sink_delivers_the_same_spans() {
 async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
     use devmetrics::sim::github_hooks::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
-    use devmetrics::sources::webhooks::actions::{HookTarget, Recovery};
+    use devmetrics::sources::github::actions::{HookTarget, Recovery};
     use std::sync::atomic::Ordering;
 
     let hooks = HooksSim::new();

@@ -2,10 +2,12 @@
 //! rate-limit budget) and the contributor-activity pollers (`gh_activity_*`), with their
 //! backfill consumer. The fake lives in `crate::sim::github`.
 
+pub mod actions;
 pub mod activity;
 pub mod client;
 pub mod config;
 pub mod poller;
+pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};

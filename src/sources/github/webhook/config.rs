@@ -108,7 +108,7 @@ pub struct RawWorkflows {
 #[derive(Clone, Debug)]
 pub struct WebhooksConfig {
     pub listen_address: Option<SocketAddr>,
-    pub github: Option<GithubConfig>,
+    pub github: Option<HookConfig>,
     pub sinks: SinksConfig,
 }
 
@@ -128,7 +128,7 @@ pub struct OtlpConfig {
 }
 
 #[derive(Clone, Debug)]
-pub struct GithubConfig {
+pub struct HookConfig {
     pub secrets: Vec<Secret>,
     pub insecure_skip_verify: bool,
     pub max_body_bytes: u64,
@@ -148,7 +148,7 @@ pub struct RunnersConfig {
 #[derive(Clone, Debug)]
 pub struct RecoveryConfig {
     pub org: String,
-    pub target: crate::sources::webhooks::actions::HookTarget,
+    pub target: crate::sources::github::actions::HookTarget,
     pub interval: std::time::Duration,
     pub lookback: std::time::Duration,
 }
@@ -312,7 +312,7 @@ fn read_secret(key: &str, source: SecretSource) -> Result<Secret, Error> {
 }
 
 impl RawGithub {
-    fn resolve(self, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<GithubConfig, Error> {
+    fn resolve(self, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<HookConfig, Error> {
         let mut secrets = Vec::new();
         if let Some(s) = self.secret {
             secrets.push(read_secret(
@@ -430,7 +430,7 @@ impl RawGithub {
             let org = r
                 .org
                 .ok_or_else(|| Error::invalid(key("org"), None, "is required"))?;
-            use crate::sources::webhooks::actions::HookTarget;
+            use crate::sources::github::actions::HookTarget;
             let target = match (r.hook_id, r.app_hook.unwrap_or(false)) {
                 (Some(id), false) => HookTarget::Org(id),
                 (None, true) => HookTarget::App,
@@ -465,7 +465,7 @@ impl RawGithub {
                 lookback,
             });
         }
-        Ok(GithubConfig {
+        Ok(HookConfig {
             secrets,
             insecure_skip_verify,
             max_body_bytes,
@@ -585,7 +585,7 @@ mod example {
         assert_eq!(gh.runners.unwrap().orgs, ["my-org"]);
         assert_eq!(
             gh.recovery[0].target,
-            crate::sources::webhooks::actions::HookTarget::Org(12345678)
+            crate::sources::github::actions::HookTarget::Org(12345678)
         );
         assert_eq!(cfg.webhooks.listen_address.unwrap().port(), 10478);
         assert_eq!(

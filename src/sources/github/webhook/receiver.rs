@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::GithubConfig;
+use super::HookConfig;
 use crate::clock::now_unix;
 use crate::metrics;
 use crate::processors::{Envelope, workflows};
@@ -147,7 +147,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(config: &GithubConfig, queue: SharedQueue) -> Arc<Receiver> {
+    pub fn new(config: &HookConfig, queue: SharedQueue) -> Arc<Receiver> {
         let macs = config
             .secrets
             .iter()
@@ -322,7 +322,7 @@ mod tests {
         let db = crate::db::Db::open(&dir.path().join("q.db")).unwrap();
         let q = crate::queue::sqlite::SqliteQueue::open(db, Default::default()).unwrap();
         Receiver::new(
-            &GithubConfig {
+            &HookConfig {
                 secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,
@@ -392,7 +392,7 @@ mod unavailable {
     #[tokio::test]
     async fn a_queue_that_cannot_take_it_gives_503_without_internals() {
         let r = Receiver::new(
-            &GithubConfig {
+            &HookConfig {
                 secrets: vec![Secret::new("s")],
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,

@@ -1,13 +1,18 @@
-//! Webhook receivers. A receiver verifies, durably queues and answers; it never processes
-//! (processing happens in `crate::processors`, fed from the queue).
+//! GitHub webhooks: the receiver (verifies, durably queues and answers; never processes),
+//! the payloads' wire types, and the component that hangs the workflow consumers, the push
+//! sinks, the runner inventory and missed-delivery recovery off it. Processing happens in
+//! `crate::processors`, fed from the queue.
 
-pub mod actions;
 pub mod config;
-pub mod github;
+pub mod receiver;
+pub mod wire;
 
 use std::sync::Arc;
 
-pub use config::{GithubConfig, WebhooksConfig};
+pub use config::{HookConfig, WebhooksConfig};
+pub use receiver::Receiver;
+
+use super::actions;
 
 use crate::exposition::{appinsights, otlp, sink};
 use crate::processors::Deliveries;
@@ -21,9 +26,9 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
-    let receiver = github::Receiver::new(gh, ctx.queue.clone());
+    let receiver = Receiver::new(gh, ctx.queue.clone());
     c.collectors.push(receiver.stats.clone());
-    c.webhook_routes = github::routes(receiver);
+    c.webhook_routes = receiver::routes(receiver);
 
     let mut sinks: Vec<Arc<dyn sink::Sink>> = Vec::new();
     if let Some(o) = &ctx.config.webhooks.sinks.otlp {
