@@ -7,29 +7,15 @@ use std::time::Duration;
 use devmetrics::app;
 use devmetrics::metrics::{self, Labels, Sample};
 use devmetrics::sources::{BuildError, Component, Context, Kind, PollError, Poller, ScopeResult};
-use devmetrics::storage;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::Backend;
-
-fn contract_config(backend: Backend, dir: &std::path::Path) -> devmetrics::config::Config {
-    let p = devmetrics::queue::contract::policy();
-    let ms = |d: Duration| serde_yaml::Value::String(format!("{}ms", d.as_millis()));
-    backend.config(
-        dir,
-        &[
-            ("queue.max_attempts", p.max_attempts.into()),
-            ("queue.initial_backoff", ms(p.initial_backoff)),
-            ("queue.max_backoff", ms(p.max_backoff)),
-        ],
-    )
-}
 
 #[tokio::test]
 async fn every_backend_passes_the_store_and_lease_contract() {
     for backend in Backend::all() {
         let dir = tempfile::tempdir().unwrap();
-        let b = storage::open(&contract_config(backend, dir.path())).expect("backend opens");
+        let b = backend.open(dir.path(), &devmetrics::queue::contract::policy());
         devmetrics::store::contract::run(b.store, b.lease).await;
     }
 }
@@ -38,7 +24,7 @@ async fn every_backend_passes_the_store_and_lease_contract() {
 async fn every_backend_passes_the_queue_contract() {
     for backend in Backend::all() {
         let dir = tempfile::tempdir().unwrap();
-        let b = storage::open(&contract_config(backend, dir.path())).expect("backend opens");
+        let b = backend.open(dir.path(), &devmetrics::queue::contract::policy());
         devmetrics::queue::contract::run(b.queue).await;
     }
 }

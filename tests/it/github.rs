@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use devmetrics::db::Db;
 use devmetrics::metrics::family;
-use devmetrics::queue::{RetryPolicy, SharedQueue, sqlite::SqliteQueue};
+use devmetrics::queue::{RetryPolicy, SharedQueue};
 use devmetrics::sim::github::{APP_ID, GithubSim, INSTALLATION_ID, OrgSpec};
 use devmetrics::sim::{FakeServer, Faults};
 use devmetrics::sources::github::config::RawGithub;
 use devmetrics::sources::github::{Clock, Github, GithubConfig};
 use devmetrics::sources::{self, Poller};
-use devmetrics::store::{SharedStore, sqlite::SqliteStore};
+use devmetrics::store::SharedStore;
 use devmetrics::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::Backend;
 
 const ORG: &str = "acme";
 const NOW: i64 = 1_771_502_400; // 2026-02-19T12:00:00Z
@@ -67,20 +68,13 @@ impl Env {
     }
 
     fn open(&self) -> (SharedStore, SharedQueue) {
-        let db = Db::open(&self.dir.path().join("dm.db")).unwrap();
-        let store: SharedStore = Arc::new(SqliteStore::open(db.clone()).unwrap());
-        let queue: SharedQueue = Arc::new(
-            SqliteQueue::open(
-                db,
-                RetryPolicy {
-                    max_attempts: 5,
-                    initial_backoff: Duration::from_millis(20),
-                    max_backoff: Duration::from_millis(100),
-                },
-            )
-            .unwrap(),
-        );
-        (store, queue)
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+        };
+        let b = Backend::from_env().open(self.dir.path(), &policy);
+        (b.store, b.queue)
     }
 
     fn build(
@@ -754,8 +748,9 @@ fn a_custom_ca_bundle_is_loaded() {
     let cfg = raw.resolve(None).unwrap().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
-    let db = Db::open(&dir.path().join("db")).unwrap();
-    let store: SharedStore = Arc::new(SqliteStore::open(db).unwrap());
+    let store = Backend::from_env()
+        .open(dir.path(), &RetryPolicy::default())
+        .store;
     let budgets = devmetrics::sources::github::Budgets::default();
     devmetrics::sources::github::Client::new(
         &cfg,
@@ -901,9 +896,8 @@ async fn several_orgs_with_their_own_credentials() {
     let raw: RawGithub = serde_yaml::from_str(&yaml).unwrap();
     let cfg = raw.resolve(None).unwrap().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("dm.db")).unwrap();
-    let store: SharedStore = Arc::new(SqliteStore::open(db.clone()).unwrap());
-    let queue: SharedQueue = Arc::new(SqliteQueue::open(db, RetryPolicy::default()).unwrap());
+    let b = Backend::from_env().open(dir.path(), &RetryPolicy::default());
+    let (store, queue) = (b.store, b.queue);
     let gh = Github::build(
         &cfg,
         store.clone(),

@@ -201,13 +201,11 @@ async fn graceful_shutdown_stops_listening() {
 async fn series_of_unconfigured_sources_are_dropped_at_start() {
     use devmetrics::metrics::Labels;
     use devmetrics::metrics::Sample;
-    use devmetrics::store::Store;
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = devmetrics::store::sqlite::SqliteStore::open(
-            devmetrics::db::Db::open(&dir.path().join("devmetrics.db")).unwrap(),
-        )
-        .unwrap();
+        let store = crate::support::Backend::from_env()
+            .open(dir.path(), &Default::default())
+            .store;
         let fid = devmetrics::metrics::DEVMETRICS_SOURCE_UP;
         for scope in [
             "spacelift/usage",

@@ -16,13 +16,15 @@ use devmetrics::sim::spacelift::{
 };
 use devmetrics::sources::spacelift::{self, SpaceliftConfig, config::demo_config};
 use devmetrics::sources::{Poller, poll_once};
-use devmetrics::store::{Snapshot, Store, sqlite::SqliteStore};
+use devmetrics::store::{SharedStore, Snapshot};
+
+use crate::support::Backend;
 use devmetrics::telemetry::Telemetry;
 
 struct Rig {
     fake: SpaceliftFake,
     poller: spacelift::Source,
-    store: SqliteStore,
+    store: SharedStore,
     telemetry: Arc<Telemetry>,
     _dir: tempfile::TempDir,
 }
@@ -43,8 +45,9 @@ impl Rig {
         let telemetry = Arc::new(Telemetry::default());
         let poller = spacelift::Source::new(cfg, telemetry.clone()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let db = devmetrics::db::Db::open(&dir.path().join("t.db")).unwrap();
-        let store = SqliteStore::open(db).unwrap();
+        let store = Backend::from_env()
+            .open(dir.path(), &Default::default())
+            .store;
         Rig {
             fake,
             poller,
@@ -55,7 +58,7 @@ impl Rig {
     }
 
     async fn poll(&self) -> Snapshot {
-        poll_once(&self.poller, &self.store, &self.telemetry).await;
+        poll_once(&self.poller, &*self.store, &self.telemetry).await;
         self.store.snapshot()
     }
 
@@ -446,7 +449,7 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
     let sim = &rig.fake.sim;
     sim.delay_field("metrics", DELAY_MS);
     let started = std::time::Instant::now();
-    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    poll_once(&rec, &*rig.store, &rig.telemetry).await;
     let s = rig.store.snapshot();
     // Not a performance figure: proof the deadline cut the 60 s answer short.
     assert!(started.elapsed() < Duration::from_millis(DELAY_MS / 2));
@@ -489,7 +492,7 @@ async fn a_timeout_fails_only_the_slow_group_within_the_deadline() {
         .delay_ms
         .store(DELAY_MS, Ordering::Relaxed);
     sim.revoke_tokens();
-    poll_once(&rec, &rig.store, &rig.telemetry).await;
+    poll_once(&rec, &*rig.store, &rig.telemetry).await;
     let s = rig.store.snapshot();
     for g in spacelift::Group::ALL {
         assert_eq!(
@@ -1115,7 +1118,7 @@ async fn a_disabled_group_clears_what_an_earlier_run_left() {
     cfg.stacks.enabled = false;
     cfg.collectors.usage = false;
     let off = spacelift::Source::new(cfg, rig.telemetry.clone()).unwrap();
-    poll_once(&off, &rig.store, &rig.telemetry).await;
+    poll_once(&off, &*rig.store, &rig.telemetry).await;
     let s = rig.store.snapshot();
     assert_eq!(count(&s, "spacelift_stack_state"), 0);
     assert_eq!(count(&s, "spacelift_current_billing_period_used_seats"), 0);

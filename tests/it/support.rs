@@ -1,10 +1,13 @@
-//! Shared helpers: an exporter on 127.0.0.1:0 with its own SQLite file, and the rules for
-//! tests that need something from outside the project.
+//! The one harness: an exporter on 127.0.0.1:0 with storage of its own, the storage backend
+//! every area runs on (`DEVMETRICS_TEST_BACKEND`, SQLite by default), and the rules for tests
+//! that need something from outside the project.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use devmetrics::app::{self, Launched};
+use devmetrics::queue::RetryPolicy;
+use devmetrics::storage;
 use devmetrics::config::{self, Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +23,7 @@ pub fn config_with(dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
         serde_yaml::Value::String("127.0.0.1:0".into()),
         "test",
     );
-    for (k, v) in extra {
+    for (k, v) in Backend::from_env().keys().iter().chain(extra) {
         o.set(k, v.clone(), "test");
     }
     config::load(None, &BTreeMap::new(), &o).expect("test config is valid")
@@ -129,6 +132,29 @@ pub enum Backend {
 impl Backend {
     pub fn all() -> Vec<Backend> {
         vec![Backend::Sqlite]
+    }
+
+    /// The backend the area tests run on: `DEVMETRICS_TEST_BACKEND` (default `sqlite`).
+    pub fn from_env() -> Backend {
+        match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
+            Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+            Ok(other) => panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know"),
+        }
+    }
+
+    /// Opens this backend's store, queue and lease for a test in `dir`, through the same
+    /// factory the service uses.
+    pub fn open(self, dir: &Path, policy: &RetryPolicy) -> storage::Backends {
+        let ms = |d: std::time::Duration| serde_yaml::Value::String(format!("{}ms", d.as_millis()));
+        let config = self.config(
+            dir,
+            &[
+                ("queue.max_attempts", policy.max_attempts.into()),
+                ("queue.initial_backoff", ms(policy.initial_backoff)),
+                ("queue.max_backoff", ms(policy.max_backoff)),
+            ],
+        );
+        storage::open(&config).expect("the test backend opens")
     }
 
     /// The config keys that select this backend.
