@@ -79,6 +79,11 @@ pub fn string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Strin
     })
 }
 
+/// GitHub ends a workflow run after 35 days; an event's key must outlive every redelivery
+/// of it.
+pub const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(35 * 86_400);
+const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(40 * 86_400);
+
 /// The default port: the Prometheus wiki's default-port allocations fill 9100–9999, so we
 /// take one outside that range that no exporter there claims.
 pub const DEFAULT_PORT: u16 = 10477;
@@ -250,6 +255,19 @@ impl RawConfig {
                 ));
             }
         };
+        let idempotency_retention = duration(
+            "storage.idempotency_retention",
+            self.storage.idempotency_retention.as_ref(),
+            DEFAULT_IDEMPOTENCY_RETENTION,
+        )?;
+        if idempotency_retention < MIN_IDEMPOTENCY_RETENTION {
+            return Err(Error::invalid(
+                "storage.idempotency_retention",
+                self.storage.idempotency_retention.as_deref(),
+                "must be at least 35d: a GitHub Actions run may last 35 days, and a key \
+                 forgotten before its run ends lets a redelivery count twice",
+            ));
+        }
         let max_attempts = self.queue.max_attempts.unwrap_or(8);
         if max_attempts == 0 {
             return Err(Error::invalid(
@@ -313,11 +331,7 @@ impl RawConfig {
                     .path
                     .map(rel)
                     .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
-                idempotency_retention: duration(
-                    "storage.idempotency_retention",
-                    self.storage.idempotency_retention.as_ref(),
-                    Duration::from_secs(30 * 86_400),
-                )?,
+                idempotency_retention,
             },
             queue: QueueConfig {
                 backend: queue_backend,

@@ -11,7 +11,9 @@
 //! - the consumer may process deliveries in parallel and in any order.
 
 use crate::metrics::{self, FamilyId, Labels, Op, Update};
-use crate::sources::github::webhook::wire::{Job, JobEvent, Run, RunEvent, RunEventFull};
+use crate::sources::github::webhook::wire::{
+    Job, JobEvent, Repository, Run, RunEvent, RunEventFull,
+};
 use crate::timestamp::parse_rfc3339;
 
 /// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
@@ -82,6 +84,8 @@ pub struct JobItem {
     pub run_attempt: u32,
     pub name: String,
     pub workflow: String,
+    /// The repository across GitHub instances (see `Repository::instance`).
+    pub instance: String,
     pub repo: String,
     pub repo_id: Option<u64>,
     pub branch: String,
@@ -105,6 +109,8 @@ pub struct RunItem {
     pub run_number: u64,
     pub workflow_id: u64,
     pub workflow: String,
+    /// The repository across GitHub instances (see `Repository::instance`).
+    pub instance: String,
     pub repo: String,
     pub repo_id: Option<u64>,
     pub branch: String,
@@ -131,10 +137,26 @@ impl Item {
     /// each run attempt and each job once.
     pub fn key(&self) -> String {
         match self {
-            Item::Run(r) => format!("wr/{}/{}/completed", r.run_id, r.run_attempt),
-            Item::Job(j) => format!("wj/{}/{}/{}/completed", j.run_id, j.run_attempt, j.job_id),
+            Item::Run(r) => format!(
+                "{}/completed",
+                run_key(&r.instance, r.run_id, r.run_attempt)
+            ),
+            Item::Job(j) => format!(
+                "{}/completed",
+                job_key(&j.instance, j.run_id, j.run_attempt, j.job_id)
+            ),
         }
     }
+}
+
+/// Keys name the GitHub instance and repository as well as the ids, so deliveries from
+/// github.com and a GHES posting to one receiver never swallow each other's runs.
+fn run_key(instance: &str, run_id: u64, attempt: u32) -> String {
+    format!("wr/{instance}/{run_id}/{attempt}")
+}
+
+fn job_key(instance: &str, run_id: u64, attempt: u32, job_id: u64) -> String {
+    format!("wj/{instance}/{run_id}/{attempt}/{job_id}")
 }
 
 fn ts(s: &Option<String>) -> Option<f64> {
@@ -162,6 +184,7 @@ pub fn item(event: &str, body: &[u8]) -> Result<Option<Item>, Error> {
                 run_id: j.run_id,
                 run_attempt: j.run_attempt.unwrap_or(1),
                 workflow: text(&j.workflow_name),
+                instance: e.repository.instance(),
                 repo: e.repository.full_name,
                 repo_id: e.repository.id,
                 branch: text(&j.head_branch),
@@ -205,6 +228,7 @@ pub fn item(event: &str, body: &[u8]) -> Result<Option<Item>, Error> {
                 run_number: r.run_number.unwrap_or(0),
                 workflow_id: r.workflow_id.unwrap_or(0),
                 workflow: workflow_name(r).to_string(),
+                instance: e.repository.instance(),
                 repo: e.repository.full_name.clone(),
                 repo_id: e.repository.id,
                 branch: text(&r.head_branch),
@@ -235,24 +259,14 @@ pub fn process(event: &str, body: &[u8], opts: &Options) -> Result<Vec<Batch>, E
                 event: "workflow_job",
                 source,
             })?;
-            Ok(job(
-                &e.action,
-                &e.workflow_job,
-                &e.repository.full_name,
-                opts,
-            ))
+            Ok(job(&e.action, &e.workflow_job, &e.repository, opts))
         }
         "workflow_run" => {
             let e: RunEvent = serde_json::from_slice(body).map_err(|source| Error::Decode {
                 event: "workflow_run",
                 source,
             })?;
-            Ok(run(
-                &e.action,
-                &e.workflow_run,
-                &e.repository.full_name,
-                opts,
-            ))
+            Ok(run(&e.action, &e.workflow_run, &e.repository, opts))
         }
         _ => Ok(Vec::new()),
     }
@@ -342,12 +356,18 @@ fn rank(action: &str, status: Option<&str>) -> u8 {
     }
 }
 
-fn job(action: &str, j: &Job, repo: &str, opts: &Options) -> Vec<Batch> {
+fn job(action: &str, j: &Job, repository: &Repository, opts: &Options) -> Vec<Batch> {
     let r = rank(action, j.status.as_deref());
     if r == 0 {
         return Vec::new();
     }
-    let key = format!("wj/{}/{}/{}", j.run_id, j.run_attempt.unwrap_or(1), j.id);
+    let repo = repository.full_name.as_str();
+    let key = job_key(
+        &repository.instance(),
+        j.run_id,
+        j.run_attempt.unwrap_or(1),
+        j.id,
+    );
     let rl = runner_labels(&j.labels, opts.max_runner_labels);
     let group = j.runner_group_name.as_deref().unwrap_or("");
     let workflow = j.workflow_name.as_deref().unwrap_or("");
@@ -463,13 +483,17 @@ pub(crate) fn workflow_name(r: &Run) -> &str {
     }
 }
 
-fn run(action: &str, r: &Run, repo: &str, opts: &Options) -> Vec<Batch> {
+fn run(action: &str, r: &Run, repository: &Repository, opts: &Options) -> Vec<Batch> {
     // `requested` can carry status completed (a run that needs approval); only the
     // `completed` action is terminal.
     if action != "completed" {
         return Vec::new();
     }
-    let key = format!("wr/{}/{}/completed", r.id, r.run_attempt.unwrap_or(1));
+    let repo = repository.full_name.as_str();
+    let key = format!(
+        "{}/completed",
+        run_key(&repository.instance(), r.id, r.run_attempt.unwrap_or(1))
+    );
     let branch = if opts.branch_label {
         r.head_branch.as_deref().unwrap_or("")
     } else {
@@ -525,6 +549,36 @@ mod tests {
     }
 
     #[test]
+    fn the_same_ids_on_two_github_instances_never_share_keys() {
+        let on = |html_url: &str| {
+            let mut v: serde_json::Value = serde_json::from_slice(&job_body(
+                "completed",
+                1,
+                Some("2024-01-01T00:00:10Z"),
+                Some("2024-01-01T00:01:10Z"),
+            ))
+            .unwrap();
+            v["repository"] =
+                serde_json::json!({"full_name": "o/r", "id": 42, "html_url": html_url});
+            let body = v.to_string().into_bytes();
+            let keys: Vec<String> = process("workflow_job", &body, &Options::default())
+                .unwrap()
+                .into_iter()
+                .map(|b| b.key)
+                .collect();
+            let item = item("workflow_job", &body).unwrap().unwrap();
+            (keys, item.key())
+        };
+        let (dotcom, dotcom_item) = on("https://github.com/o/r");
+        let (ghes, ghes_item) = on("https://GHE.example.com/o/r");
+        assert_eq!(dotcom[0], "wj/github.com/42/7/1/1/enter/queued");
+        assert_eq!(ghes[0], "wj/ghe.example.com/42/7/1/1/enter/queued");
+        assert!(dotcom.iter().all(|k| !ghes.contains(k)));
+        assert_eq!(dotcom_item, "wj/github.com/42/7/1/1/completed");
+        assert_ne!(dotcom_item, ghes_item);
+    }
+
+    #[test]
     fn completed_first_applies_every_transition_with_net_zero_gauges() {
         let b = job_body(
             "completed",
@@ -537,12 +591,12 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "wj/7/1/1/enter/queued",
-                "wj/7/1/1/leave/queued",
-                "wj/7/1/1/enter/in_progress",
-                "wj/7/1/1/queue_time",
-                "wj/7/1/1/leave/in_progress",
-                "wj/7/1/1/completed"
+                "wj/github.com/o/r/7/1/1/enter/queued",
+                "wj/github.com/o/r/7/1/1/leave/queued",
+                "wj/github.com/o/r/7/1/1/enter/in_progress",
+                "wj/github.com/o/r/7/1/1/queue_time",
+                "wj/github.com/o/r/7/1/1/leave/in_progress",
+                "wj/github.com/o/r/7/1/1/completed"
             ]
         );
         let done = batches.last().unwrap();

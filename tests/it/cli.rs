@@ -45,6 +45,18 @@ fn bad_duration_exits_2_naming_key_and_value() {
 }
 
 #[test]
+fn idempotency_keys_must_outlive_a_github_run() {
+    let (code, msg) = check("storage:\n  idempotency_retention: 1h\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("\"storage.idempotency_retention\"") && msg.contains("35d"),
+        "{msg}"
+    );
+    let (code, msg) = check("storage:\n  idempotency_retention: 35d\n", &[]);
+    assert_eq!(code, 0, "{msg}");
+}
+
+#[test]
 fn env_overrides_file_and_is_named_in_errors() {
     let (code, msg) = check(
         "log:\n  level: info\n",

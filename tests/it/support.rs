@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use devmetrics::app::{self, Launched};
+use devmetrics::config::{self, Config, Overrides};
 use devmetrics::queue::RetryPolicy;
 use devmetrics::storage;
-use devmetrics::config::{self, Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
 pub fn config_with(dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
@@ -138,7 +138,9 @@ impl Backend {
     pub fn from_env() -> Backend {
         match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
-            Ok(other) => panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know"),
+            Ok(other) => {
+                panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
+            }
         }
     }
 

@@ -7,6 +7,27 @@ use serde::Deserialize;
 pub struct Repository {
     pub full_name: String,
     pub id: Option<u64>,
+    /// `https://<host>/<owner>/<name>`: tells github.com and each GHES instance apart.
+    pub html_url: Option<String>,
+}
+
+impl Repository {
+    /// The repository across GitHub instances: `<host>/<id>` (the full name when a payload
+    /// lacks the id). Run and job ids are unique only within one instance.
+    pub fn instance(&self) -> String {
+        let host = self
+            .html_url
+            .as_deref()
+            .and_then(|u| u.split_once("://"))
+            .and_then(|(_, rest)| rest.split('/').next())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("github.com")
+            .to_ascii_lowercase();
+        match self.id {
+            Some(id) => format!("{host}/{id}"),
+            None => format!("{host}/{}", self.full_name),
+        }
+    }
 }
 
 #[derive(Deserialize)]
