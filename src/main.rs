@@ -389,7 +389,8 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
     };
     match what {
         DebugCommand::StoreLoad { storage_path, keys } => {
-            let store = storage::open_sqlite(&storage_path, RetryPolicy::default())?.store;
+            let store =
+                storage::open_sqlite(&storage_path, RetryPolicy::default(), u64::MAX)?.store;
             let fam = metrics::DEVMETRICS_STORE_DUPLICATE_UPDATES_TOTAL;
             let mut tasks = tokio::task::JoinSet::new();
             for w in 0..CONCURRENCY {
@@ -420,7 +421,8 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
             storage_path,
             messages,
         } => {
-            let queue = storage::open_sqlite(&storage_path, RetryPolicy::default())?.queue;
+            let queue =
+                storage::open_sqlite(&storage_path, RetryPolicy::default(), u64::MAX)?.queue;
             let mut tasks = tokio::task::JoinSet::new();
             for w in 0..CONCURRENCY {
                 let (queue, print) = (queue.clone(), print.clone());

@@ -33,17 +33,24 @@ pub fn open(config: &Config) -> Result<Backends, Error> {
         max_attempts: config.queue.max_attempts,
         initial_backoff: config.queue.initial_backoff,
         max_backoff: config.queue.max_backoff,
+        horizon: config.queue.retry_horizon,
     };
     match (config.storage.backend, config.queue.backend) {
-        (StorageBackend::Sqlite, QueueBackend::Sqlite) => open_sqlite(&config.storage.path, policy),
+        (StorageBackend::Sqlite, QueueBackend::Sqlite) => {
+            open_sqlite(&config.storage.path, policy, config.queue.max_depth)
+        }
     }
 }
 
 /// Store, queue and lease in one SQLite file, sharing its writer.
-pub fn open_sqlite(path: &std::path::Path, policy: RetryPolicy) -> Result<Backends, Error> {
+pub fn open_sqlite(
+    path: &std::path::Path,
+    policy: RetryPolicy,
+    max_depth: u64,
+) -> Result<Backends, Error> {
     let db = Db::open(path)?;
     let store = Arc::new(SqliteStore::open(db.clone())?);
-    let queue: SharedQueue = Arc::new(SqliteQueue::open(db, policy)?);
+    let queue: SharedQueue = Arc::new(SqliteQueue::open_with_depth(db, policy, max_depth)?);
     Ok(Backends {
         store: store.clone(),
         lease: store.clone(),

@@ -61,6 +61,8 @@ pub struct RawQueue {
     pub max_attempts: Option<u32>,
     pub initial_backoff: Option<String>,
     pub max_backoff: Option<String>,
+    pub retry_horizon: Option<String>,
+    pub max_depth: Option<u64>,
     pub dedupe_retention: Option<String>,
 }
 
@@ -131,6 +133,10 @@ pub struct QueueConfig {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long after publishing a failed message is still retried.
+    pub retry_horizon: Duration,
+    /// Messages a topic holds before publishes are refused (503 to webhook senders).
+    pub max_depth: u64,
     pub dedupe_retention: Duration,
 }
 
@@ -268,10 +274,20 @@ impl RawConfig {
                  forgotten before its run ends lets a redelivery count twice",
             ));
         }
-        let max_attempts = self.queue.max_attempts.unwrap_or(8);
-        if max_attempts == 0 {
+        // 0: no cap on attempts; the retry horizon decides.
+        let max_attempts = self.queue.max_attempts.unwrap_or(0);
+        let retry_horizon = duration(
+            "queue.retry_horizon",
+            self.queue.retry_horizon.as_ref(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let max_depth = self
+            .queue
+            .max_depth
+            .unwrap_or(crate::queue::sqlite::DEFAULT_MAX_DEPTH);
+        if max_depth == 0 {
             return Err(Error::invalid(
-                "queue.max_attempts",
+                "queue.max_depth",
                 Some("0"),
                 "must be at least 1",
             ));
@@ -338,6 +354,8 @@ impl RawConfig {
                 max_attempts,
                 initial_backoff,
                 max_backoff,
+                retry_horizon,
+                max_depth,
                 dedupe_retention: duration(
                     "queue.dedupe_retention",
                     self.queue.dedupe_retention.as_ref(),

@@ -72,6 +72,16 @@ const MIGRATIONS: &[&str] = &[
         expires_at REAL NOT NULL
     ) WITHOUT ROWID;
 "#,
+    r#"
+    -- Deliveries are counted when handed out, attempts when settled as failed: a message
+    -- whose deliveries run ahead stopped its consumer (or the process) every time.
+    ALTER TABLE queue ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0;
+    -- Scheduling reads this index alone, so start-up never reads the payloads.
+    CREATE INDEX queue_schedule ON queue (id, topic, attempts, available_at, published_at);
+    -- Dead letters to put back on their topic, asked for by `devmetrics queue replay`
+    -- (possibly from another process) and taken in by the running queue.
+    CREATE TABLE queue_replays (id INTEGER PRIMARY KEY);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

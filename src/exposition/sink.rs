@@ -43,10 +43,18 @@ impl crate::queue::Handler for Worker {
             .and_then(|e| workflows::item(&e.event, &e.body).ok().flatten());
         // Only decodable terminal items are queued here; anything else is a bug, kept in the
         // dead letters for inspection rather than dropped.
-        let item = item.ok_or_else(|| Failure::new("undecodable", "undecodable sink message"))?;
-        self.0
-            .send(&item)
-            .await
-            .map_err(|e| Failure::new(e.kind(), format!("{}: {e}", self.0.name())))
+        let item =
+            item.ok_or_else(|| Failure::permanent("undecodable", "undecodable sink message"))?;
+        self.0.send(&item).await.map_err(|e| {
+            let message = format!("{}: {e}", self.0.name());
+            match e {
+                // The sink refused this item itself (bad request, too large): sending it
+                // again would be refused again.
+                Error::Status(s) if (400..500).contains(&s) && s != 408 && s != 429 => {
+                    Failure::permanent(e.kind(), message)
+                }
+                _ => Failure::new(e.kind(), message),
+            }
+        })
     }
 }

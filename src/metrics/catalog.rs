@@ -295,6 +295,20 @@ families! {
         "Messages currently held in the dead-letter table.",
         &["topic"],
     ),
+    DEVMETRICS_QUEUE_REPLAYED_TOTAL: core(
+        "devmetrics_queue_replayed_total",
+        Counter,
+        None,
+        "Dead letters put back on their topic (`devmetrics queue replay`).",
+        &["topic"],
+    ),
+    DEVMETRICS_QUEUE_REJECTED_TOTAL: core(
+        "devmetrics_queue_rejected_total",
+        Counter,
+        None,
+        "Publishes refused, by reason (full: the topic held queue.max_depth messages).",
+        &["topic", "reason"],
+    ),
     DEVMETRICS_STORE_SERIES: core(
         "devmetrics_store_series",
         Gauge,

@@ -68,6 +68,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether handling the same message again can succeed: a payload that does not decode
+    /// or updates the catalog refuses never will.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Envelope | Error::Workflows(_) => false,
+            Error::Store(e) => e.is_transient(),
+            Error::Queue(_) => true,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Envelope => "envelope",
@@ -151,7 +161,10 @@ impl crate::queue::Handler for Deliveries {
         )
         .await
         .map(|_| ())
-        .map_err(|e| Failure::new(e.kind(), e))
+        .map_err(|e| match e.is_transient() {
+            true => Failure::new(e.kind(), e),
+            false => Failure::permanent(e.kind(), e),
+        })
     }
 }
 

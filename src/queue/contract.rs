@@ -14,6 +14,7 @@ pub fn policy() -> RetryPolicy {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(80),
+        horizon: Duration::from_secs(3600),
     }
 }
 

@@ -38,6 +38,9 @@ pub enum Error {
     /// succeed later. `kind` is a bounded label.
     #[error("queue unavailable ({kind}): {message}")]
     Unavailable { kind: &'static str, message: String },
+    /// The topic holds its configured maximum of messages; the publisher should retry later.
+    #[error("queue topic {topic} is full")]
+    Full { topic: String },
     #[error("queue is closed")]
     Closed,
 }
@@ -46,6 +49,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Unavailable { kind, .. } => kind,
+            Error::Full { .. } => "full",
             Error::Closed => "closed",
         }
     }
@@ -58,24 +62,57 @@ pub enum Published {
     Duplicate,
 }
 
+/// How long failed messages are retried. A transient failure is retried with capped
+/// exponential backoff until `horizon` has passed since the message was published (or, when
+/// set, `max_attempts` were made); a permanent one is dead-lettered at once.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts before a message is dead-lettered; 0 leaves it to the horizon.
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long after publishing a message is still retried: longer than any outage of a
+    /// sink or upstream that should lose nothing.
+    pub horizon: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 8,
+            max_attempts: 0,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            horizon: Duration::from_secs(24 * 3600),
         }
     }
 }
 
+/// What becomes of a message that failed its `attempts`-th attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Retry {
+    After(Duration),
+    DeadLetter,
+}
+
+/// A message whose deliveries outnumber its settled attempts by this much stopped the process
+/// (or its consumer) each time it was handled: it is dead-lettered instead of delivered again,
+/// so one bad message cannot keep the service in a crash loop.
+pub const MAX_UNSETTLED_DELIVERIES: u32 = 3;
+
 impl RetryPolicy {
+    /// The fate of a message `age` after its publication that just failed attempt `attempts`.
+    pub fn decide(&self, attempts: u32, age: Duration) -> Retry {
+        if self.max_attempts > 0 && attempts >= self.max_attempts {
+            return Retry::DeadLetter;
+        }
+        let delay = self.backoff(attempts);
+        if age + delay > self.horizon {
+            Retry::DeadLetter
+        } else {
+            Retry::After(delay)
+        }
+    }
+
     /// Delay before attempt `attempts + 1`: exponential, capped, with "equal jitter" (half
     /// fixed, half random) so retries of a burst spread out but never come back immediately.
     pub fn backoff(&self, attempts: u32) -> Duration {
@@ -99,6 +136,10 @@ pub struct TopicStats {
     pub retried: u64,
     pub dead_lettered: u64,
     pub dead_letters: u64,
+    /// Dead letters put back on the topic (`devmetrics queue replay`).
+    pub replayed: u64,
+    /// Publishes refused because the topic was full.
+    pub rejected_full: u64,
 }
 
 /// One message handed to a consumer. Dropping it without `ack`/`nack` releases it for
@@ -119,8 +160,11 @@ pub struct Delivery {
 #[async_trait]
 pub trait Settle: Send + Sync {
     async fn ack(&self) -> Result<(), Error>;
-    /// `attempts` counts this one; past the policy's maximum the message is dead-lettered.
+    /// `attempts` counts this one; the retry policy decides between a retry and the dead
+    /// letters.
     async fn nack(&self, attempts: u32, reason: &str) -> Result<(), Error>;
+    /// Moves the message to the dead letters at once (a failure retrying cannot fix).
+    async fn dead_letter(&self, attempts: u32, reason: &str) -> Result<(), Error>;
     /// Hands the message back for redelivery without counting an attempt.
     fn release(&self);
 }
@@ -158,6 +202,14 @@ impl Delivery {
             .take()
             .expect("the handle is present until ack, nack or drop");
         settle.nack(self.attempts + 1, reason).await
+    }
+
+    pub async fn dead_letter(mut self, reason: &str) -> Result<(), Error> {
+        let settle = self
+            .settle
+            .take()
+            .expect("the handle is present until ack, nack or drop");
+        settle.dead_letter(self.attempts + 1, reason).await
     }
 }
 
@@ -231,9 +283,61 @@ impl crate::telemetry::Collect for Collector {
                     metrics::DEVMETRICS_QUEUE_DEAD_LETTERS,
                     s.dead_letters as f64,
                 ),
+                (metrics::DEVMETRICS_QUEUE_REPLAYED_TOTAL, s.replayed as f64),
             ] {
                 out.number(fid, &[topic.as_str()], v);
             }
+            out.number(
+                metrics::DEVMETRICS_QUEUE_REJECTED_TOTAL,
+                &[topic.as_str(), "full"],
+                s.rejected_full as f64,
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink down for three hours: every retry of the default schedule still lies within the
+    /// horizon, so nothing is dead-lettered; the retries never come closer than half the
+    /// backoff cap.
+    #[test]
+    fn the_default_schedule_outlasts_a_three_hour_outage() {
+        let p = RetryPolicy::default();
+        let mut age = Duration::ZERO;
+        let mut attempts = 0;
+        while age < Duration::from_secs(3 * 3600) {
+            attempts += 1;
+            match p.decide(attempts, age) {
+                Retry::After(d) => {
+                    assert!(d <= p.max_backoff);
+                    age += d;
+                }
+                Retry::DeadLetter => panic!("dead-lettered after {attempts} attempts at {age:?}"),
+            }
+        }
+        assert!(attempts > 30, "{attempts} attempts in three hours");
+    }
+
+    #[test]
+    fn the_horizon_and_an_explicit_cap_end_retries() {
+        let p = RetryPolicy {
+            max_attempts: 0,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            horizon: Duration::from_secs(600),
+        };
+        assert!(matches!(
+            p.decide(3, Duration::from_secs(10)),
+            Retry::After(_)
+        ));
+        assert_eq!(p.decide(30, Duration::from_secs(599)), Retry::DeadLetter);
+        let capped = RetryPolicy {
+            max_attempts: 3,
+            ..p
+        };
+        assert_eq!(capped.decide(3, Duration::ZERO), Retry::DeadLetter);
     }
 }

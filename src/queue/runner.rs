@@ -20,13 +20,26 @@ pub struct Failure {
     /// Bounded: a log field and the nack reason.
     pub kind: &'static str,
     pub message: String,
+    /// Retrying cannot help (the message cannot be decoded, has the wrong shape, or was
+    /// refused by the upstream as invalid): it goes to the dead letters at once.
+    pub permanent: bool,
 }
 
 impl Failure {
+    /// A failure that may pass: the message is retried with backoff.
     pub fn new(kind: &'static str, message: impl std::fmt::Display) -> Self {
         Failure {
             kind,
             message: message.to_string(),
+            permanent: false,
+        }
+    }
+
+    /// A failure of the message itself: dead-lettered at once, with its reason.
+    pub fn permanent(kind: &'static str, message: impl std::fmt::Display) -> Self {
+        Failure {
+            permanent: true,
+            ..Failure::new(kind, message)
         }
     }
 }
@@ -71,9 +84,15 @@ pub async fn run_consumer(
         };
         let settled = match outcome {
             Ok(Ok(())) => delivery.ack().await,
+            Ok(Err(f)) if f.permanent => {
+                tracing::warn!(topic, id = %delivery.id, kind = f.kind, error = %f.message, "a message cannot be handled; dead-lettered");
+                delivery
+                    .dead_letter(&format!("{}: {}", f.kind, f.message))
+                    .await
+            }
             Ok(Err(f)) => {
                 tracing::warn!(topic, id = %delivery.id, kind = f.kind, error = %f.message, "handling a message failed; will retry");
-                delivery.nack(f.kind).await
+                delivery.nack(&format!("{}: {}", f.kind, f.message)).await
             }
             Err(_) => {
                 tracing::error!(topic, id = %delivery.id, "handling a message panicked");

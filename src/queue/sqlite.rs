@@ -1,17 +1,21 @@
-//! The embedded queue: messages are rows of the SQLite file; the schedule of what is ready,
-//! delayed or in flight is kept in memory and rebuilt from the rows on start (every row not
-//! acked is delivered again: at-least-once).
+//! The embedded queue: messages are rows of the SQLite file. Memory holds only each message's
+//! id and schedule (ready, delayed or in flight); payloads stay on disk and are read when
+//! delivered, in the same write that counts the delivery. Every row not acked is delivered
+//! again after a restart (at-least-once).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
-use super::{Delivery, Error, Published, Queue, RetryPolicy, Settle, TopicStats};
+use super::{
+    Delivery, Error, MAX_UNSETTLED_DELIVERIES, Published, Queue, Retry, RetryPolicy, Settle,
+    TopicStats,
+};
 use crate::clock::now_unix;
 use crate::db::{Db, Finish};
 
@@ -20,6 +24,13 @@ use crate::db::{Db, Finish};
 const COMPRESS_FROM: usize = 512;
 const CODEC_RAW: u8 = 0;
 const CODEC_LZ4: u8 = 1;
+
+/// How often replays asked for by `devmetrics queue replay` are taken in, and dead letters
+/// purged by it are recounted, while the service runs.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Messages per topic when no cap is configured.
+pub const DEFAULT_MAX_DEPTH: u64 = 1_000_000;
 
 fn encode_payload(p: &[u8]) -> Vec<u8> {
     if p.len() >= COMPRESS_FROM {
@@ -34,7 +45,7 @@ fn encode_payload(p: &[u8]) -> Vec<u8> {
     }
 }
 
-fn decode_payload(stored: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn decode_payload(stored: &[u8]) -> Option<Vec<u8>> {
     match stored.split_first()? {
         (&CODEC_RAW, rest) => Some(rest.to_vec()),
         (&CODEC_LZ4, rest) => lz4_flex::decompress_size_prepended(rest).ok(),
@@ -42,12 +53,11 @@ fn decode_payload(stored: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-#[derive(Clone)]
+/// What memory keeps of a message: its schedule, not its payload.
+#[derive(Clone, Copy)]
 struct Msg {
     id: i64,
-    payload: Bytes,
     attempts: u32,
-    published_at: f64,
 }
 
 #[derive(Default)]
@@ -56,6 +66,9 @@ struct Topic {
     /// Keyed by (due time in ms since the epoch, id).
     delayed: BTreeMap<(u64, i64), Msg>,
     inflight: HashMap<i64, Msg>,
+    /// Every live message: id → publish time. Ids grow with publish order, so the first entry
+    /// is the oldest message and depth and age cost no walk over the messages.
+    live: BTreeMap<i64, f64>,
     stats: TopicStats,
     notify: Arc<Notify>,
 }
@@ -69,11 +82,25 @@ impl Topic {
             self.ready.push_back(entry.remove());
         }
     }
+
+    fn schedule(&mut self, msg: Msg, due: f64, now: f64) {
+        if due <= now {
+            self.ready.push_back(msg);
+        } else {
+            self.delayed.insert(((due * 1000.0) as u64, msg.id), msg);
+        }
+    }
+
+    fn forget(&mut self, id: i64) {
+        self.inflight.remove(&id);
+        self.live.remove(&id);
+    }
 }
 
 struct Inner {
     db: Db,
     policy: RetryPolicy,
+    max_depth: u64,
     topics: Mutex<HashMap<Arc<str>, Topic>>,
 }
 
@@ -97,6 +124,25 @@ impl Inner {
     }
 }
 
+/// A row as scheduling needs it (read through an index, never touching payloads).
+struct Row {
+    id: i64,
+    topic: String,
+    attempts: u32,
+    available_at: f64,
+    published_at: f64,
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        topic: r.get(1)?,
+        attempts: r.get(2)?,
+        available_at: r.get(3)?,
+        published_at: r.get(4)?,
+    })
+}
+
 #[derive(Clone)]
 pub struct SqliteQueue {
     inner: Arc<Inner>,
@@ -104,62 +150,48 @@ pub struct SqliteQueue {
 
 impl SqliteQueue {
     pub fn open(db: Db, policy: RetryPolicy) -> Result<SqliteQueue, Error> {
+        Self::open_with_depth(db, policy, DEFAULT_MAX_DEPTH)
+    }
+
+    /// Opens the queue; a topic holding `max_depth` messages refuses more with
+    /// [`Error::Full`] until consumers catch up.
+    pub fn open_with_depth(
+        db: Db,
+        policy: RetryPolicy,
+        max_depth: u64,
+    ) -> Result<SqliteQueue, Error> {
         let inner = Arc::new(Inner {
             db: db.clone(),
             policy,
+            max_depth,
             topics: Mutex::new(HashMap::new()),
         });
-        let (rows, dead) = db.read_blocking(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, topic, payload, attempts, available_at, published_at FROM queue ORDER BY id",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, u32>(3)?,
-                        r.get::<_, f64>(4)?,
-                        r.get::<_, f64>(5)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut stmt = c.prepare("SELECT topic, count(*) FROM dead_letters GROUP BY topic")?;
-            let dead = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok((rows, dead))
+        let rows = db.read_blocking(|c| {
+            c.prepare(
+                "SELECT id, topic, attempts, available_at, published_at FROM queue INDEXED BY queue_schedule ORDER BY id",
+            )?
+            .query_map([], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let now_ms = (now_unix() * 1000.0) as u64;
-        for (id, topic, payload, attempts, available_at, published_at) in rows {
-            let Some(payload) = decode_payload(&payload) else {
-                tracing::error!(
-                    id,
-                    topic,
-                    "queued message has an unreadable payload; left in place"
-                );
-                continue;
-            };
-            let msg = Msg {
-                id,
-                payload: Bytes::from(payload),
-                attempts,
-                published_at,
-            };
-            let due = (available_at * 1000.0) as u64;
-            inner.with_topic(&topic, |t| {
-                if due <= now_ms {
-                    t.ready.push_back(msg)
-                } else {
-                    t.delayed.insert((due, id), msg);
-                }
+        let now = now_unix();
+        for r in rows {
+            inner.with_topic(&r.topic, |t| {
+                t.live.insert(r.id, r.published_at);
+                let msg = Msg {
+                    id: r.id,
+                    attempts: r.attempts,
+                };
+                t.schedule(msg, r.available_at, now);
             });
         }
-        for (topic, n) in dead {
-            inner.with_topic(&topic, |t| t.stats.dead_letters = n);
-        }
-        Ok(SqliteQueue { inner })
+        let queue = SqliteQueue { inner };
+        queue.maintain_blocking()?;
+        let weak = Arc::downgrade(&queue.inner);
+        std::thread::Builder::new()
+            .name("devmetrics-queue-maintenance".into())
+            .spawn(move || maintenance_loop(weak))
+            .expect("spawning the queue maintenance thread");
+        Ok(queue)
     }
 
     fn submit<T: Send + 'static>(
@@ -167,26 +199,140 @@ impl SqliteQueue {
         run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
         effect: impl FnOnce(&T) + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.db.submit(Box::new(move |conn| match run(conn) {
-            Ok(v) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| {
-                let _ = tx.send(match r {
-                    Ok(()) => {
-                        effect(&v);
-                        Ok(v)
-                    }
-                    Err(e) => Err(Error::Unavailable {
-                        kind: "commit",
-                        message: e.to_string(),
-                    }),
-                });
+        submit(&self.inner.db, run, effect)
+    }
+
+    /// Takes in replays asked for from outside the process and recounts the dead letters,
+    /// and waits for it (at start-up, so stats are right from the first scrape).
+    fn maintain_blocking(&self) -> Result<(), Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.maintain(move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv()
+            .map_err(|_| Error::from(crate::db::Error::WriterGone))?
+    }
+
+    fn maintain(&self, done: impl FnOnce(Result<(), Error>) + Send + 'static) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        let job = |c: &rusqlite::Connection| -> rusqlite::Result<Maintained> {
+            let now = now_unix();
+            let replayed = c
+                .prepare_cached(
+                    "INSERT INTO queue (topic, payload, attempts, deliveries, available_at, published_at)
+                     SELECT topic, payload, 0, 0, ?1, ?1 FROM dead_letters
+                     WHERE id IN (SELECT id FROM queue_replays) ORDER BY id
+                     RETURNING id, topic, attempts, available_at, published_at",
+                )?
+                .query_map([now], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if !replayed.is_empty() {
+                c.execute(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM queue_replays)",
+                    [],
+                )?;
+            }
+            c.execute("DELETE FROM queue_replays", [])?;
+            let dead = c
+                .prepare_cached("SELECT topic, count(*) FROM dead_letters GROUP BY topic")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Maintained { replayed, dead })
+        };
+        self.inner.db.submit(Box::new(move |conn| match job(conn) {
+            Ok(m) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| match r {
+                Ok(()) => {
+                    inner.apply_maintenance(m);
+                    done(Ok(()));
+                }
+                Err(e) => done(Err(Error::Unavailable {
+                    kind: "commit",
+                    message: e.to_string(),
+                })),
             }) as Finish),
             Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
-                let _ = tx.send(Err(crate::db::Error::Sql(e).into()));
+                done(Err(crate::db::Error::Sql(e).into()))
             }) as Finish),
         }))?;
-        Ok(rx)
+        Ok(())
     }
+}
+
+impl Inner {
+    fn apply_maintenance(&self, m: Maintained) {
+        let now = now_unix();
+        for t in self.topics.lock().values_mut() {
+            t.stats.dead_letters = 0;
+        }
+        for (topic, n) in &m.dead {
+            self.with_topic(topic, |t| t.stats.dead_letters = *n);
+        }
+        for r in &m.replayed {
+            tracing::info!(topic = %r.topic, id = r.id, "dead letter replayed");
+            self.with_topic(&r.topic, |t| {
+                t.live.insert(r.id, r.published_at);
+                t.stats.replayed += 1;
+                let msg = Msg {
+                    id: r.id,
+                    attempts: r.attempts,
+                };
+                t.schedule(msg, r.available_at, now);
+                t.notify.notify_one();
+            });
+        }
+    }
+}
+
+struct Maintained {
+    replayed: Vec<Row>,
+    dead: Vec<(String, u64)>,
+}
+
+fn maintenance_loop(inner: Weak<Inner>) {
+    loop {
+        std::thread::sleep(MAINTENANCE_EVERY);
+        let Some(inner) = inner.upgrade() else { return };
+        let queue = SqliteQueue { inner };
+        let (tx, rx) = std::sync::mpsc::channel();
+        if queue
+            .maintain(move |r| {
+                let _ = tx.send(r);
+            })
+            .is_err()
+        {
+            return;
+        }
+        drop(queue);
+        if let Ok(Err(e)) = rx.recv() {
+            tracing::warn!(error = %e, "queue maintenance failed");
+        }
+    }
+}
+
+fn submit<T: Send + 'static>(
+    db: &Db,
+    run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    effect: impl FnOnce(&T) + Send + 'static,
+) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+    let (tx, rx) = oneshot::channel();
+    db.submit(Box::new(move |conn| match run(conn) {
+        Ok(v) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| {
+            let _ = tx.send(match r {
+                Ok(()) => {
+                    effect(&v);
+                    Ok(v)
+                }
+                Err(e) => Err(Error::Unavailable {
+                    kind: "commit",
+                    message: e.to_string(),
+                }),
+            });
+        }) as Finish),
+        Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
+            let _ = tx.send(Err(crate::db::Error::Sql(e).into()));
+        }) as Finish),
+    }))?;
+    Ok(rx)
 }
 
 async fn wait<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
@@ -217,13 +363,27 @@ impl Settle for Handle {
 
     async fn nack(&self, attempts: u32, reason: &str) -> Result<(), Error> {
         self.queue
-            .nack(&self.topic, self.id, attempts, reason)
+            .fail(&self.topic, self.id, attempts, reason, false)
+            .await
+    }
+
+    async fn dead_letter(&self, attempts: u32, reason: &str) -> Result<(), Error> {
+        self.queue
+            .fail(&self.topic, self.id, attempts, reason, true)
             .await
     }
 
     fn release(&self) {
         self.queue.release(&self.topic, self.id)
     }
+}
+
+/// A row fetched for delivery: its payload as stored and its counts after this delivery.
+struct Fetched {
+    payload: Vec<u8>,
+    attempts: u32,
+    deliveries: u32,
+    published_at: f64,
 }
 
 #[async_trait]
@@ -235,7 +395,15 @@ impl Queue for SqliteQueue {
         payload: Bytes,
     ) -> Result<Published, Error> {
         let topic_name = self.inner.topic_name(topic);
+        let depth = self.inner.with_topic(topic, |t| t.live.len() as u64);
+        if depth >= self.inner.max_depth {
+            self.inner.with_topic(topic, |t| t.stats.rejected_full += 1);
+            return Err(Error::Full {
+                topic: topic.to_string(),
+            });
+        }
         let stored = encode_payload(&payload);
+        drop(payload);
         let key = dedupe_key.map(str::to_string);
         let now = now_unix();
         let inner = self.inner.clone();
@@ -262,11 +430,10 @@ impl Queue for SqliteQueue {
                 inner.with_topic(&topic_name, |t| match outcome {
                     Some(id) => {
                         t.stats.published += 1;
+                        t.live.insert(*id, now);
                         t.ready.push_back(Msg {
                             id: *id,
-                            payload,
                             attempts: 0,
-                            published_at: now,
                         });
                         t.notify.notify_one();
                     }
@@ -287,33 +454,91 @@ impl Queue for SqliteQueue {
             let (msg, notify, next_due) = self.inner.with_topic(topic, |t| {
                 t.promote_due(now_ms);
                 let msg = t.ready.pop_front();
-                if let Some(m) = &msg {
-                    t.inflight.insert(m.id, m.clone());
+                if let Some(m) = msg {
+                    t.inflight.insert(m.id, m);
                 }
                 (msg, t.notify.clone(), t.delayed.keys().next().map(|k| k.0))
             });
-            if let Some(m) = msg {
-                let handle = Handle {
-                    queue: self.clone(),
-                    topic: topic_name.clone(),
-                    id: m.id,
-                };
-                return Ok(Delivery::new(
-                    m.id.to_string(),
-                    topic_name,
-                    m.payload,
-                    m.attempts,
-                    m.published_at,
-                    Box::new(handle),
-                ));
+            let Some(m) = msg else {
+                let sleep = next_due
+                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+                continue;
+            };
+            // The delivery is counted durably before anyone handles it: a message that kills
+            // the process is recognised by its deliveries outnumbering its settled attempts.
+            let id = m.id;
+            let fetched = self.submit(
+                move |c| {
+                    c.prepare_cached(
+                        "UPDATE queue SET deliveries = deliveries + 1 WHERE id = ?1
+                         RETURNING payload, attempts, deliveries, published_at",
+                    )?
+                    .query_row([id], |r| {
+                        Ok(Fetched {
+                            payload: r.get(0)?,
+                            attempts: r.get(1)?,
+                            deliveries: r.get(2)?,
+                            published_at: r.get(3)?,
+                        })
+                    })
+                    .optional()
+                },
+                |_| {},
+            );
+            let fetched = match fetched {
+                Ok(rx) => wait(rx).await,
+                Err(e) => Err(e),
+            };
+            let f = match fetched {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    // Gone from disk (purged while queued): forget it.
+                    self.inner.with_topic(topic, |t| t.forget(id));
+                    continue;
+                }
+                Err(e) => {
+                    self.release_quietly(topic, id);
+                    return Err(e);
+                }
+            };
+            let unsettled = f.deliveries.saturating_sub(f.attempts);
+            if unsettled > MAX_UNSETTLED_DELIVERIES {
+                let reason = format!(
+                    "poison: delivered {} times without being settled (the consumer or the process stopped while handling it)",
+                    unsettled - 1
+                );
+                self.fail(topic, id, f.attempts, &reason, true).await?;
+                continue;
             }
-            let sleep = next_due
-                .map(|due| Duration::from_millis(due.saturating_sub(now_ms).max(1)))
-                .unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                _ = notify.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
+            let Some(payload) = decode_payload(&f.payload) else {
+                self.fail(
+                    topic,
+                    id,
+                    f.attempts,
+                    "unreadable: the stored payload does not decode",
+                    true,
+                )
+                .await?;
+                continue;
+            };
+            let handle = Handle {
+                queue: self.clone(),
+                topic: topic_name.clone(),
+                id,
+            };
+            return Ok(Delivery::new(
+                id.to_string(),
+                topic_name,
+                Bytes::from(payload),
+                f.attempts,
+                f.published_at,
+                Box::new(handle),
+            ));
         }
     }
 
@@ -324,19 +549,11 @@ impl Queue for SqliteQueue {
             .iter()
             .map(|(name, t)| {
                 let mut s = t.stats.clone();
-                s.depth = (t.ready.len() + t.delayed.len() + t.inflight.len()) as u64;
-                let oldest = t
-                    .ready
-                    .iter()
-                    .chain(t.delayed.values())
-                    .chain(t.inflight.values())
-                    .map(|m| m.published_at)
-                    .fold(f64::INFINITY, f64::min);
-                s.oldest_age_seconds = if oldest.is_finite() {
-                    (now - oldest).max(0.0)
-                } else {
-                    0.0
-                };
+                s.depth = t.live.len() as u64;
+                s.oldest_age_seconds = t
+                    .live
+                    .first_key_value()
+                    .map_or(0.0, |(_, at)| (now - at).max(0.0));
                 (name.to_string(), s)
             })
             .collect();
@@ -368,7 +585,7 @@ impl SqliteQueue {
             },
             move |_| {
                 inner.with_topic(&t, |t| {
-                    t.inflight.remove(&id);
+                    t.forget(id);
                     t.stats.acked += 1;
                 })
             },
@@ -378,46 +595,69 @@ impl SqliteQueue {
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.release(topic, id);
+            self.release_quietly(topic, id);
         }
         r
     }
 
-    async fn nack(&self, topic: &str, id: i64, attempts: u32, reason: &str) -> Result<(), Error> {
+    /// A failed attempt: retried as the policy says, or dead-lettered (at once when `permanent`).
+    async fn fail(
+        &self,
+        topic: &str,
+        id: i64,
+        attempts: u32,
+        reason: &str,
+        permanent: bool,
+    ) -> Result<(), Error> {
         let reason: String = reason.chars().take(1024).collect();
-        let dead = attempts >= self.inner.policy.max_attempts;
         let now = now_unix();
-        let due = now + self.inner.policy.backoff(attempts).as_secs_f64();
+        let published_at = self
+            .inner
+            .with_topic(topic, |t| t.live.get(&id).copied())
+            .unwrap_or(now);
+        let age = Duration::from_secs_f64((now - published_at).max(0.0));
+        let decision = if permanent {
+            Retry::DeadLetter
+        } else {
+            self.inner.policy.decide(attempts, age)
+        };
         let (inner, t) = (self.inner.clone(), topic.to_string());
         let rx = self.submit(
             move |c| {
-                if dead {
-                    c.prepare_cached(
-                        "INSERT INTO dead_letters (id, topic, payload, attempts, published_at, dead_at, last_error)
-                         SELECT id, topic, payload, ?2, published_at, ?3, ?4 FROM queue WHERE id = ?1",
-                    )?
-                    .execute(params![id, attempts, now, reason])?;
-                    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?.execute([id])?;
-                } else {
-                    c.prepare_cached(
-                        "UPDATE queue SET attempts = ?2, available_at = ?3, last_error = ?4 WHERE id = ?1",
-                    )?
-                    .execute(params![id, attempts, due, reason])?;
+                match decision {
+                    Retry::DeadLetter => {
+                        c.prepare_cached(
+                            "INSERT INTO dead_letters (id, topic, payload, attempts, published_at, dead_at, last_error)
+                             SELECT id, topic, payload, ?2, published_at, ?3, ?4 FROM queue WHERE id = ?1",
+                        )?
+                        .execute(params![id, attempts, now, reason])?;
+                        c.prepare_cached("DELETE FROM queue WHERE id = ?1")?.execute([id])?;
+                    }
+                    Retry::After(delay) => {
+                        c.prepare_cached(
+                            "UPDATE queue SET attempts = ?2, available_at = ?3, last_error = ?4 WHERE id = ?1",
+                        )?
+                        .execute(params![id, attempts, now + delay.as_secs_f64(), reason])?;
+                    }
                 }
                 Ok(())
             },
             move |_| {
                 inner.with_topic(&t, |tp| {
                     let Some(mut m) = tp.inflight.remove(&id) else { return };
-                    if dead {
-                        tp.stats.dead_lettered += 1;
-                        tp.stats.dead_letters += 1;
-                        tracing::warn!(topic = %t, id, attempts, "message dead-lettered");
-                    } else {
-                        tp.stats.retried += 1;
-                        m.attempts = attempts;
-                        tp.delayed.insert(((due * 1000.0) as u64, id), m);
-                        tp.notify.notify_one();
+                    match decision {
+                        Retry::DeadLetter => {
+                            tp.live.remove(&id);
+                            tp.stats.dead_lettered += 1;
+                            tp.stats.dead_letters += 1;
+                            tracing::warn!(topic = %t, id, attempts, "message dead-lettered");
+                        }
+                        Retry::After(delay) => {
+                            tp.stats.retried += 1;
+                            m.attempts = attempts;
+                            tp.schedule(m, now + delay.as_secs_f64(), now);
+                            tp.notify.notify_one();
+                        }
                     }
                 })
             },
@@ -427,18 +667,42 @@ impl SqliteQueue {
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.release(topic, id);
+            self.release_quietly(topic, id);
         }
         r
     }
 
+    /// Hands an unfinished delivery back; the delivery it counted is taken back too, so a
+    /// cancelled consumer is not mistaken for a message that stops the process.
     fn release(&self, topic: &str, id: i64) {
-        self.inner.with_topic(topic, |t| {
-            if let Some(m) = t.inflight.remove(&id) {
-                t.ready.push_front(m);
-                t.notify.notify_one();
+        if self.release_quietly(topic, id) {
+            let uncount = submit(
+                &self.inner.db,
+                move |c| {
+                    c.prepare_cached(
+                        "UPDATE queue SET deliveries = max(deliveries - 1, 0) WHERE id = ?1",
+                    )?
+                    .execute([id])
+                },
+                |_| {},
+            );
+            if let Err(e) = uncount {
+                tracing::debug!(error = %e, "could not take back a released delivery's count");
             }
-        });
+        }
+    }
+
+    /// Puts an in-flight message back at the front; `false` when it was not in flight.
+    fn release_quietly(&self, topic: &str, id: i64) -> bool {
+        self.inner
+            .with_topic(topic, |t| match t.inflight.remove(&id) {
+                Some(m) => {
+                    t.ready.push_front(m);
+                    t.notify.notify_one();
+                    true
+                }
+                None => false,
+            })
     }
 }
 
@@ -455,6 +719,7 @@ mod tests {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
+            horizon: Duration::from_secs(3600),
         }
     }
 
@@ -546,12 +811,176 @@ mod tests {
         drop(d);
     }
 
+    /// The files as they are now, as a restart after a crash would find them (the lock file
+    /// is not copied; the dying process would have released it).
+    fn crash_copy(dir: &tempfile::TempDir, from: &str, to: &str) -> Db {
+        for f in ["", "-wal"] {
+            let src = dir.path().join(format!("{from}{f}"));
+            if src.exists() {
+                std::fs::copy(&src, dir.path().join(format!("{to}{f}"))).unwrap();
+            }
+        }
+        Db::open(&dir.path().join(to)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_message_that_keeps_killing_its_consumer_is_dead_lettered_not_looped() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"poison"))
+            .await
+            .unwrap();
+        q.publish("t", None, Bytes::from_static(b"fine"))
+            .await
+            .unwrap();
+        drop(q);
+        let mut name = "q.db".to_string();
+        for crash in 1..=MAX_UNSETTLED_DELIVERIES {
+            let q = SqliteQueue::open(Db::open(&dir.path().join(&name)).unwrap(), fast()).unwrap();
+            let d = q.receive("t").await.unwrap();
+            assert_eq!(&d.payload[..], b"poison", "crash {crash}");
+            // The process dies while handling it: nothing settles the delivery.
+            let next = format!("crash{crash}.db");
+            std::mem::forget(d);
+            drop(crash_copy(&dir, &name, &next));
+            name = next;
+        }
+        let q = SqliteQueue::open(Db::open(&dir.path().join(&name)).unwrap(), fast()).unwrap();
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(
+            &d.payload[..],
+            b"fine",
+            "the poison message is not delivered again"
+        );
+        d.ack().await.unwrap();
+        let s = &q.stats().await.unwrap()[0].1;
+        assert_eq!((s.dead_lettered, s.dead_letters, s.depth), (1, 1, 0));
+        let reason: String = q
+            .inner
+            .db
+            .read(|c| c.query_row("SELECT last_error FROM dead_letters", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert!(reason.starts_with("poison"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_consumer_is_not_taken_for_a_poison_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"m"))
+            .await
+            .unwrap();
+        for _ in 0..=MAX_UNSETTLED_DELIVERIES + 2 {
+            drop(q.receive("t").await.unwrap());
+        }
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(&d.payload[..], b"m");
+        d.ack().await.unwrap();
+        assert_eq!(q.stats().await.unwrap()[0].1.dead_letters, 0);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_dead_lettered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"bad"))
+            .await
+            .unwrap();
+        let d = q.receive("t").await.unwrap();
+        d.dead_letter("decode: not JSON").await.unwrap();
+        let s = &q.stats().await.unwrap()[0].1;
+        assert_eq!((s.retried, s.dead_lettered, s.depth), (0, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_dead_lettered_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        q.publish("t", None, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        q.publish("t", None, Bytes::from_static(b"y"))
+            .await
+            .unwrap();
+        q.inner
+            .db
+            .write(|c| c.execute("UPDATE queue SET payload = x'09' WHERE id = 1", []))
+            .await
+            .unwrap();
+        let d = q.receive("t").await.unwrap();
+        assert_eq!(&d.payload[..], b"y");
+        d.ack().await.unwrap();
+        let reason: String = q
+            .inner
+            .db
+            .read(|c| {
+                c.query_row(
+                    "SELECT last_error FROM dead_letters WHERE id = 1",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .unwrap();
+        assert!(reason.starts_with("unreadable"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_full_topic_refuses_publishes_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let q =
+            SqliteQueue::open_with_depth(Db::open(&dir.path().join("q.db")).unwrap(), fast(), 2)
+                .unwrap();
+        for m in [&b"1"[..], b"2"] {
+            q.publish("t", None, Bytes::copy_from_slice(m))
+                .await
+                .unwrap();
+        }
+        let err = q
+            .publish("t", None, Bytes::from_static(b"3"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "full");
+        q.publish("other", None, Bytes::from_static(b"o"))
+            .await
+            .unwrap();
+        q.receive("t").await.unwrap().ack().await.unwrap();
+        q.publish("t", None, Bytes::from_static(b"3"))
+            .await
+            .unwrap();
+        let stats = q.stats().await.unwrap();
+        let t = &stats.iter().find(|(n, _)| n == "t").unwrap().1;
+        assert_eq!((t.rejected_full, t.depth, t.published), (1, 2, 3));
+    }
+
+    #[tokio::test]
+    async fn stats_come_from_the_schedule_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, fast());
+        for i in 0..100u32 {
+            q.publish("t", None, Bytes::from(i.to_string()))
+                .await
+                .unwrap();
+        }
+        let d = q.receive("t").await.unwrap();
+        d.nack("later").await.unwrap();
+        let s = &q.stats().await.unwrap()[0].1;
+        assert_eq!(s.depth, 100);
+        assert!(s.oldest_age_seconds >= 0.0);
+        drop(q);
+        let q = open(&dir, fast());
+        let s = &q.stats().await.unwrap()[0].1;
+        assert_eq!(s.depth, 100);
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy {
             max_attempts: 10,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            horizon: Duration::from_secs(86_400),
         };
         for _ in 0..50 {
             let b1 = p.backoff(1);

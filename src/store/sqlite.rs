@@ -81,19 +81,14 @@ impl SqliteStore {
     }
 }
 
+/// Every database failure is treated as passing: SQLite reports a full disk or an I/O error
+/// through the same statement errors as a bad statement, and losing an event to a wrongly
+/// permanent error is worse than retrying a bug until the horizon.
 impl From<crate::db::Error> for Error {
     fn from(e: crate::db::Error) -> Self {
-        use crate::db::Error as Db;
-        let kind = e.kind();
-        match e {
-            Db::Sql(_) => Error::Refused {
-                kind,
-                message: e.to_string(),
-            },
-            _ => Error::Unavailable {
-                kind,
-                message: e.to_string(),
-            },
+        Error::Unavailable {
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
 }

@@ -72,6 +72,7 @@ impl Env {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
+            horizon: Duration::from_secs(3600),
         };
         let b = Backend::from_env().open(self.dir.path(), &policy);
         (b.store, b.queue)

@@ -154,6 +154,7 @@ impl Backend {
                 ("queue.max_attempts", policy.max_attempts.into()),
                 ("queue.initial_backoff", ms(policy.initial_backoff)),
                 ("queue.max_backoff", ms(policy.max_backoff)),
+                ("queue.retry_horizon", ms(policy.horizon)),
             ],
         );
         storage::open(&config).expect("the test backend opens")

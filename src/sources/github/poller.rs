@@ -742,13 +742,8 @@ pub struct Backfill {
 #[async_trait]
 impl Handler for Backfill {
     async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
-        let job: BackfillJob = match serde_json::from_slice(&delivery.payload) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::warn!(error = %e, "dropping an undecodable backfill job");
-                return Ok(());
-            }
-        };
+        let job: BackfillJob = serde_json::from_slice(&delivery.payload)
+            .map_err(|e| Failure::permanent("decode", format_args!("backfill job: {e}")))?;
         let Some(p) = self.pollers.get(&job.org) else {
             tracing::warn!(org = %job.org, "dropping a backfill job of an org no longer configured");
             return Ok(());

@@ -28,6 +28,8 @@ pub const PATHS: &[&str] = &["/webhooks/github", "/webhook", "/api/github"];
 
 /// GitHub gives up after 10 s; answering 503 before that lets its redelivery (or ours) retry.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
+/// Seconds a sender is asked to wait after a 503.
+const RETRY_AFTER_SECS: &str = "30";
 
 /// Why a delivery was not accepted. Maps to a status; the body never carries the detail.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +81,21 @@ impl IntoResponse for Error {
             Error::Queue(_) => "temporarily unavailable; retry later",
         };
         let body = format!("{{\"error\":{}}}\n", serde_json::Value::from(msg));
-        (
+        let mut resp = (
             self.status(),
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Error::Queue(_) = self {
+            // Senders that honour it (GitHub's redelivery tooling, CD systems) come back
+            // once the consumers have had time to catch up.
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        resp
     }
 }
 
@@ -415,6 +426,7 @@ mod unavailable {
         assert_eq!(e.kind(), "unavailable");
         let resp = e.into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], RETRY_AFTER_SECS);
         let text = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(!String::from_utf8_lossy(&text).contains("closed"));
     }
