@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Inspect, replay and purge the queue's dead letters (beside a running service too).
+    Queue {
+        #[command(subcommand)]
+        what: QueueCommand,
+    },
     /// Print version information.
     Version,
     /// Generated documentation.
@@ -74,6 +79,85 @@ enum DebugCommand {
         #[arg(long, default_value_t = 10_000)]
         messages: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List dead letters: id, topic, attempts, when, and why.
+    DeadLetters {
+        #[command(flatten)]
+        db: QueueDb,
+        /// Only this topic (e.g. webhooks/github, sink/otlp, github/backfill).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Print one dead letter with its payload.
+    Show {
+        #[command(flatten)]
+        db: QueueDb,
+        id: i64,
+    },
+    /// Put dead letters back on their topics with fresh attempts. A running service takes
+    /// them in within seconds; a stopped one when it starts.
+    Replay {
+        #[command(flatten)]
+        db: QueueDb,
+        #[command(flatten)]
+        select: QueueSelect,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        db: QueueDb,
+        #[command(flatten)]
+        select: QueueSelect,
+    },
+}
+
+/// Where the queue lives: the configuration's `storage.path`, or the file itself.
+#[derive(Args)]
+struct QueueDb {
+    /// YAML configuration file (its storage.path is used).
+    #[arg(long = "config.file", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// The SQLite file (overrides the configuration).
+    #[arg(long = "storage.path", value_name = "PATH")]
+    storage_path: Option<PathBuf>,
+}
+
+impl QueueDb {
+    fn path(&self) -> Result<PathBuf, config::Error> {
+        let common = Common {
+            config_file: self.config_file.clone(),
+            storage_path: self.storage_path.clone(),
+            ..Default::default()
+        };
+        Ok(common.load()?.storage.path)
+    }
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct QueueSelect {
+    /// Every dead letter of this topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// These dead letters (ids from `devmetrics queue dead-letters`).
+    ids: Vec<i64>,
+}
+
+impl QueueSelect {
+    fn select(&self) -> devmetrics::queue::dead_letters::Select {
+        use devmetrics::queue::dead_letters::Select;
+        match (&self.topic, self.all) {
+            (Some(t), _) => Select::Topic(t.clone()),
+            (None, true) => Select::All,
+            (None, false) => Select::Ids(self.ids.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -277,9 +361,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Debug { what } => run(debug(what)),
+        Command::Queue { what } => queue(what),
         Command::CheckConfig(common) => match common.load() {
             Ok(cfg) => {
-                // github (issue 4): replaced-tool sections accepted but ignored.
+                // Sections of the replaced tools that are accepted but ignored.
                 for w in cfg.github.iter().flat_map(|g| &g.compat_warnings) {
                     eprintln!("warning: {w}");
                 }
@@ -312,6 +397,83 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg);
             run(demo(cfg, seed))
+        }
+    }
+}
+
+fn queue(what: QueueCommand) -> ExitCode {
+    use devmetrics::queue::dead_letters::{DeadLetters, Select};
+    let (QueueCommand::DeadLetters { db, .. }
+    | QueueCommand::Show { db, .. }
+    | QueueCommand::Replay { db, .. }
+    | QueueCommand::Purge { db, .. }) = &what;
+    let path = match db.path() {
+        Ok(p) => p,
+        Err(e) => return invalid(e),
+    };
+    let letters = match DeadLetters::open(&path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("devmetrics: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let when = |t: f64| devmetrics::timestamp::format_rfc3339(t);
+    let result = match &what {
+        QueueCommand::DeadLetters { topic, .. } => {
+            let select = topic.clone().map_or(Select::All, Select::Topic);
+            letters.list(&select).map(|list| {
+                println!("{:>8}  {:<20} {:>8}  {:<20}  reason", "id", "topic", "attempts", "dead since");
+                for d in &list {
+                    let pending = if d.replay_pending { " (replay pending)" } else { "" };
+                    println!(
+                        "{:>8}  {:<20} {:>8}  {:<20}  {}{pending}",
+                        d.id,
+                        d.topic,
+                        d.attempts,
+                        when(d.dead_at),
+                        d.reason
+                    );
+                }
+                println!("{} dead letters", list.len());
+            })
+        }
+        QueueCommand::Show { id, .. } => letters.show(*id).map(|found| match found {
+            None => println!("no dead letter {id}"),
+            Some((d, payload)) => {
+                println!("id:         {}", d.id);
+                println!("topic:      {}", d.topic);
+                println!("attempts:   {}", d.attempts);
+                println!("published:  {}", when(d.published_at));
+                println!("dead since: {}", when(d.dead_at));
+                println!("reason:     {}", d.reason);
+                match payload {
+                    None => println!("payload:    unreadable ({} bytes stored)", d.stored_bytes),
+                    Some(p) => match devmetrics::processors::Envelope::decode(&bytes::Bytes::from(p.clone())) {
+                        Some(env) => {
+                            println!("event:      {}", env.event);
+                            println!("delivery:   {}", env.delivery);
+                            println!("{}", String::from_utf8_lossy(&env.body));
+                        }
+                        None => println!("{}", String::from_utf8_lossy(&p)),
+                    },
+                }
+            }
+        }),
+        QueueCommand::Replay { select, .. } => letters.replay(&select.select()).map(|n| {
+            println!(
+                "{n} dead letters queued for replay: a running service takes them in within seconds, a stopped one when it starts"
+            )
+        }),
+        QueueCommand::Purge { select, .. } => letters
+            .purge(&select.select())
+            .map(|n| println!("{n} dead letters purged")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("devmetrics: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -188,6 +188,27 @@ impl Db {
         })
     }
 
+    /// A plain connection for administration from another process (`devmetrics queue`),
+    /// beside a running service or without one. It takes no process lock: SQLite's own
+    /// locking orders its writes with the service's writer.
+    pub fn open_admin(path: &Path) -> Result<Connection, Error> {
+        let open_err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            return Err(Error::Open {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::InvalidPath(path.to_path_buf()),
+            });
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.execute_batch("PRAGMA busy_timeout=10000;")
+            .map_err(open_err)?;
+        schema::migrate(&conn).map_err(open_err)?;
+        Ok(conn)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

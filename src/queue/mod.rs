@@ -9,6 +9,7 @@
 //! at-least-once exactly-once by applying their updates with `Store::apply_once`.
 
 pub mod contract;
+pub mod dead_letters;
 mod runner;
 pub mod sqlite;
 

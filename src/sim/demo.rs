@@ -15,14 +15,9 @@ pub struct Demo {
 impl Demo {
     /// Starts every fake and points `config` at them.
     pub async fn start(config: &mut Config, seed: u64) -> std::io::Result<Demo> {
-        let _ = (&config, seed);
-        #[allow(unused_mut)]
         let mut fakes: Vec<Arc<super::FakeServer>> = Vec::new();
-        // github (issue 4)
         fakes.push(super::github::demo(config, seed).await?);
-        // webhook sender (issue 5)
         let webhook_sender = Some(webhook_sender(config, seed));
-        // spacelift (issue 6)
         {
             let fake = super::spacelift::SpaceliftFake::start(seed, 24).await?;
             // Short-lived tokens so the demo shows refreshes, and a live account.
@@ -39,7 +34,6 @@ impl Demo {
             ));
             fakes.push(fake.server.clone());
         }
-        //
         Ok(Demo {
             fakes,
             webhook_sender,

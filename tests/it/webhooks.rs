@@ -1166,3 +1166,105 @@ async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
     assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), 4);
     app.stop().await;
 }
+
+/// A sink that refuses everything dead-letters its items (with one attempt allowed); the
+/// `devmetrics queue` CLI, run as its own process beside the running service, lists them and
+/// replays them once the sink is back, and each item then arrives exactly once.
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_by_the_cli_while_the_service_runs() {
+    use devmetrics::sim::sinks::otlp_receiver;
+    use std::process::Command;
+    use std::sync::atomic::Ordering;
+
+    let (otlp_fake, received) = otlp_receiver(3).await.unwrap();
+    otlp_fake
+        .faults
+        .fail_next
+        .store(1_000_000, Ordering::Relaxed);
+    let app = App::start(&[
+        (
+            "DEVMETRICS_WEBHOOKS__SINKS__OTLP__ENDPOINT",
+            &otlp_fake.base_url(),
+        ),
+        ("DEVMETRICS_QUEUE__MAX_ATTEMPTS", "1"),
+    ])
+    .await;
+    let s = Sender::new(app.url.clone(), SECRET);
+    let mut g = Generator::new(5);
+    let jobs = g.run_plan(1_700_000_000.0, 1);
+    for (n, action) in ["queued", "in_progress", "completed"].iter().enumerate() {
+        let body = g.job_payload(&jobs[0], action, true);
+        assert_eq!(
+            s.send("workflow_job", &format!("dl-{n}"), body)
+                .await
+                .unwrap(),
+            202
+        );
+    }
+    let body = g.run_payload(&jobs, "completed", true);
+    assert_eq!(s.send("workflow_run", "dl-run", body).await.unwrap(), 202);
+    let sink_stats = || async {
+        let stats = app.state().queue.stats().await.unwrap();
+        stats
+            .into_iter()
+            .find(|(t, _)| t == "sink/otlp")
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    };
+    for _ in 0..500 {
+        if sink_stats().await.dead_letters == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink_stats().await.dead_letters, 2, "the job and the run");
+
+    let db = app.state().config.storage.path.clone();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+            .args(args)
+            .arg("--storage.path")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["queue", "dead-letters", "--topic", "sink/otlp"]);
+    assert!(listed.contains("2 dead letters"), "{listed}");
+    assert!(listed.contains("status"), "the reason is shown: {listed}");
+    let id = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let shown = cli(&["queue", "show", &id]);
+    assert!(shown.contains("event:      workflow_"), "{shown}");
+
+    otlp_fake.faults.fail_next.store(0, Ordering::Relaxed);
+    let replayed = cli(&["queue", "replay", "--topic", "sink/otlp"]);
+    assert!(replayed.starts_with("2 dead letters queued"), "{replayed}");
+    // Asking twice replays nothing twice.
+    cli(&["queue", "replay", "--all"]);
+    let steps: usize = jobs.iter().map(|j| j.steps.len()).sum();
+    let want = 1 + jobs.len() + steps;
+    for _ in 0..500 {
+        let st = sink_stats().await;
+        if received.spans.lock().len() >= want && st.depth == 0 && st.dead_letters == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received.spans.lock().len(), want, "each item once");
+    let st = sink_stats().await;
+    assert_eq!((st.dead_letters, st.replayed, st.depth), (0, 2, 0));
+    let listed = cli(&["queue", "dead-letters"]);
+    assert!(listed.contains("0 dead letters"), "{listed}");
+    app.stop().await;
+}
