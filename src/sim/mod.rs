@@ -7,7 +7,6 @@
 
 pub mod demo;
 pub mod github;
-pub mod github_hooks;
 pub mod sinks;
 pub mod spacelift;
 pub mod webhooks;

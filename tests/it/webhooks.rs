@@ -836,6 +836,9 @@ async fn sinks_get_each_run_and_job_once_and_retry_through_outages() {
     app.stop().await;
 }
 
+/// The personal access token [`acme_client`] authenticates with.
+const ACME_TOKEN: &str = "test-token";
+
 /// A GitHub client for org `acme` against `base`, with the service's store and telemetry.
 fn acme_client(
     app: &App,
@@ -845,7 +848,7 @@ fn acme_client(
     let file = dir.path().join("c.yaml");
     std::fs::write(
         &file,
-        format!("github:\n  orgs:\n    - org: acme\n      token: test-token\n      api_base_url: {base}\n"),
+        format!("github:\n  orgs:\n    - org: acme\n      token: {ACME_TOKEN}\n      api_base_url: {base}\n"),
     )
     .unwrap();
     let cfg =
@@ -868,12 +871,13 @@ fn acme_client(
 /// log, redelivered once each, and then counted exactly once; recovered ones are reported.
 #[tokio::test]
 async fn missed_deliveries_are_redelivered_once_and_counted_once() {
-    use devmetrics::sim::github_hooks::HooksSim;
+    use devmetrics::sim::github::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
     use devmetrics::sources::github::actions::{HookTarget, Recovery};
     use std::sync::atomic::Ordering;
 
     let hooks = HooksSim::new();
+    *hooks.pat.lock() = Some(ACME_TOKEN.into());
     let fake = FakeServer::start("github", hooks.router(), Faults::new(3))
         .await
         .unwrap();
@@ -933,13 +937,14 @@ async fn missed_deliveries_are_redelivered_once_and_counted_once() {
 /// The runner inventory: online/busy/offline per group and labels, from the API.
 #[tokio::test]
 async fn runner_inventory_counts_runners_by_group_labels_and_state() {
-    use devmetrics::sim::github_hooks::HooksSim;
+    use devmetrics::sim::github::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
     use devmetrics::sources::Poller;
     use devmetrics::sources::github::actions::Runners;
     use serde_json::json;
 
     let hooks = HooksSim::new();
+    *hooks.pat.lock() = Some(ACME_TOKEN.into());
     let label = |n: &str| json!({"id": 1, "name": n, "type": "read-only"});
     *hooks.runner_groups.lock() = vec![
         json!({"id": 1, "name": "Default"}),
@@ -1095,7 +1100,7 @@ async fn otlp_grpc_sink_delivers_the_same_spans() {
 /// The GitHub App's own webhook: its delivery log and redeliveries, with the App's JWT.
 #[tokio::test]
 async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
-    use devmetrics::sim::github_hooks::HooksSim;
+    use devmetrics::sim::github::HooksSim;
     use devmetrics::sim::{FakeServer, Faults};
     use devmetrics::sources::github::actions::{HookTarget, Recovery};
     use std::sync::atomic::Ordering;

@@ -3,8 +3,13 @@
 //! redelivery (`POST …/deliveries/{delivery_id}/attempts`, which really re-sends the payload
 //! to the receiver, signed, and logs the new attempt), and the self-hosted runner inventory
 //! (`/orgs/{org}/actions/runners`, `/orgs/{org}/actions/runner-groups`). Mount it beside
-//! [`super::github::GithubSim`]'s router or on its own [`super::FakeServer`].
+//! [`super::GithubSim`]'s router or on its own [`crate::sim::FakeServer`].
+//!
+//! Credentials are judged as by the rest of the fake ([`Credentials::check`]): the org's
+//! endpoints take the personal access token set in [`HooksSim::pat`], the App's own hook
+//! (`/app/hook/...`) takes the App's JWT.
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,7 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::webhooks::Sender;
+use super::auth::{Accepts, Credentials};
+use crate::sim::webhooks::Sender;
 use crate::timestamp::format_rfc3339;
 
 #[derive(Clone, Debug)]
@@ -35,6 +41,8 @@ pub struct HooksSim {
     pub attempts: Mutex<Vec<Attempt>>,
     payloads: Mutex<HashMap<String, (String, Vec<u8>)>>,
     target: Mutex<Option<Sender>>,
+    /// The personal access token the org's endpoints take.
+    pub pat: Mutex<Option<String>>,
     pub runners: Mutex<Vec<Value>>,
     pub runner_groups: Mutex<Vec<Value>>,
     next_id: AtomicU64,
@@ -103,21 +111,11 @@ impl HooksSim {
     }
 }
 
-fn authorized(h: &HeaderMap) -> bool {
-    h.get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("token ") || v.starts_with("Bearer "))
+impl Credentials for HooksSim {
+    fn honours(&self, token: &str) -> bool {
+        self.pat.lock().as_deref() == Some(token)
+    }
 }
-
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"message": "Requires authentication"})),
-    )
-        .into_response()
-}
-
-use axum::Json;
 
 async fn deliveries(
     State(s): State<Arc<HooksSim>>,
@@ -125,8 +123,8 @@ async fn deliveries(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::Token) {
+        return refused;
     }
     deliveries_page(
         &s,
@@ -179,14 +177,14 @@ fn deliveries_page(
     resp
 }
 
-/// The App's hook: same log, JWT (`Bearer`) auth only.
+/// The App's hook: the same log, asked for with the App's JWT as GitHub requires.
 async fn app_deliveries(
     State(s): State<Arc<HooksSim>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::AppJwt) {
+        return refused;
     }
     deliveries_page(&s, "/app/hook/deliveries", &q, &headers)
 }
@@ -196,16 +194,10 @@ async fn app_redeliver(
     Path(id): Path<u64>,
     headers: HeaderMap,
 ) -> Response {
-    if !bearer(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::AppJwt) {
+        return refused;
     }
     redeliver_id(&s, id).await
-}
-
-fn bearer(h: &HeaderMap) -> bool {
-    h.get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer ") && v.matches('.').count() == 2)
 }
 
 async fn redeliver(
@@ -213,8 +205,8 @@ async fn redeliver(
     Path((_org, _hook, id)): Path<(String, u64, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::Token) {
+        return refused;
     }
     redeliver_id(&s, id).await
 }
@@ -239,16 +231,16 @@ async fn redeliver_id(s: &HooksSim, id: u64) -> Response {
 }
 
 async fn runners(State(s): State<Arc<HooksSim>>, headers: HeaderMap) -> Response {
-    if !authorized(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::Token) {
+        return refused;
     }
     let r = s.runners.lock().clone();
     Json(json!({"total_count": r.len(), "runners": r})).into_response()
 }
 
 async fn runner_groups(State(s): State<Arc<HooksSim>>, headers: HeaderMap) -> Response {
-    if !authorized(&headers) {
-        return unauthorized();
+    if let Some(refused) = s.check(&headers, Accepts::Token) {
+        return refused;
     }
     let g = s.runner_groups.lock().clone();
     Json(json!({"total_count": g.len(), "runner_groups": g})).into_response()

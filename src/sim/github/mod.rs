@@ -1,0 +1,431 @@
+//! The simulated GitHub: orgs generated from a seed (repos, users, commits with LOC, PRs with
+//! reviews, comments), served over the REST wire format with App token exchange (JWT
+//! verified with the App's public key), Link pagination, ETags and 304s, a rate-limit budget
+//! that depletes and resets, secondary limits, and contributor stats that answer 202 first.
+//! [`GithubSim::truth`] gives the values every `gh_activity_*` series must have.
+//!
+//! - `data`: the generated world.
+//! - `auth`: the App's JWT, installation tokens, and [`Credentials::check`], which judges
+//!   every endpoint's credentials, the hook endpoints' included.
+//! - `gate`: what every API request passes before it is answered: credentials, the
+//!   fail-by-path knob, secondary limits, the REST and GraphQL budgets.
+//! - `rest` and `graphql`: the endpoints.
+//! - [`hooks`]: webhook delivery logs, redelivery and runners, served by a fake of its own.
+
+mod auth;
+mod data;
+mod gate;
+mod graphql;
+pub mod hooks;
+mod rest;
+
+pub use auth::{APP_ID, Accepts, Credentials, INSTALLATION_ID, TEST_APP_KEY_PEM};
+pub use data::{Comment, Commit, OrgData, OrgSpec, Pr, RepoData};
+pub use hooks::{Attempt, HooksSim};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::sources::github::Clock;
+use crate::sources::github::wire::week_start;
+use data::{DAY, gen_org};
+
+/// Knobs beyond [`super::Faults`], specific to GitHub.
+pub struct Knobs {
+    /// The next N API requests each open a one-second secondary-limit window: 403 with
+    /// `Retry-After: 1` to every request until it ends, as GitHub does.
+    pub secondary_next: AtomicU32,
+    /// Only requests whose path contains this open a secondary-limit window, if set.
+    pub secondary_path: Mutex<Option<String>>,
+    /// Milliseconds (± half, at random) every successful answer takes to arrive, after it was
+    /// decided.
+    pub answer_delay_ms: AtomicU64,
+    /// Requests whose path contains this fail with 502, `fail_path_count` times.
+    pub fail_path: Mutex<Option<(String, u32)>>,
+    /// How many 202s `/stats/contributors` answers after each change before the 200.
+    pub stats_202: AtomicU32,
+    /// Installation token lifetime in seconds.
+    pub token_ttl: AtomicU64,
+    /// Repos whose `/stats/contributors` carries commit counts but zero line counts, as
+    /// GitHub answers for repositories with 10,000+ commits.
+    pub zero_stats_repos: Mutex<std::collections::HashSet<String>>,
+}
+
+pub struct GithubSim {
+    world: Mutex<BTreeMap<String, OrgData>>,
+    clock: Clock,
+    rng: Mutex<StdRng>,
+    tokens: Mutex<HashMap<String, i64>>,
+    /// A personal access token the fake accepts, if set.
+    pub pat: Mutex<Option<String>>,
+    rate: Mutex<gate::Rate>,
+    pub knobs: Knobs,
+    pub tokens_issued: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl GithubSim {
+    pub fn new(seed: u64, clock: Clock, orgs: &[OrgSpec]) -> Arc<GithubSim> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let next_id = AtomicU64::new(1000);
+        let now = clock.now();
+        let world = orgs
+            .iter()
+            .map(|s| (s.name.clone(), gen_org(s, now, &mut rng, &next_id)))
+            .collect();
+        Arc::new(GithubSim {
+            world: Mutex::new(world),
+            clock,
+            rng: Mutex::new(rng),
+            tokens: Mutex::new(HashMap::new()),
+            pat: Mutex::new(None),
+            rate: Mutex::new(gate::Rate::new()),
+            knobs: Knobs {
+                secondary_next: AtomicU32::new(0),
+                secondary_path: Mutex::new(None),
+                answer_delay_ms: AtomicU64::new(0),
+                fail_path: Mutex::new(None),
+                stats_202: AtomicU32::new(1),
+                token_ttl: AtomicU64::new(3600),
+                zero_stats_repos: Mutex::new(Default::default()),
+            },
+            tokens_issued: AtomicU64::new(0),
+            next_id,
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/app/installations/{id}/access_tokens",
+                post(auth::access_token),
+            )
+            .route("/orgs/{org}/repos", get(rest::org_repos))
+            .route("/repos/{owner}/{repo}/commits", get(rest::commits))
+            .route(
+                "/repos/{owner}/{repo}/commits/{sha}",
+                get(rest::commit_detail),
+            )
+            .route("/repos/{owner}/{repo}/pulls", get(rest::pulls))
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/reviews",
+                get(rest::reviews),
+            )
+            .route("/repos/{owner}/{repo}/issues/comments", get(rest::comments))
+            .route("/repos/{owner}/{repo}/stats/contributors", get(rest::stats))
+            .route("/rate_limit", get(rest::rate_limit))
+            .route("/graphql", post(graphql::graphql))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                gate::slow_answers,
+            ))
+            .with_state(self.clone())
+    }
+
+    pub fn with_org<T>(&self, org: &str, f: impl FnOnce(&mut OrgData) -> T) -> T {
+        let mut w = self.world.lock();
+        f(w.get_mut(org).expect("org is generated"))
+    }
+
+    /// Moves every timestamp `secs` into the past: the same as time passing, for tests that
+    /// drive the clock.
+    pub fn age(&self, secs: i64) {
+        for o in self.world.lock().values_mut() {
+            for r in &mut o.repos {
+                r.pushed_at -= secs;
+                r.updated_at -= secs;
+                for c in &mut r.commits {
+                    c.at -= secs;
+                    c.authored -= secs;
+                }
+                for p in &mut r.prs {
+                    p.created -= secs;
+                    p.updated -= secs;
+                    p.merged = p.merged.map(|m| m - secs);
+                    for rv in &mut p.reviews {
+                        rv.1 -= secs;
+                    }
+                }
+                for c in &mut r.comments {
+                    c.created -= secs;
+                }
+                r.stats_version += 1;
+            }
+        }
+    }
+
+    pub fn add_commit(&self, org: &str, repo: &str, login: &str, at: i64, add: i64, del: i64) {
+        self.add_rebased_commit(org, repo, login, at, at, add, del);
+    }
+
+    /// A commit committed at `at` but authored at `authored` (a rebase or cherry-pick).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rebased_commit(
+        &self,
+        org: &str,
+        repo: &str,
+        login: &str,
+        authored: i64,
+        at: i64,
+        add: i64,
+        del: i64,
+    ) {
+        let sha = format!("{:040x}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.with_org(org, |o| {
+            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
+            r.commits.push(Commit {
+                sha,
+                login: login.into(),
+                at,
+                authored,
+                additions: add,
+                deletions: del,
+            });
+            r.pushed_at = r.pushed_at.max(at);
+            r.touch(at);
+            r.stats_version += 1;
+            r.sort();
+        });
+    }
+
+    /// A comment: as on GitHub, it moves neither the repo's `pushed_at` nor `updated_at`.
+    pub fn add_comment(&self, org: &str, repo: &str, login: &str, at: i64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.with_org(org, |o| {
+            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
+            r.comments.push(Comment {
+                id,
+                login: login.into(),
+                created: at,
+            });
+        });
+    }
+
+    /// A review of the repo's most recently updated PR: it moves the PR's `updated_at`, not
+    /// the repo's.
+    pub fn add_review(&self, org: &str, repo: &str, login: &str, at: i64) {
+        self.with_org(org, |o| {
+            let r = o.repos.iter_mut().find(|r| r.name == repo).expect("repo");
+            let p = &mut r.prs[0];
+            p.reviews.push((login.into(), at));
+            p.updated = p.updated.max(at);
+            r.sort();
+        });
+    }
+
+    /// One random event at the clock's now on a random active repo: the demo's live data.
+    pub fn live_tick(&self) {
+        let now = self.clock.now();
+        let (org, repo, user, kind) = {
+            let w = self.world.lock();
+            let mut rng = self.rng.lock();
+            let Some((org, data)) = w.iter().nth(rng.random_range(0..w.len().max(1))) else {
+                return;
+            };
+            let active: Vec<&RepoData> = data
+                .repos
+                .iter()
+                .filter(|r| !r.archived && r.pushed_at > now - 3 * DAY)
+                .collect();
+            if active.is_empty() || data.users.is_empty() {
+                return;
+            }
+            let r = active[rng.random_range(0..active.len())];
+            let u = data.users[rng.random_range(0..data.users.len().min(20))].clone();
+            (org.clone(), r.name.clone(), u, rng.random_range(0..3))
+        };
+        match kind {
+            0 => self.add_commit(&org, &repo, &user, now, 20, 5),
+            1 => self.add_comment(&org, &repo, &user, now),
+            _ => self.add_review(&org, &repo, &user, now),
+        }
+    }
+
+    /// The exact value of every `gh_activity_*` series for the window ending at `end`, with
+    /// the default controls (no archived repos, no forks, no `[bot]` users), keyed by
+    /// (family, repo, user).
+    pub fn truth(&self, org: &str, end: i64) -> BTreeMap<(String, String, String), f64> {
+        let start = end - DAY;
+        let inw = |t: i64| t >= start && t <= end;
+        let mut out: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+        let w = self.world.lock();
+        let Some(o) = w.get(org) else {
+            return out;
+        };
+        let week = week_start(end) - 7 * DAY;
+        for r in o.repos.iter().filter(|r| !r.archived && !r.fork) {
+            let mut add = |fam: &str, user: &str, v: f64| {
+                if user.ends_with("[bot]") {
+                    return;
+                }
+                *out.entry((fam.to_string(), r.name.clone(), user.to_string()))
+                    .or_default() += v;
+            };
+            let mut last: BTreeMap<String, i64> = BTreeMap::new();
+            let mut seen = |u: &str, t: i64| {
+                let e = last.entry(u.to_string()).or_insert(t);
+                *e = (*e).max(t);
+            };
+            for c in &r.commits {
+                if inw(c.at) {
+                    add("gh_activity_commits_24h", &c.login, 1.0);
+                    seen(&c.login, c.at);
+                }
+            }
+            for p in &r.prs {
+                if inw(p.created) {
+                    add("gh_activity_prs_opened_24h", &p.author, 1.0);
+                    seen(&p.author, p.created);
+                }
+                if let Some(m) = p.merged
+                    && inw(m)
+                {
+                    add("gh_activity_prs_merged_24h", &p.author, 1.0);
+                    seen(&p.author, m);
+                }
+                for (u, t) in &p.reviews {
+                    if inw(*t) {
+                        add("gh_activity_reviews_submitted_24h", u, 1.0);
+                        seen(u, *t);
+                    }
+                }
+            }
+            for c in &r.comments {
+                if inw(c.created) {
+                    add("gh_activity_issue_comments_24h", &c.login, 1.0);
+                    seen(&c.login, c.created);
+                }
+            }
+            let mut loc: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+            for c in &r.commits {
+                if c.at >= week && c.at < week + 7 * DAY {
+                    let e = loc.entry(&c.login).or_default();
+                    e.0 += c.additions;
+                    e.1 += c.deletions;
+                }
+            }
+            for (u, (a, d)) in loc {
+                add("gh_activity_loc_added_weekly", u, a as f64);
+                add("gh_activity_loc_removed_weekly", u, d as f64);
+            }
+            for (u, t) in last {
+                add("gh_activity_last_event_unixtime", &u, t as f64);
+            }
+        }
+        out
+    }
+
+    /// What github-stats-exporter's cost model (seed0.md §c) charges per cycle for `org` at
+    /// `end`: repo pages, then per repo commits, every PR page, reviews of PRs touched,
+    /// comments and stats.
+    pub fn legacy_cycle_cost(&self, org: &str, end: i64) -> u64 {
+        let pg = |n: usize| (n.max(1)).div_ceil(100) as u64;
+        let w = self.world.lock();
+        let o = &w[org];
+        let start = end - DAY;
+        let mut n = pg(o.repos.len());
+        for r in &o.repos {
+            let commits = r
+                .commits
+                .iter()
+                .filter(|c| c.at >= start && c.at <= end)
+                .count();
+            let touched: Vec<&Pr> = r
+                .prs
+                .iter()
+                .filter(|p| {
+                    (p.created >= start && p.created <= end)
+                        || (p.updated >= start && p.updated <= end)
+                        || p.merged.is_some_and(|m| m >= start && m <= end)
+                })
+                .collect();
+            let comments = r.comments.iter().filter(|c| c.created >= start).count();
+            n += pg(commits)
+                + pg(r.prs.len())
+                + touched.iter().map(|p| pg(p.reviews.len())).sum::<u64>()
+                + pg(comments)
+                + 1;
+        }
+        n
+    }
+
+    /// Runs `f` on `org`'s repo `repo`; `None` when either is unknown.
+    fn with_repo<T>(&self, org: &str, repo: &str, f: impl FnOnce(&mut RepoData) -> T) -> Option<T> {
+        let mut w = self.world.lock();
+        let r = w.get_mut(org)?.repos.iter_mut().find(|r| r.name == repo)?;
+        Some(f(r))
+    }
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+    )
+}
+
+/// `devmetrics demo`: two simulated orgs with live activity, and the exporter's `github`
+/// section pointed at them (App auth with the test key).
+pub async fn demo(
+    config: &mut crate::config::Config,
+    seed: u64,
+) -> std::io::Result<Arc<super::FakeServer>> {
+    use crate::sources::github::config::{Auth, RawGithub};
+    let clock = crate::clock::Clock::system();
+    let mut acme = OrgSpec::small("acme");
+    acme.repos = 12;
+    acme.active = 6;
+    let mut globex = OrgSpec::small("globex");
+    globex.with_bot = false;
+    let sim = GithubSim::new(seed, clock, &[acme, globex]);
+    sim.knobs.token_ttl.store(600, Ordering::Relaxed);
+    let fake =
+        Arc::new(super::FakeServer::start("github", sim.router(), super::Faults::new(seed)).await?);
+    let yaml = format!(
+        "api_base_url: {}\norgs:\n  - {{org: acme, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 15s}}\n  - {{org: globex, app_id: {APP_ID}, installation_id: {INSTALLATION_ID}, private_key_path: demo.pem, scrape_interval: 20s}}\nloc: {{stats_retry_delay: 500ms}}\n",
+        fake.base_url()
+    );
+    let raw: RawGithub = serde_yaml::from_str(&yaml).expect("demo config is valid YAML");
+    let mut gh = raw
+        .resolve(None)
+        .expect("demo config resolves")
+        .expect("demo config has orgs");
+    for o in &mut gh.orgs {
+        o.auth = Auth::App {
+            app_id: APP_ID,
+            installation_id: INSTALLATION_ID,
+            key: crate::config::SecretSource::Value(crate::config::Secret::new(TEST_APP_KEY_PEM)),
+        };
+    }
+    config.github = Some(gh);
+    let weak = Arc::downgrade(&fake);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if weak.upgrade().is_none() {
+                return;
+            }
+            sim.live_tick();
+        }
+    });
+    Ok(fake)
+}
