@@ -46,7 +46,9 @@ const fn def(
     }
 }
 
-const fn core(
+/// A family of ours (no replaced tool's contract to keep) produced by `source`.
+const fn ours(
+    source: &'static str,
     name: &'static str,
     kind: Kind,
     unit: Option<&'static str>,
@@ -54,7 +56,7 @@ const fn core(
     labels: &'static [&'static str],
 ) -> FamilyDef {
     def(
-        "core",
+        source,
         Origin::Devmetrics,
         name,
         kind,
@@ -63,6 +65,16 @@ const fn core(
         labels,
         &[],
     )
+}
+
+const fn core(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    ours("core", name, kind, unit, help, labels)
 }
 
 const fn core_histogram(
@@ -104,16 +116,7 @@ const fn github(
     help: &'static str,
     labels: &'static [&'static str],
 ) -> FamilyDef {
-    def(
-        "github",
-        Origin::Devmetrics,
-        name,
-        kind,
-        unit,
-        help,
-        labels,
-        &[],
-    )
+    ours("github", name, kind, unit, help, labels)
 }
 
 /// github-stats-exporter's activity gauges: names and labels kept exactly.

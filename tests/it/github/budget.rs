@@ -1,0 +1,173 @@
+//! Rate-limit budgets: stretched intervals, waits, the request economy, GraphQL and secondary limits, series budgets.
+
+use super::*;
+
+#[tokio::test]
+async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(300);
+    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let p = gh.pollers[0].clone();
+    for _ in 0..2 {
+        let t = env.advance(60);
+        for r in 0..5 {
+            env.sim
+                .add_commit(ORG, &format!("repo-{r:03}"), "user001", t - 1, 1, 1);
+        }
+        poll(&*p, &store).await;
+    }
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_budget_overcommitted").await,
+        1.0
+    );
+    let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds").await;
+    assert!(stretched > 60.0, "{stretched}");
+    // The next tick comes before the stretched interval: skipped, nothing spent.
+    let before = env.sim.counted();
+    env.advance(60);
+    poll(&*p, &store).await;
+    assert_eq!(env.sim.counted(), before);
+}
+
+#[tokio::test]
+async fn rate_limit_waits_end_on_shutdown() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_rate_limit(14);
+    let (_cfg, _store, _queue, stop, gh) = env.rig("");
+    let p = gh.pollers[0].clone();
+    let task = tokio::spawn(async move { p.poll().await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !task.is_finished(),
+        "the poll waits for the rate-limit reset"
+    );
+    stop.cancel();
+    let results = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown ends the wait")
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(&r.result, Err(e) if e.kind == "cancelled"))
+    );
+}
+
+/// docs/performance.md's request economy on the standard org (500 repos, 50 pushed in the
+/// last day, 200 users, 200–2,000 PRs each): counted requests, not time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_org_request_economy() {
+    let env = Env::start(OrgSpec::standard(ORG)).await;
+    let legacy = env.sim.legacy_cycle_cost(ORG, env.now());
+    let (_cfg, store, _queue, stop, gh) = env.rig("");
+    let p = gh.pollers[0].clone();
+
+    poll(&*p, &store).await;
+    let cold = env.sim.counted();
+    let cold_all = env.fake.requests.total();
+    let cold_graphql = env.sim.graphql_queries();
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    let steady = env.sim.counted() - before.0;
+    let steady_all = env.fake.requests.total() - before.1;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    eprintln!(
+        "standard org: legacy cost model {legacy} requests/cycle; devmetrics cold {cold} counted REST + {cold_graphql} GraphQL ({cold_all} sent incl. token exchange and 304s); steady {steady} counted ({steady_all} sent)"
+    );
+    assert_eq!(
+        env.sim.graphql_queries(),
+        cold_graphql,
+        "steady state sends no GraphQL"
+    );
+    eprintln!("cold by route: {:?}", env.fake.requests.all());
+
+    // A new installation token (hourly): every ETag of the old one is stale once.
+    env.sim.revoke_tokens();
+    env.advance(300);
+    let before = (env.sim.counted(), env.fake.requests.total());
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    eprintln!(
+        "standard org: first cycle on a new token {} counted ({} sent)",
+        env.sim.counted() - before.0,
+        env.fake.requests.total() - before.1
+    );
+    assert!(
+        (cold + cold_graphql) * 4 <= legacy,
+        "cold {cold} + {cold_graphql} vs legacy {legacy}"
+    );
+
+    // The same cold start over REST only.
+    let rest = Env::start(OrgSpec::standard(ORG)).await;
+    let cfg = rest.config("graphql: false\n");
+    let (store, queue) = rest.open();
+    let gh = rest.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &rest.sim.truth(ORG, rest.now()));
+    let cold_rest = rest.sim.counted();
+    eprintln!(
+        "standard org, REST only: cold {cold_rest} counted ({} sent)",
+        rest.fake.requests.total()
+    );
+    assert!(cold_rest * 4 <= legacy, "REST-only cold {cold_rest}");
+    assert!(steady < 20, "steady {steady}");
+}
+
+#[tokio::test]
+async fn token_auth_and_series_budget() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    *env.sim.pat.lock() = Some("ghp_simulated".into());
+    let mut cfg = env.config("activity: {series_budget_per_org: 5}\n");
+    cfg.orgs[0].auth = devmetrics::sources::github::config::Auth::Token(
+        devmetrics::config::SecretSource::Value(devmetrics::config::Secret::new("ghp_simulated")),
+    );
+    let (store, queue) = env.open();
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    poll(&*gh.pollers[0], &store).await;
+    assert_eq!(env.sim.tokens_issued.load(Ordering::Relaxed), 0);
+    let n = exported(&store).len();
+    assert!(n > 0 && n <= 5, "{n} series");
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_series_budget_exceeded").await,
+        1.0
+    );
+}
+
+/// GraphQL's primary limit answers 200 with a RATE_LIMITED error and has its own budget: the
+/// cold cycle falls back to REST, the REST budget is not mistaken for it.
+#[tokio::test]
+async fn a_spent_graphql_budget_falls_back_to_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.set_graphql_limit(2);
+    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.graphql_queries(), 2);
+    let b = p.client.budget().snapshot();
+    assert!(b.graphql.known && b.graphql.remaining == 0);
+    assert_eq!(b.limit, 5000);
+    assert!(b.remaining > 4900, "REST budget: {}", b.remaining);
+}
+
+/// A secondary limit pauses every worker of the installation, not just the request that got
+/// it: GitHub keeps refusing (and counting) the others' requests meanwhile.
+#[tokio::test]
+async fn a_secondary_limit_pauses_every_worker() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n");
+    let p = gh.pollers[0].clone();
+    // Workers overlap out of step (answers take 150-450 ms); the limit strikes mid-cycle.
+    env.sim.knobs.answer_delay_ms.store(300, Ordering::Relaxed);
+    *env.sim.knobs.secondary_path.lock() = Some("/repo-006/".into());
+    env.sim.knobs.secondary_next.store(1, Ordering::Relaxed);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(env.sim.knobs.secondary_next.load(Ordering::Relaxed), 0);
+    assert_eq!(env.sim.secondary_ignored(), 0);
+}
