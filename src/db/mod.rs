@@ -17,8 +17,8 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
+use tokio::sync::mpsc;
 
 use crate::telemetry::Histogram;
 
@@ -42,6 +42,8 @@ pub enum Error {
     Commit(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    #[error("the database writer is too far behind to take more work now")]
+    Busy,
     #[error("database {path} is in use by another devmetrics process")]
     Locked { path: PathBuf },
 }
@@ -53,6 +55,7 @@ impl Error {
             Error::Sql(_) => "sql",
             Error::Commit(_) => "commit",
             Error::WriterGone => "writer_gone",
+            Error::Busy => "busy",
             Error::Locked { .. } => "locked",
         }
     }
@@ -69,6 +72,8 @@ pub type Job = Box<dyn FnOnce(&Connection) -> Result<Finish, Finish> + Send>;
 /// Upper bound on jobs grouped into one commit: large enough to amortise the fsync, small
 /// enough that one commit stays in the low milliseconds.
 const MAX_GROUP: usize = 1024;
+/// Jobs that may wait for the writer before producers wait for room.
+pub const MAX_WAITING: usize = 16 * MAX_GROUP;
 
 pub struct Stats {
     pub commits: AtomicU64,
@@ -93,7 +98,7 @@ impl Default for Stats {
 
 #[derive(Clone)]
 pub struct Db {
-    tx: mpsc::SyncSender<Job>,
+    tx: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     pub stats: Arc<Stats>,
     path: Arc<PathBuf>,
@@ -171,8 +176,10 @@ impl Db {
             .expect("spawning the checkpoint thread");
 
         let stats = Arc::new(Stats::default());
-        // A bounded channel applies back-pressure to producers when the disk falls behind.
-        let (tx, rx) = mpsc::sync_channel::<Job>(16 * MAX_GROUP);
+        // A bounded channel applies back-pressure to producers when the disk falls behind;
+        // producers wait for room asynchronously, so a stalled disk never blocks a runtime
+        // thread (the HTTP server keeps answering and publishers hit their own deadlines).
+        let (tx, rx) = mpsc::channel::<Job>(MAX_WAITING);
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("devmetrics-db-writer".into())
@@ -213,9 +220,24 @@ impl Db {
         &self.path
     }
 
-    /// Queues a job; its `Finish` reports the outcome. Blocks only when 16k jobs are waiting.
-    pub fn submit(&self, job: Job) -> Result<(), Error> {
-        self.tx.send(job).map_err(|_| Error::WriterGone)
+    /// Queues a job; its `Finish` reports the outcome. While `MAX_WAITING` jobs wait, this
+    /// waits (asynchronously) for room.
+    pub async fn submit(&self, job: Job) -> Result<(), Error> {
+        self.tx.send(job).await.map_err(|_| Error::WriterGone)
+    }
+
+    /// Queues a job without waiting: [`Error::Busy`] when the writer is that far behind. For
+    /// code that cannot wait (a `Drop`, start-up).
+    pub fn try_submit(&self, job: Job) -> Result<(), Error> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy,
+            mpsc::error::TrySendError::Closed(_) => Error::WriterGone,
+        })
+    }
+
+    /// Queues a job from a thread of its own (not a runtime thread), waiting for room.
+    pub fn submit_blocking(&self, job: Job) -> Result<(), Error> {
+        self.tx.blocking_send(job).map_err(|_| Error::WriterGone)
     }
 
     /// Runs `f` in the writer's transaction and waits for the commit. For callers that have no
@@ -233,7 +255,8 @@ impl Db {
             Err(e) => Err(Box::new(move |_: Result<(), &Error>| {
                 let _ = tx.send(Err(Error::Sql(e)));
             }) as Finish),
-        }))?;
+        }))
+        .await?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
@@ -302,9 +325,9 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -356,5 +379,62 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<Stats>)
                 tracing::error!("a post-commit step panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    fn noop() -> Job {
+        Box::new(|_| Ok(Box::new(|_: Result<(), &Error>| {}) as Finish))
+    }
+
+    /// One runtime thread, a writer stuck as on a hung disk, and more producers than the
+    /// channel holds: the producers wait for room without blocking the thread (a timer on it
+    /// keeps firing), `try_submit` says busy at once, and all goes on once the disk moves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_writer_makes_producers_wait_without_blocking_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("s.db")).unwrap();
+        let (unstall, stalled) = std::sync::mpsc::channel::<()>();
+        db.try_submit(Box::new(move |_| {
+            let _ = stalled.recv();
+            Ok(Box::new(|_: Result<(), &Error>| {}) as Finish)
+        }))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..MAX_WAITING {
+            db.try_submit(noop()).unwrap();
+        }
+        assert!(matches!(db.try_submit(noop()), Err(Error::Busy)));
+
+        let ticks = Arc::new(AtomicU32::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let waited = tokio::time::timeout(Duration::from_millis(300), db.submit(noop())).await;
+        assert!(waited.is_err(), "no room while the writer is stuck");
+        assert!(
+            ticks.load(Ordering::Relaxed) >= 5,
+            "the runtime thread kept running"
+        );
+
+        unstall.send(()).unwrap();
+        let one: i64 = tokio::time::timeout(
+            Duration::from_secs(30),
+            db.write(|c| c.query_row("SELECT 1", [], |r| r.get(0))),
+        )
+        .await
+        .expect("the writer drains once the disk moves")
+        .unwrap();
+        assert_eq!(one, 1);
+        ticker.abort();
     }
 }

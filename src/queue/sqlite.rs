@@ -17,7 +17,7 @@ use super::{
     TopicStats,
 };
 use crate::clock::now_unix;
-use crate::db::{Db, Finish};
+use crate::db::{Db, Finish, Job};
 
 /// Payloads at least this large are stored LZ4-compressed: webhook bodies are JSON that
 /// shrinks 4–6×, and durable ingest is bound by bytes written (design.md §7).
@@ -166,24 +166,38 @@ impl SqliteQueue {
             max_depth,
             topics: Mutex::new(HashMap::new()),
         });
-        let rows = db.read_blocking(|c| {
-            c.prepare(
-                "SELECT id, topic, attempts, available_at, published_at FROM queue INDEXED BY queue_schedule ORDER BY id",
-            )?
-            .query_map([], row)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        // Straight into the per-topic schedules, row by row: a backlog of millions must not
+        // cost a copy of every row (or a topic name each) on the way.
         let now = now_unix();
-        for r in rows {
-            inner.with_topic(&r.topic, |t| {
-                t.live.insert(r.id, r.published_at);
-                let msg = Msg {
-                    id: r.id,
-                    attempts: r.attempts,
+        let topics = db.read_blocking(|c| {
+            let mut topics: HashMap<Arc<str>, Topic> = HashMap::new();
+            let mut stmt = c.prepare(
+                "SELECT id, topic, attempts, available_at, published_at FROM queue INDEXED BY queue_schedule ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut last: Option<Arc<str>> = None;
+            while let Some(r) = rows.next()? {
+                let name = r.get_ref(1)?.as_str()?;
+                let key = match &last {
+                    Some(k) if &**k == name => k.clone(),
+                    _ => {
+                        let k: Arc<str> = Arc::from(name);
+                        last = Some(k.clone());
+                        k
+                    }
                 };
-                t.schedule(msg, r.available_at, now);
-            });
-        }
+                let t = topics.entry(key).or_default();
+                let id: i64 = r.get(0)?;
+                t.live.insert(id, r.get(4)?);
+                let msg = Msg {
+                    id,
+                    attempts: r.get(2)?,
+                };
+                t.schedule(msg, r.get(3)?, now);
+            }
+            Ok(topics)
+        })?;
+        *inner.topics.lock() = topics;
         let queue = SqliteQueue { inner };
         queue.maintain_blocking()?;
         let weak = Arc::downgrade(&queue.inner);
@@ -194,26 +208,31 @@ impl SqliteQueue {
         Ok(queue)
     }
 
-    fn submit<T: Send + 'static>(
+    /// Hands `run` to the writer, waiting (asynchronously) for room; `effect` changes memory
+    /// once the commit succeeded.
+    async fn submit<T: Send + 'static>(
         &self,
         run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
         effect: impl FnOnce(&T) + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
-        submit(&self.inner.db, run, effect)
+        let (job, rx) = job(run, effect);
+        self.inner.db.submit(job).await?;
+        Ok(rx)
     }
 
     /// Takes in replays asked for from outside the process and recounts the dead letters,
     /// and waits for it (at start-up, so stats are right from the first scrape).
     fn maintain_blocking(&self) -> Result<(), Error> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.maintain(move |r| {
+        // Start-up: the writer's channel is as good as empty, so this does not wait.
+        self.inner.db.try_submit(self.maintenance(move |r| {
             let _ = tx.send(r);
-        })?;
+        }))?;
         rx.recv()
             .map_err(|_| Error::from(crate::db::Error::WriterGone))?
     }
 
-    fn maintain(&self, done: impl FnOnce(Result<(), Error>) + Send + 'static) -> Result<(), Error> {
+    fn maintenance(&self, done: impl FnOnce(Result<(), Error>) + Send + 'static) -> Job {
         let inner = self.inner.clone();
         let job = |c: &rusqlite::Connection| -> rusqlite::Result<Maintained> {
             let now = now_unix();
@@ -239,7 +258,7 @@ impl SqliteQueue {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Maintained { replayed, dead })
         };
-        self.inner.db.submit(Box::new(move |conn| match job(conn) {
+        Box::new(move |conn| match job(conn) {
             Ok(m) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| match r {
                 Ok(()) => {
                     inner.apply_maintenance(m);
@@ -253,8 +272,7 @@ impl SqliteQueue {
             Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
                 done(Err(crate::db::Error::Sql(e).into()))
             }) as Finish),
-        }))?;
-        Ok(())
+        })
     }
 }
 
@@ -294,12 +312,10 @@ fn maintenance_loop(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let queue = SqliteQueue { inner };
         let (tx, rx) = std::sync::mpsc::channel();
-        if queue
-            .maintain(move |r| {
-                let _ = tx.send(r);
-            })
-            .is_err()
-        {
+        let job = queue.maintenance(move |r| {
+            let _ = tx.send(r);
+        });
+        if queue.inner.db.submit_blocking(job).is_err() {
             return;
         }
         drop(queue);
@@ -309,13 +325,14 @@ fn maintenance_loop(inner: Weak<Inner>) {
     }
 }
 
-fn submit<T: Send + 'static>(
-    db: &Db,
+/// A writer job running `run`, whose reply reports the commit and whose `effect` changes
+/// memory once it succeeded.
+fn job<T: Send + 'static>(
     run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     effect: impl FnOnce(&T) + Send + 'static,
-) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+) -> (Job, oneshot::Receiver<Result<T, Error>>) {
     let (tx, rx) = oneshot::channel();
-    db.submit(Box::new(move |conn| match run(conn) {
+    let job: Job = Box::new(move |conn| match run(conn) {
         Ok(v) => Ok(Box::new(move |r: Result<(), &crate::db::Error>| {
             let _ = tx.send(match r {
                 Ok(()) => {
@@ -331,8 +348,8 @@ fn submit<T: Send + 'static>(
         Err(e) => Err(Box::new(move |_: Result<(), &crate::db::Error>| {
             let _ = tx.send(Err(crate::db::Error::Sql(e).into()));
         }) as Finish),
-    }))?;
-    Ok(rx)
+    });
+    (job, rx)
 }
 
 async fn wait<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
@@ -440,7 +457,8 @@ impl Queue for SqliteQueue {
                     None => t.stats.duplicates += 1,
                 })
             },
-        )?;
+        )
+        .await?;
         Ok(match wait(rx).await? {
             Some(_) => Published::Published,
             None => Published::Duplicate,
@@ -472,24 +490,26 @@ impl Queue for SqliteQueue {
             // The delivery is counted durably before anyone handles it: a message that kills
             // the process is recognised by its deliveries outnumbering its settled attempts.
             let id = m.id;
-            let fetched = self.submit(
-                move |c| {
-                    c.prepare_cached(
-                        "UPDATE queue SET deliveries = deliveries + 1 WHERE id = ?1
+            let fetched = self
+                .submit(
+                    move |c| {
+                        c.prepare_cached(
+                            "UPDATE queue SET deliveries = deliveries + 1 WHERE id = ?1
                          RETURNING payload, attempts, deliveries, published_at",
-                    )?
-                    .query_row([id], |r| {
-                        Ok(Fetched {
-                            payload: r.get(0)?,
-                            attempts: r.get(1)?,
-                            deliveries: r.get(2)?,
-                            published_at: r.get(3)?,
+                        )?
+                        .query_row([id], |r| {
+                            Ok(Fetched {
+                                payload: r.get(0)?,
+                                attempts: r.get(1)?,
+                                deliveries: r.get(2)?,
+                                published_at: r.get(3)?,
+                            })
                         })
-                    })
-                    .optional()
-                },
-                |_| {},
-            );
+                        .optional()
+                    },
+                    |_| {},
+                )
+                .await;
             let fetched = match fetched {
                 Ok(rx) => wait(rx).await,
                 Err(e) => Err(e),
@@ -577,19 +597,21 @@ impl Queue for SqliteQueue {
 impl SqliteQueue {
     async fn ack(&self, topic: &str, id: i64) -> Result<(), Error> {
         let (inner, t) = (self.inner.clone(), topic.to_string());
-        let rx = self.submit(
-            move |c| {
-                c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-                    .execute([id])
-                    .map(|_| ())
-            },
-            move |_| {
-                inner.with_topic(&t, |t| {
-                    t.forget(id);
-                    t.stats.acked += 1;
-                })
-            },
-        );
+        let rx = self
+            .submit(
+                move |c| {
+                    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                        .execute([id])
+                        .map(|_| ())
+                },
+                move |_| {
+                    inner.with_topic(&t, |t| {
+                        t.forget(id);
+                        t.stats.acked += 1;
+                    })
+                },
+            )
+            .await;
         let r = match rx {
             Ok(rx) => wait(rx).await,
             Err(e) => Err(e),
@@ -661,7 +683,8 @@ impl SqliteQueue {
                     }
                 })
             },
-        );
+        )
+        .await;
         let r = match rx {
             Ok(rx) => wait(rx).await,
             Err(e) => Err(e),
@@ -676,8 +699,7 @@ impl SqliteQueue {
     /// cancelled consumer is not mistaken for a message that stops the process.
     fn release(&self, topic: &str, id: i64) {
         if self.release_quietly(topic, id) {
-            let uncount = submit(
-                &self.inner.db,
+            let (uncount, _) = job(
                 move |c| {
                     c.prepare_cached(
                         "UPDATE queue SET deliveries = max(deliveries - 1, 0) WHERE id = ?1",
@@ -686,7 +708,9 @@ impl SqliteQueue {
                 },
                 |_| {},
             );
-            if let Err(e) = uncount {
+            // Best effort: a writer too far behind to take it only makes this delivery
+            // count towards the poison limit.
+            if let Err(e) = self.inner.db.try_submit(uncount) {
                 tracing::debug!(error = %e, "could not take back a released delivery's count");
             }
         }

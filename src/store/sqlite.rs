@@ -68,15 +68,17 @@ impl SqliteStore {
         }
         let (tx, rx) = oneshot::channel();
         let state = self.state.clone();
-        self.db.submit(Box::new(move |conn| {
-            match write_scope(conn, &mut data, version) {
-                Ok(Written::Written) => {
-                    Ok(reply(tx, Written::Written, move || state.replace(data)))
+        self.db
+            .submit(Box::new(move |conn| {
+                match write_scope(conn, &mut data, version) {
+                    Ok(Written::Written) => {
+                        Ok(reply(tx, Written::Written, move || state.replace(data)))
+                    }
+                    Ok(Written::Superseded) => Ok(reply(tx, Written::Superseded, || {})),
+                    Err(e) => Err(fail(tx, e)),
                 }
-                Ok(Written::Superseded) => Ok(reply(tx, Written::Superseded, || {})),
-                Err(e) => Err(fail(tx, e)),
-            }
-        }))?;
+            }))
+            .await?;
         recv(rx).await
     }
 }
@@ -330,50 +332,52 @@ impl Store for SqliteStore {
         let scope = scope.to_string();
         let (tx, rx) = oneshot::channel();
         let state = self.state.clone();
-        self.db.submit(Box::new(move |conn| {
-            type Out = (Vec<Applied>, Vec<(FamilyId, Labels, Value)>);
-            let run = || -> rusqlite::Result<Out> {
-                let now = now_unix();
-                let mut applied = Vec::with_capacity(batches.len());
-                let mut values = Vec::new();
-                for (key, updates) in batches {
-                    let fresh = conn
+        self.db
+            .submit(Box::new(move |conn| {
+                type Out = (Vec<Applied>, Vec<(FamilyId, Labels, Value)>);
+                let run = || -> rusqlite::Result<Out> {
+                    let now = now_unix();
+                    let mut applied = Vec::with_capacity(batches.len());
+                    let mut values = Vec::new();
+                    for (key, updates) in batches {
+                        let fresh = conn
                         .prepare_cached(
                             "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
                         )?
                         .execute(params![key, now as i64])?;
-                    if fresh == 0 {
-                        applied.push(Applied::Duplicate);
-                        continue;
+                        if fresh == 0 {
+                            applied.push(Applied::Duplicate);
+                            continue;
+                        }
+                        applied.push(Applied::Applied);
+                        for u in updates {
+                            let cur = read_series(conn, &scope, u.family, &u.labels)?;
+                            let next = apply_op(u.family, cur, &u.op);
+                            write_series(conn, &scope, u.family, &u.labels, &next)?;
+                            values.push((u.family, u.labels, next));
+                        }
                     }
-                    applied.push(Applied::Applied);
-                    for u in updates {
-                        let cur = read_series(conn, &scope, u.family, &u.labels)?;
-                        let next = apply_op(u.family, cur, &u.op);
-                        write_series(conn, &scope, u.family, &u.labels, &next)?;
-                        values.push((u.family, u.labels, next));
-                    }
-                }
-                if !values.is_empty() {
-                    conn.prepare_cached(
-                        "INSERT INTO scopes (scope, updated_at) VALUES (?1, ?2)
-                         ON CONFLICT (scope) DO UPDATE SET updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![scope, now])?;
-                }
-                Ok((applied, values))
-            };
-            match run() {
-                Ok((applied, values)) => Ok(reply(tx, applied, move || {
-                    // Later values of the same series come later in `values`, so the last
-                    // write wins as it did in the transaction.
                     if !values.is_empty() {
-                        state.set_values(&scope, now_unix(), values)
+                        conn.prepare_cached(
+                            "INSERT INTO scopes (scope, updated_at) VALUES (?1, ?2)
+                         ON CONFLICT (scope) DO UPDATE SET updated_at = excluded.updated_at",
+                        )?
+                        .execute(params![scope, now])?;
                     }
-                })),
-                Err(e) => Err(fail(tx, e)),
-            }
-        }))?;
+                    Ok((applied, values))
+                };
+                match run() {
+                    Ok((applied, values)) => Ok(reply(tx, applied, move || {
+                        // Later values of the same series come later in `values`, so the last
+                        // write wins as it did in the transaction.
+                        if !values.is_empty() {
+                            state.set_values(&scope, now_unix(), values)
+                        }
+                    })),
+                    Err(e) => Err(fail(tx, e)),
+                }
+            }))
+            .await?;
         let applied = recv(rx).await?;
         let dups = applied.iter().filter(|a| **a == Applied::Duplicate).count();
         self.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
@@ -383,25 +387,27 @@ impl Store for SqliteStore {
     async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let state = self.state.clone();
-        self.db.submit(Box::new(move |conn| {
-            let run = || -> rusqlite::Result<()> {
-                for scope in &scopes {
-                    conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
-                        .execute([scope])?;
-                    conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
-                        .execute([scope])?;
-                }
-                Ok(())
-            };
-            match run() {
-                Ok(()) => Ok(reply(tx, (), move || {
+        self.db
+            .submit(Box::new(move |conn| {
+                let run = || -> rusqlite::Result<()> {
                     for scope in &scopes {
-                        state.remove(scope);
+                        conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
+                            .execute([scope])?;
+                        conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
+                            .execute([scope])?;
                     }
-                })),
-                Err(e) => Err(fail(tx, e)),
-            }
-        }))?;
+                    Ok(())
+                };
+                match run() {
+                    Ok(()) => Ok(reply(tx, (), move || {
+                        for scope in &scopes {
+                            state.remove(scope);
+                        }
+                    })),
+                    Err(e) => Err(fail(tx, e)),
+                }
+            }))
+            .await?;
         recv(rx).await
     }
 

@@ -1,5 +1,6 @@
 //! The integration test binary: one binary, a module per area.
 
+mod backlog;
 mod cli;
 mod contract;
 mod crash;
