@@ -127,12 +127,7 @@ impl Client {
         } = &self.auth
         {
             self.store
-                .kv_put(
-                    TOKEN_NS,
-                    &self.token_key(*installation_id),
-                    Vec::new(),
-                    Some(Duration::from_secs(1)),
-                )
+                .kv_delete(TOKEN_NS, &self.token_key(*installation_id))
                 .await
                 .map_err(|e| Error::Store(e.to_string()))?;
         }
