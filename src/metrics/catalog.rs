@@ -472,6 +472,13 @@ families! {
         "1 when the org's last cycle hit github.activity.series_budget_per_org and dropped series.",
         &["org"],
     ),
+    DEVMETRICS_GITHUB_GRAPHQL_FALLBACKS_TOTAL: github(
+        "devmetrics_github_graphql_fallbacks_total",
+        Counter,
+        None,
+        "Repo fetches that fell back from GraphQL to REST because GraphQL failed (5xx, errors, timeouts, bad answers), by error kind; GraphQL then rests for 15 minutes.",
+        &["org", "reason"],
+    ),
     DEVMETRICS_GITHUB_LOC_FALLBACK_DEFERRED_TOTAL: github(
         "devmetrics_github_loc_fallback_deferred_total",
         Counter,

@@ -147,22 +147,26 @@ impl GithubSim {
         self.rate.lock().graphql.spent
     }
 
+    /// Requests whose path contains `contains` answer 502, `times` times.
     pub fn fail_path(&self, contains: &str, times: u32) {
-        *self.knobs.fail_path.lock() = Some((contains.to_string(), times));
+        self.fail_path_with(contains, times, 502);
     }
 
-    /// The 502 of the fail-by-path knob, while it has failures left for this path.
+    /// Requests whose path contains `contains` answer `status`, `times` times.
+    pub fn fail_path_with(&self, contains: &str, times: u32, status: u16) {
+        *self.knobs.fail_path.lock() = Some((contains.to_string(), times, status));
+    }
+
+    /// The answer of the fail-by-path knob, while it has failures left for this path.
     pub(super) fn fail_by_path(&self, uri: &Uri) -> Option<Response> {
         let mut fp = self.knobs.fail_path.lock();
-        if let Some((p, n)) = fp.as_mut()
+        if let Some((p, n, status)) = fp.as_mut()
             && uri.path().contains(p.as_str())
             && *n > 0
         {
             *n -= 1;
-            return Some(json_response(
-                StatusCode::BAD_GATEWAY,
-                json!({"message": "Server Error"}),
-            ));
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            return Some(json_response(status, json!({"message": "Server Error"})));
         }
         None
     }

@@ -49,8 +49,8 @@ pub struct Knobs {
     /// Milliseconds (± half, at random) every successful answer takes to arrive, after it was
     /// decided.
     pub answer_delay_ms: AtomicU64,
-    /// Requests whose path contains this fail with 502, `fail_path_count` times.
-    pub fail_path: Mutex<Option<(String, u32)>>,
+    /// Requests whose path contains the text fail with the status, so many times.
+    pub fail_path: Mutex<Option<(String, u32, u16)>>,
     /// How many 202s `/stats/contributors` answers after each change before the 200.
     pub stats_202: AtomicU32,
     /// Installation token lifetime in seconds.

@@ -275,6 +275,13 @@ impl Collect for Collector {
                 &[org],
                 live.loc_fallback_deferred as f64,
             );
+            for (reason, n) in &live.graphql_fallbacks {
+                push(
+                    metrics::DEVMETRICS_GITHUB_GRAPHQL_FALLBACKS_TOTAL,
+                    &[org, reason],
+                    *n as f64,
+                );
+            }
             for (result, n) in &live.backfill {
                 push(
                     metrics::DEVMETRICS_GITHUB_BACKFILL_JOBS_TOTAL,

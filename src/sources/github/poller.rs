@@ -34,6 +34,8 @@ struct LocMode {
     fallback_until: i64,
 }
 const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
+/// How long an org uses REST alone after GraphQL failed.
+const GRAPHQL_REST: Duration = Duration::from_secs(15 * 60);
 
 /// A window to scrape again: `repo` none means every repo of the org.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -56,6 +58,8 @@ pub struct OrgLive {
     pub series_budget_exceeded: bool,
     /// Repos whose LOC fallback waited for the next hour's commit-detail budget.
     pub loc_fallback_deferred: u64,
+    /// Repo fetches that fell back from GraphQL to REST, by error kind.
+    pub graphql_fallbacks: std::collections::BTreeMap<&'static str, u64>,
     pub backfill: HashMap<&'static str, u64>,
 }
 
@@ -70,6 +74,8 @@ struct OrgState {
     enqueued_minute: (i64, u32),
     /// Commit-detail calls of the LOC fallback in the current hour: (unix hour, count).
     fallback_hour: (i64, u32),
+    /// GraphQL failed: REST only until then.
+    graphql_rest_until: i64,
     live: OrgLive,
 }
 
@@ -240,7 +246,7 @@ impl OrgPoller {
                     // No PR or comment updated since the window began: none was opened,
                     // merged, reviewed or written in it.
                     conversations: probe.is_none_or(|p| p.newest >= start),
-                    graphql: cold && self.gh.graphql,
+                    graphql: cold && self.gh.graphql && self.graphql_usable(),
                 };
                 let ev = self.fetch_events(name, start, end, want).await?;
                 if !fresh {
@@ -315,7 +321,13 @@ impl OrgPoller {
                 Ok(x) => Some(x),
                 // GraphQL's own budget is spent: REST costs more but still works.
                 Err(Error::RateLimited { .. }) => None,
-                Err(e) => return Err(e),
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                // GraphQL is an optimisation: whatever breaks it (5xx, errors, timeouts,
+                // answers that do not decode), REST still answers the same question.
+                Err(e) => {
+                    self.graphql_failed(repo, &e);
+                    None
+                }
             }
         } else {
             None
@@ -335,6 +347,22 @@ impl OrgPoller {
         Ok(RepoEvents::from_wire(
             start, end, &commits, &pulls, &reviews, &comments,
         ))
+    }
+
+    fn graphql_usable(&self) -> bool {
+        self.clock.now() >= self.state.lock().graphql_rest_until
+    }
+
+    /// Falls back to REST for this fetch and rests GraphQL for the org a while, so a broken
+    /// GraphQL endpoint costs one failed query per pause, not one per repo.
+    fn graphql_failed(&self, repo: &str, e: &Error) {
+        let mut s = self.state.lock();
+        *s.live.graphql_fallbacks.entry(e.kind()).or_default() += 1;
+        let until = self.clock.now() + GRAPHQL_REST.as_secs() as i64;
+        if s.graphql_rest_until < until {
+            tracing::warn!(org = %self.org.org, repo, kind = e.kind(), error = %e, pause = ?GRAPHQL_REST, "GraphQL failed; using REST meanwhile");
+            s.graphql_rest_until = until;
+        }
     }
 
     /// LOC of the last complete week before `end`, fetched at most once per week and

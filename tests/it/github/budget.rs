@@ -171,3 +171,24 @@ async fn a_secondary_limit_pauses_every_worker() {
     assert_eq!(env.sim.knobs.secondary_next.load(Ordering::Relaxed), 0);
     assert_eq!(env.sim.secondary_ignored(), 0);
 }
+
+/// GraphQL is an optimisation, never a single point of failure: a `/graphql` answering 501
+/// still yields every series (over REST), the fallback is counted, and GraphQL rests rather
+/// than being asked again for every repo.
+#[tokio::test]
+async fn a_broken_graphql_endpoint_falls_back_to_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    env.sim.fail_path_with("/graphql", 1_000_000, 501);
+    let (cfg, store, _queue, _stop, gh) = env.rig("");
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert!(env.fake.requests.count("POST /graphql") >= 1);
+    assert!(gauge(&gh, "devmetrics_github_graphql_fallbacks_total").await >= 1.0);
+    // Only fetches already under way when the first one failed try GraphQL at all.
+    let fallbacks: u64 = p.live().graphql_fallbacks.values().sum();
+    assert!(
+        fallbacks <= cfg.orgs[0].concurrency as u64,
+        "{fallbacks} GraphQL failures in one cycle"
+    );
+}
