@@ -14,9 +14,11 @@ mod schema;
 use crate::metrics;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -152,7 +154,8 @@ impl Db {
                 "PRAGMA journal_mode=WAL;
                  PRAGMA synchronous=FULL;
                  PRAGMA busy_timeout=5000;
-                 PRAGMA wal_autocheckpoint=0;",
+                 PRAGMA wal_autocheckpoint=0;
+                 PRAGMA journal_size_limit=67108864;",
             )
             .map_err(open_err)?;
         schema::migrate(&writer).map_err(open_err)?;
@@ -181,9 +184,10 @@ impl Db {
         // thread (the HTTP server keeps answering and publishers hit their own deadlines).
         let (tx, rx) = mpsc::channel::<Job>(MAX_WAITING);
         let thread_stats = stats.clone();
+        let injected = injected_failures(path);
         std::thread::Builder::new()
             .name("devmetrics-db-writer".into())
-            .spawn(move || writer_loop(writer, rx, thread_stats))
+            .spawn(move || writer_loop(writer, rx, thread_stats, injected))
             .expect("spawning the database writer thread");
         Ok(Db {
             tx,
@@ -281,6 +285,25 @@ impl Db {
     }
 }
 
+/// Per database file: whether commits fail as on a full disk (fault-injection tests).
+static INJECTED: LazyLock<Mutex<HashMap<PathBuf, Arc<AtomicBool>>>> =
+    LazyLock::new(Default::default);
+
+fn injected_failures(path: &Path) -> Arc<AtomicBool> {
+    INJECTED
+        .lock()
+        .entry(path.to_path_buf())
+        .or_default()
+        .clone()
+}
+
+/// Makes every commit to the database at `path` fail as a full disk does (`on`), or succeed
+/// again: for tests of what the service does when it cannot write. Takes effect on the next
+/// commit, for databases opened before or after the call.
+pub fn inject_write_failures(path: &Path, on: bool) {
+    injected_failures(path).store(on, Ordering::Relaxed);
+}
+
 /// Takes a POSIX record lock (`fcntl(F_SETLK)`) on the whole file. Unlike `flock`, these
 /// locks belong to the process, so a restart inside one process (tests, `demo`) may reopen
 /// the database while another process is refused. std offers only `flock`, hence libc.
@@ -325,7 +348,12 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    stats: Arc<Stats>,
+    injected: Arc<AtomicBool>,
+) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -340,6 +368,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<Sta
         let mut finishes: Vec<Finish> = Vec::with_capacity(n);
         let result = (|| -> Result<(), Error> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let failing = injected.load(Ordering::Relaxed);
             for job in group.drain(..) {
                 // Cached statements: parsing these three per job showed up in the queue bench.
                 tx.prepare_cached("SAVEPOINT job")?.execute([])?;
@@ -357,6 +386,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<Sta
                     }
                 }
                 tx.prepare_cached("RELEASE job")?.execute([])?;
+            }
+            if failing {
+                // As SQLite reports a full disk: the whole group rolls back.
+                return Err(Error::Commit("database or disk is full (injected)".into()));
             }
             tx.commit()?;
             Ok(())

@@ -84,11 +84,19 @@ pub fn webhook_router(state: Shared, routes: Router<Shared>) -> Router {
         .with_state(state)
 }
 
+/// Ready once started and while storage can persist; a 503 says why, so an operator (or a
+/// probe's log) sees a full disk rather than a bare "not ready".
 async fn readyz(State(s): State<Shared>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    match s.store.health() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage cannot persist: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -428,3 +428,51 @@ async fn own_listener_keeps_metrics_private_and_insecure_mode_accepts_unsigned()
     shutdown.cancel();
     launched.wait().await;
 }
+
+/// A full disk: deliveries are answered 503 (GitHub redelivers them), `/readyz` says why,
+/// `/livez` and `/metrics` keep answering, nothing panics. Once the disk has room again the
+/// redelivered and the new deliveries are accepted, and every job counts exactly once.
+#[tokio::test]
+async fn a_full_disk_answers_503_and_loses_nothing_once_it_has_room() {
+    let app = App::start(&[]).await;
+    let db = app.state().config.storage.path.clone();
+    let base = app.url.replace("/webhooks/github", "");
+    let s = Sender::new(app.url.clone(), SECRET);
+    let mut g = Generator::new(21);
+    let jobs = g.run_plan(1_700_000_000.0, 3);
+    let mut send_job = |i: usize| {
+        let body = g.job_payload(&jobs[i], "completed", true);
+        let s = &s;
+        async move {
+            s.send("workflow_job", &format!("full-{i}"), body)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(send_job(0).await, 202);
+    app.drained().await;
+
+    devmetrics::db::inject_write_failures(&db, true);
+    assert_eq!(send_job(1).await, 503);
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, why) = get("/readyz").await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("disk is full"), "{why}");
+    assert_eq!(get("/livez").await.0, 200);
+    assert_eq!(get("/metrics").await.0, 200);
+
+    devmetrics::db::inject_write_failures(&db, false);
+    // GitHub redelivers the refused delivery with its id; a new one arrives too.
+    assert_eq!(send_job(1).await, 202);
+    assert_eq!(send_job(2).await, 202);
+    app.drained().await;
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 3.0);
+    assert_eq!(get("/readyz").await.0, 200);
+    app.stop().await;
+}
