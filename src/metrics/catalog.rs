@@ -499,7 +499,7 @@ families! {
         "devmetrics_webhook_deliveries_total",
         Counter,
         None,
-        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable).",
+        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable, overloaded).",
         &["source", "outcome"],
         &[],
     ),

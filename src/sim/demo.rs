@@ -49,6 +49,7 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
         secrets: Vec::new(),
         insecure_skip_verify: false,
         max_body_bytes: GITHUB_MAX_BODY,
+        max_buffered_bytes: crate::sources::github::webhook::config::DEFAULT_MAX_BUFFERED,
         consumers: 4,
         workflows: Default::default(),
         runners: None,

@@ -8,6 +8,8 @@ use crate::config::{Error, Secret, SecretSource};
 
 /// GitHub's own cap on a delivery's payload.
 pub const GITHUB_MAX_BODY: u64 = 25 * 1024 * 1024;
+/// Room for a few of GitHub's largest deliveries and thousands of typical ones at once.
+pub const DEFAULT_MAX_BUFFERED: u64 = 128 * 1024 * 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +54,7 @@ pub struct RawGithub {
     pub secret_file: Option<PathBuf>,
     pub insecure_skip_verify: Option<bool>,
     pub max_body_bytes: Option<u64>,
+    pub max_buffered_bytes: Option<u64>,
     /// Tasks applying queued deliveries; 0 makes a receive-only instance.
     pub consumers: Option<usize>,
     pub workflows: Option<RawWorkflows>,
@@ -132,6 +135,9 @@ pub struct HookConfig {
     pub secrets: Vec<Secret>,
     pub insecure_skip_verify: bool,
     pub max_body_bytes: u64,
+    /// Bytes of deliveries read but not yet verified and queued, across all requests;
+    /// past it a delivery is answered 503 before its body is read.
+    pub max_buffered_bytes: u64,
     pub consumers: usize,
     pub workflows: crate::processors::workflows::Options,
     pub runners: Option<RunnersConfig>,
@@ -369,6 +375,14 @@ impl RawGithub {
                 "must be positive",
             ));
         }
+        let max_buffered_bytes = self.max_buffered_bytes.unwrap_or(DEFAULT_MAX_BUFFERED);
+        if max_buffered_bytes < max_body_bytes || max_buffered_bytes > u64::from(u32::MAX) {
+            return Err(Error::invalid(
+                "webhooks.github.max_buffered_bytes",
+                Some(&max_buffered_bytes.to_string()),
+                "must hold at least one delivery of max_body_bytes and be under 4 GiB",
+            ));
+        }
         let w = self.workflows.unwrap_or_default();
         let max_runner_labels = w.max_runner_labels.unwrap_or(4);
         if max_runner_labels == 0 || max_runner_labels > 16 {
@@ -469,6 +483,7 @@ impl RawGithub {
             secrets,
             insecure_skip_verify,
             max_body_bytes,
+            max_buffered_bytes,
             consumers,
             runners,
             recovery,

@@ -46,6 +46,8 @@ pub enum Error {
     Body,
     #[error("queue unavailable: {0}")]
     Queue(String),
+    #[error("too many delivery bytes in flight")]
+    Overloaded,
 }
 
 impl Error {
@@ -57,6 +59,7 @@ impl Error {
             Error::TooLarge => "too_large",
             Error::Body => "bad_body",
             Error::Queue(_) => "unavailable",
+            Error::Overloaded => "overloaded",
         }
     }
 
@@ -65,7 +68,7 @@ impl Error {
             Error::Signature => StatusCode::UNAUTHORIZED,
             Error::MissingHeader(_) | Error::Json | Error::Body => StatusCode::BAD_REQUEST,
             Error::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Queue(_) | Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -78,7 +81,7 @@ impl IntoResponse for Error {
             Error::Json => "invalid JSON payload",
             Error::TooLarge => "payload too large",
             Error::Body => "unreadable body",
-            Error::Queue(_) => "temporarily unavailable; retry later",
+            Error::Queue(_) | Error::Overloaded => "temporarily unavailable; retry later",
         };
         let body = format!("{{\"error\":{}}}\n", serde_json::Value::from(msg));
         let mut resp = (
@@ -87,7 +90,7 @@ impl IntoResponse for Error {
             body,
         )
             .into_response();
-        if let Error::Queue(_) = self {
+        if let Error::Queue(_) | Error::Overloaded = self {
             // Senders that honour it (GitHub's redelivery tooling, CD systems) come back
             // once the consumers have had time to catch up.
             resp.headers_mut().insert(
@@ -111,6 +114,7 @@ const OUTCOMES: &[&str] = &[
     "too_large",
     "bad_body",
     "unavailable",
+    "overloaded",
 ];
 
 #[derive(Default)]
@@ -153,6 +157,9 @@ pub struct Receiver {
     macs: Vec<HmacSha256>,
     insecure: bool,
     max_body: u64,
+    /// One permit per byte of deliveries being read, verified and queued: bodies arrive
+    /// before anything proves the sender knows a secret, so their sum is bounded.
+    buffered: Arc<tokio::sync::Semaphore>,
     queue: SharedQueue,
     pub stats: Arc<Stats>,
 }
@@ -176,6 +183,9 @@ impl Receiver {
             macs,
             insecure: config.insecure_skip_verify && config.secrets.is_empty(),
             max_body: config.max_body_bytes,
+            buffered: Arc::new(tokio::sync::Semaphore::new(
+                config.max_buffered_bytes as usize,
+            )),
             queue,
             stats: Arc::new(Stats::default()),
         })
@@ -211,6 +221,13 @@ impl Receiver {
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(Error::TooLarge);
         }
+        // A body without a declared length may be as long as the limit allows.
+        let need = declared.unwrap_or(self.max_body).max(1) as u32;
+        let _room = self
+            .buffered
+            .clone()
+            .try_acquire_many_owned(need)
+            .map_err(|_| Error::Overloaded)?;
         let body = http_body_util::Limited::new(body, self.max_body as usize)
             .collect()
             .await
@@ -337,6 +354,7 @@ mod tests {
                 secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,
+                max_buffered_bytes: 4096,
                 consumers: 4,
                 workflows: Default::default(),
                 runners: None,
@@ -355,6 +373,48 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), "too_large");
         assert_eq!(e.into_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// Bodies arrive before anything proves the sender knows a secret: the bytes being
+    /// read across requests are bounded, and a delivery past the bound is answered 503
+    /// before its body is read.
+    #[tokio::test]
+    async fn bytes_in_flight_are_bounded_before_bodies_are_read() {
+        let r = receiver(&["s"]);
+        let body = br#"{"action":"queued"}"#;
+        let headers = || {
+            let mut h = HeaderMap::new();
+            h.insert("x-github-event", "workflow_job".parse().unwrap());
+            h.insert("x-github-delivery", "d-1".parse().unwrap());
+            h.insert(
+                "x-hub-signature-256",
+                crate::sim::webhooks::signature("s", body).parse().unwrap(),
+            );
+            h.insert("content-length", body.len().to_string().parse().unwrap());
+            h
+        };
+        // Deliveries being read elsewhere hold all but 10 bytes of the room.
+        let held = r
+            .buffered
+            .clone()
+            .try_acquire_many_owned(4096 - 10)
+            .unwrap();
+        let e = r
+            .handle(&headers(), Body::from(&body[..]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "overloaded");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key("retry-after"));
+        drop(held);
+        let ok = r.handle(&headers(), Body::from(&body[..])).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            r.buffered.available_permits(),
+            4096,
+            "the room is given back"
+        );
     }
 
     #[test]
@@ -407,6 +467,7 @@ mod unavailable {
                 secrets: vec![Secret::new("s")],
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,
+                max_buffered_bytes: 4096,
                 consumers: 4,
                 workflows: Default::default(),
                 runners: None,
