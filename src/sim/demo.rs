@@ -47,6 +47,7 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
     let secret = format!("demo-secret-{seed}");
     let gh = config.webhooks.github.get_or_insert_with(|| HookConfig {
         secrets: Vec::new(),
+        secret_files: Vec::new(),
         insecure_skip_verify: false,
         max_body_bytes: GITHUB_MAX_BODY,
         max_buffered_bytes: crate::sources::github::webhook::config::DEFAULT_MAX_BUFFERED,

@@ -133,6 +133,9 @@ pub struct OtlpConfig {
 #[derive(Clone, Debug)]
 pub struct HookConfig {
     pub secrets: Vec<Secret>,
+    /// For each of `secrets`, the file it was read from: watched, so a rotated file takes
+    /// effect without a restart.
+    pub secret_files: Vec<Option<PathBuf>>,
     pub insecure_skip_verify: bool,
     pub max_body_bytes: u64,
     /// Bytes of deliveries read but not yet verified and queued, across all requests;
@@ -320,17 +323,21 @@ fn read_secret(key: &str, source: SecretSource) -> Result<Secret, Error> {
 impl RawGithub {
     fn resolve(self, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<HookConfig, Error> {
         let mut secrets = Vec::new();
+        let mut secret_files = Vec::new();
         if let Some(s) = self.secret {
             secrets.push(read_secret(
                 "webhooks.github.secret",
                 SecretSource::Value(Secret::new(s)),
             )?);
+            secret_files.push(None);
         }
         if let Some(p) = self.secret_file {
+            let p = rel(p);
             secrets.push(read_secret(
                 "webhooks.github.secret_file",
-                SecretSource::File(rel(p)),
+                SecretSource::File(p.clone()),
             )?);
+            secret_files.push(Some(p));
         }
         for (i, entry) in self.secrets.unwrap_or_default().into_iter().enumerate() {
             let source = match entry {
@@ -355,6 +362,10 @@ impl RawGithub {
                 SecretSource::Value(_) => format!("webhooks.github.secrets[{i}].value"),
                 SecretSource::File(_) => format!("webhooks.github.secrets[{i}].value_file"),
             };
+            secret_files.push(match &source {
+                SecretSource::File(p) => Some(p.clone()),
+                SecretSource::Value(_) => None,
+            });
             secrets.push(read_secret(&key, source)?);
         }
         let insecure_skip_verify = self.insecure_skip_verify.unwrap_or(false);
@@ -481,6 +492,7 @@ impl RawGithub {
         }
         Ok(HookConfig {
             secrets,
+            secret_files,
             insecure_skip_verify,
             max_body_bytes,
             max_buffered_bytes,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::HookConfig;
 use crate::clock::now_unix;
+use crate::config::{Secret, SecretSource};
 use crate::metrics;
 use crate::processors::{Envelope, workflows};
 use crate::queue::{Published, SharedQueue, topics};
@@ -30,6 +31,28 @@ pub const PATHS: &[&str] = &["/webhooks/github", "/webhook", "/api/github"];
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
 /// Seconds a sender is asked to wait after a 503.
 const RETRY_AFTER_SECS: &str = "30";
+/// How often secret files are looked at for a rotation.
+const SECRET_RECHECK: Duration = Duration::from_secs(1);
+
+/// The watched secret files: index in the MAC list, path, and (mtime, size) last read.
+struct Watched {
+    files: Vec<(
+        usize,
+        std::path::PathBuf,
+        Option<(std::time::SystemTime, u64)>,
+    )>,
+    checked: std::time::Instant,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn mac(secret: &Secret) -> HmacSha256 {
+    <HmacSha256 as KeyInit>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC accepts keys of any length")
+}
 
 /// Why a delivery was not accepted. Maps to a status; the body never carries the detail.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +177,9 @@ impl crate::telemetry::Collect for Stats {
 pub struct Receiver {
     /// Keyed MAC states, one per accepted secret; cloned per delivery so the key schedule is
     /// computed once.
-    macs: Vec<HmacSha256>,
+    macs: parking_lot::RwLock<Vec<HmacSha256>>,
+    /// Secrets read from files, watched so a rotated file takes effect without a restart.
+    watched: parking_lot::Mutex<Watched>,
     insecure: bool,
     max_body: u64,
     /// One permit per byte of deliveries being read, verified and queued: bodies arrive
@@ -166,13 +191,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new(config: &HookConfig, queue: SharedQueue) -> Arc<Receiver> {
-        let macs = config
-            .secrets
+        let macs = config.secrets.iter().map(mac).collect();
+        let files = config
+            .secret_files
             .iter()
-            .map(|s| {
-                <HmacSha256 as KeyInit>::new_from_slice(s.expose().as_bytes())
-                    .expect("HMAC accepts keys of any length")
-            })
+            .enumerate()
+            .take(config.secrets.len())
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.clone(), stamp(p))))
             .collect();
         if config.insecure_skip_verify && config.secrets.is_empty() {
             tracing::warn!(
@@ -180,7 +205,11 @@ impl Receiver {
             );
         }
         Arc::new(Receiver {
-            macs,
+            macs: parking_lot::RwLock::new(macs),
+            watched: parking_lot::Mutex::new(Watched {
+                files,
+                checked: std::time::Instant::now(),
+            }),
             insecure: config.insecure_skip_verify && config.secrets.is_empty(),
             max_body: config.max_body_bytes,
             buffered: Arc::new(tokio::sync::Semaphore::new(
@@ -194,6 +223,7 @@ impl Receiver {
     /// Constant-time check of `sha256=<hex>` against every configured secret. Every secret is
     /// tried even after a match, so timing does not reveal which one matched.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> bool {
+        self.reload_rotated_secrets();
         let Some(sig) = header
             .and_then(|h| h.strip_prefix(b"sha256="))
             .and_then(|h| hex::decode(h).ok())
@@ -204,13 +234,40 @@ impl Receiver {
             return false;
         }
         let mut ok = subtle::Choice::from(0u8);
-        for mac in &self.macs {
+        for mac in self.macs.read().iter() {
             let mut m = mac.clone();
             m.update(body);
             let tag = m.finalize().into_bytes();
             ok |= subtle::ConstantTimeEq::ct_eq(tag.as_slice(), sig.as_slice());
         }
         bool::from(ok)
+    }
+
+    /// At most once per [`SECRET_RECHECK`], looks whether a secret file changed (its
+    /// modification time or size) and takes its new content. A file that cannot be read
+    /// keeps the secret it had, with a warning.
+    fn reload_rotated_secrets(&self) {
+        let mut w = self.watched.lock();
+        if w.files.is_empty() || w.checked.elapsed() < SECRET_RECHECK {
+            return;
+        }
+        w.checked = std::time::Instant::now();
+        for (i, path, seen) in w.files.iter_mut() {
+            let now = stamp(path);
+            if now == *seen {
+                continue;
+            }
+            match SecretSource::File(path.clone()).read() {
+                Ok(secret) => {
+                    self.macs.write()[*i] = mac(&secret);
+                    *seen = now;
+                    tracing::info!(file = %path.display(), "webhook secret file changed; using its new secret");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "webhook secret file changed but cannot be read; keeping the secret it had")
+                }
+            }
+        }
     }
 
     pub async fn handle(&self, headers: &HeaderMap, body: Body) -> Result<Response, Error> {
@@ -352,6 +409,7 @@ mod tests {
         Receiver::new(
             &HookConfig {
                 secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+                secret_files: Vec::new(),
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,
                 max_buffered_bytes: 4096,
@@ -417,6 +475,45 @@ mod tests {
         );
     }
 
+    /// A secret file rewritten in place (a Kubernetes Secret rotated, a vault agent renewing
+    /// it) takes effect within a second, without a restart; an unreadable file keeps the
+    /// secret it had.
+    #[tokio::test]
+    async fn a_rotated_secret_file_takes_effect_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook-secret");
+        std::fs::write(&file, "first\n").unwrap();
+        let db = crate::db::Db::open(&dir.path().join("q.db")).unwrap();
+        let q = crate::queue::sqlite::SqliteQueue::open(db, Default::default()).unwrap();
+        let r = Receiver::new(
+            &HookConfig {
+                secrets: vec![Secret::new("first")],
+                secret_files: vec![Some(file.clone())],
+                insecure_skip_verify: false,
+                max_body_bytes: 1024,
+                max_buffered_bytes: 4096,
+                consumers: 4,
+                workflows: Default::default(),
+                runners: None,
+                recovery: Vec::new(),
+            },
+            Arc::new(q),
+        );
+        let body = b"{}";
+        let signed = |secret: &str| crate::sim::webhooks::signature(secret, body);
+        assert!(r.verify(Some(signed("first").as_bytes()), body));
+        std::fs::write(&file, "second-and-longer\n").unwrap();
+        tokio::time::sleep(SECRET_RECHECK + Duration::from_millis(100)).await;
+        assert!(r.verify(Some(signed("second-and-longer").as_bytes()), body));
+        assert!(!r.verify(Some(signed("first").as_bytes()), body));
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(SECRET_RECHECK + Duration::from_millis(100)).await;
+        assert!(
+            r.verify(Some(signed("second-and-longer").as_bytes()), body),
+            "a file that went away keeps the secret it had"
+        );
+    }
+
     #[test]
     fn verifies_githubs_documented_test_vector_with_rotation() {
         let sig = b"sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
@@ -465,6 +562,7 @@ mod unavailable {
         let r = Receiver::new(
             &HookConfig {
                 secrets: vec![Secret::new("s")],
+                secret_files: Vec::new(),
                 insecure_skip_verify: false,
                 max_body_bytes: 1024,
                 max_buffered_bytes: 4096,
