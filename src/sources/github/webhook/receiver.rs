@@ -36,15 +36,14 @@ const SECRET_RECHECK: Duration = Duration::from_secs(1);
 
 /// The watched secret files: index in the MAC list, path, and (mtime, size) last read.
 struct Watched {
-    files: Vec<(
-        usize,
-        std::path::PathBuf,
-        Option<(std::time::SystemTime, u64)>,
-    )>,
+    files: Vec<(usize, std::path::PathBuf, Stamp)>,
     checked: std::time::Instant,
 }
 
-fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+/// A file's modification time and size, when it can be read.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
