@@ -81,6 +81,8 @@ async fn a_component_added_through_the_interface_alone_is_served() {
     let base = format!("http://{}", launched.addrs[0]);
     let want =
         r#"devmetrics_upstream_requests_total{upstream="toy",endpoint="things",status="200"} 42"#;
+    // The poll's health is recorded just after its series are stored.
+    let up = r#"devmetrics_source_up{source="toy"} 1"#;
     let mut body = String::new();
     for _ in 0..100 {
         body = reqwest::get(format!("{base}/metrics"))
@@ -89,13 +91,13 @@ async fn a_component_added_through_the_interface_alone_is_served() {
             .text()
             .await
             .unwrap();
-        if body.contains(want) {
+        if body.contains(want) && body.contains(up) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(body.contains(want), "{body}");
-    assert!(body.contains(r#"devmetrics_source_up{source="toy"} 1"#));
+    assert!(body.contains(up), "{body}");
     let page = reqwest::get(format!("{base}/toy")).await.unwrap();
     assert_eq!(page.text().await.unwrap(), "toy\n");
     shutdown.cancel();

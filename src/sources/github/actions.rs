@@ -255,6 +255,24 @@ const KV_NS: &str = "webhook_redelivery";
 const GRACE: f64 = 30.0;
 /// Redeliveries asked per cycle, to stay clear of secondary rate limits.
 const MAX_PER_CYCLE: usize = 100;
+/// Redeliveries asked per delivery: a redelivery that failed too (the receiver could not take
+/// it: a full disk, an outage) is asked again, this many times at most.
+const MAX_ASKS: u32 = 3;
+
+/// What was asked for a delivery GUID: how many redeliveries, the last of which attempt
+/// (GitHub's attempt ids grow, so a failed attempt with a greater id came after the ask).
+fn parse_mark(mark: &[u8]) -> Option<(u32, u64)> {
+    let text = std::str::from_utf8(mark).ok()?;
+    match text.strip_prefix("requested") {
+        // Marks written before re-asking existed: one ask, of an attempt unknown.
+        Some("") => Some((1, u64::MAX)),
+        Some(rest) => {
+            let (n, at) = rest.strip_prefix(':')?.split_once(':')?;
+            Some((n.parse().ok()?, at.parse().ok()?))
+        }
+        None => None,
+    }
+}
 
 /// Which webhook's deliveries are recovered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,8 +370,9 @@ impl Recovery {
                 .kv_get(KV_NS, guid)
                 .await
                 .map_err(|e| Error::Store(e.to_string()))?;
+            let asks = mark.as_deref().and_then(parse_mark);
             if ok {
-                if mark.as_deref() == Some(b"requested") {
+                if asks.is_some() {
                     self.stats.recovered.fetch_add(1, Ordering::Relaxed);
                     self.put(guid, b"recovered").await?;
                 }
@@ -363,9 +382,17 @@ impl Recovery {
                 continue;
             };
             still_failed += 1;
-            if mark.is_some() || now - t < GRACE || asked >= MAX_PER_CYCLE {
+            // Asked before: again only if that redelivery failed too (a failed attempt newer
+            // than the one asked for), and only so many times.
+            let again = match (&mark, asks) {
+                (None, _) => true,
+                (Some(_), Some((n, asked_for))) => n < MAX_ASKS && delivery_id > asked_for,
+                (Some(_), None) => false,
+            };
+            if !again || now - t < GRACE || asked >= MAX_PER_CYCLE {
                 continue;
             }
+            let n = asks.map_or(1, |(n, _)| n + 1);
             asked += 1;
             let path = format!("{base}/deliveries/{delivery_id}/attempts");
             let status = if as_app {
@@ -383,7 +410,8 @@ impl Recovery {
             };
             if (200..300).contains(&status) {
                 self.stats.requested.fetch_add(1, Ordering::Relaxed);
-                self.put(guid, b"requested").await?;
+                self.put(guid, format!("requested:{n}:{delivery_id}").as_bytes())
+                    .await?;
             } else {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(org, hook = %base, status, "GitHub refused a webhook redelivery");

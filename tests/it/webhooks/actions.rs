@@ -215,3 +215,79 @@ async fn app_hook_deliveries_are_recovered_with_the_app_jwt() {
     assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), 4);
     app.stop().await;
 }
+
+/// A redelivery that fails too (the service could not take it) is asked for again on a later
+/// cycle, at most three times per delivery, and counts once when it finally lands.
+#[tokio::test]
+async fn a_redelivery_that_fails_too_is_asked_again_boundedly() {
+    use devmetrics::sim::github::HooksSim;
+    use devmetrics::sim::{FakeServer, Faults};
+    use devmetrics::sources::github::actions::{HookTarget, Recovery};
+    use std::sync::atomic::Ordering;
+
+    let hooks = HooksSim::new();
+    *hooks.pat.lock() = Some(ACME_TOKEN.into());
+    let fake = FakeServer::start("github", hooks.router(), Faults::new(4))
+        .await
+        .unwrap();
+    let app = App::start(&[]).await;
+    // Redeliveries fail as long as the fake signs with the wrong secret.
+    let refused = || Sender::new(app.url.clone(), "not-the-secret");
+    hooks.set_target(refused());
+    let mut g = Generator::new(31);
+    let now = devmetrics::clock::now_unix();
+    hooks
+        .deliver(
+            "workflow_job",
+            "guid-a",
+            job_body(&mut g),
+            false,
+            now - 3600.0,
+        )
+        .await;
+    let rec = Recovery::new(
+        acme_client(&app, &fake.base_url()),
+        HookTarget::Org(12345),
+        app.state().store.clone(),
+        Duration::from_secs(300),
+        Duration::from_secs(3 * 3600),
+        Default::default(),
+    );
+    // Each failed attempt is made to look a minute old, past the grace GitHub's own retries get.
+    let age = || {
+        for a in hooks.attempts.lock().iter_mut() {
+            a.delivered_at -= 60.0;
+        }
+    };
+    for ask in 1..=2 {
+        assert_eq!(rec.run_once().await.unwrap(), 1);
+        assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), ask);
+        age();
+    }
+    hooks.set_target(Sender::new(app.url.clone(), SECRET));
+    assert_eq!(rec.run_once().await.unwrap(), 1);
+    assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), 3);
+    app.drained().await;
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 1.0);
+    assert_eq!(rec.run_once().await.unwrap(), 0);
+    assert_eq!(rec.stats.recovered.load(Ordering::Relaxed), 1);
+
+    // One that keeps failing is asked three times, then left alone.
+    hooks.set_target(refused());
+    hooks
+        .deliver(
+            "workflow_job",
+            "guid-b",
+            job_body(&mut g),
+            false,
+            now - 3600.0,
+        )
+        .await;
+    for _ in 0..5 {
+        assert_eq!(rec.run_once().await.unwrap(), 1);
+        age();
+    }
+    assert_eq!(hooks.redeliveries.load(Ordering::Relaxed), 3 + 3);
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 1.0);
+    app.stop().await;
+}
