@@ -208,16 +208,16 @@ impl SqliteQueue {
         Ok(queue)
     }
 
-    /// Hands `run` to the writer, waiting (asynchronously) for room; `effect` changes memory
-    /// once the commit succeeded.
-    async fn submit<T: Send + 'static>(
+    /// Runs `run` on the writer (waiting asynchronously for room) and returns once it is
+    /// committed; `effect` changes memory after the commit succeeded.
+    async fn write<T: Send + 'static>(
         &self,
         run: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
         effect: impl FnOnce(&T) + Send + 'static,
-    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+    ) -> Result<T, Error> {
         let (job, rx) = job(run, effect);
         self.inner.db.submit(job).await?;
-        Ok(rx)
+        rx.await.map_err(|_| crate::db::Error::WriterGone)?
     }
 
     /// Takes in replays asked for from outside the process and recounts the dead letters,
@@ -352,10 +352,6 @@ fn job<T: Send + 'static>(
     (job, rx)
 }
 
-async fn wait<T>(rx: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
-    rx.await.map_err(|_| crate::db::Error::WriterGone)?
-}
-
 impl From<crate::db::Error> for Error {
     fn from(e: crate::db::Error) -> Self {
         Error::Unavailable {
@@ -425,7 +421,7 @@ impl Queue for SqliteQueue {
         let now = now_unix();
         let inner = self.inner.clone();
         let t = topic_name.clone();
-        let rx = self.submit(
+        let published = self.write(
             move |c| {
                 if let Some(key) = &key {
                     let fresh = c
@@ -459,7 +455,7 @@ impl Queue for SqliteQueue {
             },
         )
         .await?;
-        Ok(match wait(rx).await? {
+        Ok(match published {
             Some(_) => Published::Published,
             None => Published::Duplicate,
         })
@@ -491,7 +487,7 @@ impl Queue for SqliteQueue {
             // the process is recognised by its deliveries outnumbering its settled attempts.
             let id = m.id;
             let fetched = self
-                .submit(
+                .write(
                     move |c| {
                         c.prepare_cached(
                             "UPDATE queue SET deliveries = deliveries + 1 WHERE id = ?1
@@ -510,10 +506,6 @@ impl Queue for SqliteQueue {
                     |_| {},
                 )
                 .await;
-            let fetched = match fetched {
-                Ok(rx) => wait(rx).await,
-                Err(e) => Err(e),
-            };
             let f = match fetched {
                 Ok(Some(f)) => f,
                 Ok(None) => {
@@ -597,8 +589,8 @@ impl Queue for SqliteQueue {
 impl SqliteQueue {
     async fn ack(&self, topic: &str, id: i64) -> Result<(), Error> {
         let (inner, t) = (self.inner.clone(), topic.to_string());
-        let rx = self
-            .submit(
+        let r = self
+            .write(
                 move |c| {
                     c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
                         .execute([id])
@@ -612,10 +604,6 @@ impl SqliteQueue {
                 },
             )
             .await;
-        let r = match rx {
-            Ok(rx) => wait(rx).await,
-            Err(e) => Err(e),
-        };
         if r.is_err() {
             self.release_quietly(topic, id);
         }
@@ -644,7 +632,7 @@ impl SqliteQueue {
             self.inner.policy.decide(attempts, age)
         };
         let (inner, t) = (self.inner.clone(), topic.to_string());
-        let rx = self.submit(
+        let r = self.write(
             move |c| {
                 match decision {
                     Retry::DeadLetter => {
@@ -685,10 +673,6 @@ impl SqliteQueue {
             },
         )
         .await;
-        let r = match rx {
-            Ok(rx) => wait(rx).await,
-            Err(e) => Err(e),
-        };
         if r.is_err() {
             self.release_quietly(topic, id);
         }
