@@ -133,7 +133,10 @@ pub async fn launch_with(
     tasks.spawn(collect_garbage(
         store.clone(),
         queue.clone(),
-        config.storage.idempotency_retention,
+        crate::store::Retention {
+            keys: config.storage.idempotency_retention,
+            members: config.storage.gauge_expiry,
+        },
         config.queue.dedupe_retention,
         shutdown.clone(),
     ));
@@ -186,11 +189,12 @@ pub async fn launch_with(
     })
 }
 
-/// Removes idempotency and deduplication keys past their retention, hourly.
+/// Removes idempotency and deduplication keys past their retention and expires gauge
+/// members, hourly.
 async fn collect_garbage(
     store: SharedStore,
     queue: SharedQueue,
-    keys: Duration,
+    keys: crate::store::Retention,
     dedupe: Duration,
     shutdown: CancellationToken,
 ) {
@@ -200,8 +204,8 @@ async fn collect_garbage(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = store.gc(keys).await {
-            tracing::warn!(error = %e, "removing expired idempotency keys failed");
+        if let Err(e) = store.gc(&keys).await {
+            tracing::warn!(error = %e, "removing expired idempotency keys and gauge members failed");
         }
         if let Err(e) = queue.gc(dedupe).await {
             tracing::warn!(error = %e, "removing expired deduplication keys failed");

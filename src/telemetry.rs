@@ -47,6 +47,13 @@ pub struct SourceHealth {
     results: BTreeMap<&'static str, u64>,
 }
 
+/// A series budget that has dropped updates, shown on `/healthz`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BudgetHealth {
+    pub limit: usize,
+    pub dropped: u64,
+}
+
 /// Series gathered at scrape time.
 #[derive(Default)]
 pub struct Rows(Vec<(FamilyId, Labels, Value)>);
@@ -78,6 +85,7 @@ pub struct Telemetry {
     upstream_latency: Mutex<HashMap<(&'static str, &'static str), HistogramValue>>,
     sources: Mutex<BTreeMap<String, SourceHealth>>,
     render: Mutex<BTreeMap<&'static str, f64>>,
+    budgets: Mutex<BTreeMap<&'static str, BudgetHealth>>,
     collectors: Mutex<Vec<Arc<dyn Collect>>>,
 }
 
@@ -92,6 +100,7 @@ impl Default for Telemetry {
             upstream_latency: Default::default(),
             sources: Default::default(),
             render: Default::default(),
+            budgets: Default::default(),
             collectors: Default::default(),
         }
     }
@@ -193,6 +202,19 @@ impl Telemetry {
         self.render.lock().insert(format, elapsed.as_secs_f64());
     }
 
+    /// One update of `family` dropped because the family holds `limit` series.
+    pub fn series_dropped(&self, family: &'static str, limit: usize) {
+        let mut b = self.budgets.lock();
+        let e = b.entry(family).or_default();
+        e.limit = limit;
+        e.dropped += 1;
+    }
+
+    /// Families whose series budget dropped updates.
+    pub fn series_budgets(&self) -> BTreeMap<&'static str, BudgetHealth> {
+        self.budgets.lock().clone()
+    }
+
     pub fn started_at(&self) -> f64 {
         self.started_at
     }
@@ -273,6 +295,13 @@ impl Telemetry {
                 metrics::DEVMETRICS_EXPOSITION_RENDER_DURATION_SECONDS,
                 &[format],
                 n(*secs),
+            );
+        }
+        for (fam, b) in self.budgets.lock().iter() {
+            push(
+                metrics::DEVMETRICS_SERIES_DROPPED_TOTAL,
+                &[fam],
+                n(b.dropped as f64),
             );
         }
         let collectors = self.collectors.lock().clone();

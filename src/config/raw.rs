@@ -52,6 +52,7 @@ pub struct RawStorage {
     pub backend: Option<String>,
     pub path: Option<PathBuf>,
     pub idempotency_retention: Option<String>,
+    pub gauge_expiry: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +126,9 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     pub path: PathBuf,
     pub idempotency_retention: Duration,
+    /// How long a gauge member (a job queued or running) counts without the delivery that
+    /// ends it.
+    pub gauge_expiry: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -274,6 +278,19 @@ impl RawConfig {
                  forgotten before its run ends lets a redelivery count twice",
             ));
         }
+        let gauge_expiry = duration(
+            "storage.gauge_expiry",
+            self.storage.gauge_expiry.as_ref(),
+            Duration::from_secs(35 * 86_400),
+        )?;
+        if gauge_expiry < Duration::from_secs(3600) || gauge_expiry > idempotency_retention {
+            return Err(Error::invalid(
+                "storage.gauge_expiry",
+                self.storage.gauge_expiry.as_deref(),
+                "must be between 1h and storage.idempotency_retention: a job still counted \
+                 after its keys are forgotten could be entered twice",
+            ));
+        }
         // 0: no cap on attempts; the retry horizon decides.
         let max_attempts = self.queue.max_attempts.unwrap_or(0);
         let retry_horizon = duration(
@@ -348,6 +365,7 @@ impl RawConfig {
                     .map(rel)
                     .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
                 idempotency_retention,
+                gauge_expiry,
             },
             queue: QueueConfig {
                 backend: queue_backend,

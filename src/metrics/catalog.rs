@@ -354,6 +354,13 @@ families! {
         "Event updates skipped because their idempotency key was already applied.",
         &[],
     ),
+    DEVMETRICS_SERIES_DROPPED_TOTAL: core(
+        "devmetrics_series_dropped_total",
+        Counter,
+        None,
+        "Updates dropped because they would add a series past the family's series budget (webhooks.github.workflows.series_budget); also on /healthz.",
+        &["family"],
+    ),
     DEVMETRICS_EXPOSITION_RENDER_DURATION_SECONDS: core(
         "devmetrics_exposition_render_duration_seconds",
         Gauge,
@@ -499,7 +506,7 @@ families! {
         "devmetrics_webhook_deliveries_total",
         Counter,
         None,
-        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable, overloaded).",
+        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, filtered (repository not admitted by webhooks.github.repo_allowlist/repo_exclude), bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable, overloaded).",
         &["source", "outcome"],
         &[],
     ),

@@ -86,6 +86,12 @@ pub enum Op {
     Set(f64),
     /// Gauge move by a signed delta.
     Add(f64),
+    /// Gauge +1 for a member (a job in a state), whose scope and series the store remembers.
+    Enter(String),
+    /// Gauge −1 on the series the member entered; the update's own scope and labels are not
+    /// used, so a renamed repository or a changed runner group cannot leave one series at +1
+    /// and another at −1.
+    Leave(String),
 }
 
 #[derive(Clone, Debug)]
@@ -104,7 +110,7 @@ impl Update {
             (Op::Inc(v), Kind::Counter | Kind::LegacyCounter) => *v >= 0.0,
             // A NaN or infinite observation would poison the sum forever.
             (Op::Observe(v), Kind::Histogram) => v.is_finite(),
-            (Op::Set(_) | Op::Add(_), Kind::Gauge) => true,
+            (Op::Set(_) | Op::Add(_) | Op::Enter(_) | Op::Leave(_), Kind::Gauge) => true,
             _ => false,
         };
         if ok {
@@ -118,6 +124,8 @@ impl Update {
                     Op::Observe(_) => "observe",
                     Op::Set(_) => "set",
                     Op::Add(_) => "add",
+                    Op::Enter(_) => "enter",
+                    Op::Leave(_) => "leave",
                 },
             })
         }

@@ -3,6 +3,7 @@
 //! queue's consumer runner acks then), so a crash at any point redelivers and the keys make
 //! the retry harmless.
 
+pub mod budget;
 pub mod workflows;
 
 use bytes::Bytes;
@@ -88,31 +89,21 @@ impl Error {
     }
 }
 
-/// Applies one queued delivery: all its keyed batches in one store transaction (each key
-/// still applied at most once, so a retry after a crash repeats nothing).
-pub async fn apply(
-    store: &dyn crate::store::Store,
-    payload: &Bytes,
-    opts: &workflows::Options,
-) -> Result<usize, Error> {
-    let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
-    apply_envelope(store, &env, opts).await
-}
-
+/// Applies one delivery's keyed batches in one store transaction (each key still applied at
+/// most once, so a retry after a crash repeats nothing), within the series budget.
 async fn apply_envelope(
     store: &dyn crate::store::Store,
     env: &Envelope,
     opts: &workflows::Options,
+    budget: Option<&budget::SeriesBudget>,
 ) -> Result<usize, Error> {
-    let batches = workflows::process(&env.event, &env.body, opts)?;
+    let mut batches = workflows::process(&env.event, &env.body, opts)?;
+    if let Some(b) = budget {
+        b.admit(&mut batches);
+    }
     let n = batches.len();
     if n > 0 {
-        store
-            .apply_each_once(
-                workflows::SCOPE,
-                batches.into_iter().map(|b| (b.key, b.updates)).collect(),
-            )
-            .await?;
+        store.apply_each_once(batches).await?;
     }
     Ok(n)
 }
@@ -124,10 +115,11 @@ pub async fn apply_and_forward(
     queue: &dyn crate::queue::Queue,
     payload: &Bytes,
     opts: &workflows::Options,
+    budget: &budget::SeriesBudget,
     sink_topics: &[String],
 ) -> Result<usize, Error> {
     let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
-    let n = apply_envelope(store, &env, opts).await?;
+    let n = apply_envelope(store, &env, opts, Some(budget)).await?;
     if sink_topics.is_empty() {
         return Ok(n);
     }
@@ -146,6 +138,7 @@ pub struct Deliveries {
     pub store: SharedStore,
     pub queue: SharedQueue,
     pub opts: Arc<workflows::Options>,
+    pub budget: Arc<budget::SeriesBudget>,
     pub sink_topics: Arc<Vec<String>>,
 }
 
@@ -157,6 +150,7 @@ impl crate::queue::Handler for Deliveries {
             &*self.queue,
             &delivery.payload,
             &self.opts,
+            &self.budget,
             &self.sink_topics,
         )
         .await

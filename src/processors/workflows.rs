@@ -10,14 +10,20 @@
 //! - a duplicate changes nothing;
 //! - the consumer may process deliveries in parallel and in any order.
 
-use crate::metrics::{self, FamilyId, Labels, Op, Update};
+use crate::metrics::{self, FamilyId, Labels, Op, Update, family};
 use crate::sources::github::webhook::wire::{
     Job, JobEvent, Repository, Run, RunEvent, RunEventFull,
 };
 use crate::timestamp::parse_rfc3339;
 
-/// The scope holding every workflow series; all its families are `devmetrics_workflow_*`.
+/// The scope of workflow series without a repository (runner time, invalid durations); each
+/// repository's series sit in their own scope under it ([`repo_scope`]), so applying one
+/// delivery copies one repository's series when a scrape holds the old ones, not all of them.
 pub const SCOPE: &str = "webhooks/workflows";
+
+pub fn repo_scope(repo: &str) -> String {
+    format!("{SCOPE}/{repo}")
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
@@ -27,6 +33,9 @@ pub struct Options {
     pub branch_label: bool,
     /// Runner labels kept (sorted, lower-cased) in `runner_labels`.
     pub max_runner_labels: usize,
+    /// Job and step names without matrix values and numeric suffixes, and runner labels
+    /// without per-run ones (see [`normalize_name`]).
+    pub normalize_names: bool,
 }
 
 impl Default for Options {
@@ -35,6 +44,7 @@ impl Default for Options {
             step_metrics: false,
             branch_label: false,
             max_runner_labels: 4,
+            normalize_names: false,
         }
     }
 }
@@ -57,12 +67,7 @@ impl Error {
     }
 }
 
-/// Updates to apply atomically under one idempotency key.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub key: String,
-    pub updates: Vec<Update>,
-}
+pub use crate::store::Batch;
 
 // ── telemetry items for the sinks (domain types, not wire types) ──────────────────────
 
@@ -332,14 +337,58 @@ fn invalid(kind: &str, reason: &str) -> Update {
 }
 
 /// Sorted, lower-cased, de-duplicated and capped: GitHub lists `runs-on` labels in the
-/// workflow's order, and the same runner must not yield two series.
-pub fn runner_labels(raw: &[String], max: usize) -> String {
+/// workflow's order, and the same runner must not yield two series. With `normalize`,
+/// labels that name one run (a run id or a hash in them) are left out.
+pub fn runner_labels(raw: &[String], max: usize, normalize: bool) -> String {
     let mut v: Vec<String> = raw.iter().map(|l| l.trim().to_ascii_lowercase()).collect();
     v.sort();
     v.dedup();
-    v.retain(|l| !l.is_empty());
+    v.retain(|l| !(l.is_empty() || normalize && names_one_run(l)));
     v.truncate(max);
     v.join(",")
+}
+
+/// A label with six digits in a row, or a run of twelve hex digits with one, is taken for a
+/// run id or hash (`runs-on: gpu-${{ github.run_id }}`); fixed labels have neither.
+fn names_one_run(label: &str) -> bool {
+    let (mut digits, mut hex, mut hex_has_digit) = (0, 0, false);
+    for c in label.chars() {
+        digits = if c.is_ascii_digit() { digits + 1 } else { 0 };
+        if c.is_ascii_hexdigit() {
+            hex += 1;
+            hex_has_digit |= c.is_ascii_digit();
+        } else {
+            hex = 0;
+            hex_has_digit = false;
+        }
+        if digits >= 6 || (hex >= 12 && hex_has_digit) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A job or step name with what varies between runs of the same job taken off: matrix
+/// values (`test (ubuntu-latest, 18)` → `test`), numeric suffixes (`shard-3`, `e2e 12` →
+/// `shard`, `e2e`), and the command of an unnamed step (`Run npm test` → `Run`).
+pub fn normalize_name(name: &str) -> String {
+    let mut n = name.trim();
+    if n.strip_prefix("Run ")
+        .is_some_and(|rest| !rest.trim().is_empty())
+    {
+        return "Run".to_string();
+    }
+    if let Some(open) = n.rfind(" (").filter(|_| n.ends_with(')')) {
+        n = n[..open].trim_end();
+    }
+    let stripped = n.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stripped.len() < n.len() {
+        let base = stripped.trim_end_matches([' ', '-', '_', '/', '#', '.']);
+        if !base.is_empty() {
+            n = base;
+        }
+    }
+    n.to_string()
 }
 
 fn rank(action: &str, status: Option<&str>) -> u8 {
@@ -356,6 +405,27 @@ fn rank(action: &str, status: Option<&str>) -> u8 {
     }
 }
 
+/// Splits one keyed set of updates by scope: series with a repository go to its scope, the
+/// rest to [`SCOPE`] under the key with `/shared` added. The repository batch is kept even
+/// when empty, so the key marks the transition as done.
+fn keyed(out: &mut Vec<Batch>, repo: &str, key: String, updates: Vec<Update>) {
+    let (own, shared): (Vec<Update>, Vec<Update>) = updates
+        .into_iter()
+        .partition(|u| family(u.family).labels.contains(&"repo"));
+    if !shared.is_empty() {
+        out.push(Batch {
+            key: format!("{key}/shared"),
+            scope: SCOPE.to_string(),
+            updates: shared,
+        });
+    }
+    out.push(Batch {
+        key,
+        scope: repo_scope(repo),
+        updates: own,
+    });
+}
+
 fn job(action: &str, j: &Job, repository: &Repository, opts: &Options) -> Vec<Batch> {
     let r = rank(action, j.status.as_deref());
     if r == 0 {
@@ -368,9 +438,13 @@ fn job(action: &str, j: &Job, repository: &Repository, opts: &Options) -> Vec<Ba
         j.run_attempt.unwrap_or(1),
         j.id,
     );
-    let rl = runner_labels(&j.labels, opts.max_runner_labels);
+    let rl = runner_labels(&j.labels, opts.max_runner_labels, opts.normalize_names);
     let group = j.runner_group_name.as_deref().unwrap_or("");
     let workflow = j.workflow_name.as_deref().unwrap_or("");
+    let name = match opts.normalize_names {
+        true => normalize_name(&j.name),
+        false => j.name.clone(),
+    };
     let branch = if opts.branch_label {
         j.head_branch.as_deref().unwrap_or("")
     } else {
@@ -379,57 +453,63 @@ fn job(action: &str, j: &Job, repository: &Repository, opts: &Options) -> Vec<Ba
     // A job cancelled while queued completes without ever running: it has no runner and
     // never entered in_progress.
     let ran = r == 2 || j.runner_name.as_deref().is_some_and(|n| !n.is_empty());
-    let queued = |d: f64| {
+    // The gauges count members: each leave takes off exactly what its enter put on, even
+    // when the leaving delivery names another repository or runner group.
+    let (queued, running) = (format!("{key}/queued"), format!("{key}/in_progress"));
+    let queue_gauge = |op| {
         vec![upd(
             metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED,
             &[repo, &rl],
-            Op::Add(d),
+            op,
         )]
     };
-    let running = |d: f64| {
+    let running_gauge = |op| {
         vec![upd(
             metrics::DEVMETRICS_WORKFLOW_JOBS_IN_PROGRESS,
             &[repo, group, &rl],
-            Op::Add(d),
+            op,
         )]
     };
-    let mut out = vec![Batch {
-        key: format!("{key}/enter/queued"),
-        updates: queued(1.0),
-    }];
+    let mut out = Vec::new();
+    keyed(
+        &mut out,
+        repo,
+        format!("{key}/enter/queued"),
+        queue_gauge(Op::Enter(queued.clone())),
+    );
     if r >= 2 {
-        out.push(Batch {
-            key: format!("{key}/leave/queued"),
-            updates: queued(-1.0),
-        });
+        keyed(
+            &mut out,
+            repo,
+            format!("{key}/leave/queued"),
+            queue_gauge(Op::Leave(queued)),
+        );
+        // A job that never ran still marks its running transitions as done, so a late
+        // `in_progress` cannot enter a finished job.
+        let mut enter = Vec::new();
+        let mut queue_time = Vec::new();
         if ran {
-            out.push(Batch {
-                key: format!("{key}/enter/in_progress"),
-                updates: running(1.0),
-            });
-            let mut q = Vec::new();
+            enter = running_gauge(Op::Enter(running.clone()));
             observe(
-                &mut q,
+                &mut queue_time,
                 span(j.created_at.as_deref(), j.started_at.as_deref()),
                 metrics::DEVMETRICS_WORKFLOW_JOB_QUEUE_DURATION_SECONDS,
-                &[repo, workflow, &j.name, group, &rl],
+                &[repo, workflow, &name, group, &rl],
                 "job_queue",
             );
-            out.push(Batch {
-                key: format!("{key}/queue_time"),
-                updates: q,
-            });
         }
+        keyed(&mut out, repo, format!("{key}/enter/in_progress"), enter);
+        keyed(&mut out, repo, format!("{key}/queue_time"), queue_time);
     }
     if r >= 3 {
-        if ran {
-            out.push(Batch {
-                key: format!("{key}/leave/in_progress"),
-                updates: running(-1.0),
-            });
-        }
+        keyed(
+            &mut out,
+            repo,
+            format!("{key}/leave/in_progress"),
+            running_gauge(Op::Leave(running)),
+        );
         let conclusion = j.conclusion.as_deref().unwrap_or("unknown");
-        let values = [repo, workflow, &j.name, branch, conclusion, group, &rl];
+        let values = [repo, workflow, &name, branch, conclusion, group, &rl];
         let mut u = vec![upd(
             metrics::DEVMETRICS_WORKFLOW_JOBS_TOTAL,
             &values,
@@ -456,20 +536,21 @@ fn job(action: &str, j: &Job, repository: &Repository, opts: &Options) -> Vec<Ba
                 if s.status.as_deref() != Some("completed") {
                     continue;
                 }
+                let step = match opts.normalize_names {
+                    true => normalize_name(&s.name),
+                    false => s.name.clone(),
+                };
                 let c = s.conclusion.as_deref().unwrap_or("unknown");
                 observe(
                     &mut u,
                     span(s.started_at.as_deref(), s.completed_at.as_deref()),
                     metrics::DEVMETRICS_WORKFLOW_STEP_DURATION_SECONDS,
-                    &[repo, workflow, &j.name, &s.name, c],
+                    &[repo, workflow, &name, &step, c],
                     "step",
                 );
             }
         }
-        out.push(Batch {
-            key: format!("{key}/completed"),
-            updates: u,
-        });
+        keyed(&mut out, repo, format!("{key}/completed"), u);
     }
     out
 }
@@ -520,7 +601,9 @@ fn run(action: &str, r: &Run, repository: &Repository, opts: &Options) -> Vec<Ba
         &values,
         "run",
     );
-    vec![Batch { key, updates: u }]
+    let mut out = Vec::new();
+    keyed(&mut out, repo, key, u);
+    out
 }
 
 #[cfg(test)]
@@ -587,21 +670,41 @@ mod tests {
             Some("2024-01-01T00:01:10Z"),
         );
         let batches = process("workflow_job", &b, &Options::default()).unwrap();
-        let keys: Vec<&str> = batches.iter().map(|b| b.key.as_str()).collect();
+        let keys: Vec<(&str, &str)> = batches
+            .iter()
+            .map(|b| (b.key.as_str(), b.scope.as_str()))
+            .collect();
+        let repo = "webhooks/workflows/o/r";
         assert_eq!(
             keys,
             [
-                "wj/github.com/o/r/7/1/1/enter/queued",
-                "wj/github.com/o/r/7/1/1/leave/queued",
-                "wj/github.com/o/r/7/1/1/enter/in_progress",
-                "wj/github.com/o/r/7/1/1/queue_time",
-                "wj/github.com/o/r/7/1/1/leave/in_progress",
-                "wj/github.com/o/r/7/1/1/completed"
+                ("wj/github.com/o/r/7/1/1/enter/queued", repo),
+                ("wj/github.com/o/r/7/1/1/leave/queued", repo),
+                ("wj/github.com/o/r/7/1/1/enter/in_progress", repo),
+                ("wj/github.com/o/r/7/1/1/queue_time", repo),
+                ("wj/github.com/o/r/7/1/1/leave/in_progress", repo),
+                ("wj/github.com/o/r/7/1/1/completed/shared", SCOPE),
+                ("wj/github.com/o/r/7/1/1/completed", repo),
             ]
         );
+        // Leaves name the member their enter created, never labels of their own.
+        assert_eq!(
+            batches[0].updates[0].op,
+            Op::Enter("wj/github.com/o/r/7/1/1/queued".into())
+        );
+        assert_eq!(
+            batches[1].updates[0].op,
+            Op::Leave("wj/github.com/o/r/7/1/1/queued".into())
+        );
+        assert_eq!(
+            batches[4].updates[0].op,
+            Op::Leave("wj/github.com/o/r/7/1/1/in_progress".into())
+        );
+        let shared = &batches[5];
+        assert_eq!(shared.updates.len(), 1);
+        assert_eq!(shared.updates[0].op, Op::Inc(60.0));
         let done = batches.last().unwrap();
         assert!(done.updates.iter().any(|u| u.op == Op::Observe(60.0)));
-        assert!(done.updates.iter().any(|u| u.op == Op::Inc(60.0)));
         assert!(
             done.updates[0]
                 .labels
@@ -611,13 +714,46 @@ mod tests {
             done.updates[0].labels
         );
         // Steps are opt-in.
-        assert_eq!(done.updates.len(), 3);
+        assert_eq!(done.updates.len(), 2);
         let with_steps = Options {
             step_metrics: true,
             ..Options::default()
         };
         let batches = process("workflow_job", &b, &with_steps).unwrap();
-        assert_eq!(batches.last().unwrap().updates.len(), 4);
+        assert_eq!(batches.last().unwrap().updates.len(), 3);
+    }
+
+    #[test]
+    fn a_job_that_never_ran_still_closes_its_running_transitions() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&job_body("completed", 1, None, None)).unwrap();
+        v["workflow_job"]["runner_name"] = serde_json::Value::Null;
+        v["workflow_job"]["conclusion"] = "cancelled".into();
+        let batches = process(
+            "workflow_job",
+            v.to_string().as_bytes(),
+            &Options::default(),
+        )
+        .unwrap();
+        let running: Vec<&Batch> = batches
+            .iter()
+            .filter(|b| b.key.ends_with("in_progress") || b.key.ends_with("queue_time"))
+            .collect();
+        assert_eq!(running.len(), 3, "{batches:?}");
+        // Nothing enters; the leave (of a member that never entered) takes nothing off.
+        assert!(running[..2].iter().all(|b| b.updates.is_empty()));
+        // So a late in_progress finds every key it would apply already taken.
+        let late = process(
+            "workflow_job",
+            &job_body("in_progress", 1, Some("2024-01-01T00:00:10Z"), None),
+            &Options::default(),
+        )
+        .unwrap();
+        let taken: Vec<&str> = batches.iter().map(|b| b.key.as_str()).collect();
+        assert!(
+            late.iter().all(|b| taken.contains(&b.key.as_str())),
+            "{late:?}"
+        );
     }
 
     #[test]
@@ -629,20 +765,28 @@ mod tests {
             Some("2024-01-01T00:01:00Z"),
         );
         let batches = process("workflow_job", &b, &Options::default()).unwrap();
-        let done = batches.last().unwrap();
-        assert!(done.updates.iter().all(|u| !matches!(u.op, Op::Observe(_))));
+        let all: Vec<&Update> = batches.iter().flat_map(|b| &b.updates).collect();
         assert!(
-            done.updates
+            batches
                 .iter()
+                .filter(|b| b.key.contains("completed"))
+                .flat_map(|b| &b.updates)
+                .all(|u| !matches!(u.op, Op::Observe(_)))
+        );
+        assert!(
+            all.iter()
                 .any(|u| u.labels.as_str() == "kind=\"job\",reason=\"negative\"")
         );
         let b = job_body("completed", 1, Some("2024-01-01T00:02:00Z"), None);
-        let done = process("workflow_job", &b, &Options::default())
+        let shared = process("workflow_job", &b, &Options::default())
             .unwrap()
-            .pop()
+            .into_iter()
+            .find(|b| b.key.ends_with("completed/shared"))
             .unwrap();
+        assert_eq!(shared.scope, SCOPE);
         assert!(
-            done.updates
+            shared
+                .updates
                 .iter()
                 .any(|u| u.labels.as_str() == "kind=\"job\",reason=\"missing\"")
         );
@@ -653,7 +797,10 @@ mod tests {
         let b = job_body("queued", 1, None, None);
         let batches = process("workflow_job", &b, &Options::default()).unwrap();
         assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].updates[0].op, Op::Add(1.0));
+        assert_eq!(
+            batches[0].updates[0].op,
+            Op::Enter("wj/github.com/o/r/7/1/1/queued".into())
+        );
         let b = String::from_utf8(job_body("queued", 1, None, None))
             .unwrap()
             .replace("\"queued\"", "\"mystery\"");
@@ -672,9 +819,45 @@ mod tests {
     fn runner_labels_are_normalised_and_capped() {
         let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            runner_labels(&l(&["self-hosted", "Linux", "X64", "linux"]), 4),
+            runner_labels(&l(&["self-hosted", "Linux", "X64", "linux"]), 4, false),
             "linux,self-hosted,x64"
         );
-        assert_eq!(runner_labels(&l(&["c", "b", "a"]), 2), "a,b");
+        assert_eq!(runner_labels(&l(&["c", "b", "a"]), 2, false), "a,b");
+        let per_run = l(&["self-hosted", "gpu-9876543210", "pool-3f2a9c1be4d7"]);
+        assert_eq!(
+            runner_labels(&per_run, 4, false),
+            "gpu-9876543210,pool-3f2a9c1be4d7,self-hosted"
+        );
+        assert_eq!(runner_labels(&per_run, 4, true), "self-hosted");
+        // Fixed labels with a few digits or hex-looking words stay.
+        let fixed = l(&[
+            "ubuntu-24.04",
+            "x64",
+            "arm64",
+            "deadbeefcafe",
+            "m7i-4xlarge",
+        ]);
+        assert_eq!(
+            runner_labels(&fixed, 8, true),
+            "arm64,deadbeefcafe,m7i-4xlarge,ubuntu-24.04,x64"
+        );
+    }
+
+    #[test]
+    fn names_lose_matrix_values_numeric_suffixes_and_commands() {
+        for (raw, want) in [
+            ("test (ubuntu-latest, 18)", "test"),
+            ("shard-3", "shard"),
+            ("e2e 12", "e2e"),
+            ("Run npm test -- --shard=3/8", "Run"),
+            ("build", "build"),
+            ("deploy (prod)", "deploy"),
+            ("py3", "py"),
+            ("42", "42"),
+            ("(matrix)", "(matrix)"),
+            ("Run", "Run"),
+        ] {
+            assert_eq!(normalize_name(raw), want, "{raw}");
+        }
     }
 }

@@ -93,12 +93,14 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
     let snapshot = s.store.snapshot();
     let series: usize = snapshot.scopes.iter().map(|x| x.series_count()).sum();
     let any_down = sources.values().any(|h| h.scrapes > 0 && !h.up);
+    // Dropped series are data not shown: degraded until the budget or the filters change.
+    let budgets = s.telemetry.series_budgets();
     let store_health = s.store.health();
     let status = if !ready {
         "starting"
     } else if store_health.is_err() {
         "failing"
-    } else if any_down {
+    } else if any_down || !budgets.is_empty() {
         "degraded"
     } else {
         "ok"
@@ -112,6 +114,7 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
                 "error": store_health.err(),
                 "scopes": snapshot.scopes.len(),
                 "series": series,
+                "series_budgets_exceeded": budgets,
             },
             "queue": {"state": "ok", "topics": queue},
             "sources": sources,

@@ -53,6 +53,8 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
         max_buffered_bytes: crate::sources::github::webhook::config::DEFAULT_MAX_BUFFERED,
         consumers: 4,
         workflows: Default::default(),
+        series_budget: crate::sources::github::webhook::config::DEFAULT_SERIES_BUDGET,
+        repos: Default::default(),
         runners: None,
         recovery: Vec::new(),
     });

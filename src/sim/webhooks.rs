@@ -321,7 +321,7 @@ mod tests {
         let body = g.job_payload(&jobs[0], "completed", true);
         assert!((9_000..14_000).contains(&body.len()), "{}", body.len());
         let batches = process("workflow_job", &body, &Options::default()).unwrap();
-        assert_eq!(batches.len(), 6);
+        assert_eq!(batches.len(), 7);
         let body = g.run_payload(&jobs, "completed", true);
         assert_eq!(
             process("workflow_run", &body, &Options::default())

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Applied, Lease, SharedStore, Store, Written};
+use super::{Applied, Batch, Lease, Retention, SharedStore, Store, Written};
 use crate::metrics::{self, Labels, Op, Sample, Update, Value};
 
 /// Runs every check of the store and lease contracts.
@@ -17,6 +17,8 @@ pub async fn run(store: SharedStore, lease: Arc<dyn Lease>) {
     wrong_operations_are_refused(&*store).await;
     kv_round_trips_deletes_and_expires(&*store).await;
     gc_forgets_keys_past_retention(&*store).await;
+    gauge_members_leave_exactly_what_they_entered(&*store).await;
+    gauge_members_expire(&*store).await;
     drop_scopes_removes_series(&*store).await;
     lease_is_exclusive_renewable_and_fenced(&*lease).await;
 }
@@ -35,6 +37,40 @@ fn inc(r: &str) -> Update {
         labels: route(r),
         op: Op::Inc(1.0),
     }
+}
+
+fn batch(key: &str, scope: &str, updates: Vec<Update>) -> Batch {
+    Batch {
+        key: key.to_string(),
+        scope: scope.to_string(),
+        updates,
+    }
+}
+
+fn retention(keys: u64, members: u64) -> Retention {
+    Retention {
+        keys: Duration::from_secs(keys),
+        members: Duration::from_secs(members),
+    }
+}
+
+fn gauge(labels: &[&str], op: Op) -> Update {
+    Update {
+        family: metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED,
+        labels: Labels::new(metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED, labels).expect("two labels"),
+        op,
+    }
+}
+
+fn gauge_value(store: &dyn Store, scope: &str, labels: &[&str]) -> Option<f64> {
+    store
+        .snapshot()
+        .get(
+            scope,
+            metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED,
+            &Labels::new(metrics::DEVMETRICS_WORKFLOW_JOBS_QUEUED, labels).expect("two labels"),
+        )
+        .and_then(Value::as_f64)
 }
 
 fn number(store: &dyn Store, scope: &str, r: &str) -> Option<f64> {
@@ -126,14 +162,11 @@ pub async fn apply_once_counts_each_key_once_under_concurrency(store: SharedStor
 pub async fn apply_each_once_applies_each_key_at_most_once(store: &dyn Store) {
     let scope = "contract/batches";
     let got = store
-        .apply_each_once(
-            scope,
-            vec![
-                ("contract-b1".into(), vec![inc("/a")]),
-                ("contract-b1".into(), vec![inc("/a")]),
-                ("contract-b2".into(), vec![inc("/a")]),
-            ],
-        )
+        .apply_each_once(vec![
+            batch("contract-b1", scope, vec![inc("/a")]),
+            batch("contract-b1", scope, vec![inc("/a")]),
+            batch("contract-b2", scope, vec![inc("/a")]),
+        ])
         .await
         .expect("apply");
     assert_eq!(
@@ -141,17 +174,23 @@ pub async fn apply_each_once_applies_each_key_at_most_once(store: &dyn Store) {
         [Applied::Applied, Applied::Duplicate, Applied::Applied]
     );
     let again = store
-        .apply_each_once(
-            scope,
-            vec![
-                ("contract-b2".into(), vec![inc("/a")]),
-                ("contract-b3".into(), vec![inc("/a")]),
-            ],
-        )
+        .apply_each_once(vec![
+            batch("contract-b2", scope, vec![inc("/a")]),
+            batch("contract-b3", scope, vec![inc("/a")]),
+            batch("contract-b4", "contract/batches-other", vec![inc("/a")]),
+        ])
         .await
         .expect("apply");
-    assert_eq!(again, [Applied::Duplicate, Applied::Applied]);
+    assert_eq!(
+        again,
+        [Applied::Duplicate, Applied::Applied, Applied::Applied]
+    );
     assert_eq!(number(store, scope, "/a"), Some(3.0));
+    assert_eq!(
+        number(store, "contract/batches-other", "/a"),
+        Some(1.0),
+        "each batch goes to its own scope"
+    );
 }
 
 pub async fn wrong_operations_are_refused(store: &dyn Store) {
@@ -238,7 +277,7 @@ pub async fn gc_forgets_keys_past_retention(store: &dyn Store) {
         .apply_once("contract-gc", scope, vec![inc("/g")])
         .await
         .expect("apply");
-    store.gc(Duration::from_secs(3600)).await.expect("gc");
+    store.gc(&retention(3600, 3600)).await.expect("gc");
     assert_eq!(
         store
             .apply_once("contract-gc", scope, vec![inc("/g")])
@@ -249,7 +288,7 @@ pub async fn gc_forgets_keys_past_retention(store: &dyn Store) {
     );
     // Keys are kept to whole seconds; a zero retention forgets everything older than now.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    store.gc(Duration::ZERO).await.expect("gc");
+    store.gc(&retention(0, 3600)).await.expect("gc");
     assert_eq!(
         store
             .apply_once("contract-gc", scope, vec![inc("/g")])
@@ -342,4 +381,119 @@ pub async fn lease_is_exclusive_renewable_and_fenced(lease: &dyn Lease) {
         .expect("acquire")
         .expect("a released lease is free at once");
     assert!(c.fence > b.fence);
+}
+
+pub async fn gauge_members_leave_exactly_what_they_entered(store: &dyn Store) {
+    let (a, b) = ("contract/members-a", "contract/members-b");
+    store
+        .apply_each_once(vec![
+            batch(
+                "m-enter-1",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Enter("m1".into()))],
+            ),
+            batch(
+                "m-enter-2",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Enter("m2".into()))],
+            ),
+        ])
+        .await
+        .expect("enter");
+    assert_eq!(gauge_value(store, a, &["o/old", "x"]), Some(2.0));
+    // The leave names another scope and labels (a renamed repository): it still takes 1 off
+    // exactly what m1 entered, and creates nothing where it points.
+    store
+        .apply_each_once(vec![batch(
+            "m-leave-1",
+            b,
+            vec![gauge(&["o/new", "y"], Op::Leave("m1".into()))],
+        )])
+        .await
+        .expect("leave");
+    assert_eq!(gauge_value(store, a, &["o/old", "x"]), Some(1.0));
+    assert_eq!(gauge_value(store, b, &["o/new", "y"]), None);
+    // Leaving twice (under another key), or leaving what never entered, takes nothing off.
+    store
+        .apply_each_once(vec![
+            batch(
+                "m-leave-1b",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Leave("m1".into()))],
+            ),
+            batch(
+                "m-leave-9",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Leave("m9".into()))],
+            ),
+        ])
+        .await
+        .expect("leave");
+    assert_eq!(gauge_value(store, a, &["o/old", "x"]), Some(1.0));
+    // Entering and leaving in one step nets zero; entering an existing member adds nothing.
+    store
+        .apply_each_once(vec![
+            batch(
+                "m-enter-3",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Enter("m3".into()))],
+            ),
+            batch(
+                "m-leave-3",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Leave("m3".into()))],
+            ),
+            batch(
+                "m-enter-2b",
+                a,
+                vec![gauge(&["o/old", "x"], Op::Enter("m2".into()))],
+            ),
+        ])
+        .await
+        .expect("enter and leave");
+    assert_eq!(gauge_value(store, a, &["o/old", "x"]), Some(1.0));
+    store
+        .apply_once(
+            "m-leave-2",
+            a,
+            vec![gauge(&["o/old", "x"], Op::Leave("m2".into()))],
+        )
+        .await
+        .expect("leave");
+    assert_eq!(gauge_value(store, a, &["o/old", "x"]), Some(0.0));
+}
+
+pub async fn gauge_members_expire(store: &dyn Store) {
+    let scope = "contract/members-expire";
+    store
+        .apply_once(
+            "m-exp-enter",
+            scope,
+            vec![gauge(&["o/r", "x"], Op::Enter("mx".into()))],
+        )
+        .await
+        .expect("enter");
+    store.gc(&retention(3600, 3600)).await.expect("gc");
+    assert_eq!(
+        gauge_value(store, scope, &["o/r", "x"]),
+        Some(1.0),
+        "a fresh member stays"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.gc(&retention(3600, 0)).await.expect("gc");
+    assert_eq!(
+        gauge_value(store, scope, &["o/r", "x"]),
+        Some(0.0),
+        "an expired member is taken off its gauge"
+    );
+    // Its late leave finds nothing: the gauge never goes below zero.
+    store
+        .apply_once(
+            "m-exp-leave",
+            scope,
+            vec![gauge(&["o/r", "x"], Op::Leave("mx".into()))],
+        )
+        .await
+        .expect("leave");
+    assert_eq!(gauge_value(store, scope, &["o/r", "x"]), Some(0.0));
 }

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::metrics::{Sample, Snapshot, Update};
+pub use crate::metrics::{Op, Sample, Snapshot, Update};
 pub use lease::{Grant, Lease, SharedLease};
 pub use state::State;
 
@@ -53,6 +53,23 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
     }
+}
+
+/// Updates applied to `scope` atomically under one idempotency key.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub key: String,
+    pub scope: String,
+    pub updates: Vec<Update>,
+}
+
+/// How long [`Store::gc`] keeps what it collects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Idempotency keys: at least as long as a redelivery can arrive.
+    pub keys: Duration,
+    /// Gauge members never left: GitHub ends every workflow run within 35 days.
+    pub members: Duration,
 }
 
 /// Whether [`Store::apply_once`] applied the updates or had seen the key before.
@@ -95,18 +112,21 @@ pub trait Store: Send + Sync {
         updates: Vec<Update>,
     ) -> Result<Applied, Error> {
         let mut out = self
-            .apply_each_once(scope, vec![(key.to_string(), updates)])
+            .apply_each_once(vec![Batch {
+                key: key.to_string(),
+                scope: scope.to_string(),
+                updates,
+            }])
             .await?;
         Ok(out.pop().unwrap_or(Applied::Duplicate))
     }
 
-    /// Applies several keyed batches to `scope` in one atomic step, each key at most once
-    /// (a processor's transitions for one event).
-    async fn apply_each_once(
-        &self,
-        scope: &str,
-        batches: Vec<(String, Vec<Update>)>,
-    ) -> Result<Vec<Applied>, Error>;
+    /// Applies several keyed batches in one atomic step, in order, each key at most once (a
+    /// processor's transitions for one event). [`Op::Enter`] and [`Op::Leave`] keep gauge
+    /// members: a leave takes 1 off exactly the scope and series its member entered, whatever
+    /// the leaving batch says, and a member that never entered (or already left or expired)
+    /// leaves nothing.
+    async fn apply_each_once(&self, batches: Vec<Batch>) -> Result<Vec<Applied>, Error>;
 
     /// Removes whole scopes and their series (e.g. of a source no longer configured).
     async fn drop_scopes(&self, scopes: Vec<String>) -> Result<(), Error>;
@@ -122,9 +142,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), Error>;
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error>;
 
-    /// Forgets idempotency keys older than `idempotency_retention` and expired kv entries;
-    /// returns how many entries went. Backends that expire by themselves return 0.
-    async fn gc(&self, idempotency_retention: Duration) -> Result<u64, Error>;
+    /// Forgets idempotency keys older than `retention.keys` and expired kv entries, and takes
+    /// gauge members that entered longer than `retention.members` ago off their series (a
+    /// lost "completed" delivery must not hold a gauge up forever); returns how many entries
+    /// went. Backends that expire by themselves count only what they removed here.
+    async fn gc(&self, retention: &Retention) -> Result<u64, Error>;
 
     /// `Err` with the reason while the backend cannot persist (shown on `/healthz`).
     fn health(&self) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use super::{Applied, Error, Grant, Lease, State, Store, Written};
+use super::{Applied, Batch, Error, Grant, Lease, Retention, State, Store, Written};
 use crate::clock::now_unix;
 use crate::db::{Db, Finish};
 use crate::metrics::{
@@ -248,6 +248,9 @@ fn read_series(
 
 fn apply_op(fid: FamilyId, current: Option<Value>, op: &Op) -> Value {
     match op {
+        // Members move their gauge through `apply_update`; alone they mean ±1.
+        Op::Enter(_) => apply_op(fid, current, &Op::Add(1.0)),
+        Op::Leave(_) => apply_op(fid, current, &Op::Add(-1.0)),
         Op::Inc(d) | Op::Add(d) => {
             Value::Number(current.and_then(|v| v.as_f64()).unwrap_or(0.0) + d)
         }
@@ -319,59 +322,44 @@ impl Store for SqliteStore {
         self.replace(scope, Some(version), samples).await
     }
 
-    async fn apply_each_once(
-        &self,
-        scope: &str,
-        batches: Vec<(String, Vec<Update>)>,
-    ) -> Result<Vec<Applied>, Error> {
-        for (_, updates) in &batches {
-            for u in updates {
+    async fn apply_each_once(&self, batches: Vec<Batch>) -> Result<Vec<Applied>, Error> {
+        for b in &batches {
+            for u in &b.updates {
                 u.validate()?;
             }
         }
-        let scope = scope.to_string();
         let (tx, rx) = oneshot::channel();
         let state = self.state.clone();
         self.db
             .submit(Box::new(move |conn| {
-                type Out = (Vec<Applied>, Vec<(FamilyId, Labels, Value)>);
-                let run = || -> rusqlite::Result<Out> {
+                let run = || -> rusqlite::Result<(Vec<Applied>, Vec<SeriesWrite>)> {
                     let now = now_unix();
                     let mut applied = Vec::with_capacity(batches.len());
                     let mut values = Vec::new();
-                    for (key, updates) in batches {
+                    for b in batches {
                         let fresh = conn
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
-                        )?
-                        .execute(params![key, now as i64])?;
+                            .prepare_cached(
+                                "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![b.key, now as i64])?;
                         if fresh == 0 {
                             applied.push(Applied::Duplicate);
                             continue;
                         }
                         applied.push(Applied::Applied);
-                        for u in updates {
-                            let cur = read_series(conn, &scope, u.family, &u.labels)?;
-                            let next = apply_op(u.family, cur, &u.op);
-                            write_series(conn, &scope, u.family, &u.labels, &next)?;
-                            values.push((u.family, u.labels, next));
+                        for u in b.updates {
+                            if let Some(w) = apply_update(conn, &b.scope, u, now)? {
+                                values.push(w);
+                            }
                         }
                     }
-                    if !values.is_empty() {
-                        conn.prepare_cached(
-                            "INSERT INTO scopes (scope, updated_at) VALUES (?1, ?2)
-                         ON CONFLICT (scope) DO UPDATE SET updated_at = excluded.updated_at",
-                        )?
-                        .execute(params![scope, now])?;
-                    }
+                    touch_scopes(conn, &values, now)?;
                     Ok((applied, values))
                 };
                 match run() {
                     Ok((applied, values)) => Ok(reply(tx, applied, move || {
-                        // Later values of the same series come later in `values`, so the last
-                        // write wins as it did in the transaction.
                         if !values.is_empty() {
-                            state.set_values(&scope, now_unix(), values)
+                            state.set_values(now_unix(), values)
                         }
                     })),
                     Err(e) => Err(fail(tx, e)),
@@ -394,6 +382,8 @@ impl Store for SqliteStore {
                         conn.prepare_cached("DELETE FROM series WHERE scope = ?1")?
                             .execute([scope])?;
                         conn.prepare_cached("DELETE FROM scopes WHERE scope = ?1")?
+                            .execute([scope])?;
+                        conn.prepare_cached("DELETE FROM members WHERE scope = ?1")?
                             .execute([scope])?;
                     }
                     Ok(())
@@ -459,21 +449,153 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn gc(&self, idempotency_retention: Duration) -> Result<u64, Error> {
-        let now = now_unix() as i64;
-        let cutoff = now - idempotency_retention.as_secs() as i64;
-        Ok(self
+    async fn gc(&self, retention: &Retention) -> Result<u64, Error> {
+        let now = now_unix();
+        let key_cutoff = now as i64 - retention.keys.as_secs() as i64;
+        let member_cutoff = now - retention.members.as_secs_f64();
+        let removed = self
             .db
             .write(move |c| {
-                let a = c.execute("DELETE FROM applied_keys WHERE applied_at < ?1", [cutoff])?;
+                let a = c.execute(
+                    "DELETE FROM applied_keys WHERE applied_at < ?1",
+                    [key_cutoff],
+                )?;
                 let b = c.execute(
                     "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at < ?1",
-                    [now],
+                    [now as i64],
                 )?;
                 Ok((a + b) as u64)
             })
-            .await?)
+            .await?;
+        Ok(removed + self.expire_members(member_cutoff).await?)
     }
+}
+
+impl SqliteStore {
+    /// Takes members that entered before `cutoff` off their series, a bounded batch per
+    /// write so the writer is never held for long.
+    async fn expire_members(&self, cutoff: f64) -> Result<u64, Error> {
+        const BATCH: usize = 1_000;
+        let mut total = 0;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            let state = self.state.clone();
+            self.db
+                .submit(Box::new(move |conn| {
+                    let run = || -> rusqlite::Result<(usize, Vec<SeriesWrite>)> {
+                        let now = now_unix();
+                        let members: Vec<String> = conn
+                            .prepare_cached(
+                                "SELECT member FROM members WHERE entered_at < ?1 LIMIT ?2",
+                            )?
+                            .query_map(params![cutoff, BATCH as i64], |r| r.get(0))?
+                            .collect::<rusqlite::Result<_>>()?;
+                        let mut values = Vec::new();
+                        for m in &members {
+                            if let Some(w) = leave(conn, m)? {
+                                values.push(w);
+                            }
+                        }
+                        touch_scopes(conn, &values, now)?;
+                        Ok((members.len(), values))
+                    };
+                    match run() {
+                        Ok((n, values)) => Ok(reply(tx, n, move || {
+                            if !values.is_empty() {
+                                state.set_values(now_unix(), values)
+                            }
+                        })),
+                        Err(e) => Err(fail(tx, e)),
+                    }
+                }))
+                .await?;
+            let n = recv(rx).await?;
+            total += n as u64;
+            if n < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// A series' new value, in its scope, as written.
+type SeriesWrite = (String, FamilyId, Labels, Value);
+
+/// Applies one update in the open transaction; returns the series written, if any.
+fn apply_update(
+    conn: &Connection,
+    scope: &str,
+    u: Update,
+    now: f64,
+) -> rusqlite::Result<Option<SeriesWrite>> {
+    match &u.op {
+        Op::Leave(member) => leave(conn, member),
+        Op::Enter(member) => {
+            let fresh = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO members (member, scope, family, labels, entered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![member, scope, family(u.family).name, u.labels.as_str(), now])?;
+            if fresh == 0 {
+                return Ok(None);
+            }
+            add(conn, scope.to_string(), u.family, u.labels, &Op::Add(1.0)).map(Some)
+        }
+        _ => add(conn, scope.to_string(), u.family, u.labels, &u.op).map(Some),
+    }
+}
+
+/// Removes `member` and takes 1 off the series it entered.
+fn leave(conn: &Connection, member: &str) -> rusqlite::Result<Option<SeriesWrite>> {
+    let row: Option<(String, String, String)> = conn
+        .prepare_cached("DELETE FROM members WHERE member = ?1 RETURNING scope, family, labels")?
+        .query_row([member], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((scope, fam, labels)) = row else {
+        return Ok(None);
+    };
+    // A member of a family this version no longer has leaves nothing to take off.
+    let Some(fid) = metrics::lookup(&fam) else {
+        return Ok(None);
+    };
+    add(
+        conn,
+        scope,
+        fid,
+        Labels::from_rendered(&labels),
+        &Op::Add(-1.0),
+    )
+    .map(Some)
+}
+
+fn add(
+    conn: &Connection,
+    scope: String,
+    fid: FamilyId,
+    labels: Labels,
+    op: &Op,
+) -> rusqlite::Result<SeriesWrite> {
+    let cur = read_series(conn, &scope, fid, &labels)?;
+    let next = apply_op(fid, cur, op);
+    write_series(conn, &scope, fid, &labels, &next)?;
+    Ok((scope, fid, labels, next))
+}
+
+/// Records that each written scope changed now.
+fn touch_scopes(conn: &Connection, values: &[SeriesWrite], now: f64) -> rusqlite::Result<()> {
+    let mut done: Vec<&str> = Vec::new();
+    for (scope, ..) in values {
+        if done.contains(&scope.as_str()) {
+            continue;
+        }
+        done.push(scope);
+        conn.prepare_cached(
+            "INSERT INTO scopes (scope, updated_at) VALUES (?1, ?2)
+             ON CONFLICT (scope) DO UPDATE SET updated_at = excluded.updated_at",
+        )?
+        .execute(params![scope, now])?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -732,46 +854,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn apply_each_once_applies_each_key_once_in_one_step() {
+    async fn gauge_members_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let fam = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
-        let inc = || {
-            vec![Update {
-                family: fam,
-                labels: labels("/a"),
-                op: Op::Inc(1.0),
-            }]
+        let fam = metrics::DEVMETRICS_WORKFLOW_JOBS_IN_PROGRESS;
+        let l = |repo: &str| Labels::new(fam, &[repo, "g", "x"]).unwrap();
+        let update = |repo: &str, op: Op| Update {
+            family: fam,
+            labels: l(repo),
+            op,
         };
-        let got = store
-            .apply_each_once(
-                "s",
-                vec![
-                    ("k1".into(), inc()),
-                    ("k1".into(), inc()),
-                    ("k2".into(), inc()),
-                ],
-            )
+        {
+            let store = open(&dir);
+            let got = store
+                .apply_each_once(vec![
+                    Batch {
+                        key: "k1".into(),
+                        scope: "s/a".into(),
+                        updates: vec![update("o/a", Op::Enter("j1".into()))],
+                    },
+                    Batch {
+                        key: "k1".into(),
+                        scope: "s/a".into(),
+                        updates: vec![update("o/a", Op::Enter("j2".into()))],
+                    },
+                ])
+                .await
+                .unwrap();
+            assert_eq!(got, [Applied::Applied, Applied::Duplicate]);
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.snapshot().get("s/a", fam, &l("o/a")),
+            Some(&Value::Number(1.0))
+        );
+        store
+            .apply_once("k2", "s/b", vec![update("o/b", Op::Leave("j1".into()))])
             .await
             .unwrap();
         assert_eq!(
-            got,
-            [Applied::Applied, Applied::Duplicate, Applied::Applied]
+            store.snapshot().get("s/a", fam, &l("o/a")),
+            Some(&Value::Number(0.0))
         );
-        let again = store
-            .apply_each_once("s", vec![("k2".into(), inc()), ("k3".into(), inc())])
-            .await
-            .unwrap();
-        assert_eq!(again, [Applied::Duplicate, Applied::Applied]);
-        assert_eq!(
-            store.snapshot().get("s", fam, &labels("/a")),
-            Some(&Value::Number(3.0))
-        );
-        drop(store);
-        assert_eq!(
-            open(&dir).snapshot().get("s", fam, &labels("/a")),
-            Some(&Value::Number(3.0))
-        );
+        assert_eq!(store.snapshot().get("s/b", fam, &l("o/b")), None);
     }
 
     #[tokio::test]

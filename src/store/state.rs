@@ -40,19 +40,24 @@ impl State {
         self.scopes.write().remove(scope);
     }
 
-    /// Sets absolute values in one scope (creating it if needed).
-    pub fn set_values(&self, scope: &str, updated_at: f64, values: Vec<(FamilyId, Labels, Value)>) {
+    /// Sets absolute values, each in its scope (created if needed). Later values of a series
+    /// win, as they did in the transaction that produced them.
+    pub fn set_values(&self, updated_at: f64, values: Vec<(String, FamilyId, Labels, Value)>) {
         let mut scopes = self.scopes.write();
-        let entry = scopes.entry(Arc::from(scope)).or_insert_with(|| {
-            Arc::new(ScopeData {
-                name: Arc::from(scope),
-                ..Default::default()
-            })
-        });
-        // Copies the scope only when a render still holds the old version.
-        let data = Arc::make_mut(entry);
-        data.updated_at = updated_at;
-        for (family, labels, value) in values {
+        for (scope, family, labels, value) in values {
+            let entry = match scopes.get_mut(scope.as_str()) {
+                Some(e) => e,
+                None => scopes.entry(Arc::from(scope.as_str())).or_insert_with(|| {
+                    Arc::new(ScopeData {
+                        name: Arc::from(scope.as_str()),
+                        ..Default::default()
+                    })
+                }),
+            };
+            // Copies the scope only when a render still holds the old version; scopes are
+            // kept small (one per repository for workflows) so the copy stays cheap.
+            let data = Arc::make_mut(entry);
+            data.updated_at = updated_at;
             data.families
                 .entry(family)
                 .or_default()

@@ -94,6 +94,8 @@ pub struct Runners {
     client: Arc<Client>,
     interval: Duration,
     max_labels: usize,
+    /// As for jobs, so a job's labels and its runners' match.
+    normalize_labels: bool,
 }
 
 impl Runners {
@@ -102,6 +104,7 @@ impl Runners {
         repos: Vec<String>,
         interval: Duration,
         max_labels: usize,
+        normalize_labels: bool,
     ) -> Runners {
         Runners {
             name: format!("github_runners/{}", client.org()),
@@ -110,6 +113,7 @@ impl Runners {
             client,
             interval,
             max_labels,
+            normalize_labels,
         }
     }
 
@@ -168,7 +172,7 @@ impl Runners {
                     ("online", false) => "idle",
                     _ => "offline",
                 };
-                let labels = runner_labels(&names, self.max_labels);
+                let labels = runner_labels(&names, self.max_labels, self.normalize_labels);
                 *counts
                     .entry((repo.clone(), group, labels, state))
                     .or_default() += 1.0;

@@ -104,6 +104,7 @@ async fn runner_inventory_counts_runners_by_group_labels_and_state() {
         vec!["acme/api".into()],
         Duration::from_secs(60),
         8,
+        false,
     );
     let mut results = poller.poll().await;
     let samples = results.remove(0).result.unwrap();

@@ -2,6 +2,7 @@
 //! every real example, and a crash under load.
 
 mod actions;
+mod gauges;
 mod processing;
 mod receiver;
 mod sinks;

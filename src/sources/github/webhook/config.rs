@@ -58,6 +58,11 @@ pub struct RawGithub {
     /// Tasks applying queued deliveries; 0 makes a receive-only instance.
     pub consumers: Option<usize>,
     pub workflows: Option<RawWorkflows>,
+    /// `owner/name` globs: deliveries of other repositories are answered without queuing.
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub repo_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub repo_exclude: Option<Vec<String>>,
     pub runners: Option<RawRunners>,
     pub recovery: Option<Vec<RawRecovery>>,
 }
@@ -106,6 +111,8 @@ pub struct RawWorkflows {
     pub step_metrics: Option<bool>,
     pub branch_label: Option<bool>,
     pub max_runner_labels: Option<usize>,
+    pub normalize_names: Option<bool>,
+    pub series_budget: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,8 +150,33 @@ pub struct HookConfig {
     pub max_buffered_bytes: u64,
     pub consumers: usize,
     pub workflows: crate::processors::workflows::Options,
+    /// Series each workflow family may hold; updates that would add more are dropped and
+    /// counted.
+    pub series_budget: usize,
+    pub repos: RepoFilter,
     pub runners: Option<RunnersConfig>,
     pub recovery: Vec<RecoveryConfig>,
+}
+
+/// Which repositories' deliveries are processed: those matching an `allow` glob (all when
+/// none are given) and no `exclude` glob, compared without case as GitHub does.
+#[derive(Clone, Debug, Default)]
+pub struct RepoFilter {
+    pub allow: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl RepoFilter {
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.exclude.is_empty()
+    }
+
+    pub fn admits(&self, full_name: &str) -> bool {
+        let name = full_name.to_ascii_lowercase();
+        let matches = |p: &String| crate::sources::github::config::glob_match(p, &name);
+        (self.allow.is_empty() || self.allow.iter().any(matches))
+            && !self.exclude.iter().any(matches)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +193,10 @@ pub struct RecoveryConfig {
     pub interval: std::time::Duration,
     pub lookback: std::time::Duration,
 }
+
+/// Series per workflow family by default: each of a few thousand repositories with a few
+/// jobs fits, and the worst case stays within what one instance scrapes comfortably.
+pub const DEFAULT_SERIES_BUDGET: usize = 20_000;
 
 impl RawWebhooks {
     pub fn resolve(self, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<WebhooksConfig, Error> {
@@ -403,6 +439,31 @@ impl RawGithub {
                 "must be between 1 and 16",
             ));
         }
+        let series_budget = w.series_budget.unwrap_or(DEFAULT_SERIES_BUDGET);
+        if series_budget == 0 {
+            return Err(Error::invalid(
+                "webhooks.github.workflows.series_budget",
+                Some("0"),
+                "must be positive",
+            ));
+        }
+        let repo_globs = |key: &str, v: Option<Vec<String>>| -> Result<Vec<String>, Error> {
+            let v = v.unwrap_or_default();
+            for (i, p) in v.iter().enumerate() {
+                if !p.contains('/') {
+                    return Err(Error::invalid(
+                        format!("webhooks.github.{key}[{i}]"),
+                        Some(p),
+                        "expected an OWNER/NAME glob such as my-org/* or my-org/api-?",
+                    ));
+                }
+            }
+            Ok(v.into_iter().map(|p| p.to_ascii_lowercase()).collect())
+        };
+        let repos = RepoFilter {
+            allow: repo_globs("repo_allowlist", self.repo_allowlist)?,
+            exclude: repo_globs("repo_exclude", self.repo_exclude)?,
+        };
         // Each delivery waits for two group commits (apply, then ack), so throughput grows
         // with consumers until the writer is busy: 4 drained ~3,000/s, 32 ~12,400/s
         // (docs/performance.md). Order-independent keys make parallel consumers safe.
@@ -499,10 +560,13 @@ impl RawGithub {
             consumers,
             runners,
             recovery,
+            series_budget,
+            repos,
             workflows: crate::processors::workflows::Options {
                 step_metrics: w.step_metrics.unwrap_or(false),
                 branch_label: w.branch_label.unwrap_or(false),
                 max_runner_labels,
+                normalize_names: w.normalize_names.unwrap_or(false),
             },
         })
     }

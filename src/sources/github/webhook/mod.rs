@@ -15,7 +15,8 @@ pub use receiver::Receiver;
 use super::actions;
 
 use crate::exposition::{appinsights, otlp, sink};
-use crate::processors::Deliveries;
+use crate::processors::budget::SeriesBudget;
+use crate::processors::{Deliveries, workflows};
 use crate::queue::topics;
 use crate::sources::{BuildError, Component, Consumer, Context, Poller};
 
@@ -61,6 +62,12 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             store: ctx.store.clone(),
             queue: ctx.queue.clone(),
             opts: Arc::new(gh.workflows.clone()),
+            budget: Arc::new(SeriesBudget::new(
+                gh.series_budget,
+                &ctx.store.snapshot(),
+                workflows::SCOPE,
+                ctx.telemetry.clone(),
+            )),
             sink_topics,
         }),
         count: gh.consumers,
@@ -90,6 +97,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
                 repos,
                 r.interval,
                 gh.workflows.max_runner_labels.max(8),
+                gh.workflows.normalize_names,
             );
             c.scopes.extend(poller.scopes());
             c.pollers.push(Arc::new(poller));

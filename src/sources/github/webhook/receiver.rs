@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::HookConfig;
+use super::{HookConfig, wire};
 use crate::clock::now_unix;
 use crate::config::{Secret, SecretSource};
 use crate::metrics;
@@ -130,6 +130,7 @@ const OUTCOMES: &[&str] = &[
     "duplicate",
     "ping",
     "ignored",
+    "filtered",
     "bad_signature",
     "missing_header",
     "malformed_json",
@@ -185,6 +186,7 @@ pub struct Receiver {
     /// before anything proves the sender knows a secret, so their sum is bounded.
     buffered: Arc<tokio::sync::Semaphore>,
     queue: SharedQueue,
+    repos: super::config::RepoFilter,
     pub stats: Arc<Stats>,
 }
 
@@ -215,6 +217,7 @@ impl Receiver {
                 config.max_buffered_bytes as usize,
             )),
             queue,
+            repos: config.repos.clone(),
             stats: Arc::new(Stats::default()),
         })
     }
@@ -328,6 +331,14 @@ impl Receiver {
         if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return Err(Error::Json);
         }
+        if !self.repos.is_open() {
+            let repo = serde_json::from_slice::<OnlyRepository>(&body)
+                .ok()
+                .and_then(|o| o.repository);
+            if !repo.is_some_and(|r| self.repos.admits(&r.full_name)) {
+                return Ok(done(StatusCode::OK, "repository filtered", "filtered"));
+            }
+        }
         let envelope = Envelope {
             event: event.to_string(),
             delivery: delivery.to_string(),
@@ -346,6 +357,12 @@ impl Receiver {
             Err(_) => Err(Error::Queue("publish timed out".into())),
         }
     }
+}
+
+/// The one field a repository filter reads; serde skips the rest of the payload.
+#[derive(serde::Deserialize)]
+struct OnlyRepository {
+    repository: Option<wire::Repository>,
 }
 
 fn done(status: StatusCode, message: &'static str, outcome: &'static str) -> Response {
@@ -414,6 +431,8 @@ mod tests {
                 max_buffered_bytes: 4096,
                 consumers: 4,
                 workflows: Default::default(),
+                series_budget: crate::sources::github::webhook::config::DEFAULT_SERIES_BUDGET,
+                repos: Default::default(),
                 runners: None,
                 recovery: Vec::new(),
             },
@@ -493,6 +512,8 @@ mod tests {
                 max_buffered_bytes: 4096,
                 consumers: 4,
                 workflows: Default::default(),
+                series_budget: crate::sources::github::webhook::config::DEFAULT_SERIES_BUDGET,
+                repos: Default::default(),
                 runners: None,
                 recovery: Vec::new(),
             },
@@ -567,6 +588,8 @@ mod unavailable {
                 max_buffered_bytes: 4096,
                 consumers: 4,
                 workflows: Default::default(),
+                series_budget: crate::sources::github::webhook::config::DEFAULT_SERIES_BUDGET,
+                repos: Default::default(),
                 runners: None,
                 recovery: Vec::new(),
             },
