@@ -72,7 +72,7 @@ pub async fn launch_with(
         None => WebSettings::none(),
     };
     let web = Arc::new(web);
-    let backends = storage::open(&config)?;
+    let backends = storage::open(&config).await?;
     let (store, queue) = (backends.store.clone(), backends.queue.clone());
     let telemetry = Arc::new(Telemetry::default());
     for c in backends.collectors {

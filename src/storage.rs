@@ -28,7 +28,9 @@ pub struct Backends {
     pub collectors: Vec<Arc<dyn Collect>>,
 }
 
-pub fn open(config: &Config) -> Result<Backends, Error> {
+/// Opens the backends; async because network backends connect (and check) before the
+/// service starts.
+pub async fn open(config: &Config) -> Result<Backends, Error> {
     let policy = RetryPolicy {
         max_attempts: config.queue.max_attempts,
         initial_backoff: config.queue.initial_backoff,

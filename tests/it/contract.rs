@@ -15,7 +15,9 @@ use crate::support::Backend;
 async fn every_backend_passes_the_store_and_lease_contract() {
     for backend in Backend::all() {
         let dir = tempfile::tempdir().unwrap();
-        let b = backend.open(dir.path(), &devmetrics::queue::contract::policy());
+        let b = backend
+            .open(dir.path(), &devmetrics::queue::contract::policy())
+            .await;
         devmetrics::store::contract::run(b.store, b.lease).await;
     }
 }
@@ -24,7 +26,9 @@ async fn every_backend_passes_the_store_and_lease_contract() {
 async fn every_backend_passes_the_queue_contract() {
     for backend in Backend::all() {
         let dir = tempfile::tempdir().unwrap();
-        let b = backend.open(dir.path(), &devmetrics::queue::contract::policy());
+        let b = backend
+            .open(dir.path(), &devmetrics::queue::contract::policy())
+            .await;
         devmetrics::queue::contract::run(b.queue).await;
     }
 }

@@ -205,6 +205,7 @@ async fn series_of_unconfigured_sources_are_dropped_at_start() {
     {
         let store = crate::support::Backend::from_env()
             .open(dir.path(), &Default::default())
+            .await
             .store;
         let fid = devmetrics::metrics::DEVMETRICS_SOURCE_UP;
         for scope in [

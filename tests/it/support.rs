@@ -146,7 +146,7 @@ impl Backend {
 
     /// Opens this backend's store, queue and lease for a test in `dir`, through the same
     /// factory the service uses.
-    pub fn open(self, dir: &Path, policy: &RetryPolicy) -> storage::Backends {
+    pub async fn open(self, dir: &Path, policy: &RetryPolicy) -> storage::Backends {
         let ms = |d: std::time::Duration| serde_yaml::Value::String(format!("{}ms", d.as_millis()));
         let config = self.config(
             dir,
@@ -157,7 +157,9 @@ impl Backend {
                 ("queue.retry_horizon", ms(policy.horizon)),
             ],
         );
-        storage::open(&config).expect("the test backend opens")
+        storage::open(&config)
+            .await
+            .expect("the test backend opens")
     }
 
     /// The config keys that select this backend.

@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test]
 async fn activity_equals_ground_truth_then_costs_nothing_when_unchanged() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
 
     poll(&*p, &store).await;
@@ -57,7 +57,7 @@ async fn activity_equals_ground_truth_then_costs_nothing_when_unchanged() {
 async fn quiet_users_disappear() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     // The REST path for PRs and reviews (GraphQL off).
-    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     let first = exported(&store);
@@ -87,13 +87,13 @@ async fn restart_keeps_values_and_etags() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     let cfg = env.config("");
     {
-        let (store, queue) = env.open();
+        let (store, queue) = env.open().await;
         let stop = CancellationToken::new();
         let gh = env.build(&cfg, &store, &queue, &stop);
         poll(&*gh.pollers[0], &store).await;
         stop.cancel();
     }
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
@@ -113,7 +113,7 @@ async fn restart_keeps_values_and_etags() {
 #[tokio::test]
 async fn label_controls_apply() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("activity: {user_label_mode: hashed, user_label_secret: s3cret, user_exclude: [user000], include_bots: true}\n",);
+    let (_cfg, store, _queue, _stop, gh) = env.rig("activity: {user_label_mode: hashed, user_label_secret: s3cret, user_exclude: [user000], include_bots: true}\n",).await;
     poll(&*gh.pollers[0], &store).await;
     let got = exported(&store);
     assert!(!got.is_empty());
@@ -145,7 +145,7 @@ async fn loc_fallback_for_repos_whose_stats_have_no_line_counts() {
     let mut cfg = cfg;
     cfg.loc.fallback_enabled = true;
     cfg.loc.large_repo_zero_detection_windows = 1;
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     poll(&*gh.pollers[0], &store).await;
@@ -182,7 +182,7 @@ async fn loc_fallback_for_repos_whose_stats_have_no_line_counts() {
     let mut cfg2 = env2.config("");
     cfg2.loc.fallback_enabled = true;
     cfg2.loc.fallback_max_commit_detail_calls_per_org_per_hour = 1;
-    let (store2, queue2) = env2.open();
+    let (store2, queue2) = env2.open().await;
     let gh2 = env2.build(&cfg2, &store2, &queue2, &stop);
     poll(&*gh2.pollers[0], &store2).await;
     assert!(
@@ -217,7 +217,9 @@ async fn several_orgs_with_their_own_credentials() {
     let raw: RawGithub = serde_yaml::from_str(&yaml).unwrap();
     let cfg = raw.resolve(None).unwrap().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let b = Backend::from_env().open(dir.path(), &RetryPolicy::default());
+    let b = Backend::from_env()
+        .open(dir.path(), &RetryPolicy::default())
+        .await;
     let (store, queue) = (b.store, b.queue);
     let gh = Github::build(
         &cfg,
@@ -273,7 +275,7 @@ async fn reviews_and_comments_in_repos_without_a_recent_push_count() {
     quiet("repo-007");
     env.sim.add_review(ORG, "repo-006", "user002", NOW - 600);
     env.sim.add_comment(ORG, "repo-006", "user003", NOW - 500);
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     let got = exported(&store);
@@ -304,7 +306,7 @@ async fn bots_look_the_same_over_graphql_and_rest() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim
         .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
-    let (_cfg, store, _queue, stop, gh) = env.rig("");
+    let (_cfg, store, _queue, stop, gh) = env.rig("").await;
     poll(&*gh.pollers[0], &store).await;
     assert!(env.sim.graphql_queries() > 0, "the cold cycle used GraphQL");
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
@@ -313,7 +315,7 @@ async fn bots_look_the_same_over_graphql_and_rest() {
     env.sim
         .add_review(ORG, "repo-000", "dependabot[bot]", NOW - 600);
     let cfg = env.config("activity: {include_bots: true}\n");
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let gh = env.build(&cfg, &store, &queue, &stop);
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
@@ -362,7 +364,7 @@ async fn commits_count_by_committer_date() {
             .count()
     });
     assert!(generated_rebased > 1, "the fake rebases some commits");
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     poll(&*gh.pollers[0], &store).await;
     let got = exported(&store);
     assert_same(&got, &env.sim.truth(ORG, env.now()));
@@ -378,7 +380,7 @@ async fn commits_count_by_committer_date() {
 #[tokio::test]
 async fn failing_stats_keep_the_loc_and_publish_activity() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));

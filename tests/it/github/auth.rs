@@ -9,7 +9,7 @@ async fn a_jwt_the_app_key_did_not_sign_is_refused() {
     if let devmetrics::sources::github::config::Auth::App { app_id, .. } = &mut cfg.orgs[0].auth {
         *app_id = APP_ID + 1;
     }
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     let results = gh.pollers[0].poll().await;
@@ -31,7 +31,7 @@ async fn requests_go_through_the_configured_proxy() {
     let mut cfg = env.config("");
     cfg.orgs[0].api_base_url = "http://api.github.invalid".into();
     cfg.proxy_url = Some(env.fake.base_url());
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     poll(&*gh.pollers[0], &store).await;
@@ -58,8 +58,8 @@ fn a_custom_ca_bundle_is_loaded() {
     let cfg = raw.resolve(None).unwrap().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
-    let store = Backend::from_env()
-        .open(dir.path(), &RetryPolicy::default())
+    let store = rt
+        .block_on(Backend::from_env().open(dir.path(), &RetryPolicy::default()))
         .store;
     let budgets = devmetrics::sources::github::Budgets::default();
     devmetrics::sources::github::Client::new(
@@ -90,7 +90,7 @@ fn a_custom_ca_bundle_is_loaded() {
 async fn installation_tokens_are_renewed_before_expiry() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.knobs.token_ttl.store(301, Ordering::Relaxed);
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     poll(&*gh.pollers[0], &store).await;
     // The token is good for 301 s, i.e. stale for us 1 s after it was issued.
     let first = env.sim.tokens_issued.load(Ordering::Relaxed);
@@ -149,7 +149,7 @@ async fn app_jwts_longer_than_ten_minutes_are_refused() {
 async fn the_token_exchange_is_retried_on_5xx() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.fail_path("/access_tokens", 2);
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let telemetry = Telemetry::default();
     sources::poll_once(&*gh.pollers[0], &*store, &telemetry).await;
     assert!(telemetry.sources()["github/acme"].up);

@@ -6,7 +6,7 @@ use super::*;
 async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.set_rate_limit(300);
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     for _ in 0..2 {
         let t = env.advance(60);
@@ -33,7 +33,7 @@ async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
 async fn rate_limit_waits_end_on_shutdown() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.set_rate_limit(14);
-    let (_cfg, _store, _queue, stop, gh) = env.rig("");
+    let (_cfg, _store, _queue, stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     let task = tokio::spawn(async move { p.poll().await });
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -59,7 +59,7 @@ async fn rate_limit_waits_end_on_shutdown() {
 async fn standard_org_request_economy() {
     let env = Env::start(OrgSpec::standard(ORG)).await;
     let legacy = env.sim.legacy_cycle_cost(ORG, env.now());
-    let (_cfg, store, _queue, stop, gh) = env.rig("");
+    let (_cfg, store, _queue, stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
 
     poll(&*p, &store).await;
@@ -104,7 +104,7 @@ async fn standard_org_request_economy() {
     // The same cold start over REST only.
     let rest = Env::start(OrgSpec::standard(ORG)).await;
     let cfg = rest.config("graphql: false\n");
-    let (store, queue) = rest.open();
+    let (store, queue) = rest.open().await;
     let gh = rest.build(&cfg, &store, &queue, &stop);
     poll(&*gh.pollers[0], &store).await;
     assert_same(&exported(&store), &rest.sim.truth(ORG, rest.now()));
@@ -125,7 +125,7 @@ async fn token_auth_and_series_budget() {
     cfg.orgs[0].auth = devmetrics::sources::github::config::Auth::Token(
         devmetrics::config::SecretSource::Value(devmetrics::config::Secret::new("ghp_simulated")),
     );
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     poll(&*gh.pollers[0], &store).await;
@@ -144,7 +144,7 @@ async fn token_auth_and_series_budget() {
 async fn a_spent_graphql_budget_falls_back_to_rest() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.set_graphql_limit(2);
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
@@ -160,7 +160,7 @@ async fn a_spent_graphql_budget_falls_back_to_rest() {
 #[tokio::test]
 async fn a_secondary_limit_pauses_every_worker() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n").await;
     let p = gh.pollers[0].clone();
     // Workers overlap out of step (answers take 150-450 ms); the limit strikes mid-cycle.
     env.sim.knobs.answer_delay_ms.store(300, Ordering::Relaxed);
@@ -179,7 +179,7 @@ async fn a_secondary_limit_pauses_every_worker() {
 async fn a_broken_graphql_endpoint_falls_back_to_rest() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     env.sim.fail_path_with("/graphql", 1_000_000, 501);
-    let (cfg, store, _queue, _stop, gh) = env.rig("");
+    let (cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));

@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test]
 async fn failures_keep_values_and_backfill_restores_the_exact_window() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, stop, gh) = env.rig("");
+    let (_cfg, store, _queue, stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     let telemetry = Telemetry::default();
     sources::poll_once(&*p, &*store, &telemetry).await;
@@ -67,7 +67,7 @@ async fn failures_keep_values_and_backfill_restores_the_exact_window() {
 #[tokio::test]
 async fn repeated_failures_cool_the_org_down_and_skipped_cycles_are_backfilled() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, stop, gh) = env.rig("");
+    let (_cfg, store, _queue, stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     env.sim.fail_path("/orgs/acme/repos", 1000);
     poll(&*p, &store).await;
@@ -107,7 +107,7 @@ async fn timeouts_and_malformed_bodies_keep_the_last_values() {
     let env = Env::start(OrgSpec::small(ORG)).await;
     let mut cfg = env.config("");
     cfg.request_timeout = Duration::from_millis(300);
-    let (store, queue) = env.open();
+    let (store, queue) = env.open().await;
     let stop = CancellationToken::new();
     let gh = env.build(&cfg, &store, &queue, &stop);
     let p = gh.pollers[0].clone();
@@ -161,7 +161,7 @@ async fn timeouts_and_malformed_bodies_keep_the_last_values() {
 #[tokio::test]
 async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     poll(&*p, &store).await;
     let t = env.advance(60);
@@ -179,7 +179,7 @@ async fn a_change_seen_by_a_failed_cycle_is_fetched_next_cycle() {
 #[tokio::test]
 async fn cooldown_shows_the_org_down() {
     let env = Env::start(OrgSpec::small(ORG)).await;
-    let (_cfg, store, _queue, _stop, gh) = env.rig("");
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
     let p = gh.pollers[0].clone();
     let telemetry = Telemetry::default();
     sources::poll_once(&*p, &*store, &telemetry).await;
@@ -213,7 +213,7 @@ async fn a_backfill_racing_a_newer_cycle_never_wins() {
     use devmetrics::sources::github::BackfillJob;
     for order in ["backfill first", "cycle first", "together"] {
         let env = Env::start(OrgSpec::small(ORG)).await;
-        let (_cfg, store, _queue, _stop, gh) = env.rig("");
+        let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
         let p = gh.pollers[0].clone();
         poll(&*p, &store).await;
         let t1 = env.advance(60);

@@ -73,14 +73,14 @@ impl Env {
         raw.resolve(None).unwrap().unwrap()
     }
 
-    fn open(&self) -> (SharedStore, SharedQueue) {
+    async fn open(&self) -> (SharedStore, SharedQueue) {
         let policy = RetryPolicy {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
             horizon: Duration::from_secs(3600),
         };
-        let b = Backend::from_env().open(self.dir.path(), &policy);
+        let b = Backend::from_env().open(self.dir.path(), &policy).await;
         (b.store, b.queue)
     }
 
@@ -103,7 +103,7 @@ impl Env {
     }
 
     /// The usual start: a config with `extra`, the backend, and the pollers on it.
-    fn rig(
+    async fn rig(
         &self,
         extra: &str,
     ) -> (
@@ -114,7 +114,7 @@ impl Env {
         Github,
     ) {
         let cfg = self.config(extra);
-        let (store, queue) = self.open();
+        let (store, queue) = self.open().await;
         let stop = CancellationToken::new();
         let gh = self.build(&cfg, &store, &queue, &stop);
         (cfg, store, queue, stop, gh)

@@ -50,6 +50,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Backend::from_env()
             .open(dir.path(), &Default::default())
+            .await
             .store;
         Rig {
             fake,
