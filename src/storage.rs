@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Config, QueueBackend, StorageBackend};
 use crate::db::Db;
 use crate::queue::{RetryPolicy, SharedQueue, sqlite::SqliteQueue};
-use crate::store::{SharedLease, SharedStore, sqlite::SqliteStore};
+use crate::store::{SharedLease, SharedStore, redis::RedisStore, sqlite::SqliteStore};
 use crate::telemetry::Collect;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,27 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
     match (config.storage.backend, config.queue.backend) {
         (StorageBackend::Sqlite, QueueBackend::Sqlite) => {
             open_sqlite(&config.storage.path, policy, config.queue.max_depth)
+        }
+        (StorageBackend::Redis, QueueBackend::Sqlite) => {
+            let redis = config
+                .storage
+                .redis
+                .as_ref()
+                .expect("storage.redis is resolved when storage.backend is redis");
+            let store = RedisStore::open(redis).await?;
+            // The queue stays in the local file: it holds only what this replica accepted.
+            let db = Db::open(&config.storage.path)?;
+            let queue: SharedQueue = Arc::new(SqliteQueue::open_with_depth(
+                db,
+                policy,
+                config.queue.max_depth,
+            )?);
+            Ok(Backends {
+                store: store.clone(),
+                lease: store.clone(),
+                collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
+                queue,
+            })
         }
     }
 }

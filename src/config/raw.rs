@@ -53,6 +53,16 @@ pub struct RawStorage {
     pub path: Option<PathBuf>,
     pub idempotency_retention: Option<String>,
     pub gauge_expiry: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +75,54 @@ pub struct RawQueue {
     pub retry_horizon: Option<String>,
     pub max_depth: Option<u64>,
     pub dedupe_retention: Option<String>,
+}
+
+fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisConfig, Error> {
+    use crate::config::{Secret, SecretSource};
+    let (source, shown) = match (r.url, r.url_file) {
+        (Some(u), None) => (SecretSource::Value(Secret::new(u)), None),
+        (None, Some(f)) => {
+            let f = rel(f);
+            let shown = f.display().to_string();
+            (SecretSource::File(f), Some(shown))
+        }
+        (None, None) => (
+            SecretSource::Value(Secret::new("redis://127.0.0.1:6379/0")),
+            None,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "storage.redis.url",
+                None,
+                "set either url or url_file, not both",
+            ));
+        }
+    };
+    let key = if shown.is_some() {
+        "storage.redis.url_file"
+    } else {
+        "storage.redis.url"
+    };
+    let url = source
+        .read()
+        .map_err(|e| Error::invalid(key, shown.as_deref(), format!("cannot read: {e}")))?;
+    // The value is never shown: it may carry a password.
+    if redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
+        return Err(Error::invalid(
+            key,
+            shown.as_deref(),
+            "is not a Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS)",
+        ));
+    }
+    let key_prefix = r.key_prefix.unwrap_or_else(|| "devmetrics".to_string());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        return Err(Error::invalid(
+            "storage.redis.key_prefix",
+            Some(&key_prefix),
+            "must be non-empty, without braces or spaces",
+        ));
+    }
+    Ok(RedisConfig { url, key_prefix })
 }
 
 /// Accepts `a` or `[a, b]` (and `a,b` from an environment variable).
@@ -112,6 +170,17 @@ pub struct WebConfig {
 pub enum StorageBackend {
     /// The embedded SQLite file at `storage.path`.
     Sqlite,
+    /// A Redis server shared by every replica (`storage.redis`).
+    Redis,
+}
+
+/// Where the Redis store is. The URL can carry a password: it is a secret.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: crate::config::Secret,
+    /// Every key starts with `{key_prefix}:`; the braces make it Redis Cluster's hash tag,
+    /// so every key of one operation is in one slot.
+    pub key_prefix: String,
 }
 
 /// Where queued work lives.
@@ -129,6 +198,8 @@ pub struct StorageConfig {
     /// How long a gauge member (a job queued or running) counts without the delivery that
     /// ends it.
     pub gauge_expiry: Duration,
+    /// Set when `backend` is `Redis`.
+    pub redis: Option<RedisConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -247,11 +318,12 @@ impl RawConfig {
         };
         let storage_backend = match self.storage.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StorageBackend::Sqlite,
+            "redis" => StorageBackend::Redis,
             other => {
                 return Err(Error::invalid(
                     "storage.backend",
                     Some(other),
-                    "expected sqlite",
+                    "expected sqlite or redis",
                 ));
             }
         };
@@ -278,6 +350,10 @@ impl RawConfig {
                  forgotten before its run ends lets a redelivery count twice",
             ));
         }
+        let redis = match (storage_backend, self.storage.redis) {
+            (StorageBackend::Redis, r) => Some(resolve_redis(r.unwrap_or_default(), &rel)?),
+            (StorageBackend::Sqlite, _) => None,
+        };
         let gauge_expiry = duration(
             "storage.gauge_expiry",
             self.storage.gauge_expiry.as_ref(),
@@ -366,6 +442,7 @@ impl RawConfig {
                     .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
                 idempotency_retention,
                 gauge_expiry,
+                redis,
             },
             queue: QueueConfig {
                 backend: queue_backend,

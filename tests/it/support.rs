@@ -23,7 +23,7 @@ pub fn config_with(dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
         serde_yaml::Value::String("127.0.0.1:0".into()),
         "test",
     );
-    for (k, v) in Backend::from_env().keys().iter().chain(extra) {
+    for (k, v) in Backend::from_env().keys(dir).iter().chain(extra) {
         o.set(k, v.clone(), "test");
     }
     config::load(None, &BTreeMap::new(), &o).expect("test config is valid")
@@ -127,17 +127,52 @@ pub fn parse_exposition(py: &Path, format: &str, body: &str) -> serde_json::Valu
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    /// Store and lease in the Redis on 127.0.0.1:6379 (queue in the local file).
+    Redis,
 }
 
+/// A key prefix of the test directory `dir` (temporary directories are unique).
+pub fn prefix_for(dir: &Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+    format!("devmetrics-test-{}", hex::encode(&h[..8]))
+}
+
+/// Whether a service listens on `addr`; without it a test that needs it skips, or fails
+/// when `DEVMETRICS_REQUIRE_SERVICES=1` (CI).
+pub fn service(name: &str, addr: &str) -> bool {
+    let up = std::net::TcpStream::connect_timeout(
+        &addr.parse().expect("a socket address"),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok();
+    if !up {
+        let msg = format!("{name} is not listening on {addr}");
+        if flag("DEVMETRICS_REQUIRE_SERVICES") {
+            panic!("{msg}, and DEVMETRICS_REQUIRE_SERVICES=1");
+        }
+        eprintln!("SKIPPED on {name}: {msg}");
+    }
+    up
+}
+
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
 impl Backend {
+    /// SQLite, and every network backend whose service is running.
     pub fn all() -> Vec<Backend> {
-        vec![Backend::Sqlite]
+        let mut v = vec![Backend::Sqlite];
+        if service("Redis", REDIS_ADDR) {
+            v.push(Backend::Redis);
+        }
+        v
     }
 
     /// The backend the area tests run on: `DEVMETRICS_TEST_BACKEND` (default `sqlite`).
     pub fn from_env() -> Backend {
         match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+            Ok("redis") => Backend::Redis,
             Ok(other) => {
                 panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
             }
@@ -163,18 +198,29 @@ impl Backend {
     }
 
     /// The config keys that select this backend.
-    pub fn keys(self) -> Vec<(&'static str, serde_yaml::Value)> {
+    pub fn keys(self, dir: &Path) -> Vec<(&'static str, serde_yaml::Value)> {
         match self {
             Backend::Sqlite => vec![
                 ("storage.backend", "sqlite".into()),
                 ("queue.backend", "sqlite".into()),
+            ],
+            // A prefix of its own per test directory: tests run in parallel on one server,
+            // and a test that reopens its directory finds what it wrote (a restart).
+            Backend::Redis => vec![
+                ("storage.backend", "redis".into()),
+                ("queue.backend", "sqlite".into()),
+                (
+                    "storage.redis.url",
+                    format!("redis://{REDIS_ADDR}/0").into(),
+                ),
+                ("storage.redis.key_prefix", prefix_for(dir).into()),
             ],
         }
     }
 
     /// A config for this backend in `dir`, with `extra` keys on top.
     pub fn config(self, dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
-        let mut keys = self.keys();
+        let mut keys = self.keys(dir);
         keys.extend(extra.iter().cloned());
         config_with(dir, &keys)
     }
