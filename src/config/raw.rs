@@ -19,12 +19,21 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub queue: RawQueue,
+    #[serde(default)]
+    pub ha: RawHa,
     // Source sections: each source owns its raw and resolved config types in
     // `src/sources/<name>/config.rs`.
     #[serde(default)]
     pub github: Option<crate::sources::github::config::RawGithub>,
     pub webhooks: Option<crate::sources::github::webhook::config::RawWebhooks>,
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    pub lease_ttl: Option<String>,
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +226,7 @@ pub struct QueueConfig {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub ha: HaConfig,
     pub web: WebConfig,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -225,6 +235,25 @@ pub struct Config {
     pub github: Option<crate::sources::github::GithubConfig>,
     pub webhooks: crate::sources::github::webhook::WebhooksConfig,
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
+}
+
+/// Leadership among replicas sharing a store.
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    /// A leader that cannot renew for this long is replaced.
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease and in `devmetrics_leader{replica}`.
+    pub replica_id: String,
+}
+
+fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "devmetrics".into());
+    format!("{host}-{}", std::process::id())
 }
 
 pub(crate) fn duration(
@@ -410,7 +439,27 @@ impl RawConfig {
             Some(g) => g.resolve(base)?,
             None => None,
         };
+        let lease_ttl = duration(
+            "ha.lease_ttl",
+            self.ha.lease_ttl.as_ref(),
+            Duration::from_secs(10),
+        )?;
+        if lease_ttl < Duration::from_secs(1) || lease_ttl > Duration::from_secs(300) {
+            return Err(Error::invalid(
+                "ha.lease_ttl",
+                self.ha.lease_ttl.as_deref(),
+                "must be between 1s and 5m",
+            ));
+        }
+        let replica_id = match self.ha.replica_id {
+            Some(r) if !r.trim().is_empty() => r.trim().to_string(),
+            _ => default_replica_id(),
+        };
         let config = Config {
+            ha: HaConfig {
+                lease_ttl,
+                replica_id,
+            },
             spacelift,
             github,
             web: WebConfig {

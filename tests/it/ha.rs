@@ -129,10 +129,24 @@ async fn the_lease_is_held_by_one_replica_at_a_time_with_growing_fences() {
         return;
     };
     let ttl = Duration::from_millis(300);
-    let a = stores[0].acquire("leader", "a", ttl).await.unwrap().unwrap();
-    assert!(stores[1].acquire("leader", "b", ttl).await.unwrap().is_none());
+    let a = stores[0]
+        .acquire("leader", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stores[1]
+            .acquire("leader", "b", ttl)
+            .await
+            .unwrap()
+            .is_none()
+    );
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    let b = stores[1].acquire("leader", "b", ttl).await.unwrap().unwrap();
+    let b = stores[1]
+        .acquire("leader", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(b.fence > a.fence);
     assert!(
         stores[0]
@@ -144,4 +158,142 @@ async fn the_lease_is_held_by_one_replica_at_a_time_with_growing_fences() {
     );
     let (holder, g) = stores[0].holder("leader").await.unwrap().unwrap();
     assert_eq!((holder.as_str(), g.fence), ("b", b.fence));
+}
+
+struct Replica {
+    base: String,
+    launched: Option<devmetrics::app::Launched>,
+    shutdown: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(prefix: &str, id: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::support::Backend::Redis.config(
+            dir.path(),
+            &[
+                ("storage.redis.key_prefix", prefix.into()),
+                ("ha.lease_ttl", "1s".into()),
+                ("ha.replica_id", id.into()),
+            ],
+        );
+        let listeners = devmetrics::app::bind(&config).await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let launched = devmetrics::app::launch_with(
+            config,
+            listeners,
+            shutdown.clone(),
+            crate::contract::WITH_TOY,
+        )
+        .await
+        .unwrap();
+        Replica {
+            base: format!("http://{}", launched.addrs[0]),
+            launched: Some(launched),
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn leads(&self, id: &str) -> bool {
+        self.metrics()
+            .await
+            .contains(&format!("devmetrics_leader{{replica=\"{id}\"}} 1"))
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.launched.take().unwrap().wait().await;
+    }
+}
+
+/// Polls until one of `replicas` leads; returns its index and how long it took.
+async fn leader_within(replicas: &[(&Replica, &str)], limit: Duration) -> (usize, Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        for (i, (r, id)) in replicas.iter().enumerate() {
+            if r.leads(id).await {
+                return (i, started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no replica became leader within {limit:?}");
+}
+
+#[tokio::test]
+async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() {
+    if !service("Redis", REDIS_ADDR) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(dir.path());
+    // A leader that crashed: it holds the lease and never renews it.
+    let ghost = RedisStore::open(&RedisConfig {
+        url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
+        key_prefix: prefix.clone(),
+    })
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(1);
+    ghost
+        .acquire("leader", "crashed", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let crashed_at = std::time::Instant::now();
+    let a = Replica::start(&prefix, "a").await;
+    let b = Replica::start(&prefix, "b").await;
+    let (first, _) = leader_within(&[(&a, "a"), (&b, "b")], ttl + Duration::from_secs(2)).await;
+    let took = crashed_at.elapsed();
+    eprintln!("a leader after a crashed one in {took:?}");
+    assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
+    let (leader, follower, fid) = if first == 0 { (a, b, "b") } else { (b, a, "a") };
+
+    // Only the leader polls; the follower serves the leader's series from the shared store.
+    let polled = "devmetrics_source_scrapes_total{source=\"toy\",result=\"success\"}";
+    let want =
+        r#"devmetrics_upstream_requests_total{upstream="toy",endpoint="things",status="200"} 42"#;
+    for _ in 0..40 {
+        if follower.metrics().await.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let f = follower.metrics().await;
+    assert!(f.contains(want), "{f}");
+    assert!(!f.contains(polled), "the follower polled:\n{f}");
+    assert!(
+        f.contains(&format!("devmetrics_leader{{replica=\"{fid}\"}} 0")),
+        "{f}"
+    );
+    assert!(leader.metrics().await.contains(polled));
+
+    // The leader stops: it hands the lease back and the follower leads within the TTL.
+    let stopped_at = std::time::Instant::now();
+    leader.stop().await;
+    let (_, _) = leader_within(&[(&follower, fid)], ttl + Duration::from_secs(1)).await;
+    let took = stopped_at.elapsed();
+    eprintln!("a leader after a stopped one in {took:?}");
+    assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
+    let mut polled_now = false;
+    for _ in 0..40 {
+        if follower.metrics().await.contains(polled) {
+            polled_now = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polled_now, "the new leader does not poll");
+    follower.stop().await;
 }
