@@ -312,6 +312,13 @@ families! {
         "Publishes refused, by reason (full: the topic held queue.max_depth messages).",
         &["topic", "reason"],
     ),
+    DEVMETRICS_STORE_UP: core(
+        "devmetrics_store_up",
+        Gauge,
+        None,
+        "1 while the store persists writes, 0 while its last write failed (a full disk, Redis unreachable); /metrics then serves the last values.",
+        &[],
+    ),
     DEVMETRICS_STORE_SERIES: core(
         "devmetrics_store_series",
         Gauge,

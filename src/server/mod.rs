@@ -93,6 +93,13 @@ async fn readyz(State(s): State<Shared>) -> Response {
     }
     match s.store.health() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        // A shared store apart from the local queue: deliveries are still taken and wait in
+        // the queue until the store is back, so the replica stays in the load balancer.
+        Err(why) if s.config.storage.backend == crate::config::StorageBackend::Redis => (
+            StatusCode::OK,
+            format!("ready, degraded: the shared store cannot persist ({why}); deliveries wait in the local queue\n"),
+        )
+            .into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: storage cannot persist: {why}\n"),

@@ -806,6 +806,10 @@ impl crate::telemetry::Collect for RedisStore {
         let n = |v: u64| Value::Number(v as f64);
         for (fid, v) in [
             (
+                metrics::DEVMETRICS_STORE_UP,
+                n(Store::health(self).is_ok() as u64),
+            ),
+            (
                 metrics::DEVMETRICS_STORE_SERIES,
                 n(self.state.series_count() as u64),
             ),

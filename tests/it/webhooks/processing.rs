@@ -87,3 +87,97 @@ async fn generated_activity_matches_the_senders_ground_truth() {
     assert_eq!(app.sum("devmetrics_workflow_jobs_in_progress", &[]), 0.0);
     app.stop().await;
 }
+
+/// With the store in Redis, a partition from Redis in the middle of a flood: deliveries are
+/// still accepted (they wait in the local queue), `/metrics` keeps serving the last values
+/// with `devmetrics_store_up 0`, `/readyz` says why, and once Redis is back every job counts
+/// exactly once.
+#[tokio::test]
+async fn a_redis_partition_mid_flood_loses_and_duplicates_nothing() {
+    use crate::support::{REDIS_ADDR, service};
+    if !service("Redis", REDIS_ADDR) {
+        return;
+    }
+    let proxy = devmetrics::sim::chaos::Proxy::start(REDIS_ADDR.parse().unwrap())
+        .await
+        .unwrap();
+    let prefix_dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://{}/0", proxy.addr);
+    let prefix = crate::support::prefix_for(prefix_dir.path());
+    let app = App::start(&[
+        ("DEVMETRICS_STORAGE__BACKEND", "redis"),
+        ("DEVMETRICS_STORAGE__REDIS__URL", &url),
+        ("DEVMETRICS_STORAGE__REDIS__KEY_PREFIX", &prefix),
+        ("DEVMETRICS_QUEUE__INITIAL_BACKOFF", "100ms"),
+        ("DEVMETRICS_QUEUE__MAX_BACKOFF", "500ms"),
+    ])
+    .await;
+    let base = app.url.replace("/webhooks/github", "");
+    let s = Sender::new(app.url.clone(), SECRET);
+    let mut g = Generator::new(31);
+    let mut n = 0;
+    let mut flood = async |g: &mut Generator, runs: usize| {
+        for r in 0..runs {
+            let jobs = g.run_plan(1_700_000_000.0 + r as f64 * 100.0, 2);
+            for j in &jobs {
+                for action in ["queued", "in_progress", "completed"] {
+                    n += 1;
+                    let body = g.job_payload(j, action, true);
+                    let d = format!("p-{n}");
+                    assert_eq!(s.send("workflow_job", &d, body.clone()).await.unwrap(), 202);
+                    // GitHub's duplicate of some deliveries, under a new id.
+                    if n % 5 == 0 {
+                        assert_eq!(
+                            s.send("workflow_job", &format!("{d}-again"), body)
+                                .await
+                                .unwrap(),
+                            202
+                        );
+                    }
+                }
+            }
+        }
+    };
+    flood(&mut g, 5).await;
+    proxy.cut();
+    flood(&mut g, 5).await;
+    // While Redis is unreachable: still serving, saying why.
+    let mut saw_down = false;
+    for _ in 0..100 {
+        let m = client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("devmetrics_store_up 0") {
+            saw_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_down, "devmetrics_store_up never went to 0");
+    let ready = client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("degraded"), "{why}");
+    proxy.heal();
+    flood(&mut g, 5).await;
+    app.drained().await;
+    let t = &g.truth;
+    for (c, want) in &t.jobs_by_conclusion {
+        assert_eq!(
+            app.sum("devmetrics_workflow_jobs_total", &[("conclusion", c)]),
+            *want as f64,
+            "{c}"
+        );
+    }
+    let (jobs, secs) = app.hist("devmetrics_workflow_job_duration_seconds", &[]);
+    assert_eq!(jobs, t.jobs_by_conclusion.values().sum::<u64>());
+    assert!((secs - t.job_seconds).abs() < 1e-6);
+    assert_eq!(app.sum("devmetrics_workflow_jobs_queued", &[]), 0.0);
+    assert_eq!(app.sum("devmetrics_workflow_jobs_in_progress", &[]), 0.0);
+    app.stop().await;
+}
