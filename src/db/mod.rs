@@ -8,12 +8,18 @@
 //!
 //! Reads that cannot be served from memory use a separate read-only connection; WAL lets
 //! them run beside the writer.
+//!
+//! The WAL is kept bounded by two checkpointers (see [`rewind_wal`]): a thread of its own
+//! copies frames into the database in the background, and the writer, once the WAL holds
+//! [`REWIND_AFTER_FRAMES`], copies what is left between two groups so that its next
+//! transaction starts the WAL over.
 
 mod schema;
 
 use crate::metrics;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +82,15 @@ pub type Job = Box<dyn FnOnce(&Connection) -> Result<Finish, Finish> + Send>;
 const MAX_GROUP: usize = 1024;
 /// Jobs that may wait for the writer before producers wait for room.
 pub const MAX_WAITING: usize = 16 * MAX_GROUP;
+
+/// What the WAL file is cut back to once it has been checkpointed and rewound.
+pub const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
+/// WAL frames (16 MiB of 4 KiB pages) after which the writer checkpoints and rewinds the WAL
+/// itself. A quarter of [`JOURNAL_SIZE_LIMIT`]: the rest is headroom for frames written while
+/// a reader briefly keeps the WAL from being rewound, so the file rarely grows past the limit.
+const REWIND_AFTER_FRAMES: i32 = 4096;
+/// How often the checkpoint thread copies WAL frames into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Stats {
     pub commits: AtomicU64,
@@ -150,13 +165,12 @@ impl Db {
         };
         let writer = Connection::open(path).map_err(open_err)?;
         writer
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA journal_mode=WAL;
                  PRAGMA synchronous=FULL;
                  PRAGMA busy_timeout=5000;
-                 PRAGMA wal_autocheckpoint=0;
-                 PRAGMA journal_size_limit=67108864;",
-            )
+                 PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT};"
+            ))
             .map_err(open_err)?;
         schema::migrate(&writer).map_err(open_err)?;
         let reader = Connection::open_with_flags(
@@ -168,14 +182,15 @@ impl Db {
             .execute_batch("PRAGMA busy_timeout=5000;")
             .map_err(open_err)?;
 
-        // Checkpoints run on their own connection and thread: done by the writer (SQLite's
-        // default) they stall every producer waiting on the group commit.
+        // The bulk of checkpointing runs on its own connection and thread: done by the
+        // writer (SQLite's default) it stalls every producer waiting on the group commit.
         let checkpointer = Connection::open(path).map_err(open_err)?;
         let alive = Arc::new(());
         let weak = Arc::downgrade(&alive);
+        let wal = wal_path(path);
         std::thread::Builder::new()
             .name("devmetrics-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, weak))
+            .spawn(move || checkpoint_loop(checkpointer, wal, weak))
             .expect("spawning the checkpoint thread");
 
         let stats = Arc::new(Stats::default());
@@ -331,20 +346,95 @@ fn lock_process_exclusive(_: &std::fs::File) -> std::io::Result<bool> {
     Ok(true)
 }
 
-fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
-    let _ = conn.execute_batch("PRAGMA busy_timeout=5000;");
+/// The WAL file of the database at `path`, as SQLite names it.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// `PRAGMA wal_checkpoint(mode)`: whether it was kept from finishing (by the writer, a reader
+/// or another checkpoint), the frames in the WAL and how many of them are in the database.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(bool, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?))
+    })
+}
+
+fn checkpoint_loop(conn: Connection, wal: PathBuf, alive: std::sync::Weak<()>) {
+    // Never wait: a checkpoint that would have to wait for the writer or a reader gives up
+    // and is tried again on the next round.
+    let _ = conn.execute_batch("PRAGMA busy_timeout=0;");
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        // PASSIVE never blocks the writer; a failure (e.g. the file was removed in a test)
-        // ends the thread, since nothing can be checkpointed any more.
-        let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "checkpoint thread stopping");
-            return;
-        }
+        std::thread::sleep(CHECKPOINT_EVERY);
         if alive.upgrade().is_none() {
             return;
         }
+        // PASSIVE never blocks the writer; a failure (e.g. the file was removed in a test)
+        // ends the thread, since nothing can be checkpointed any more.
+        let (busy, frames, copied) = match checkpoint(&conn, "PASSIVE") {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint thread stopping");
+                return;
+            }
+        };
+        // The WAL outgrew the limit (a reader kept it from being rewound) and the writer has
+        // gone quiet since, everything copied: nothing would cut the file back before the next
+        // write, so it is emptied now. TRUNCATE takes the write lock only if it is free and
+        // gives up at once if a reader still uses the WAL.
+        let oversized = std::fs::metadata(&wal).is_ok_and(|m| m.len() > JOURNAL_SIZE_LIMIT);
+        if !busy && frames > 0 && frames == copied && oversized {
+            match checkpoint(&conn, "TRUNCATE") {
+                Ok((false, _, _)) => tracing::debug!("idle WAL truncated"),
+                Ok((true, _, _)) => {}
+                Err(e) => tracing::debug!(error = %e, "truncating the idle WAL failed"),
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Frames in the WAL after the last commit on this thread that wrote any, as SQLite
+    /// reports it to [`wal_committed`]; taken by the writer after each group.
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's WAL hook, called on the committing thread (for the writer's connection, only the
+/// writer thread) once a commit that wrote frames is durable. Registering it also replaces
+/// SQLite's own automatic checkpoint, which would run inside the commit, before any reply.
+fn wal_committed(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
+
+/// Lets the writer's next transaction start the WAL over, once it holds
+/// [`REWIND_AFTER_FRAMES`]. Run by the writer between two groups, after the replies.
+///
+/// A checkpoint only copies frames into the database. SQLite writes the WAL from its start
+/// again (after which `journal_size_limit` cuts the file back) only when a write transaction
+/// begins with every frame copied and no reader using one. The checkpoint thread's passes
+/// cannot bring that about under continuous writes: a commit always lands between the end of
+/// a pass and the next transaction, so the WAL is never rewound and grows without bound, with
+/// or without readers (past 600 MiB in
+/// `wal::the_wal_stays_bounded_under_continuous_writes_and_readers`). Here no commit can come
+/// in between. Since the checkpoint thread has copied most frames already, this usually copies
+/// only the last few groups'. While a reader still uses frames it cannot finish; it is tried
+/// again after the next commit that writes, so the WAL grows only while one reader holds on.
+fn rewind_wal(conn: &Connection) {
+    if WAL_FRAMES.replace(0) < REWIND_AFTER_FRAMES {
+        return;
+    }
+    match checkpoint(conn, "PASSIVE") {
+        Ok((false, frames, copied)) if frames == copied => {}
+        Ok((_, frames, copied)) => {
+            tracing::debug!(
+                frames,
+                copied,
+                "WAL not rewound yet: a reader or checkpoint in the way"
+            );
+        }
+        Err(e) => tracing::debug!(error = %e, "checkpoint by the writer failed"),
     }
 }
 
@@ -354,6 +444,7 @@ fn writer_loop(
     stats: Arc<Stats>,
     injected: Arc<AtomicBool>,
 ) {
+    conn.wal_hook(Some(wal_committed));
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -412,6 +503,7 @@ fn writer_loop(
                 tracing::error!("a post-commit step panicked");
             }
         }
+        rewind_wal(&conn);
     }
 }
 
@@ -469,5 +561,56 @@ mod tests {
         .unwrap();
         assert_eq!(one, 1);
         ticker.abort();
+    }
+
+    /// A reader holding one snapshot keeps the WAL from being rewound, so it grows past the
+    /// limit while writes go on; once the reader lets go and the writes stop, the checkpoint
+    /// thread empties the file within a second instead of leaving it at its peak.
+    #[tokio::test]
+    async fn an_oversized_wal_is_truncated_once_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path).unwrap();
+        let wal_size = || std::fs::metadata(wal_path(&path)).map_or(0, |m| m.len());
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+            .unwrap();
+        let mib = 1 << 20;
+        for i in 0..(JOURNAL_SIZE_LIMIT / mib + 8) {
+            db.write(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO kv (ns, key, value) VALUES ('t', ?1, randomblob(?2))",
+                    rusqlite::params![i % 4, mib],
+                )
+            })
+            .await
+            .unwrap();
+        }
+        let peak = wal_size();
+        assert!(
+            peak > JOURNAL_SIZE_LIMIT,
+            "the WAL grew to {peak} bytes only"
+        );
+
+        reader.execute_batch("COMMIT").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while wal_size() > JOURNAL_SIZE_LIMIT {
+            assert!(
+                Instant::now() < deadline,
+                "the WAL stayed at {}",
+                wal_size()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let one: Option<Vec<u8>> = db
+            .read(|c| {
+                c.query_row("SELECT value FROM kv WHERE key = '1'", [], |r| r.get(0))
+                    .map(Some)
+            })
+            .await
+            .unwrap();
+        assert_eq!(one.map(|v| v.len() as u64), Some(mib), "nothing was lost");
     }
 }

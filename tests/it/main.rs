@@ -13,4 +13,5 @@ mod secrets;
 mod server;
 mod spacelift;
 mod support;
+mod wal;
 mod webhooks;
