@@ -596,6 +596,9 @@ async fn debug(what: DebugCommand) -> anyhow::Result<()> {
                         match queue.publish("crash-test", Some(&key), body).await? {
                             Published::Published => print(format!("published {key}")),
                             Published::Duplicate => print(format!("duplicate {key}")),
+                            Published::Conflict => {
+                                anyhow::bail!("{key}: a publish without a fingerprint conflicted")
+                            }
                         }
                         i += CONCURRENCY;
                     }

@@ -270,6 +270,13 @@ families! {
         "Publishes refused because a message with the same deduplication key was seen.",
         &["topic"],
     ),
+    DEVMETRICS_QUEUE_CONFLICTS_TOTAL: core(
+        "devmetrics_queue_conflicts_total",
+        Counter,
+        None,
+        "Publishes refused because their deduplication key was seen with different content (a reused key).",
+        &["topic"],
+    ),
     DEVMETRICS_QUEUE_ACKED_TOTAL: core(
         "devmetrics_queue_acked_total",
         Counter,
@@ -527,7 +534,7 @@ families! {
         "devmetrics_webhook_deliveries_total",
         Counter,
         None,
-        "Webhook deliveries received, by outcome (accepted, duplicate, ping, ignored, filtered (repository not admitted by webhooks.github.repo_allowlist/repo_exclude), bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable, overloaded).",
+        "Webhook deliveries received, by outcome (accepted, duplicate (a redelivery: same delivery id and body), conflict (a delivery id seen before with a different body; not queued), ping, ignored, filtered (repository not admitted by webhooks.github.repo_allowlist/repo_exclude), bad_signature, missing_header, malformed_json, too_large, bad_body, unavailable, overloaded).",
         &["source", "outcome"],
         &[],
     ),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Published, Queue, RetryPolicy, SharedQueue};
+use super::{Dedupe, Published, Queue, RetryPolicy, SharedQueue, fingerprint};
 
 /// The retry policy the queue under test must be opened with.
 pub fn policy() -> RetryPolicy {
@@ -21,6 +21,7 @@ pub fn policy() -> RetryPolicy {
 /// Runs every check of the queue contract.
 pub async fn run(queue: SharedQueue) {
     publish_dedupes_and_delivers_in_order(&*queue).await;
+    fingerprints_tell_a_reused_key_from_a_repeat(&*queue).await;
     dropped_deliveries_come_back_without_an_attempt(&*queue).await;
     nack_retries_with_backoff_then_dead_letters(&*queue).await;
     dedupe_keys_are_per_topic_and_forgotten_after_retention(&*queue).await;
@@ -67,6 +68,50 @@ pub async fn publish_dedupes_and_delivers_in_order(queue: &dyn Queue) {
     d.ack().await.expect("ack");
     let s = stats(queue, t).await;
     assert_eq!((s.published, s.duplicates, s.acked, s.depth), (2, 1, 2, 0));
+}
+
+/// A key published again with the fingerprint it was recorded with is a repeat (Duplicate);
+/// with another fingerprint it is a reused key (Conflict), and nothing more is queued either
+/// way. Without a fingerprint on either side there is nothing to compare: Duplicate.
+pub async fn fingerprints_tell_a_reused_key_from_a_repeat(queue: &dyn Queue) {
+    let t = "contract/fingerprint";
+    let publish = |key: &'static str, body: &'static [u8], fingerprinted: bool| {
+        let dedupe = Dedupe {
+            key,
+            fingerprint: fingerprinted.then(|| fingerprint(body)),
+        };
+        queue.publish_with(t, Some(dedupe), Bytes::from_static(body))
+    };
+    let (new, repeat, conflict) = (
+        Published::Published,
+        Published::Duplicate,
+        Published::Conflict,
+    );
+    let cases: [(&str, &[u8], bool, Published, &str); 7] = [
+        ("f1", b"a", true, new, "a new key"),
+        ("f1", b"a", true, repeat, "the same content"),
+        ("f1", b"b", true, conflict, "other content"),
+        ("f1", b"a", true, repeat, "the first one stays"),
+        ("f1", b"c", false, repeat, "none given"),
+        ("f2", b"d", false, new, "a new key"),
+        ("f2", b"e", true, repeat, "none recorded"),
+    ];
+    for (key, body, fingerprinted, want, what) in cases {
+        let got = publish(key, body, fingerprinted).await.expect("publish");
+        assert_eq!(got, want, "{what}");
+    }
+    let s = stats(queue, t).await;
+    assert_eq!(
+        (s.published, s.duplicates, s.conflicts, s.depth),
+        (2, 4, 1, 2),
+        "only the first publish of each key is queued"
+    );
+    for want in [&b"a"[..], b"d"] {
+        let d = receive(queue, t).await;
+        assert_eq!(&d.payload[..], want);
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(stats(queue, t).await.depth, 0);
 }
 
 pub async fn dropped_deliveries_come_back_without_an_attempt(queue: &dyn Queue) {

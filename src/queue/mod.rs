@@ -2,7 +2,9 @@
 //!
 //! What every backend guarantees (and `queue::contract` checks): `publish` returns only once
 //! the message is durable; a second publish of the same deduplication key on the same topic
-//! (within retention) is refused as [`Published::Duplicate`]; delivery is at-least-once (an
+//! (within retention) is refused as [`Published::Duplicate`], or as [`Published::Conflict`]
+//! when both publishes carried fingerprints of their content and these differ, checked and
+//! recorded in one step with the publish; delivery is at-least-once (an
 //! un-acked delivery comes back after a crash, a nack or a dropped [`Delivery`]); a nacked
 //! message is retried with exponential backoff and jitter and dead-lettered after
 //! `max_attempts`. Delivery handles are opaque: each backend settles its own. Processors make
@@ -61,6 +63,26 @@ pub enum Published {
     Published,
     /// A message with the same deduplication key was published before (within retention).
     Duplicate,
+    /// The deduplication key was published before (within retention) with another
+    /// fingerprint: the key was reused for different content. Nothing was queued.
+    Conflict,
+}
+
+/// How a publish is deduplicated: by `key`, and, when `fingerprint` is set, told apart from
+/// an earlier publish of the same key whose recorded fingerprint differs
+/// ([`Published::Conflict`]). A key recorded without a fingerprint, or published again
+/// without one, is a plain [`Published::Duplicate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dedupe<'a> {
+    pub key: &'a str,
+    pub fingerprint: Option<i64>,
+}
+
+/// A fingerprint of `content` for [`Dedupe`]: the first 8 bytes of its SHA-256.
+pub fn fingerprint(content: &[u8]) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(content);
+    i64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 /// How long failed messages are retried. A transient failure is retried with capped
@@ -133,6 +155,8 @@ pub struct TopicStats {
     pub oldest_age_seconds: f64,
     pub published: u64,
     pub duplicates: u64,
+    /// Publishes refused because their key was seen with a different fingerprint.
+    pub conflicts: u64,
     pub acked: u64,
     pub retried: u64,
     pub dead_lettered: u64,
@@ -224,14 +248,30 @@ impl Drop for Delivery {
 
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Durably stores `payload` on `topic`. With a `dedupe_key`, a second publish of the same
-    /// key on the same topic is refused as [`Published::Duplicate`].
+    /// Durably stores `payload` on `topic`. With `dedupe`, a second publish of the same key
+    /// on the same topic is refused as [`Published::Duplicate`], or as
+    /// [`Published::Conflict`] when both carried fingerprints and these differ; the check,
+    /// the publish and the recording of the key and its fingerprint are one atomic step.
+    async fn publish_with(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+    ) -> Result<Published, Error>;
+
+    /// [`Queue::publish_with`] deduplicated by `dedupe_key` alone, without a fingerprint.
     async fn publish(
         &self,
         topic: &str,
         dedupe_key: Option<&str>,
         payload: Bytes,
-    ) -> Result<Published, Error>;
+    ) -> Result<Published, Error> {
+        let dedupe = dedupe_key.map(|key| Dedupe {
+            key,
+            fingerprint: None,
+        });
+        self.publish_with(topic, dedupe, payload).await
+    }
 
     /// Waits for the next message of `topic` that is due.
     async fn receive(&self, topic: &str) -> Result<Delivery, Error>;
@@ -273,6 +313,10 @@ impl crate::telemetry::Collect for Collector {
                 (
                     metrics::DEVMETRICS_QUEUE_DUPLICATES_TOTAL,
                     s.duplicates as f64,
+                ),
+                (
+                    metrics::DEVMETRICS_QUEUE_CONFLICTS_TOTAL,
+                    s.conflicts as f64,
                 ),
                 (metrics::DEVMETRICS_QUEUE_ACKED_TOTAL, s.acked as f64),
                 (metrics::DEVMETRICS_QUEUE_RETRIED_TOTAL, s.retried as f64),

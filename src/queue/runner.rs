@@ -135,7 +135,7 @@ pub async fn run_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{Error, Published, Queue, Settle, TopicStats};
+    use crate::queue::{Dedupe, Error, Published, Queue, Settle, TopicStats};
     use bytes::Bytes;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -170,7 +170,12 @@ mod tests {
 
     #[async_trait]
     impl Queue for CannotWrite {
-        async fn publish(&self, _: &str, _: Option<&str>, _: Bytes) -> Result<Published, Error> {
+        async fn publish_with(
+            &self,
+            _: &str,
+            _: Option<Dedupe<'_>>,
+            _: Bytes,
+        ) -> Result<Published, Error> {
             Err(full())
         }
         async fn receive(&self, topic: &str) -> Result<Delivery, Error> {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    Delivery, Error, MAX_UNSETTLED_DELIVERIES, Published, Queue, Retry, RetryPolicy, Settle,
-    TopicStats,
+    Dedupe, Delivery, Error, MAX_UNSETTLED_DELIVERIES, Published, Queue, Retry, RetryPolicy,
+    Settle, TopicStats,
 };
 use crate::clock::now_unix;
 use crate::db::{Db, Finish, Job};
@@ -391,6 +391,13 @@ impl Settle for Handle {
     }
 }
 
+/// What a publish did, for the step after its commit.
+enum Outcome {
+    Queued(i64),
+    Duplicate,
+    Conflict,
+}
+
 /// A row fetched for delivery: its payload as stored and its counts after this delivery.
 struct Fetched {
     payload: Vec<u8>,
@@ -401,10 +408,10 @@ struct Fetched {
 
 #[async_trait]
 impl Queue for SqliteQueue {
-    async fn publish(
+    async fn publish_with(
         &self,
         topic: &str,
-        dedupe_key: Option<&str>,
+        dedupe: Option<Dedupe<'_>>,
         payload: Bytes,
     ) -> Result<Published, Error> {
         let topic_name = self.inner.topic_name(topic);
@@ -417,47 +424,56 @@ impl Queue for SqliteQueue {
         }
         let stored = encode_payload(&payload);
         drop(payload);
-        let key = dedupe_key.map(str::to_string);
+        let dedupe = dedupe.map(|d| (d.key.to_string(), d.fingerprint));
         let now = now_unix();
         let inner = self.inner.clone();
         let t = topic_name.clone();
-        let published = self.write(
+        let outcome = self.write(
             move |c| {
-                if let Some(key) = &key {
+                if let Some((key, fingerprint)) = &dedupe {
                     let fresh = c
                         .prepare_cached(
-                            "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at) VALUES (?1, ?2, ?3)",
+                            "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at, fingerprint) VALUES (?1, ?2, ?3, ?4)",
                         )?
-                        .execute(params![&*t, key, now as i64])?;
+                        .execute(params![&*t, key, now as i64, fingerprint])?;
                     if fresh == 0 {
-                        return Ok(None);
+                        // Read in the same job as the insert, so no publish of the key can
+                        // come in between.
+                        let seen: Option<i64> = c
+                            .prepare_cached(
+                                "SELECT fingerprint FROM queue_dedupe WHERE topic = ?1 AND key = ?2",
+                            )?
+                            .query_row(params![&*t, key], |r| r.get(0))?;
+                        return Ok(match (seen, fingerprint) {
+                            (Some(seen), Some(this)) if seen != *this => Outcome::Conflict,
+                            _ => Outcome::Duplicate,
+                        });
                     }
                 }
                 c.prepare_cached(
                     "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
                 )?
                 .execute(params![&*t, stored, now])?;
-                Ok(Some(c.last_insert_rowid()))
+                Ok(Outcome::Queued(c.last_insert_rowid()))
             },
             move |outcome| {
-                inner.with_topic(&topic_name, |t| match outcome {
-                    Some(id) => {
+                inner.with_topic(&topic_name, |t| match *outcome {
+                    Outcome::Queued(id) => {
                         t.stats.published += 1;
-                        t.live.insert(*id, now);
-                        t.ready.push_back(Msg {
-                            id: *id,
-                            attempts: 0,
-                        });
+                        t.live.insert(id, now);
+                        t.ready.push_back(Msg { id, attempts: 0 });
                         t.notify.notify_one();
                     }
-                    None => t.stats.duplicates += 1,
+                    Outcome::Duplicate => t.stats.duplicates += 1,
+                    Outcome::Conflict => t.stats.conflicts += 1,
                 })
             },
         )
         .await?;
-        Ok(match published {
-            Some(_) => Published::Published,
-            None => Published::Duplicate,
+        Ok(match outcome {
+            Outcome::Queued(_) => Published::Published,
+            Outcome::Duplicate => Published::Duplicate,
+            Outcome::Conflict => Published::Conflict,
         })
     }
 

@@ -203,6 +203,60 @@ async fn every_bad_input_gets_its_documented_code_and_nothing_is_lost() {
     app.stop().await;
 }
 
+/// The same `X-GitHub-Delivery` with another validly signed body is not a redelivery: it is
+/// answered 200 (GitHub must not retry it) as a conflict, counted once as such and never
+/// queued, while a true redelivery of the first body stays a plain duplicate.
+#[tokio::test]
+async fn a_reused_delivery_id_with_another_body_is_a_conflict_and_not_queued() {
+    let app = App::start(&[]).await;
+    let mut g = Generator::new(31);
+    let (first, second) = (job_body(&mut g), job_body(&mut g));
+    assert_ne!(first, second);
+    let c = client();
+    let post = |body: &[u8]| {
+        c.post(&app.url)
+            .header("x-github-event", "workflow_job")
+            .header("x-github-delivery", "reused-1")
+            .header("x-hub-signature-256", signature(SECRET, body))
+            .body(body.to_vec())
+            .send()
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    };
+    assert_eq!(answer(post(&first).await.unwrap()).await.0, 202);
+    assert_eq!(
+        answer(post(&second).await.unwrap()).await,
+        (200, "{\"status\":\"conflicting delivery\"}\n".to_string())
+    );
+    assert_eq!(
+        answer(post(&first).await.unwrap()).await,
+        (200, "{\"status\":\"duplicate delivery\"}\n".to_string())
+    );
+    app.drained().await;
+    let s = app.stats().await;
+    assert_eq!(
+        (s.published, s.acked, s.duplicates, s.conflicts),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        app.sum("devmetrics_workflow_jobs_total", &[]),
+        1.0,
+        "only the first body's job is counted"
+    );
+    let own = app.state().telemetry.scope().await;
+    let deliveries = |o: &str| {
+        let fid = devmetrics::metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL;
+        let l = Labels::new(fid, &["github", o]).unwrap();
+        own.families.get(&fid).and_then(|m| m.get(&l).cloned())
+    };
+    for (outcome, n) in [("accepted", 1.0), ("conflict", 1.0), ("duplicate", 1.0)] {
+        assert_eq!(deliveries(outcome), Some(Value::Number(n)), "{outcome}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn refuses_to_start_without_a_secret() {
     let env: BTreeMap<String, String> = [(

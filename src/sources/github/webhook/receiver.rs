@@ -21,7 +21,7 @@ use crate::clock::now_unix;
 use crate::config::{Secret, SecretSource};
 use crate::metrics;
 use crate::processors::{Envelope, workflows};
-use crate::queue::{Published, SharedQueue, topics};
+use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -128,6 +128,7 @@ impl IntoResponse for Error {
 const OUTCOMES: &[&str] = &[
     "accepted",
     "duplicate",
+    "conflict",
     "ping",
     "ignored",
     "filtered",
@@ -339,6 +340,13 @@ impl Receiver {
                 return Ok(done(StatusCode::OK, "repository filtered", "filtered"));
             }
         }
+        // GitHub's redeliveries repeat the delivery id with the same body; the same id with
+        // another body is something else (a sender reusing ids, a replay of altered content)
+        // and is told apart by the body's fingerprint.
+        let dedupe = Dedupe {
+            key: delivery,
+            fingerprint: Some(queue::fingerprint(&body)),
+        };
         let envelope = Envelope {
             event: event.to_string(),
             delivery: delivery.to_string(),
@@ -347,11 +355,20 @@ impl Receiver {
         };
         let publish =
             self.queue
-                .publish(topics::GITHUB_WEBHOOKS, Some(delivery), envelope.encode());
+                .publish_with(topics::GITHUB_WEBHOOKS, Some(dedupe), envelope.encode());
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
             Ok(Ok(Published::Published)) => Ok(done(StatusCode::ACCEPTED, "queued", "accepted")),
             Ok(Ok(Published::Duplicate)) => {
                 Ok(done(StatusCode::OK, "duplicate delivery", "duplicate"))
+            }
+            // 200, not an error status: GitHub would only retry it, to the same answer.
+            Ok(Ok(Published::Conflict)) => {
+                tracing::warn!(
+                    delivery,
+                    event,
+                    "a GitHub delivery id seen before came with a different body; not queued"
+                );
+                Ok(done(StatusCode::OK, "conflicting delivery", "conflict"))
             }
             Ok(Err(e)) => Err(Error::Queue(e.to_string())),
             Err(_) => Err(Error::Queue("publish timed out".into())),
@@ -558,10 +575,10 @@ mod unavailable {
 
     #[async_trait::async_trait]
     impl Queue for Broken {
-        async fn publish(
+        async fn publish_with(
             &self,
             _: &str,
-            _: Option<&str>,
+            _: Option<crate::queue::Dedupe<'_>>,
             _: bytes::Bytes,
         ) -> Result<Published, crate::queue::Error> {
             Err(crate::queue::Error::Closed)
