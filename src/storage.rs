@@ -41,7 +41,41 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
         (StorageBackend::Sqlite, QueueBackend::Sqlite) => {
             open_sqlite(&config.storage.path, policy, config.queue.max_depth)
         }
+        (StorageBackend::Sqlite, QueueBackend::RabbitMq) => {
+            let rabbitmq = config
+                .queue
+                .rabbitmq
+                .clone()
+                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
+            open_sqlite_with_rabbitmq(&config.storage.path, policy, rabbitmq).await
+        }
     }
+}
+
+/// Store and lease in the SQLite file (which keeps the queue's deduplication keys too), the
+/// queue on RabbitMQ.
+async fn open_sqlite_with_rabbitmq(
+    path: &std::path::Path,
+    policy: RetryPolicy,
+    config: crate::config::RabbitMqConfig,
+) -> Result<Backends, Error> {
+    use crate::queue::rabbitmq::{RabbitMqQueue, Settings};
+    let db = Db::open(path)?;
+    let store = Arc::new(SqliteStore::open(db.clone())?);
+    let settings = Settings {
+        url: config.url,
+        prefix: config.prefix,
+        policy,
+        queue_expiry: config.test_queue_expiry,
+    };
+    let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db));
+    let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys).await?);
+    Ok(Backends {
+        store: store.clone(),
+        lease: store.clone(),
+        collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
+        queue,
+    })
 }
 
 /// Store, queue and lease in one SQLite file, sharing its writer.

@@ -127,17 +127,42 @@ pub fn parse_exposition(py: &Path, format: &str, body: &str) -> serde_json::Valu
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    /// Store and lease in SQLite, the queue on the RabbitMQ at [`RABBITMQ_URL`].
+    RabbitMq,
+}
+
+/// The broker the RabbitMQ backend's tests use (the machine's own, as CI's).
+pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Whether the test broker answers; when it does not, RabbitMQ tests fail under
+/// `DEVMETRICS_REQUIRE_SERVICES=1` and are skipped, with the reason, otherwise.
+pub fn rabbitmq_available() -> bool {
+    let addr = "127.0.0.1:5672".parse().expect("a socket address");
+    if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok() {
+        return true;
+    }
+    let msg = "RabbitMQ not reachable on 127.0.0.1:5672 (guest/guest): start it with `rabbitmq-server -detached`";
+    if flag("DEVMETRICS_REQUIRE_SERVICES") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED on RabbitMQ: {msg}");
+    false
 }
 
 impl Backend {
     pub fn all() -> Vec<Backend> {
-        vec![Backend::Sqlite]
+        let mut all = vec![Backend::Sqlite];
+        if rabbitmq_available() {
+            all.push(Backend::RabbitMq);
+        }
+        all
     }
 
     /// The backend the area tests run on: `DEVMETRICS_TEST_BACKEND` (default `sqlite`).
     pub fn from_env() -> Backend {
         match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+            Ok("rabbitmq") => Backend::RabbitMq,
             Ok(other) => {
                 panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
             }
@@ -168,6 +193,18 @@ impl Backend {
             Backend::Sqlite => vec![
                 ("storage.backend", "sqlite".into()),
                 ("queue.backend", "sqlite".into()),
+            ],
+            // A prefix of its own per opening, so parallel tests never share a queue; the
+            // broker deletes the queues once unused for a while.
+            Backend::RabbitMq => vec![
+                ("storage.backend", "sqlite".into()),
+                ("queue.backend", "rabbitmq".into()),
+                ("queue.rabbitmq.url", RABBITMQ_URL.into()),
+                (
+                    "queue.rabbitmq.prefix",
+                    format!("devmetrics-test-{:016x}", rand::random::<u64>()).into(),
+                ),
+                ("queue.rabbitmq.test_queue_expiry", "5m".into()),
             ],
         }
     }
