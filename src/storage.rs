@@ -69,7 +69,7 @@ async fn open_sqlite_with_rabbitmq(
         queue_expiry: config.test_queue_expiry,
     };
     let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db));
-    let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys).await?);
+    let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys, store.clone()).await?);
     Ok(Backends {
         store: store.clone(),
         lease: store.clone(),

@@ -29,6 +29,7 @@ use super::{
     TopicStats,
 };
 use crate::clock::now_unix;
+use crate::store::SharedStore;
 
 /// Unacknowledged messages the broker hands one topic's consumer ahead of `receive`: enough
 /// to keep several handlers busy without a round trip each, few enough that a stopping
@@ -51,6 +52,11 @@ const HEADER_REASON: &str = "devmetrics-reason";
 const HEADER_DEAD_AT: &str = "devmetrics-dead-at";
 /// Set by quorum queues: how often the broker got this message back unsettled.
 const HEADER_DELIVERY_COUNT: &str = "x-delivery-count";
+/// Store kv namespace: message id → hand-outs of it, after its first delivery, that nobody
+/// settled yet.
+const UNSETTLED_NS: &str = "queue.rabbitmq.unsettled";
+/// Longer than any message waits for its next delivery.
+const UNSETTLED_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// Where a queue without deduplication of its own keeps publishes' keys. The queue records a
 /// key only after the broker confirmed its message (see [`RabbitMqQueue`]).
@@ -169,9 +175,6 @@ struct Topic {
     pump: Mutex<Pump>,
     notify: Notify,
     retry_buckets: Mutex<BTreeSet<u64>>,
-    /// Releases (dropped deliveries) per message id: the broker counts them as unsettled
-    /// deliveries, the poison rule must not.
-    released: Mutex<HashMap<String, u32>>,
 }
 
 /// The consumer side of a topic: prefetched deliveries waiting for `receive`.
@@ -191,6 +194,8 @@ struct Inner {
     policy: RetryPolicy,
     queue_expiry: Option<Duration>,
     keys: Arc<dyn DedupeKeys>,
+    /// Hand-outs of redelivered messages that were not settled (see [`RabbitMqQueue::deliver`]).
+    store: SharedStore,
     link: tokio::sync::Mutex<LinkState>,
     /// Queues declared on the current connection.
     declared: Mutex<HashSet<String>>,
@@ -229,6 +234,7 @@ impl RabbitMqQueue {
     pub async fn open(
         settings: Settings,
         keys: Arc<dyn DedupeKeys>,
+        store: SharedStore,
     ) -> Result<RabbitMqQueue, Error> {
         let uri = AMQPUri::from_str(settings.url.expose())
             .map_err(|_| unavailable("config", "queue.rabbitmq.url is not an AMQP URL"))?;
@@ -244,6 +250,7 @@ impl RabbitMqQueue {
                 policy: settings.policy,
                 queue_expiry: settings.queue_expiry,
                 keys,
+                store,
                 link: tokio::sync::Mutex::new(LinkState::default()),
                 declared: Mutex::new(HashSet::new()),
                 topics: Mutex::new(HashMap::new()),
@@ -277,7 +284,6 @@ impl RabbitMqQueue {
             pump: Mutex::new(Pump::default()),
             notify: Notify::new(),
             retry_buckets: Mutex::new(BTreeSet::new()),
-            released: Mutex::new(HashMap::new()),
         });
         topics.insert(name, t.clone());
         t
@@ -505,7 +511,7 @@ impl RabbitMqQueue {
             .message_id()
             .as_ref()
             .map(|m| m.as_str().to_string());
-        let handle = Handle {
+        let mut handle = Handle {
             queue: self.clone(),
             topic: t.clone(),
             acker: d.acker,
@@ -513,24 +519,52 @@ impl RabbitMqQueue {
             message_id: message_id.clone(),
             payload: Bytes::from(d.data),
             published_at,
+            recorded: None,
         };
-        // Quorum queues count every time a delivery came back unsettled: a process or
-        // consumer that stopped while holding it, or a release. Releases seen here are taken
-        // off; what is left are deliveries nobody settled.
-        if d.redelivered {
-            let returned = header_u32(&headers, HEADER_DELIVERY_COUNT).unwrap_or(0);
-            let released = message_id
-                .as_ref()
-                .and_then(|m| t.released.lock().get(m).copied())
-                .unwrap_or(0);
-            let unsettled = returned.saturating_sub(released);
+        // The poison rule. Quorum queues count in `x-delivery-count` every time the broker got
+        // a message back unsettled, but that includes releases and messages that were only
+        // prefetched by a process that stopped cleanly: counting those, a message near the
+        // head of a backlog would be dead-lettered by three rolling restarts. So hand-outs are
+        // recorded durably instead, before the handler sees the message, and taken back when
+        // it is settled or released; what is left were handlers that never finished. A first
+        // delivery (not `redelivered`) is not recorded: most messages are settled on it and a
+        // write each would double the cost of a delivery; when the message comes back it
+        // counts as one unsettled hand-out, and the broker's count caps the total.
+        if d.redelivered
+            && let Some(id) = &message_id
+        {
+            let returned = header_u32(&headers, HEADER_DELIVERY_COUNT).unwrap_or(1);
+            let recorded = match self.inner.store.kv_get(UNSETTLED_NS, id).await {
+                Ok(v) => v
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0),
+                Err(e) => {
+                    handle.release();
+                    return Err(unavailable("store", e));
+                }
+            };
+            let unsettled = (recorded + 1).min(returned.max(1));
             if unsettled >= MAX_UNSETTLED_DELIVERIES {
                 let reason = format!(
                     "poison: delivered {unsettled} times without being settled (the consumer or the process stopped while handling it)"
                 );
+                // As if recorded, so a failed dead-lettering hands it back with the count as is.
+                handle.recorded = Some(recorded + 1);
                 handle.fail(attempts, &reason, true).await?;
                 return Ok(None);
             }
+            let value = (recorded + 1).to_string().into_bytes();
+            if let Err(e) = self
+                .inner
+                .store
+                .kv_put(UNSETTLED_NS, id, value, Some(UNSETTLED_TTL))
+                .await
+            {
+                handle.release();
+                return Err(unavailable("store", e));
+            }
+            handle.recorded = Some(recorded + 1);
         }
         let id = message_id.unwrap_or_else(|| format!("tag-{}", d.delivery_tag));
         Ok(Some(Delivery::new(
@@ -728,6 +762,9 @@ struct Handle {
     message_id: Option<String>,
     payload: Bytes,
     published_at: f64,
+    /// Unsettled hand-outs recorded in the store, this one included, when this is a
+    /// redelivery (see [`RabbitMqQueue::deliver`]).
+    recorded: Option<u32>,
 }
 
 impl Handle {
@@ -736,10 +773,31 @@ impl Handle {
         self.topic.held.lock().remove(&self.local);
     }
 
-    fn forget_releases(&self) {
-        if let Some(m) = &self.message_id {
-            self.topic.released.lock().remove(m);
-        }
+    /// Takes this hand-out back from the store's record: settled (`all`), nothing of it is
+    /// needed any more; released, it no longer counts. Best effort: a record left behind
+    /// expires, and until then only makes the message look closer to poison.
+    fn take_back(&self, all: bool) {
+        let (Some(n), Some(id)) = (self.recorded, self.message_id.clone()) else {
+            return;
+        };
+        let store = self.queue.inner.store.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let r = match n.saturating_sub(1) {
+                left if !all && left > 0 => {
+                    let value = left.to_string().into_bytes();
+                    store
+                        .kv_put(UNSETTLED_NS, &id, value, Some(UNSETTLED_TTL))
+                        .await
+                }
+                _ => store.kv_delete(UNSETTLED_NS, &id).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not take back a delivery's hand-out record");
+            }
+        });
     }
 
     async fn ack_original(&self) -> Result<(), Error> {
@@ -751,7 +809,7 @@ impl Handle {
         self.unhold();
         match r {
             Ok(Ok(_)) => {
-                self.forget_releases();
+                self.take_back(true);
                 Ok(())
             }
             // The channel is gone: the broker hands the message out again.
@@ -840,14 +898,7 @@ impl Settle for Handle {
 
     fn release(&self) {
         self.unhold();
-        if let Some(m) = &self.message_id {
-            let mut released = self.topic.released.lock();
-            // Bounded: forgetting releases only makes a message look closer to poison.
-            if released.len() > 10_000 {
-                released.clear();
-            }
-            *released.entry(m.clone()).or_default() += 1;
-        }
+        self.take_back(false);
         let acker = self.acker.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -936,6 +987,265 @@ impl Queue for RabbitMqQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
+
+    const BROKER: &str = "127.0.0.1:5672";
+
+    /// Whether the broker answers; without it these tests are skipped with the reason, or
+    /// fail under `DEVMETRICS_REQUIRE_SERVICES=1`.
+    fn broker() -> bool {
+        let addr = BROKER.parse().expect("an address");
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return true;
+        }
+        let msg = "RabbitMQ not reachable on 127.0.0.1:5672 (guest/guest): start it with `rabbitmq-server -detached`";
+        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        false
+    }
+
+    fn settings(addr: &str, prefix: &str) -> Settings {
+        Settings {
+            url: crate::config::Secret::new(format!("amqp://guest:guest@{addr}/%2f")),
+            prefix: prefix.to_string(),
+            policy: crate::queue::contract::policy(),
+            queue_expiry: Some(Duration::from_secs(300)),
+        }
+    }
+
+    fn prefix() -> String {
+        format!("devmetrics-unit-{:016x}", rand::random::<u64>())
+    }
+
+    /// A process: its own connection, on the SQLite file in `dir` (kept across "restarts").
+    async fn open(dir: &tempfile::TempDir, addr: &str, prefix: &str) -> RabbitMqQueue {
+        let db = Db::open(&dir.path().join("keys.db")).unwrap();
+        let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db.clone()));
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(db).unwrap());
+        RabbitMqQueue::open(settings(addr, prefix), keys, store)
+            .await
+            .unwrap()
+    }
+
+    /// The process dies: its consumers stop and its connection goes, leaving whatever it
+    /// held unsettled (`forget` the deliveries in hand first) and its SQLite file as it is.
+    async fn crash(q: RabbitMqQueue) {
+        q.inner.shutdown.cancel();
+        let link = q.inner.link.lock().await.link.clone().unwrap();
+        link.conn.close(320, "crash".into()).await.unwrap();
+        // Let its writer finish what it was given before the next "process" opens the file.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn receive(q: &RabbitMqQueue, topic: &str) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(5), q.receive(topic))
+            .await
+            .expect("a message within 5 s")
+            .expect("receive")
+    }
+
+    /// The process dies after the broker confirmed a keyed message and before its key was
+    /// recorded: the redelivered event is published again (two messages, both delivered),
+    /// never refused as a duplicate of something lost.
+    #[tokio::test]
+    async fn a_crash_between_the_confirm_and_the_key_record_duplicates_and_loses_nothing() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, BROKER, &prefix()).await;
+        q.publish_confirmed("t", b"event").await.unwrap();
+        assert_eq!(
+            q.publish("t", Some("delivery-1"), Bytes::from_static(b"event"))
+                .await
+                .unwrap(),
+            Published::Published
+        );
+        assert_eq!(
+            q.publish("t", Some("delivery-1"), Bytes::from_static(b"event"))
+                .await
+                .unwrap(),
+            Published::Duplicate,
+            "recorded once confirmed"
+        );
+        for _ in 0..2 {
+            let d = receive(&q, "t").await;
+            assert_eq!(&d.payload[..], b"event");
+            d.ack().await.unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), q.receive("t"))
+                .await
+                .is_err()
+        );
+    }
+
+    /// A message whose consumer dies with it unsettled, again and again, is dead-lettered
+    /// instead of killing every process that takes it; the message behind it, prefetched by
+    /// each of those processes and handed back by each crash, is not.
+    #[tokio::test]
+    async fn a_message_that_keeps_killing_its_consumer_is_dead_lettered_not_looped() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = prefix();
+        let q = open(&dir, BROKER, &prefix).await;
+        for p in [&b"poison"[..], b"fine"] {
+            q.publish("t", None, Bytes::copy_from_slice(p))
+                .await
+                .unwrap();
+        }
+        for crash_no in 1..=MAX_UNSETTLED_DELIVERIES {
+            let q = open(&dir, BROKER, &prefix).await;
+            let d = receive(&q, "t").await;
+            assert_eq!(&d.payload[..], b"poison", "crash {crash_no}");
+            std::mem::forget(d);
+            crash(q).await;
+        }
+        let q = open(&dir, BROKER, &prefix).await;
+        let d = receive(&q, "t").await;
+        assert_eq!(
+            &d.payload[..],
+            b"fine",
+            "the poison message is not delivered again"
+        );
+        d.ack().await.unwrap();
+        let s = &q.stats().await.unwrap()[0].1;
+        assert_eq!((s.dead_lettered, s.dead_letters, s.depth), (1, 1, 0));
+    }
+
+    /// Releases (a cancelled consumer) and clean stops with the message in hand or
+    /// prefetched are not mistaken for a message that stops the process, though the broker
+    /// counts each of them as a delivery that came back.
+    #[tokio::test]
+    async fn releases_and_clean_restarts_are_not_taken_for_a_poison_message() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = prefix();
+        let q = open(&dir, BROKER, &prefix).await;
+        q.publish("t", None, Bytes::from_static(b"m"))
+            .await
+            .unwrap();
+        for _ in 0..MAX_UNSETTLED_DELIVERIES + 2 {
+            drop(receive(&q, "t").await);
+        }
+        drop(q);
+        for _ in 0..MAX_UNSETTLED_DELIVERIES + 2 {
+            let q = open(&dir, BROKER, &prefix).await;
+            // Dropped as the consumer runner does on shutdown, then the queue closes.
+            drop(receive(&q, "t").await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(q);
+        }
+        let q = open(&dir, BROKER, &prefix).await;
+        let d = receive(&q, "t").await;
+        assert_eq!((&d.payload[..], d.attempts), (&b"m"[..], 0));
+        d.ack().await.unwrap();
+        assert_eq!(q.stats().await.unwrap()[0].1.dead_letters, 0);
+    }
+
+    /// A proxy between the queue and the broker that the test can cut and restore.
+    struct Proxy {
+        addr: String,
+        cut: CancellationToken,
+    }
+
+    async fn proxy(listener: tokio::net::TcpListener) -> Proxy {
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    c = listener.accept() => c.unwrap(),
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(BROKER).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    /// While the broker cannot be reached every operation answers `Unavailable` at once;
+    /// once it can, the queue reconnects by itself and nothing confirmed was lost.
+    #[tokio::test]
+    async fn an_outage_answers_unavailable_and_the_queue_reconnects() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = proxy(listener).await;
+        let q = open(&dir, &p.addr, &prefix()).await;
+        q.publish("t", Some("k"), Bytes::from_static(b"before"))
+            .await
+            .unwrap();
+        p.cut.cancel();
+        let started = Instant::now();
+        let mut outage = None;
+        while started.elapsed() < Duration::from_secs(5) {
+            match q.publish("t", None, Bytes::from_static(b"during")).await {
+                Err(e) => {
+                    outage = Some(e);
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let e = outage.expect("publishing fails while the broker is cut off");
+        assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+        assert!(!e.to_string().contains("guest:guest"), "{e}");
+        assert!(q.stats().await.is_err());
+        assert!(matches!(
+            q.receive("t").await,
+            Err(Error::Unavailable { .. })
+        ));
+        // The broker is back on the same address.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _p = proxy(listener).await;
+        let mut published = false;
+        for _ in 0..100 {
+            if q.publish("t", None, Bytes::from_static(b"after"))
+                .await
+                .is_ok()
+            {
+                published = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(published, "the queue reconnected");
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(15), q.receive("t")).await {
+                Ok(Ok(d)) => {
+                    seen.push(String::from_utf8(d.payload.to_vec()).unwrap());
+                    d.ack().await.unwrap();
+                }
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => panic!("no delivery after reconnecting; seen {seen:?}"),
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["after", "before"]);
+    }
 
     #[test]
     fn delays_fall_on_a_ladder_of_two_steps_per_doubling() {
