@@ -1149,6 +1149,20 @@ mod tests {
         assert_eq!(q.stats().await.unwrap()[0].1.dead_letters, 0);
     }
 
+    /// The contract on RabbitMQ alone, timed (the factory's run in `tests/it/contract.rs`
+    /// covers it too, beside SQLite).
+    #[tokio::test]
+    async fn the_rabbitmq_queue_passes_the_contract() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(&dir, BROKER, &prefix()).await;
+        let started = Instant::now();
+        crate::queue::contract::run(Arc::new(q)).await;
+        eprintln!("queue contract on RabbitMQ: {:?}", started.elapsed());
+    }
+
     /// A proxy between the queue and the broker that the test can cut and restore.
     struct Proxy {
         addr: String,
