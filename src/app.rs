@@ -78,11 +78,20 @@ pub async fn launch_with(
     for c in backends.collectors {
         telemetry.add_collector(c);
     }
+    let leadership = crate::ha::Leadership::new(
+        config.ha.replica_id.clone(),
+        config.ha.lease_ttl,
+        backends.lease.clone(),
+    );
+    telemetry.add_collector(leadership.clone());
+    // Asked once before the pollers start, so a lone replica polls at once.
+    leadership.step().await;
     let state = Arc::new(AppState {
         config: config.clone(),
         store: store.clone(),
         queue: queue.clone(),
         telemetry: telemetry.clone(),
+        leadership: leadership.clone(),
         ready: Default::default(),
         renders: Arc::new(tokio::sync::Semaphore::new(server::MAX_RENDERS)),
         basic_auth: web.basic_auth.clone(),
@@ -103,6 +112,7 @@ pub async fn launch_with(
     drop_stale_scopes(&built, &*store).await?;
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(leadership.clone().run(shutdown.clone()));
     let mut routes: Router<Shared> = Router::new();
     let mut webhook_routes: Router<Shared> = Router::new();
     for component in built.into_iter().filter_map(|(_, c)| c) {
@@ -114,6 +124,7 @@ pub async fn launch_with(
                 p,
                 store.clone(),
                 telemetry.clone(),
+                leadership.subscribe(),
                 shutdown.clone(),
             ));
         }

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod exposition;
+pub mod ha;
 pub mod metrics;
 pub mod processors;
 pub mod queue;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Config, QueueBackend, StorageBackend};
 use crate::db::Db;
 use crate::queue::{RetryPolicy, SharedQueue, sqlite::SqliteQueue};
-use crate::store::{SharedLease, SharedStore, sqlite::SqliteStore};
+use crate::store::{SharedLease, SharedStore, redis::RedisStore, sqlite::SqliteStore};
 use crate::telemetry::Collect;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,21 +47,61 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 .rabbitmq
                 .clone()
                 .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
-            open_sqlite_with_rabbitmq(&config.storage.path, policy, rabbitmq).await
+            let db = Db::open(&config.storage.path)?;
+            let store = Arc::new(SqliteStore::open(db.clone())?);
+            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+        }
+        (StorageBackend::Redis, QueueBackend::RabbitMq) => {
+            let redis = config
+                .storage
+                .redis
+                .as_ref()
+                .expect("storage.redis is resolved when storage.backend is redis");
+            let rabbitmq = config
+                .queue
+                .rabbitmq
+                .clone()
+                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
+            let store = RedisStore::open(redis).await?;
+            // Deduplication keys stay in each replica's file: a delivery that reaches two
+            // replicas may be queued twice, which consumers tolerate (docs/ha.md).
+            let db = Db::open(&config.storage.path)?;
+            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+        }
+        (StorageBackend::Redis, QueueBackend::Sqlite) => {
+            let redis = config
+                .storage
+                .redis
+                .as_ref()
+                .expect("storage.redis is resolved when storage.backend is redis");
+            let store = RedisStore::open(redis).await?;
+            // The queue stays in the local file: it holds only what this replica accepted.
+            let db = Db::open(&config.storage.path)?;
+            let queue: SharedQueue = Arc::new(SqliteQueue::open_with_depth(
+                db,
+                policy,
+                config.queue.max_depth,
+            )?);
+            Ok(Backends {
+                store: store.clone(),
+                lease: store.clone(),
+                collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
+                queue,
+            })
         }
     }
 }
 
-/// Store and lease in the SQLite file (which keeps the queue's deduplication keys too), the
-/// queue on RabbitMQ.
-async fn open_sqlite_with_rabbitmq(
-    path: &std::path::Path,
+/// The queue on RabbitMQ beside `store` (also the lease), with the deduplication keys in the
+/// SQLite file `db`.
+async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
+    db: Db,
+    store: Arc<S>,
+    store_collector: Arc<S>,
     policy: RetryPolicy,
     config: crate::config::RabbitMqConfig,
 ) -> Result<Backends, Error> {
     use crate::queue::rabbitmq::{RabbitMqQueue, Settings};
-    let db = Db::open(path)?;
-    let store = Arc::new(SqliteStore::open(db.clone())?);
     let settings = Settings {
         url: config.url,
         prefix: config.prefix,
@@ -72,8 +112,11 @@ async fn open_sqlite_with_rabbitmq(
     let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys, store.clone()).await?);
     Ok(Backends {
         store: store.clone(),
-        lease: store.clone(),
-        collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
+        lease: store,
+        collectors: vec![
+            store_collector,
+            Arc::new(crate::queue::Collector(queue.clone())),
+        ],
         queue,
     })
 }

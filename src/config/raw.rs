@@ -19,12 +19,21 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub queue: RawQueue,
+    #[serde(default)]
+    pub ha: RawHa,
     // Source sections: each source owns its raw and resolved config types in
     // `src/sources/<name>/config.rs`.
     #[serde(default)]
     pub github: Option<crate::sources::github::config::RawGithub>,
     pub webhooks: Option<crate::sources::github::webhook::config::RawWebhooks>,
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    pub lease_ttl: Option<String>,
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +62,16 @@ pub struct RawStorage {
     pub path: Option<PathBuf>,
     pub idempotency_retention: Option<String>,
     pub gauge_expiry: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +95,54 @@ pub struct RawRabbitMq {
     /// Tests only: the broker deletes queues unused this long, messages and all, so
     /// throwaway prefixes do not pile up on a shared broker. Not in the example config.
     pub test_queue_expiry: Option<String>,
+}
+
+fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisConfig, Error> {
+    use crate::config::{Secret, SecretSource};
+    let (source, shown) = match (r.url, r.url_file) {
+        (Some(u), None) => (SecretSource::Value(Secret::new(u)), None),
+        (None, Some(f)) => {
+            let f = rel(f);
+            let shown = f.display().to_string();
+            (SecretSource::File(f), Some(shown))
+        }
+        (None, None) => (
+            SecretSource::Value(Secret::new("redis://127.0.0.1:6379/0")),
+            None,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "storage.redis.url",
+                None,
+                "set either url or url_file, not both",
+            ));
+        }
+    };
+    let key = if shown.is_some() {
+        "storage.redis.url_file"
+    } else {
+        "storage.redis.url"
+    };
+    let url = source
+        .read()
+        .map_err(|e| Error::invalid(key, shown.as_deref(), format!("cannot read: {e}")))?;
+    // The value is never shown: it may carry a password.
+    if redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
+        return Err(Error::invalid(
+            key,
+            shown.as_deref(),
+            "is not a Redis URL (redis://[user:password@]host:port/db or rediss:// for TLS)",
+        ));
+    }
+    let key_prefix = r.key_prefix.unwrap_or_else(|| "devmetrics".to_string());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        return Err(Error::invalid(
+            "storage.redis.key_prefix",
+            Some(&key_prefix),
+            "must be non-empty, without braces or spaces",
+        ));
+    }
+    Ok(RedisConfig { url, key_prefix })
 }
 
 /// Accepts `a` or `[a, b]` (and `a,b` from an environment variable).
@@ -123,6 +190,17 @@ pub struct WebConfig {
 pub enum StorageBackend {
     /// The embedded SQLite file at `storage.path`.
     Sqlite,
+    /// A Redis server shared by every replica (`storage.redis`).
+    Redis,
+}
+
+/// Where the Redis store is. The URL can carry a password: it is a secret.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: crate::config::Secret,
+    /// Every key starts with `{key_prefix}:`; the braces make it Redis Cluster's hash tag,
+    /// so every key of one operation is in one slot.
+    pub key_prefix: String,
 }
 
 /// Where queued work lives.
@@ -153,6 +231,8 @@ pub struct StorageConfig {
     /// How long a gauge member (a job queued or running) counts without the delivery that
     /// ends it.
     pub gauge_expiry: Duration,
+    /// Set when `backend` is `Redis`.
+    pub redis: Option<RedisConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +252,7 @@ pub struct QueueConfig {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub ha: HaConfig,
     pub web: WebConfig,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -180,6 +261,25 @@ pub struct Config {
     pub github: Option<crate::sources::github::GithubConfig>,
     pub webhooks: crate::sources::github::webhook::WebhooksConfig,
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
+}
+
+/// Leadership among replicas sharing a store.
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    /// A leader that cannot renew for this long is replaced.
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease and in `devmetrics_leader{replica}`.
+    pub replica_id: String,
+}
+
+fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "devmetrics".into());
+    format!("{host}-{}", std::process::id())
 }
 
 pub(crate) fn duration(
@@ -302,11 +402,12 @@ impl RawConfig {
         };
         let storage_backend = match self.storage.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StorageBackend::Sqlite,
+            "redis" => StorageBackend::Redis,
             other => {
                 return Err(Error::invalid(
                     "storage.backend",
                     Some(other),
-                    "expected sqlite",
+                    "expected sqlite or redis",
                 ));
             }
         };
@@ -340,6 +441,10 @@ impl RawConfig {
                  forgotten before its run ends lets a redelivery count twice",
             ));
         }
+        let redis = match (storage_backend, self.storage.redis) {
+            (StorageBackend::Redis, r) => Some(resolve_redis(r.unwrap_or_default(), &rel)?),
+            (StorageBackend::Sqlite, _) => None,
+        };
         let gauge_expiry = duration(
             "storage.gauge_expiry",
             self.storage.gauge_expiry.as_ref(),
@@ -396,7 +501,27 @@ impl RawConfig {
             Some(g) => g.resolve(base)?,
             None => None,
         };
+        let lease_ttl = duration(
+            "ha.lease_ttl",
+            self.ha.lease_ttl.as_ref(),
+            Duration::from_secs(10),
+        )?;
+        if lease_ttl < Duration::from_secs(1) || lease_ttl > Duration::from_secs(300) {
+            return Err(Error::invalid(
+                "ha.lease_ttl",
+                self.ha.lease_ttl.as_deref(),
+                "must be between 1s and 5m",
+            ));
+        }
+        let replica_id = match self.ha.replica_id {
+            Some(r) if !r.trim().is_empty() => r.trim().to_string(),
+            _ => default_replica_id(),
+        };
         let config = Config {
+            ha: HaConfig {
+                lease_ttl,
+                replica_id,
+            },
             spacelift,
             github,
             web: WebConfig {
@@ -428,6 +553,7 @@ impl RawConfig {
                     .unwrap_or_else(|| PathBuf::from("./data/devmetrics.db")),
                 idempotency_retention,
                 gauge_expiry,
+                redis,
             },
             queue: QueueConfig {
                 backend: queue_backend,

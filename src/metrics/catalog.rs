@@ -354,6 +354,20 @@ families! {
         "Event updates skipped because their idempotency key was already applied.",
         &[],
     ),
+    DEVMETRICS_LEADER: core(
+        "devmetrics_leader",
+        Gauge,
+        None,
+        "1 on the replica holding the leader lease (it runs the pollers), 0 on the others.",
+        &["replica"],
+    ),
+    DEVMETRICS_LEADER_CHANGES_TOTAL: core(
+        "devmetrics_leader_changes_total",
+        Counter,
+        None,
+        "Times this replica became or stopped being the leader.",
+        &[],
+    ),
     DEVMETRICS_SERIES_DROPPED_TOTAL: core(
         "devmetrics_series_dropped_total",
         Counter,

@@ -34,6 +34,7 @@ pub struct AppState {
     pub store: SharedStore,
     pub queue: SharedQueue,
     pub telemetry: Arc<Telemetry>,
+    pub leadership: Arc<crate::ha::Leadership>,
     pub ready: AtomicBool,
     /// Concurrent `/metrics` renders allowed (see `MAX_RENDERS`).
     pub renders: Arc<tokio::sync::Semaphore>,

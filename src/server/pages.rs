@@ -118,6 +118,7 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
             },
             "queue": {"state": "ok", "topics": queue},
             "sources": sources,
+            "ha": s.leadership.health(),
         },
     });
     let code = if ready {

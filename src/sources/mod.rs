@@ -180,12 +180,14 @@ pub trait Poller: Send + Sync {
     async fn poll(&self) -> Vec<ScopeResult>;
 }
 
-/// Runs `poller` every interval until `shutdown`. A poll that overruns its timeout is
-/// abandoned and counted as a `timeout`.
+/// Runs `poller` every interval until `shutdown`, while `leader` says this replica leads
+/// (at once when it becomes leader, so a takeover misses no window). A poll that overruns
+/// its timeout is abandoned and counted as a `timeout`.
 pub async fn run_poller(
     poller: Arc<dyn Poller>,
     store: SharedStore,
     telemetry: Arc<Telemetry>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let name = poller.name();
@@ -209,8 +211,19 @@ pub async fn run_poller(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if !*leader.borrow_and_update() {
+                    continue;
+                }
+                ticker.reset();
+            }
         }
-        poll_once(&*poller, &*store, &telemetry).await;
+        if *leader.borrow() {
+            poll_once(&*poller, &*store, &telemetry).await;
+        }
     }
 }
 
@@ -318,10 +331,12 @@ mod tests {
 
         let telemetry = Arc::new(Telemetry::default());
         let stop = CancellationToken::new();
+        let (_leader, is_leader) = tokio::sync::watch::channel(true);
         let task = tokio::spawn(run_poller(
             Arc::new(Failing),
             store.clone(),
             telemetry.clone(),
+            is_leader,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -17,6 +17,7 @@
 
 pub mod contract;
 mod lease;
+pub mod redis;
 pub mod sqlite;
 mod state;
 

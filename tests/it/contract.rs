@@ -67,7 +67,7 @@ fn toy(_: &Context) -> Result<Option<Component>, BuildError> {
     }))
 }
 
-static WITH_TOY: &[Kind] = &[Kind {
+pub static WITH_TOY: &[Kind] = &[Kind {
     name: "toy",
     owns: &["toy/"],
     build: toy,

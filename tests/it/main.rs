@@ -8,6 +8,7 @@ mod demo;
 mod docs;
 mod exposition;
 mod github;
+mod ha;
 mod secrets;
 mod server;
 mod spacelift;

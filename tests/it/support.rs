@@ -23,7 +23,7 @@ pub fn config_with(dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
         serde_yaml::Value::String("127.0.0.1:0".into()),
         "test",
     );
-    for (k, v) in Backend::from_env().keys().iter().chain(extra) {
+    for (k, v) in Backend::from_env().keys(dir).iter().chain(extra) {
         o.set(k, v.clone(), "test");
     }
     config::load(None, &BTreeMap::new(), &o).expect("test config is valid")
@@ -127,41 +127,61 @@ pub fn parse_exposition(py: &Path, format: &str, body: &str) -> serde_json::Valu
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    /// Store and lease in the Redis on 127.0.0.1:6379 (queue in the local file).
+    Redis,
     /// Store and lease in SQLite, the queue on the RabbitMQ at [`RABBITMQ_URL`].
     RabbitMq,
 }
 
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
 /// The broker the RabbitMQ backend's tests use (the machine's own, as CI's).
 pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Whether the test broker answers; when it does not, RabbitMQ tests fail under
-/// `DEVMETRICS_REQUIRE_SERVICES=1` and are skipped, with the reason, otherwise.
-pub fn rabbitmq_available() -> bool {
-    let addr = "127.0.0.1:5672".parse().expect("a socket address");
-    if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok() {
-        return true;
-    }
-    let msg = "RabbitMQ not reachable on 127.0.0.1:5672 (guest/guest): start it with `rabbitmq-server -detached`";
-    if flag("DEVMETRICS_REQUIRE_SERVICES") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED on RabbitMQ: {msg}");
-    false
+/// A key prefix of the test directory `dir` (temporary directories are unique).
+pub fn prefix_for(dir: &Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+    format!("devmetrics-test-{}", hex::encode(&h[..8]))
 }
 
-impl Backend {
-    pub fn all() -> Vec<Backend> {
-        let mut all = vec![Backend::Sqlite];
-        if rabbitmq_available() {
-            all.push(Backend::RabbitMq);
+/// Whether a service listens on `addr`; without it a test that needs it skips, or fails
+/// when `DEVMETRICS_REQUIRE_SERVICES=1` (CI).
+pub fn service(name: &str, addr: &str) -> bool {
+    let up = std::net::TcpStream::connect_timeout(
+        &addr.parse().expect("a socket address"),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok();
+    if !up {
+        let msg = format!("{name} is not listening on {addr}");
+        if flag("DEVMETRICS_REQUIRE_SERVICES") {
+            panic!("{msg}, and DEVMETRICS_REQUIRE_SERVICES=1");
         }
-        all
+        eprintln!("SKIPPED on {name}: {msg}");
+    }
+    up
+}
+
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+impl Backend {
+    /// SQLite, and every network backend whose service is running.
+    pub fn all() -> Vec<Backend> {
+        let mut v = vec![Backend::Sqlite];
+        if service("Redis", REDIS_ADDR) {
+            v.push(Backend::Redis);
+        }
+        if service("RabbitMQ", RABBITMQ_ADDR) {
+            v.push(Backend::RabbitMq);
+        }
+        v
     }
 
     /// The backend the area tests run on: `DEVMETRICS_TEST_BACKEND` (default `sqlite`).
     pub fn from_env() -> Backend {
         match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+            Ok("redis") => Backend::Redis,
             Ok("rabbitmq") => Backend::RabbitMq,
             Ok(other) => {
                 panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
@@ -188,22 +208,30 @@ impl Backend {
     }
 
     /// The config keys that select this backend.
-    pub fn keys(self) -> Vec<(&'static str, serde_yaml::Value)> {
+    pub fn keys(self, dir: &Path) -> Vec<(&'static str, serde_yaml::Value)> {
         match self {
             Backend::Sqlite => vec![
                 ("storage.backend", "sqlite".into()),
                 ("queue.backend", "sqlite".into()),
             ],
-            // A prefix of its own per opening, so parallel tests never share a queue; the
-            // broker deletes the queues once unused for a while.
+            // A prefix of its own per test directory: tests run in parallel on one server,
+            // and a test that reopens its directory finds what it wrote (a restart).
+            Backend::Redis => vec![
+                ("storage.backend", "redis".into()),
+                ("queue.backend", "sqlite".into()),
+                (
+                    "storage.redis.url",
+                    format!("redis://{REDIS_ADDR}/0").into(),
+                ),
+                ("storage.redis.key_prefix", prefix_for(dir).into()),
+            ],
+            // Queues named after the test directory too; the broker deletes them once
+            // unused for a while.
             Backend::RabbitMq => vec![
                 ("storage.backend", "sqlite".into()),
                 ("queue.backend", "rabbitmq".into()),
                 ("queue.rabbitmq.url", RABBITMQ_URL.into()),
-                (
-                    "queue.rabbitmq.prefix",
-                    format!("devmetrics-test-{:016x}", rand::random::<u64>()).into(),
-                ),
+                ("queue.rabbitmq.prefix", prefix_for(dir).into()),
                 ("queue.rabbitmq.test_queue_expiry", "5m".into()),
             ],
         }
@@ -211,7 +239,7 @@ impl Backend {
 
     /// A config for this backend in `dir`, with `extra` keys on top.
     pub fn config(self, dir: &Path, extra: &[(&str, serde_yaml::Value)]) -> Config {
-        let mut keys = self.keys();
+        let mut keys = self.keys(dir);
         keys.extend(extra.iter().cloned());
         config_with(dir, &keys)
     }

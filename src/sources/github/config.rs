@@ -573,7 +573,7 @@ impl RawGithub {
 const REPLACED: &[(&str, &str)] = &[
     (
         "leader_election",
-        "the Kubernetes lease is replaced by the embedded single-process mode (HA uses a Redis lease, roadmap 7)",
+        "the Kubernetes lease is replaced by the leader lease in the store (ha.*; leader_election.lease_duration is kept as ha.lease_ttl)",
     ),
     (
         "amqp",
@@ -581,7 +581,7 @@ const REPLACED: &[(&str, &str)] = &[
     ),
     (
         "store",
-        "the Redis store is replaced by the embedded SQLite store (storage.path); store.max_series_budget is kept as github.activity.series_budget_per_org",
+        "a standalone Redis store is kept as storage.backend redis (storage.redis.url from redis_addr, redis_password and redis_db), anything else becomes the embedded SQLite store (storage.path); store.max_series_budget is kept as github.activity.series_budget_per_org",
     ),
     (
         "metrics",
@@ -600,6 +600,67 @@ const REPLACED: &[(&str, &str)] = &[
         "Copilot reports are a separate source (roadmap 6); this section is ignored for now",
     ),
 ];
+
+/// github-stats-exporter's `store` section: a standalone Redis becomes our Redis store, unless
+/// `storage.backend` is set already.
+fn legacy_store(map: &mut Mapping, store: &Value, warnings: &mut Vec<String>) {
+    let key = |s: &str| Value::String(s.to_string());
+    let text = |k: &str| {
+        store
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    if !text("backend").eq_ignore_ascii_case("redis") {
+        return;
+    }
+    if text("redis_mode").eq_ignore_ascii_case("sentinel") {
+        warnings.push(
+            "github-stats-exporter store.redis_mode sentinel is not supported yet: the embedded store is used (point storage.redis.url at the master to share state)".into(),
+        );
+        return;
+    }
+    let addr = text("redis_addr");
+    if addr.is_empty() {
+        return;
+    }
+    let storage = entry(map, "storage");
+    if storage.contains_key(key("backend")) {
+        return;
+    }
+    let password = text("redis_password");
+    let db = store.get("redis_db").and_then(Value::as_u64).unwrap_or(0);
+    let auth = if password.is_empty() {
+        String::new()
+    } else {
+        format!(":{}@", percent_encode(&password))
+    };
+    storage.insert(key("backend"), key("redis"));
+    let redis = match storage
+        .entry(key("redis"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()))
+    {
+        Value::Mapping(m) => m,
+        _ => return,
+    };
+    redis
+        .entry(key("url"))
+        .or_insert_with(|| Value::String(format!("redis://{auth}{addr}/{db}")));
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a password in a URL.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 /// Rewrites a github-stats-exporter config tree into ours in place, returning one warning per
 /// replaced mechanism. A tree without those sections is left untouched.
@@ -632,6 +693,14 @@ pub fn translate_legacy(tree: &mut Value) -> Vec<String> {
         if let Some(v) = map.remove(key(name)) {
             if *name == "store" {
                 series_budget = v.get("max_series_budget").cloned();
+                legacy_store(map, &v, &mut warnings);
+            }
+            if *name == "leader_election"
+                && let Some(ttl) = v.get("lease_duration").filter(|t| t.is_string())
+            {
+                entry(map, "ha")
+                    .entry(key("lease_ttl"))
+                    .or_insert(ttl.clone());
             }
             warnings.push(format!(
                 "github-stats-exporter section {name:?} accepted and ignored: {why}"
@@ -738,6 +807,28 @@ mod tests {
         let cfg = raw.resolve(None).unwrap().unwrap();
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+
+    #[test]
+    fn a_standalone_redis_store_with_a_password_maps_to_a_url() {
+        let mut tree: Value = serde_yaml::from_str(
+            "store: {backend: Redis, redis_mode: standalone, redis_addr: 'r:6380', redis_password: 'p@ss/w:rd', redis_db: 2}\nleader_election: {enabled: true, lease_duration: 15s}\n",
+        )
+        .unwrap();
+        translate_legacy(&mut tree);
+        assert_eq!(tree["storage"]["backend"], "redis");
+        assert_eq!(
+            tree["storage"]["redis"]["url"],
+            "redis://:p%40ss%2Fw%3Ard@r:6380/2"
+        );
+        assert_eq!(tree["ha"]["lease_ttl"], "15s");
+        // Our own storage section wins.
+        let mut tree: Value = serde_yaml::from_str(
+            "storage: {backend: sqlite}\nstore: {backend: redis, redis_addr: 'r:6379'}\n",
+        )
+        .unwrap();
+        translate_legacy(&mut tree);
+        assert_eq!(tree["storage"]["backend"], "sqlite");
     }
 
     #[test]

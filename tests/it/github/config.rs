@@ -39,7 +39,23 @@ fn replaced_tool_configs_load_as_they_are() {
         if text.contains("unhealthy_failure_threshold: 6") {
             assert_eq!(gh.unhealthy_failure_threshold, 6);
         }
+        // Its HA settings map: a standalone Redis store stays a Redis store, the lease
+        // duration becomes ours; Sentinel is not supported yet and says so.
+        if f.ends_with("docs-complete-example.yaml") {
+            use devmetrics::config::StorageBackend;
+            assert_eq!(cfg.storage.backend, StorageBackend::Redis);
+            let redis = cfg.storage.redis.as_ref().unwrap();
+            assert_eq!(redis.url.expose(), "redis://redis:6379/0");
+            assert_eq!(cfg.ha.lease_ttl, Duration::from_secs(30));
+        }
         if f.ends_with("kustomize-prod-config.yaml") {
+            use devmetrics::config::StorageBackend;
+            assert_eq!(cfg.storage.backend, StorageBackend::Sqlite);
+            assert!(
+                gh.compat_warnings.iter().any(|w| w.contains("sentinel")),
+                "{:?}",
+                gh.compat_warnings
+            );
             assert_eq!(gh.orgs.len(), 2);
             assert_eq!(gh.orgs[1].org, "org-b");
             assert_eq!(gh.orgs[0].concurrency, 8);

@@ -1,0 +1,299 @@
+//! Replicas sharing one Redis: one truth, whichever replica writes, and the same output from
+//! every replica once the refresher has run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use devmetrics::config::{RedisConfig, Secret};
+use devmetrics::metrics::{self, Labels, Op, Sample, Update};
+use devmetrics::store::redis::{REFRESH, RedisStore};
+use devmetrics::store::{Lease, Store};
+
+use crate::support::{REDIS_ADDR, prefix_for, service};
+
+async fn replicas(n: usize) -> Option<(tempfile::TempDir, Vec<Arc<RedisStore>>)> {
+    if !service("Redis", REDIS_ADDR) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedisConfig {
+        url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
+        key_prefix: prefix_for(dir.path()),
+    };
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(RedisStore::open(&cfg).await.unwrap());
+    }
+    Some((dir, v))
+}
+
+fn render(store: &RedisStore) -> String {
+    let mut out = Vec::new();
+    devmetrics::exposition::render(
+        &store.snapshot().scopes,
+        devmetrics::exposition::Format::Text,
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+async fn converged(stores: &[Arc<RedisStore>]) -> String {
+    for _ in 0..50 {
+        let outs: Vec<String> = stores.iter().map(|s| render(s)).collect();
+        if outs.iter().all(|o| *o == outs[0]) {
+            return outs[0].clone();
+        }
+        tokio::time::sleep(REFRESH / 2).await;
+    }
+    panic!("replicas did not converge within 25 refreshes");
+}
+
+fn inc(route: &str) -> Update {
+    Update {
+        family: metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL,
+        labels: Labels::new(metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &[route, "200"]).unwrap(),
+        op: Op::Inc(1.0),
+    }
+}
+
+#[tokio::test]
+async fn replicas_apply_each_key_once_and_converge() {
+    let Some((_dir, stores)) = replicas(3).await else {
+        return;
+    };
+    // Every replica applies the same 200 keys at once: each counts once in all.
+    let mut tasks = Vec::new();
+    for s in &stores {
+        for k in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.apply_once(&format!("k{k}"), "events", vec![inc("/x")])
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if t.await.unwrap() == devmetrics::store::Applied::Applied {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 200);
+    let out = converged(&stores).await;
+    assert!(
+        out.contains("devmetrics_http_requests_total{route=\"/x\",code=\"200\"} 200"),
+        "{out}"
+    );
+
+    // A replace on one replica shows on the others; a newer version wins wherever written.
+    let fid = metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL;
+    let sample = |v: f64| {
+        vec![Sample::number(
+            fid,
+            Labels::new(fid, &["/poll", "200"]).unwrap(),
+            v,
+        )]
+    };
+    stores[0]
+        .replace_scope_if_newer("github/o/r", 10, sample(1.0))
+        .await
+        .unwrap();
+    stores[1]
+        .replace_scope_if_newer("github/o/r", 5, sample(2.0))
+        .await
+        .unwrap();
+    stores[2]
+        .replace_scope_if_newer("github/o/r", 20, sample(3.0))
+        .await
+        .unwrap();
+    let out = converged(&stores).await;
+    assert!(
+        out.contains("devmetrics_http_requests_total{route=\"/poll\",code=\"200\"} 3"),
+        "{out}"
+    );
+
+    // A drop on one replica disappears everywhere.
+    stores[1]
+        .drop_scopes(vec!["github/o/r".into()])
+        .await
+        .unwrap();
+    let out = converged(&stores).await;
+    assert!(!out.contains("/poll"), "{out}");
+}
+
+#[tokio::test]
+async fn the_lease_is_held_by_one_replica_at_a_time_with_growing_fences() {
+    let Some((_dir, stores)) = replicas(2).await else {
+        return;
+    };
+    let ttl = Duration::from_millis(300);
+    let a = stores[0]
+        .acquire("leader", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stores[1]
+            .acquire("leader", "b", ttl)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let b = stores[1]
+        .acquire("leader", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.fence > a.fence);
+    assert!(
+        stores[0]
+            .renew("leader", "a", a.fence, ttl)
+            .await
+            .unwrap()
+            .is_none(),
+        "a lapsed grant cannot be renewed"
+    );
+    let (holder, g) = stores[0].holder("leader").await.unwrap().unwrap();
+    assert_eq!((holder.as_str(), g.fence), ("b", b.fence));
+}
+
+struct Replica {
+    base: String,
+    launched: Option<devmetrics::app::Launched>,
+    shutdown: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(prefix: &str, id: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::support::Backend::Redis.config(
+            dir.path(),
+            &[
+                ("storage.redis.key_prefix", prefix.into()),
+                ("ha.lease_ttl", "1s".into()),
+                ("ha.replica_id", id.into()),
+            ],
+        );
+        let listeners = devmetrics::app::bind(&config).await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let launched = devmetrics::app::launch_with(
+            config,
+            listeners,
+            shutdown.clone(),
+            crate::contract::WITH_TOY,
+        )
+        .await
+        .unwrap();
+        Replica {
+            base: format!("http://{}", launched.addrs[0]),
+            launched: Some(launched),
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn leads(&self, id: &str) -> bool {
+        self.metrics()
+            .await
+            .contains(&format!("devmetrics_leader{{replica=\"{id}\"}} 1"))
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.launched.take().unwrap().wait().await;
+    }
+}
+
+/// Polls until one of `replicas` leads; returns its index and how long it took.
+async fn leader_within(replicas: &[(&Replica, &str)], limit: Duration) -> (usize, Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        for (i, (r, id)) in replicas.iter().enumerate() {
+            if r.leads(id).await {
+                return (i, started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no replica became leader within {limit:?}");
+}
+
+#[tokio::test]
+async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() {
+    if !service("Redis", REDIS_ADDR) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(dir.path());
+    // A leader that crashed: it holds the lease and never renews it.
+    let ghost = RedisStore::open(&RedisConfig {
+        url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
+        key_prefix: prefix.clone(),
+    })
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(1);
+    ghost
+        .acquire("leader", "crashed", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let crashed_at = std::time::Instant::now();
+    let a = Replica::start(&prefix, "a").await;
+    let b = Replica::start(&prefix, "b").await;
+    let (first, _) = leader_within(&[(&a, "a"), (&b, "b")], ttl + Duration::from_secs(2)).await;
+    let took = crashed_at.elapsed();
+    eprintln!("a leader after a crashed one in {took:?}");
+    assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
+    let (leader, follower, fid) = if first == 0 { (a, b, "b") } else { (b, a, "a") };
+
+    // Only the leader polls; the follower serves the leader's series from the shared store.
+    let polled = "devmetrics_source_scrapes_total{source=\"toy\",result=\"success\"}";
+    let want =
+        r#"devmetrics_upstream_requests_total{upstream="toy",endpoint="things",status="200"} 42"#;
+    for _ in 0..40 {
+        if follower.metrics().await.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let f = follower.metrics().await;
+    assert!(f.contains(want), "{f}");
+    assert!(!f.contains(polled), "the follower polled:\n{f}");
+    assert!(
+        f.contains(&format!("devmetrics_leader{{replica=\"{fid}\"}} 0")),
+        "{f}"
+    );
+    assert!(leader.metrics().await.contains(polled));
+
+    // The leader stops: it hands the lease back and the follower leads within the TTL.
+    let stopped_at = std::time::Instant::now();
+    leader.stop().await;
+    let (_, _) = leader_within(&[(&follower, fid)], ttl + Duration::from_secs(1)).await;
+    let took = stopped_at.elapsed();
+    eprintln!("a leader after a stopped one in {took:?}");
+    assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
+    let mut polled_now = false;
+    for _ in 0..40 {
+        if follower.metrics().await.contains(polled) {
+            polled_now = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(polled_now, "the new leader does not poll");
+    follower.stop().await;
+}
