@@ -126,13 +126,15 @@ struct QueueDb {
 }
 
 impl QueueDb {
-    fn path(&self) -> Result<PathBuf, config::Error> {
+    /// The SQLite file and the queue backend the configuration names.
+    fn path(&self) -> Result<(PathBuf, config::QueueBackend), config::Error> {
         let common = Common {
             config_file: self.config_file.clone(),
             storage_path: self.storage_path.clone(),
             ..Default::default()
         };
-        Ok(common.load()?.storage.path)
+        let config = common.load()?;
+        Ok((config.storage.path, config.queue.backend))
     }
 }
 
@@ -408,7 +410,16 @@ fn queue(what: QueueCommand) -> ExitCode {
     | QueueCommand::Replay { db, .. }
     | QueueCommand::Purge { db, .. }) = &what;
     let path = match db.path() {
-        Ok(p) => p,
+        Ok((_, config::QueueBackend::RabbitMq)) => {
+            // The dead letters read here are rows of the SQLite file; on RabbitMQ they are
+            // messages of the broker's queues.
+            eprintln!(
+                "devmetrics queue: queue.backend is rabbitmq, and this command reads the SQLite queue only; \
+                 on RabbitMQ the dead letters are the queues {{prefix}}.{{topic}}.dead, handled with the broker's tools (see docs/ha.md)"
+            );
+            return ExitCode::FAILURE;
+        }
+        Ok((p, config::QueueBackend::Sqlite)) => p,
         Err(e) => return invalid(e),
     };
     let letters = match DeadLetters::open(&path) {

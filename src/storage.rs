@@ -41,6 +41,33 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
         (StorageBackend::Sqlite, QueueBackend::Sqlite) => {
             open_sqlite(&config.storage.path, policy, config.queue.max_depth)
         }
+        (StorageBackend::Sqlite, QueueBackend::RabbitMq) => {
+            let rabbitmq = config
+                .queue
+                .rabbitmq
+                .clone()
+                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
+            let db = Db::open(&config.storage.path)?;
+            let store = Arc::new(SqliteStore::open(db.clone())?);
+            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+        }
+        (StorageBackend::Redis, QueueBackend::RabbitMq) => {
+            let redis = config
+                .storage
+                .redis
+                .as_ref()
+                .expect("storage.redis is resolved when storage.backend is redis");
+            let rabbitmq = config
+                .queue
+                .rabbitmq
+                .clone()
+                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
+            let store = RedisStore::open(redis).await?;
+            // Deduplication keys stay in each replica's file: a delivery that reaches two
+            // replicas may be queued twice, which consumers tolerate (docs/ha.md).
+            let db = Db::open(&config.storage.path)?;
+            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+        }
         (StorageBackend::Redis, QueueBackend::Sqlite) => {
             let redis = config
                 .storage
@@ -63,6 +90,35 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
             })
         }
     }
+}
+
+/// The queue on RabbitMQ beside `store` (also the lease), with the deduplication keys in the
+/// SQLite file `db`.
+async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
+    db: Db,
+    store: Arc<S>,
+    store_collector: Arc<S>,
+    policy: RetryPolicy,
+    config: crate::config::RabbitMqConfig,
+) -> Result<Backends, Error> {
+    use crate::queue::rabbitmq::{RabbitMqQueue, Settings};
+    let settings = Settings {
+        url: config.url,
+        prefix: config.prefix,
+        policy,
+        queue_expiry: config.test_queue_expiry,
+    };
+    let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db));
+    let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys, store.clone()).await?);
+    Ok(Backends {
+        store: store.clone(),
+        lease: store,
+        collectors: vec![
+            store_collector,
+            Arc::new(crate::queue::Collector(queue.clone())),
+        ],
+        queue,
+    })
 }
 
 /// Store, queue and lease in one SQLite file, sharing its writer.

@@ -84,6 +84,17 @@ pub struct RawQueue {
     pub retry_horizon: Option<String>,
     pub max_depth: Option<u64>,
     pub dedupe_retention: Option<String>,
+    pub rabbitmq: Option<RawRabbitMq>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRabbitMq {
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+    /// Tests only: the broker deletes queues unused this long, messages and all, so
+    /// throwaway prefixes do not pile up on a shared broker. Not in the example config.
+    pub test_queue_expiry: Option<String>,
 }
 
 fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisConfig, Error> {
@@ -197,6 +208,19 @@ pub struct RedisConfig {
 pub enum QueueBackend {
     /// Rows of the embedded SQLite file at `storage.path`.
     Sqlite,
+    /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys stay in the store's
+    /// SQLite file.
+    RabbitMq,
+}
+
+/// `queue.rabbitmq`: where the broker is and what our queues are called there.
+#[derive(Clone, Debug)]
+pub struct RabbitMqConfig {
+    /// `amqp://USER:PASSWORD@HOST:PORT/VHOST`; it holds the password, so it is a secret.
+    pub url: super::Secret,
+    /// Every exchange and queue name starts with it, so deployments can share a broker.
+    pub prefix: String,
+    pub test_queue_expiry: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +246,8 @@ pub struct QueueConfig {
     /// Messages a topic holds before publishes are refused (503 to webhook senders).
     pub max_depth: u64,
     pub dedupe_retention: Duration,
+    /// Set when `backend` is RabbitMQ.
+    pub rabbitmq: Option<RabbitMqConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +307,35 @@ pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, Error> {
             Some(s),
             "expected HOST:PORT with an IP address, e.g. 0.0.0.0:10477 or :10477",
         )
+    })
+}
+
+fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
+    let Some(url) = raw.url else {
+        return Err(Error::invalid(
+            "queue.rabbitmq.url",
+            None,
+            "needed with queue.backend rabbitmq, e.g. amqp://USER:PASSWORD@HOST:5672/%2f",
+        ));
+    };
+    // The URL carries the password: the problem is named, the value never shown.
+    crate::queue::rabbitmq::check_url(&url)
+        .map_err(|problem| Error::invalid("queue.rabbitmq.url", None, problem))?;
+    let prefix = raw.prefix.unwrap_or_else(|| "devmetrics".into());
+    crate::queue::rabbitmq::check_prefix(&prefix)
+        .map_err(|problem| Error::invalid("queue.rabbitmq.prefix", Some(&prefix), problem))?;
+    let test_queue_expiry = match raw.test_queue_expiry {
+        Some(s) => Some(duration(
+            "queue.rabbitmq.test_queue_expiry",
+            Some(&s),
+            Duration::ZERO,
+        )?),
+        None => None,
+    };
+    Ok(RabbitMqConfig {
+        url: super::Secret::new(url),
+        prefix,
+        test_queue_expiry,
     })
 }
 
@@ -358,13 +413,20 @@ impl RawConfig {
         };
         let queue_backend = match self.queue.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => QueueBackend::Sqlite,
+            "rabbitmq" => QueueBackend::RabbitMq,
             other => {
                 return Err(Error::invalid(
                     "queue.backend",
                     Some(other),
-                    "expected sqlite",
+                    "expected sqlite or rabbitmq",
                 ));
             }
+        };
+        let rabbitmq = match queue_backend {
+            QueueBackend::RabbitMq => {
+                Some(resolve_rabbitmq(self.queue.rabbitmq.unwrap_or_default())?)
+            }
+            QueueBackend::Sqlite => None,
         };
         let idempotency_retention = duration(
             "storage.idempotency_retention",
@@ -505,6 +567,7 @@ impl RawConfig {
                     self.queue.dedupe_retention.as_ref(),
                     Duration::from_secs(7 * 86_400),
                 )?,
+                rabbitmq,
             },
             webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
         };

@@ -12,6 +12,7 @@
 
 pub mod contract;
 pub mod dead_letters;
+pub mod rabbitmq;
 mod runner;
 pub mod sqlite;
 

@@ -361,6 +361,61 @@ impl From<crate::db::Error> for Error {
     }
 }
 
+/// The file's table of deduplication keys, for a queue whose messages live elsewhere (the
+/// RabbitMQ queue): the same table this queue uses, so keys carry over a change of backend.
+pub struct DedupeTable {
+    db: Db,
+}
+
+impl DedupeTable {
+    pub fn new(db: Db) -> Self {
+        DedupeTable { db }
+    }
+}
+
+#[async_trait]
+impl super::rabbitmq::DedupeKeys for DedupeTable {
+    async fn seen(&self, topic: &str, key: &str) -> Result<Option<Option<i64>>, Error> {
+        let (topic, key) = (topic.to_string(), key.to_string());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT fingerprint FROM queue_dedupe WHERE topic = ?1 AND key = ?2",
+                )?
+                .query_row(params![topic, key], |r| r.get(0))
+                .optional()
+            })
+            .await?)
+    }
+
+    async fn record(
+        &self,
+        topic: &str,
+        key: &str,
+        at: i64,
+        fingerprint: Option<i64>,
+    ) -> Result<(), Error> {
+        let (topic, key) = (topic.to_string(), key.to_string());
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at, fingerprint) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![topic, key, at, fingerprint])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_before(&self, cutoff: i64) -> Result<u64, Error> {
+        Ok(self
+            .db
+            .write(move |c| c.execute("DELETE FROM queue_dedupe WHERE seen_at < ?1", [cutoff]))
+            .await? as u64)
+    }
+}
+
 /// A delivery's handle: the row it came from.
 struct Handle {
     queue: SqliteQueue,

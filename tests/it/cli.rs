@@ -152,3 +152,43 @@ fn telemetry_path_may_not_shadow_built_in_routes() {
         assert!(msg.contains("web.telemetry_path"), "{msg}");
     }
 }
+
+/// The dead-letter commands read the SQLite queue; with the queue on RabbitMQ they refuse,
+/// naming the key, instead of showing an empty SQLite queue.
+#[test]
+fn queue_commands_refuse_when_the_queue_is_on_rabbitmq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "queue:\n  backend: rabbitmq\n  rabbitmq: {url: \"amqp://u:s3cret@127.0.0.1:5672/%2f\"}\n",
+    )
+    .unwrap();
+    let out = devmetrics()
+        .args(["queue", "dead-letters", "--config.file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{msg}");
+    assert!(
+        msg.contains("queue.backend") && msg.contains("rabbitmq"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
+/// A bad RabbitMQ URL names its key and never shows the password it may hold.
+#[test]
+fn a_bad_rabbitmq_url_names_the_key_and_hides_the_password() {
+    let (code, msg) = check(
+        "queue:\n  backend: rabbitmq\n  rabbitmq:\n    url: \"amqp//u:s3cret@host\"\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.rabbitmq.url\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (code, msg) = check("queue:\n  backend: rabbitmq\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.rabbitmq.url\""), "{msg}");
+}

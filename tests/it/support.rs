@@ -129,7 +129,13 @@ pub enum Backend {
     Sqlite,
     /// Store and lease in the Redis on 127.0.0.1:6379 (queue in the local file).
     Redis,
+    /// Store and lease in SQLite, the queue on the RabbitMQ at [`RABBITMQ_URL`].
+    RabbitMq,
 }
+
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
+/// The broker the RabbitMQ backend's tests use (the machine's own, as CI's).
+pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A key prefix of the test directory `dir` (temporary directories are unique).
 pub fn prefix_for(dir: &Path) -> String {
@@ -165,6 +171,9 @@ impl Backend {
         if service("Redis", REDIS_ADDR) {
             v.push(Backend::Redis);
         }
+        if service("RabbitMQ", RABBITMQ_ADDR) {
+            v.push(Backend::RabbitMq);
+        }
         v
     }
 
@@ -173,6 +182,7 @@ impl Backend {
         match std::env::var("DEVMETRICS_TEST_BACKEND").as_deref() {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
             Ok("redis") => Backend::Redis,
+            Ok("rabbitmq") => Backend::RabbitMq,
             Ok(other) => {
                 panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
             }
@@ -214,6 +224,15 @@ impl Backend {
                     format!("redis://{REDIS_ADDR}/0").into(),
                 ),
                 ("storage.redis.key_prefix", prefix_for(dir).into()),
+            ],
+            // Queues named after the test directory too; the broker deletes them once
+            // unused for a while.
+            Backend::RabbitMq => vec![
+                ("storage.backend", "sqlite".into()),
+                ("queue.backend", "rabbitmq".into()),
+                ("queue.rabbitmq.url", RABBITMQ_URL.into()),
+                ("queue.rabbitmq.prefix", prefix_for(dir).into()),
+                ("queue.rabbitmq.test_queue_expiry", "5m".into()),
             ],
         }
     }
