@@ -297,3 +297,166 @@ async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() 
     assert!(polled_now, "the new leader does not poll");
     follower.stop().await;
 }
+
+/// The `gh_activity_*` lines of a replica's `/metrics`, sorted.
+fn activity(metrics: &str) -> Vec<String> {
+    let mut v: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gh_activity_"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.text().await.ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three `devmetrics serve` processes on the real Redis against the GitHub fake. SIGKILL
+/// the leader: another leads within the lease TTL plus one second, polls at once (a commit
+/// made after the kill shows), and the survivors serve identical activity series.
+#[tokio::test]
+async fn three_processes_survive_a_sigkilled_leader() {
+    use devmetrics::sim::github::{APP_ID, GithubSim, INSTALLATION_ID, OrgSpec};
+    if !service("Redis", REDIS_ADDR) {
+        return;
+    }
+    let clock = devmetrics::clock::Clock::system();
+    let sim = GithubSim::new(11, clock, &[OrgSpec::small("acme")]);
+    let fake = devmetrics::sim::FakeServer::start(
+        "github",
+        sim.router(),
+        devmetrics::sim::Faults::new(11),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(dir.path());
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/test-app-key.pem");
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let file = dir.path().join(format!("r{i}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "web: {{listen_addresses: ['127.0.0.1:{port}']}}\n\
+                 log: {{level: warn}}\n\
+                 ha: {{lease_ttl: 1s, replica_id: r{i}}}\n\
+                 storage:\n  backend: redis\n  path: {}\n  redis: {{url: 'redis://{REDIS_ADDR}/0', key_prefix: {prefix}}}\n\
+                 github:\n  api_base_url: {}\n  orgs:\n    - org: acme\n      app_id: {APP_ID}\n      installation_id: {INSTALLATION_ID}\n      private_key_path: {}\n      scrape_interval: 1m\n",
+                dir.path().join(format!("r{i}.db")).display(),
+                fake.base_url(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+            .args(["serve", "--config.file"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        children.push((child, port, format!("r{i}")));
+    }
+    let leader_of = async |ps: &[(std::process::Child, u16, String)]| -> Option<usize> {
+        for (i, (_, port, id)) in ps.iter().enumerate() {
+            let m = get(*port, "/metrics").await?;
+            if m.contains(&format!("devmetrics_leader{{replica=\"{id}\"}} 1")) {
+                return Some(i);
+            }
+        }
+        None
+    };
+    // One leads, and its first poll reaches every replica.
+    let mut leader = None;
+    for _ in 0..200 {
+        leader = leader_of(&children).await;
+        let all_have = async {
+            for (_, port, _) in &children {
+                let m = get(*port, "/metrics").await.unwrap_or_default();
+                if activity(&m).is_empty() {
+                    return false;
+                }
+            }
+            true
+        };
+        if leader.is_some() && all_have.await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = leader.expect("a leader");
+    let before = activity(&get(children[leader].1, "/metrics").await.unwrap());
+    assert!(!before.is_empty());
+
+    // SIGKILL the leader, then new activity arrives.
+    let (mut dead, _, dead_id) = children.remove(leader);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let now = devmetrics::clock::now_unix() as i64;
+    sim.add_commit(
+        "acme",
+        &sim.with_org("acme", |o| o.repos[0].name.clone()),
+        "late-author",
+        now - 60,
+        5,
+        1,
+    );
+    let mut new_leader = None;
+    while killed_at.elapsed() < Duration::from_secs(5) {
+        if let Some(i) = leader_of(&children).await {
+            new_leader = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed_at.elapsed();
+    eprintln!("{dead_id} killed; a new leader after {took:?}");
+    assert!(new_leader.is_some(), "no new leader");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+
+    // The new leader polled at once: the late commit shows, identically on both survivors.
+    let mut outs = Vec::new();
+    for _ in 0..100 {
+        outs.clear();
+        for (_, port, _) in &children {
+            outs.push(activity(&get(*port, "/metrics").await.unwrap_or_default()));
+        }
+        if outs
+            .iter()
+            .all(|o| o.iter().any(|l| l.contains("late-author")))
+            && outs[0] == outs[1]
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        outs[0].iter().any(|l| l.contains("late-author")),
+        "the commit made after the kill never showed"
+    );
+    assert_eq!(outs[0], outs[1], "the survivors differ");
+    for (mut c, _, _) in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
