@@ -168,7 +168,11 @@ async fn flood_through(fault: RedisFault) {
         // Drained over the slow link, every apply a slow round trip.
         let slow = std::time::Instant::now();
         app.drained().await;
-        assert!(slow.elapsed() >= Duration::from_millis(300), "{:?}", slow.elapsed());
+        assert!(
+            slow.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            slow.elapsed()
+        );
         proxy.delay(Duration::ZERO);
         proxy.cut();
         proxy.heal();
