@@ -409,11 +409,7 @@ impl RedisStore {
             Err(_) => Err(timed_out()),
         };
         match &r {
-            Ok(_) => {
-                if self.last_error.lock().is_some() {
-                    *self.last_error.lock() = None;
-                }
-            }
+            Ok(_) => *self.last_error.lock() = None,
             Err(e) if e.is_transient() => *self.last_error.lock() = Some(e.to_string()),
             Err(_) => {}
         }

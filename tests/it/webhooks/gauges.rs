@@ -184,14 +184,7 @@ async fn the_series_budget_drops_new_series_and_says_so_on_healthz() {
     // The first three job names fit; the rest are dropped, each update counted.
     let series = app.series("devmetrics_workflow_jobs_total", &[]);
     assert_eq!(series.len(), 3, "{series:?}");
-    let health: serde_json::Value = client()
-        .get(app.url.replace("/webhooks/github", "/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = serde_json::from_str(&app.page("/healthz").await).unwrap();
     assert_eq!(health["status"], "degraded", "{health}");
     let b = &health["components"]["store"]["series_budgets_exceeded"];
     assert_eq!(b["devmetrics_workflow_jobs_total"]["limit"], 3, "{health}");
@@ -199,14 +192,7 @@ async fn the_series_budget_drops_new_series_and_says_so_on_healthz() {
         b["devmetrics_workflow_jobs_total"]["dropped"], 3,
         "{health}"
     );
-    let metrics = client()
-        .get(app.url.replace("/webhooks/github", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.page("/metrics").await;
     assert!(
         metrics.contains(
             "devmetrics_series_dropped_total{family=\"devmetrics_workflow_jobs_total\"} 3"
@@ -250,14 +236,7 @@ async fn repository_filters_answer_without_queuing() {
     app.drained().await;
     assert_eq!(app.stats().await.published, 2);
     assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 2.0);
-    let metrics = client()
-        .get(app.url.replace("/webhooks/github", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.page("/metrics").await;
     assert!(
         metrics.contains(
             "devmetrics_webhook_deliveries_total{source=\"github\",outcome=\"filtered\"} 2"

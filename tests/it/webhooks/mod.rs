@@ -80,6 +80,18 @@ impl App {
         panic!("queue did not drain: {:?}", self.stats().await);
     }
 
+    /// The body of one of the service's own pages (`/metrics`, `/healthz`, …).
+    async fn page(&self, path: &str) -> String {
+        client()
+            .get(self.url.replace("/webhooks/github", path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sum of a counter or gauge family's series whose labels contain every `filter` pair.
     fn sum(&self, family: &str, filter: &[(&str, &str)]) -> f64 {
         self.series(family, filter)

@@ -184,14 +184,7 @@ async fn flood_through(fault: RedisFault) {
         // While Redis is unreachable: still serving, saying why.
         let mut saw_down = false;
         for _ in 0..100 {
-            let m = client()
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = app.page("/metrics").await;
             if m.contains("devmetrics_store_up 0") {
                 saw_down = true;
                 break;
