@@ -124,7 +124,7 @@ pub async fn launch_with(
                 p,
                 store.clone(),
                 telemetry.clone(),
-                leadership.subscribe(),
+                leadership.clone(),
                 shutdown.clone(),
             ));
         }

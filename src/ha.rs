@@ -124,6 +124,30 @@ impl Leadership {
         }
     }
 
+    /// A scheduling write: stored only while this replica holds its grant, checked by the
+    /// backend in the same step. A refusal means another replica leads now: this one steps
+    /// down at once rather than at its next renewal.
+    pub async fn put_fenced(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, crate::store::Error> {
+        if !self.is_leader() {
+            return Ok(false);
+        }
+        let written = self
+            .lease
+            .kv_put_fenced(LEASE, &self.replica, self.fence(), ns, key, value, ttl)
+            .await?;
+        if !written {
+            tracing::warn!(replica = %self.replica, fence = self.fence(), "a scheduling write was fenced off: another replica leads");
+            self.set(false);
+        }
+        Ok(written)
+    }
+
     /// For `/healthz`.
     pub fn health(&self) -> serde_json::Value {
         serde_json::json!({

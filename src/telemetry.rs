@@ -35,7 +35,7 @@ impl Histogram {
 }
 
 /// Health of one source, shown on `/`, `/healthz` and as `devmetrics_source_*`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SourceHealth {
     pub enabled: bool,
     pub up: bool,
@@ -43,8 +43,17 @@ pub struct SourceHealth {
     pub last_duration_seconds: f64,
     pub last_success_timestamp: Option<f64>,
     pub last_error: Option<String>,
-    #[serde(skip)]
-    results: BTreeMap<&'static str, u64>,
+    /// Polls by result, for `devmetrics_source_scrapes_total`; shared with the other
+    /// replicas, not shown on `/healthz`.
+    #[serde(skip_serializing, default)]
+    results: BTreeMap<String, u64>,
+}
+
+/// What the leader shares of a source's health with the other replicas.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SharedHealth {
+    pub health: SourceHealth,
+    pub results: BTreeMap<String, u64>,
 }
 
 /// A series budget that has dropped updates, shown on `/healthz`.
@@ -168,12 +177,12 @@ impl Telemetry {
                 h.up = true;
                 h.last_success_timestamp = Some(now_unix());
                 h.last_error = None;
-                *h.results.entry("success").or_default() += 1;
+                *h.results.entry("success".into()).or_default() += 1;
             }
             Err((kind, msg)) => {
                 h.up = false;
                 h.last_error = Some(msg);
-                *h.results.entry(kind).or_default() += 1;
+                *h.results.entry(kind.into()).or_default() += 1;
             }
         }
     }
@@ -191,11 +200,28 @@ impl Telemetry {
     pub fn source_skipped(&self, source: &str) {
         let mut sources = self.sources.lock();
         let h = sources.entry(source.to_string()).or_default();
-        *h.results.entry("skipped").or_default() += 1;
+        *h.results.entry("skipped".into()).or_default() += 1;
     }
 
     pub fn sources(&self) -> BTreeMap<String, SourceHealth> {
         self.sources.lock().clone()
+    }
+
+    /// `source`'s health as the leader shares it.
+    pub fn shared_health(&self, source: &str) -> Option<SharedHealth> {
+        let h = self.sources.lock().get(source)?.clone();
+        Some(SharedHealth {
+            results: h.results.clone(),
+            health: h,
+        })
+    }
+
+    /// Shows the leader's view of `source` on this replica, which does not poll it.
+    pub fn adopt_health(&self, source: &str, shared: SharedHealth) {
+        let mut h = shared.health;
+        h.enabled = true;
+        h.results = shared.results;
+        self.sources.lock().insert(source.to_string(), h);
     }
 
     pub fn rendered(&self, format: &'static str, elapsed: Duration) {

@@ -178,16 +178,43 @@ pub trait Poller: Send + Sync {
     /// Every scope fetched this time. An empty result means the poll was skipped (not due,
     /// cooling down after failures): it leaves health and last-success time unchanged.
     async fn poll(&self) -> Vec<ScopeResult>;
+
+    /// What the leader shares of this poller's own state after each poll (cooldowns, budget
+    /// figures), so that the other replicas show it and a new leader carries on from it.
+    fn shared_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes on the leader's [`Poller::shared_state`] on a replica that does not poll.
+    fn adopt_state(&self, _state: serde_json::Value) {}
 }
 
-/// Runs `poller` every interval until `shutdown`, while `leader` says this replica leads
-/// (at once when it becomes leader, so a takeover misses no window). A poll that overruns
-/// its timeout is abandoned and counted as a `timeout`.
+/// Where the leader shares each source's health and state with the other replicas.
+const SHARED_NS: &str = "ha.sources";
+/// How often a replica that does not poll shows the leader's view of its sources.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// A shared record outlives any pause of the pollers.
+const SHARED_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// A source as the leader last left it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedRecord {
+    health: crate::telemetry::SharedHealth,
+    #[serde(default)]
+    state: Option<serde_json::Value>,
+}
+
+/// Runs `poller` every interval until `shutdown`, while this replica leads (at once when it
+/// becomes leader, so a takeover misses no window). A poll that overruns its timeout is
+/// abandoned and counted as a `timeout`. After each poll the leader shares the source's
+/// health and state through the store (a fenced write); the other replicas show them, so
+/// every replica's `/`, `/healthz` and `devmetrics_source_*` agree, and a new leader carries
+/// on from the old one's cooldowns.
 pub async fn run_poller(
     poller: Arc<dyn Poller>,
     store: SharedStore,
     telemetry: Arc<Telemetry>,
-    mut leader: tokio::sync::watch::Receiver<bool>,
+    leadership: Arc<crate::ha::Leadership>,
     shutdown: CancellationToken,
 ) {
     let name = poller.name();
@@ -205,12 +232,21 @@ pub async fn run_poller(
     if let Some(t) = last {
         telemetry.seed_last_success(name, t);
     }
+    let mut leader = leadership.subscribe();
     let mut ticker = tokio::time::interval(poller.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut follow = tokio::time::interval(FOLLOW_EVERY);
+    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = follow.tick() => {
+                if !*leader.borrow() {
+                    adopt(&*poller, &*store, &telemetry).await;
+                }
+                continue;
+            }
             changed = leader.changed() => {
                 if changed.is_err() {
                     return;
@@ -223,6 +259,46 @@ pub async fn run_poller(
         }
         if *leader.borrow() {
             poll_once(&*poller, &*store, &telemetry).await;
+            share(&*poller, &telemetry, &leadership).await;
+        }
+    }
+}
+
+async fn share(poller: &dyn Poller, telemetry: &Telemetry, leadership: &crate::ha::Leadership) {
+    let Some(health) = telemetry.shared_health(poller.name()) else {
+        return;
+    };
+    let record = SharedRecord {
+        health,
+        state: poller.shared_state(),
+    };
+    let value = serde_json::to_vec(&record).expect("a source record serializes");
+    if let Err(e) = leadership
+        .put_fenced(SHARED_NS, poller.name(), value, Some(SHARED_TTL))
+        .await
+    {
+        tracing::debug!(source = poller.name(), error = %e, "could not share the source's health");
+    }
+}
+
+async fn adopt(poller: &dyn Poller, store: &dyn crate::store::Store, telemetry: &Telemetry) {
+    let record = match store.kv_get(SHARED_NS, poller.name()).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(source = poller.name(), error = %e, "the leader's view of the source is unavailable");
+            return;
+        }
+    };
+    match serde_json::from_slice::<SharedRecord>(&record) {
+        Ok(r) => {
+            telemetry.adopt_health(poller.name(), r.health);
+            if let Some(state) = r.state {
+                poller.adopt_state(state);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(source = poller.name(), error = %e, "ignoring an unreadable shared source record")
         }
     }
 }
@@ -331,12 +407,14 @@ mod tests {
 
         let telemetry = Arc::new(Telemetry::default());
         let stop = CancellationToken::new();
-        let (_leader, is_leader) = tokio::sync::watch::channel(true);
+        let leadership =
+            crate::ha::Leadership::new("solo".into(), Duration::from_secs(10), store.clone());
+        leadership.step().await;
         let task = tokio::spawn(run_poller(
             Arc::new(Failing),
             store.clone(),
             telemetry.clone(),
-            is_leader,
+            leadership,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;

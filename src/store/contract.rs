@@ -21,6 +21,7 @@ pub async fn run(store: SharedStore, lease: Arc<dyn Lease>) {
     gauge_members_expire(&*store).await;
     drop_scopes_removes_series(&*store).await;
     lease_is_exclusive_renewable_and_fenced(&*lease).await;
+    fenced_writes_need_the_live_grant(&*store, &*lease).await;
 }
 
 fn route(route: &str) -> Labels {
@@ -496,4 +497,71 @@ pub async fn gauge_members_expire(store: &dyn Store) {
         .await
         .expect("leave");
     assert_eq!(gauge_value(store, scope, &["o/r", "x"]), Some(0.0));
+}
+
+pub async fn fenced_writes_need_the_live_grant(store: &dyn Store, lease: &dyn Lease) {
+    let ttl = Duration::from_millis(300);
+    let name = "contract-fenced";
+    let put = |holder: &'static str, fence: u64, v: &'static [u8]| {
+        lease.kv_put_fenced(
+            name,
+            holder,
+            fence,
+            "contract.fenced",
+            "k",
+            v.to_vec(),
+            None,
+        )
+    };
+    assert!(
+        !put("a", 1, b"none").await.expect("put"),
+        "no grant, no write"
+    );
+    let a = lease
+        .acquire(name, "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    assert!(put("a", a.fence, b"a").await.expect("put"));
+    assert!(
+        !put("b", a.fence, b"b").await.expect("put"),
+        "another holder's fence is refused"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(
+        !put("a", a.fence, b"late").await.expect("put"),
+        "a lapsed grant writes nothing"
+    );
+    let b = lease
+        .acquire(name, "b", ttl)
+        .await
+        .expect("acquire")
+        .expect("granted");
+    assert!(
+        !put("a", a.fence, b"stale").await.expect("put"),
+        "the deposed holder is fenced off"
+    );
+    assert!(put("b", b.fence, b"b").await.expect("put"));
+    assert_eq!(
+        store.kv_get("contract.fenced", "k").await.expect("get"),
+        Some(b"b".to_vec())
+    );
+    assert!(
+        lease
+            .kv_put_fenced(
+                name,
+                "b",
+                b.fence,
+                "contract.fenced",
+                "t",
+                b"x".to_vec(),
+                Some(Duration::from_secs(3600))
+            )
+            .await
+            .expect("put")
+    );
+    assert_eq!(
+        store.kv_get("contract.fenced", "t").await.expect("get"),
+        Some(b"x".to_vec())
+    );
 }

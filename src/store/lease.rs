@@ -44,6 +44,22 @@ pub trait Lease: Send + Sync {
 
     /// The live holder of `name` and its grant, if any.
     async fn holder(&self, name: &str) -> Result<Option<(String, Grant)>, Error>;
+
+    /// Writes the kv entry `(ns, key)` (as [`super::Store::kv_put`]) only while `holder` holds
+    /// the live grant `fence` of `name`, checked and written in one step. A leader that lost
+    /// its grant without noticing yet (a pause, a partition) has its scheduling writes refused
+    /// (`false`, nothing written) instead of racing its successor's.
+    #[allow(clippy::too_many_arguments)]
+    async fn kv_put_fenced(
+        &self,
+        name: &str,
+        holder: &str,
+        fence: u64,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error>;
 }
 
 pub type SharedLease = Arc<dyn Lease>;

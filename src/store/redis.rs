@@ -227,7 +227,22 @@ if not h[1] or tonumber(h[3]) <= now then return false end
 return {h[1], tonumber(h[2]), tonumber(h[3])}
 "#;
 
+/// KEYS: the lease, the kv entry. ARGV: holder, fence, value, ttl ms (0: none).
+const PUT_FENCED: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local h = redis.call('HMGET', KEYS[1], 'holder', 'fence', 'exp')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or tonumber(h[3]) <= now then return 0 end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
+"#;
+
 struct Scripts {
+    put_fenced: Script,
     apply: Script,
     replace: Script,
     drop: Script,
@@ -248,6 +263,7 @@ impl Scripts {
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
             holder: Script::new(HOLDER),
+            put_fenced: Script::new(PUT_FENCED),
         }
     }
 }
@@ -793,6 +809,28 @@ impl Lease for RedisStore {
                 },
             )
         }))
+    }
+
+    async fn kv_put_fenced(
+        &self,
+        name: &str,
+        holder: &str,
+        fence: u64,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.put_fenced.prepare_invoke();
+        inv.key(self.key(&format!("lease:{name}")))
+            .key(self.key(&format!("kv:{ns}:{key}")))
+            .arg(holder)
+            .arg(fence)
+            .arg(value)
+            .arg(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)));
+        let written: i64 = self.run(inv.invoke_async(&mut c)).await?;
+        Ok(written == 1)
     }
 }
 

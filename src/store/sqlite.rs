@@ -722,6 +722,56 @@ impl Lease for SqliteStore {
             })
             .await?)
     }
+
+    async fn kv_put_fenced(
+        &self,
+        name: &str,
+        holder: &str,
+        fence: u64,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        self.put_fenced(name, holder, fence, ns, key, value, ttl)
+            .await
+    }
+}
+
+impl SqliteStore {
+    #[allow(clippy::too_many_arguments)]
+    async fn put_fenced(
+        &self,
+        name: &str,
+        holder: &str,
+        fence: u64,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let (name, holder, ns, key) = (
+            name.to_string(),
+            holder.to_string(),
+            ns.to_string(),
+            key.to_string(),
+        );
+        let expires = ttl.map(|t| now_unix() as i64 + t.as_secs() as i64);
+        Ok(self
+            .db
+            .write(move |c| {
+                match lease_row(c, &name)? {
+                    Some((h, f, exp)) if h == holder && f == fence && exp > now_unix() => {}
+                    _ => return Ok(false),
+                }
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![ns, key, value, expires])?;
+                Ok(true)
+            })
+            .await?)
+    }
 }
 
 fn lease_row(c: &Connection, name: &str) -> rusqlite::Result<Option<(String, u64, f64)>> {

@@ -34,7 +34,12 @@ async fn every_backend_passes_the_queue_contract() {
 }
 
 /// A component written against the component interface alone.
-struct Toy;
+struct Toy {
+    replica: String,
+}
+
+/// The replicas whose toy poller ran, to tell which replica polls.
+pub static TOY_POLLED_ON: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 #[async_trait::async_trait]
 impl Poller for Toy {
@@ -51,6 +56,12 @@ impl Poller for Toy {
         Duration::from_secs(1)
     }
     async fn poll(&self) -> Vec<ScopeResult> {
+        {
+            let mut polled = TOY_POLLED_ON.lock().unwrap();
+            if !polled.contains(&self.replica) {
+                polled.push(self.replica.clone());
+            }
+        }
         let fid = metrics::DEVMETRICS_UPSTREAM_REQUESTS_TOTAL;
         let labels = Labels::new(fid, &["toy", "things", "200"]).unwrap();
         let samples: Result<_, PollError> = Ok(vec![Sample::number(fid, labels, 42.0)]);
@@ -58,9 +69,11 @@ impl Poller for Toy {
     }
 }
 
-fn toy(_: &Context) -> Result<Option<Component>, BuildError> {
+fn toy(ctx: &Context) -> Result<Option<Component>, BuildError> {
     Ok(Some(Component {
-        pollers: vec![Arc::new(Toy)],
+        pollers: vec![Arc::new(Toy {
+            replica: ctx.config.ha.replica_id.clone(),
+        })],
         routes: axum::Router::new().route("/toy", axum::routing::get(|| async { "toy\n" })),
         scopes: vec!["toy/".into()],
         ..Default::default()

@@ -260,19 +260,35 @@ async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() 
     assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
     let (leader, follower, fid) = if first == 0 { (a, b, "b") } else { (b, a, "a") };
 
-    // Only the leader polls; the follower serves the leader's series from the shared store.
+    // Only the leader polls; the follower serves the leader's series from the shared store,
+    // and shows the leader's view of the source's health.
     let polled = "devmetrics_source_scrapes_total{source=\"toy\",result=\"success\"}";
+    let up = "devmetrics_source_up{source=\"toy\"} 1";
     let want =
         r#"devmetrics_upstream_requests_total{upstream="toy",endpoint="things",status="200"} 42"#;
-    for _ in 0..40 {
-        if follower.metrics().await.contains(want) {
+    for _ in 0..60 {
+        let f = follower.metrics().await;
+        if f.contains(want) && f.contains(polled) && f.contains(up) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let f = follower.metrics().await;
     assert!(f.contains(want), "{f}");
-    assert!(!f.contains(polled), "the follower polled:\n{f}");
+    assert!(
+        f.contains(polled) && f.contains(up),
+        "the leader's health is not shown:\n{f}"
+    );
+    let lid = if fid == "a" { "b" } else { "a" };
+    let polled_on = |id: &str| {
+        crate::contract::TOY_POLLED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == id)
+    };
+    assert!(polled_on(lid), "the leader did not poll");
+    assert!(!polled_on(fid), "the follower polled");
     assert!(
         f.contains(&format!("devmetrics_leader{{replica=\"{fid}\"}} 0")),
         "{f}"
@@ -288,7 +304,7 @@ async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() 
     assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
     let mut polled_now = false;
     for _ in 0..40 {
-        if follower.metrics().await.contains(polled) {
+        if polled_on(fid) {
             polled_now = true;
             break;
         }

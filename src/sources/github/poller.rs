@@ -63,6 +63,25 @@ pub struct OrgLive {
     pub backfill: HashMap<&'static str, u64>,
 }
 
+/// What the leader shares of an org with the other replicas: its cooldown and the figures of
+/// its last cycle, and the installation's budget as it last saw it.
+#[derive(Serialize, Deserialize)]
+struct SharedOrg {
+    consecutive_failures: u32,
+    cooldown_until: i64,
+    next_start: i64,
+    cycles: u64,
+    cycle_requests: u64,
+    overcommitted: bool,
+    effective_interval: f64,
+    cooldown: bool,
+    progress: f64,
+    eta: f64,
+    series_budget_exceeded: bool,
+    /// REST budget: (limit, remaining, reset_at), when known.
+    budget: Option<(u64, u64, i64)>,
+}
+
 #[derive(Default)]
 struct OrgState {
     consecutive_failures: u32,
@@ -610,6 +629,49 @@ impl Poller for OrgPoller {
     fn timeout(&self) -> Duration {
         // Rate-limit waits are part of a cycle; a whole reset window must fit.
         (self.org.scrape_interval * 4).max(Duration::from_secs(2 * 3600))
+    }
+
+    fn shared_state(&self) -> Option<serde_json::Value> {
+        let b = self.client.budget().snapshot();
+        let s = self.state.lock();
+        let shared = SharedOrg {
+            consecutive_failures: s.consecutive_failures,
+            cooldown_until: s.cooldown_until,
+            next_start: s.next_start,
+            cycles: s.cycles,
+            cycle_requests: s.live.cycle_requests,
+            overcommitted: s.live.overcommitted,
+            effective_interval: s.live.effective_interval,
+            cooldown: s.live.cooldown,
+            progress: s.live.progress,
+            eta: s.live.eta,
+            series_budget_exceeded: s.live.series_budget_exceeded,
+            budget: b.known.then_some((b.limit, b.remaining, b.reset_at)),
+        };
+        serde_json::to_value(shared).ok()
+    }
+
+    fn adopt_state(&self, state: serde_json::Value) {
+        let Ok(o) = serde_json::from_value::<SharedOrg>(state) else {
+            return;
+        };
+        if let Some((limit, remaining, reset_at)) = o.budget {
+            self.client.budget().adopt(limit, remaining, reset_at);
+        }
+        let mut s = self.state.lock();
+        s.consecutive_failures = o.consecutive_failures;
+        s.cooldown_until = o.cooldown_until;
+        // A new leader polls at once (a takeover must not miss a window) unless the budget
+        // had the old leader space its cycles out.
+        s.next_start = if o.overcommitted { o.next_start } else { 0 };
+        s.cycles = o.cycles;
+        s.live.cycle_requests = o.cycle_requests;
+        s.live.overcommitted = o.overcommitted;
+        s.live.effective_interval = o.effective_interval;
+        s.live.cooldown = o.cooldown;
+        s.live.progress = o.progress;
+        s.live.eta = o.eta;
+        s.live.series_budget_exceeded = o.series_budget_exceeded;
     }
 
     async fn poll(&self) -> Vec<ScopeResult> {

@@ -76,6 +76,22 @@ impl Budget {
         Duration::ZERO
     }
 
+    /// Takes on another replica's reading of the same installation's REST budget. Within one
+    /// reset window the remainder only falls, so the lower reading is the later one; a later
+    /// window replaces an earlier one.
+    pub fn adopt(&self, limit: u64, remaining: u64, reset_at: i64) {
+        let mut s = self.state.lock();
+        let newer = !s.known
+            || reset_at > s.reset_at
+            || (reset_at == s.reset_at && remaining < s.remaining);
+        if newer {
+            s.known = true;
+            s.limit = limit;
+            s.remaining = remaining;
+            s.reset_at = reset_at;
+        }
+    }
+
     /// Pauses every worker of the installation for `wait`.
     pub(super) fn secondary(&self, wait: Duration) {
         let mut s = self.state.lock();
