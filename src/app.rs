@@ -103,6 +103,7 @@ pub async fn launch_with(
         queue.clone(),
         telemetry.clone(),
         Clock::system(),
+        leadership.clone(),
         shutdown.clone(),
     )?;
     let mut built = Vec::new();

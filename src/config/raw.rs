@@ -213,6 +213,13 @@ pub enum QueueBackend {
     RabbitMq,
 }
 
+impl QueueBackend {
+    /// Whether every replica consumes the same queue (rather than its own file's).
+    pub fn is_shared(self) -> bool {
+        !matches!(self, QueueBackend::Sqlite)
+    }
+}
+
 /// `queue.rabbitmq`: where the broker is and what our queues are called there.
 #[derive(Clone, Debug)]
 pub struct RabbitMqConfig {

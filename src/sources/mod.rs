@@ -59,6 +59,8 @@ pub struct Context {
     /// The GitHub clients of the configured orgs (none without a `github` section).
     pub github: github::Clients,
     pub clock: Clock,
+    /// This replica's role, for pollers that spread their work or fence their writes.
+    pub leadership: Arc<crate::ha::Leadership>,
     pub shutdown: CancellationToken,
 }
 
@@ -69,6 +71,7 @@ impl Context {
         queue: SharedQueue,
         telemetry: Arc<Telemetry>,
         clock: Clock,
+        leadership: Arc<crate::ha::Leadership>,
         shutdown: CancellationToken,
     ) -> Result<Context, BuildError> {
         let github = match &config.github {
@@ -85,6 +88,7 @@ impl Context {
             telemetry,
             github,
             clock,
+            leadership,
             shutdown,
         })
     }

@@ -31,6 +31,15 @@ pub struct RawGithub {
     pub loc: RawLoc,
     #[serde(default)]
     pub backfill: RawBackfill,
+    #[serde(default)]
+    pub scrape_jobs: RawScrapeJobs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrapeJobs {
+    pub distribute: Option<String>,
+    pub batch_size: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]
@@ -249,6 +258,22 @@ pub struct BackfillConfig {
     pub max_enqueues_per_org_per_minute: u32,
 }
 
+/// Whether a cycle's repos are scraped by jobs on the queue, which every replica consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribute {
+    /// When the queue is shared by the replicas (RabbitMQ, Redis streams).
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScrapeJobsConfig {
+    pub distribute: Distribute,
+    /// Repos per job.
+    pub batch_size: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct GithubConfig {
     pub orgs: Vec<OrgConfig>,
@@ -264,6 +289,7 @@ pub struct GithubConfig {
     pub retry: RetryConfig,
     pub loc: LocConfig,
     pub backfill: BackfillConfig,
+    pub scrape_jobs: ScrapeJobsConfig,
     /// One line per replaced-tool mechanism found in the file; logged once at start.
     pub compat_warnings: Vec<String>,
 }
@@ -486,6 +512,26 @@ impl RawGithub {
             ));
         }
         let b = self.backfill;
+        let distribute = match self.scrape_jobs.distribute.as_deref() {
+            None | Some("auto") => Distribute::Auto,
+            Some("always") => Distribute::Always,
+            Some("never") => Distribute::Never,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "github.scrape_jobs.distribute",
+                    Some(other),
+                    "expected auto, always or never",
+                ));
+            }
+        };
+        let batch_size = self.scrape_jobs.batch_size.unwrap_or(25);
+        if !(1..=1000).contains(&batch_size) {
+            return Err(Error::invalid(
+                "github.scrape_jobs.batch_size",
+                Some(&batch_size.to_string()),
+                "expected 1 to 1000 repos per job",
+            ));
+        }
         Ok(Some(GithubConfig {
             orgs,
             request_timeout: duration(
@@ -563,6 +609,10 @@ impl RawGithub {
                 )?,
                 consumer_count: b.consumer_count.unwrap_or(1).clamp(1, 32) as usize,
                 max_enqueues_per_org_per_minute: b.max_enqueues_per_org_per_minute.unwrap_or(0),
+            },
+            scrape_jobs: ScrapeJobsConfig {
+                distribute,
+                batch_size: batch_size as usize,
             },
             compat_warnings: Vec::new(),
         }))

@@ -181,13 +181,40 @@ pub fn activity(ctx: &Context) -> Result<Option<Component>, BuildError> {
         .iter()
         .map(|p| p.clone() as Arc<dyn Poller>)
         .collect();
+    let mut consumers = vec![Consumer {
+        topic: topics::GITHUB_BACKFILL.to_string(),
+        handler: github.backfill(),
+        count: cfg.backfill.consumer_count,
+    }];
+    let distribute = match cfg.scrape_jobs.distribute {
+        config::Distribute::Always => true,
+        config::Distribute::Never => false,
+        config::Distribute::Auto => ctx.config.queue.backend.is_shared(),
+    };
+    if distribute {
+        for p in &github.pollers {
+            p.distribute(poller::Distribution {
+                batch_size: cfg.scrape_jobs.batch_size,
+                leadership: ctx.leadership.clone(),
+            });
+        }
+        consumers.push(Consumer {
+            topic: topics::GITHUB_SCRAPE.to_string(),
+            handler: Arc::new(poller::Scrape {
+                pollers: github
+                    .pollers
+                    .iter()
+                    .map(|p| (p.org.org.clone(), p.clone()))
+                    .collect(),
+            }),
+            // One job at a time per replica: a job already scrapes its repos concurrently
+            // (per_org_concurrency), and the others' jobs go to the other replicas.
+            count: 1,
+        });
+    }
     Ok(Some(Component {
         pollers,
-        consumers: vec![Consumer {
-            topic: topics::GITHUB_BACKFILL.to_string(),
-            handler: github.backfill(),
-            count: cfg.backfill.consumer_count,
-        }],
+        consumers,
         collectors: vec![Arc::new(Collector(github.pollers.clone()))],
         scopes: cfg
             .orgs

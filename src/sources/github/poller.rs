@@ -37,6 +37,55 @@ const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
 /// How long an org uses REST alone after GraphQL failed.
 const GRAPHQL_REST: Duration = Duration::from_secs(15 * 60);
 
+/// Where a cycle's schedule and its jobs' outcomes are kept.
+const SCHEDULE_NS: &str = "github.schedule";
+const JOBS_NS: &str = "github.jobs";
+/// How long a job's outcome is kept for the leader that waits for it.
+const JOB_TTL: Duration = Duration::from_secs(86_400);
+/// How often the leader looks for the outcomes of a cycle's jobs.
+const JOB_POLL: Duration = Duration::from_millis(200);
+
+/// How a cycle is spread over the replicas: the leader lists the repos and queues them as
+/// jobs of `batch_size` on `github/scrape`, which every replica (the leader too) consumes.
+pub struct Distribution {
+    pub batch_size: usize,
+    pub leadership: Arc<crate::ha::Leadership>,
+}
+
+/// A batch of one cycle's repos to scrape for the window ending at `window_end`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScrapeJob {
+    pub org: String,
+    pub window_end: i64,
+    pub batch: usize,
+    /// The leader's fencing number when it scheduled the cycle.
+    pub fence: u64,
+    /// Series this batch may write: its share of the org's budget.
+    pub series_budget: u64,
+    pub repos: Vec<wire::Repo>,
+}
+
+impl ScrapeJob {
+    fn key(&self) -> String {
+        job_key(&self.org, self.window_end, self.batch)
+    }
+}
+
+fn job_key(org: &str, window_end: i64, batch: usize) -> String {
+    format!("{org}:{window_end}:{batch}")
+}
+
+/// What a job did, for the leader that waits for the cycle.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct JobOutcome {
+    repos: usize,
+    /// Repos that failed: name, error kind, message.
+    failed: Vec<(String, String, String)>,
+    requests: u64,
+    series: u64,
+    budget_exceeded: bool,
+}
+
 /// A window to scrape again: `repo` none means every repo of the org.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackfillJob {
@@ -129,6 +178,7 @@ pub struct OrgPoller {
     /// Orgs sharing this org's installation (or token) budget.
     budget_share: u32,
     state: Mutex<OrgState>,
+    distribution: std::sync::OnceLock<Distribution>,
 }
 
 impl OrgPoller {
@@ -159,7 +209,13 @@ impl OrgPoller {
             clock,
             budget_share: budget_share.max(1),
             state: Mutex::new(state),
+            distribution: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Spreads this org's cycles over the replicas through `github/scrape` jobs.
+    pub fn distribute(&self, d: Distribution) {
+        let _ = self.distribution.set(d);
     }
 
     pub fn live(&self) -> OrgLive {
@@ -576,6 +632,237 @@ impl OrgPoller {
         }
     }
 
+    /// The scopes of repos no longer listed (deleted, archived, excluded), emptied.
+    fn unlisted(&self, repos: &[wire::Repo]) -> Vec<ScopeResult> {
+        let listed: BTreeSet<String> = repos.iter().map(|r| self.scope(&r.name)).collect();
+        let prefix = format!("github/{}/", self.org.org);
+        self.store
+            .snapshot()
+            .scopes
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix) && !listed.contains(&*s.name))
+            .map(|s| ScopeResult {
+                scope: s.name.to_string(),
+                version: None,
+                result: Ok(Vec::new()),
+            })
+            .collect()
+    }
+
+    /// A distributed cycle: records the schedule under the leader's fence, queues the repos
+    /// as jobs, and waits for their outcomes, which any replica may write.
+    async fn dispatch(
+        &self,
+        d: &Distribution,
+        now: i64,
+        repos: Vec<wire::Repo>,
+        spent_before: u64,
+    ) -> Vec<ScopeResult> {
+        let org = &self.org.org;
+        let org_scope = format!("github/{org}");
+        let total = repos.len();
+        let batches: Vec<&[wire::Repo]> = repos.chunks(d.batch_size).collect();
+        let schedule = serde_json::json!({
+            "window_end": now,
+            "batches": batches.len(),
+            "repos": total,
+            "fence": d.leadership.fence(),
+        });
+        match d
+            .leadership
+            .put_fenced(
+                SCHEDULE_NS,
+                org,
+                serde_json::to_vec(&schedule).expect("a schedule serializes"),
+                Some(KV_TTL),
+            )
+            .await
+        {
+            Ok(true) => {}
+            // Another replica leads: it schedules this window.
+            Ok(false) => return Vec::new(),
+            Err(e) => {
+                self.fail_cycle(now);
+                return vec![ScopeResult::new(
+                    org_scope,
+                    Err(PollError::new("store", e.to_string())),
+                )];
+            }
+        }
+        let budget = self.gh.activity.series_budget_per_org;
+        let mut out = self.unlisted(&repos);
+        let mut pending: BTreeSet<usize> = BTreeSet::new();
+        let mut failed = 0usize;
+        for (i, batch) in batches.iter().enumerate() {
+            let job = ScrapeJob {
+                org: org.clone(),
+                window_end: now,
+                batch: i,
+                fence: d.leadership.fence(),
+                series_budget: budget.saturating_mul(batch.len() as u64) / total.max(1) as u64,
+                repos: batch.to_vec(),
+            };
+            let payload = Bytes::from(serde_json::to_vec(&job).expect("a job serializes"));
+            let key = format!("github:scrape:{}", job.key());
+            match self
+                .queue
+                .publish(topics::GITHUB_SCRAPE, Some(&key), payload)
+                .await
+            {
+                Ok(_) => {
+                    pending.insert(i);
+                }
+                Err(e) => {
+                    tracing::warn!(org = %org, batch = i, error = %e, "could not queue a scrape job; its repos are backfilled");
+                    for r in batch.iter() {
+                        failed += 1;
+                        self.enqueue(Some(&r.name), now, "queue").await;
+                        out.push(ScopeResult::new(
+                            self.scope(&r.name),
+                            Err(PollError::new("queue", e.to_string())),
+                        ));
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        let mut done_repos = 0usize;
+        let mut requests = 0u64;
+        let mut exceeded = false;
+        while !pending.is_empty() {
+            if !d.leadership.is_leader() {
+                // The new leader carries the cycle on; the jobs are still consumed.
+                return Vec::new();
+            }
+            tokio::time::sleep(JOB_POLL).await;
+            for i in pending.clone() {
+                let outcome = match self
+                    .kv_json::<JobOutcome>(JOBS_NS, &job_key(org, now, i))
+                    .await
+                {
+                    Ok(Some(o)) => o,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(org = %org, error = %e, "job outcomes unavailable");
+                        break;
+                    }
+                };
+                pending.remove(&i);
+                done_repos += outcome.repos;
+                requests += outcome.requests;
+                exceeded |= outcome.budget_exceeded;
+                for (repo, kind, message) in outcome.failed {
+                    failed += 1;
+                    out.push(ScopeResult::new(
+                        self.scope(&repo),
+                        Err(PollError::new(error_kind(&kind), message)),
+                    ));
+                }
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let rate = done_repos as f64 / elapsed.max(1e-3);
+            let mut s = self.state.lock();
+            s.live.progress = done_repos as f64 / total.max(1) as f64;
+            s.live.eta = if pending.is_empty() {
+                0.0
+            } else {
+                (total - done_repos.min(total)) as f64 / rate.max(1e-9)
+            };
+        }
+        if exceeded {
+            tracing::warn!(org = %org, budget, "series budget reached; some series were dropped");
+        }
+        self.state.lock().live.series_budget_exceeded = exceeded;
+        if total > 0 && failed == total {
+            self.fail_cycle(now);
+        } else {
+            self.state.lock().consecutive_failures = 0;
+        }
+        let listing = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
+        self.stretch(now, listing + requests);
+        // The jobs wrote the repos' scopes; the org's own (empty) scope records the cycle, so
+        // that its time is the source's last success after a restart.
+        out.push(ScopeResult::new(org_scope, Ok(Vec::new())));
+        out
+    }
+
+    /// Runs one job of a distributed cycle on this replica: scrapes its repos, writes their
+    /// scopes (unless a newer window is already shown), queues a backfill for each repo that
+    /// failed, and records the outcome for the leader. `Err` only when the store failed.
+    pub async fn run_job(&self, job: &ScrapeJob) -> Result<(), Error> {
+        let key = job.key();
+        if self
+            .store
+            .kv_get(JOBS_NS, &key)
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?
+            .is_some()
+        {
+            // A redelivery of a job that finished.
+            return Ok(());
+        }
+        let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
+        type Scrape<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
+        >;
+        let scrapes: Vec<Scrape<'_>> = job
+            .repos
+            .iter()
+            .map(|r| -> Scrape<'_> {
+                Box::pin(async move {
+                    (
+                        r.name.clone(),
+                        self.scrape_repo(r, job.window_end, false).await,
+                    )
+                })
+            })
+            .collect();
+        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> =
+            futures_util::stream::iter(scrapes)
+                .buffer_unordered(self.org.concurrency)
+                .collect()
+                .await;
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outcome = JobOutcome {
+            repos: job.repos.len(),
+            ..Default::default()
+        };
+        for (repo, r) in results {
+            match r {
+                Ok(mut samples) => {
+                    let room = job.series_budget.saturating_sub(outcome.series) as usize;
+                    if samples.len() > room {
+                        samples.truncate(room);
+                        outcome.budget_exceeded = true;
+                    }
+                    outcome.series += samples.len() as u64;
+                    self.store
+                        .replace_scope_if_newer(&self.scope(&repo), job.window_end, samples)
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))?;
+                }
+                Err(e) => {
+                    if retryable(&e) {
+                        self.enqueue(Some(&repo), job.window_end, e.kind()).await;
+                    }
+                    outcome
+                        .failed
+                        .push((repo, e.kind().to_string(), e.to_string()));
+                }
+            }
+        }
+        outcome.requests = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
+        self.store
+            .kv_put(
+                JOBS_NS,
+                &key,
+                serde_json::to_vec(&outcome).expect("an outcome serializes"),
+                Some(JOB_TTL),
+            )
+            .await
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
     /// Compares the cycle's cost with the org's share of the hourly budget: when the
     /// configured interval cannot fit, warns and spaces cycles out rather than running dry
     /// mid-cycle. The first (cold) cycle only records its cost.
@@ -714,6 +1001,9 @@ impl Poller for OrgPoller {
             }
         };
         let repos: Vec<wire::Repo> = repos.into_iter().filter(|r| self.wanted(r)).collect();
+        if let Some(d) = self.distribution.get() {
+            return self.dispatch(d, now, repos, spent_before).await;
+        }
         let total = repos.len();
         let started = Instant::now();
         let mut last_log = Instant::now();
@@ -747,20 +1037,7 @@ impl Poller for OrgPoller {
         }
         drop(stream);
         // Scopes of repos no longer scraped (deleted, archived, excluded) are emptied.
-        let listed: BTreeSet<String> = repos.iter().map(|r| self.scope(&r.name)).collect();
-        let prefix = format!("{org_scope}/");
-        let mut out: Vec<ScopeResult> = self
-            .store
-            .snapshot()
-            .scopes
-            .iter()
-            .filter(|s| s.name.starts_with(&prefix) && !listed.contains(&*s.name))
-            .map(|s| ScopeResult {
-                scope: s.name.to_string(),
-                version: None,
-                result: Ok(Vec::new()),
-            })
-            .collect();
+        let mut out = self.unlisted(&repos);
         let mut series = 0u64;
         let budget = self.gh.activity.series_budget_per_org;
         let mut exceeded = false;
@@ -786,17 +1063,7 @@ impl Poller for OrgPoller {
                 }
                 Err(e) => {
                     failed += 1;
-                    // A 4xx on one repo (gone, forbidden) is not fixed by asking again
-                    // for the same window; the next cycle sees the new listing.
-                    let retryable = !matches!(
-                        e,
-                        Error::Cancelled
-                            | Error::Status {
-                                status: 400..=499,
-                                ..
-                            }
-                    );
-                    if retryable {
+                    if retryable(&e) {
                         self.enqueue(Some(&repo), now, e.kind()).await;
                     }
                     out.push(ScopeResult {
@@ -819,6 +1086,65 @@ impl Poller for OrgPoller {
         let spent = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
         self.stretch(now, spent);
         out
+    }
+}
+
+/// A 4xx on one repo (gone, forbidden) is not fixed by asking again for the same window;
+/// the next cycle sees the new listing.
+fn retryable(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Cancelled
+            | Error::Status {
+                status: 400..=499,
+                ..
+            }
+    )
+}
+
+/// A job outcome's error kind as the bounded label the source's health counts it under.
+fn error_kind(kind: &str) -> &'static str {
+    // The kinds a job reports are `Error::kind()`s; anything else is reported as one.
+    const KINDS: &[&str] = &[
+        "http_5xx",
+        "not_found",
+        "http_4xx",
+        "network",
+        "timeout",
+        "rate_limited",
+        "secondary_limit",
+        "auth",
+        "decode",
+        "stats_pending",
+        "cancelled",
+        "store",
+    ];
+    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("job")
+}
+
+/// Runs `github/scrape` jobs on their org's poller, on every replica.
+pub struct Scrape {
+    pub pollers: HashMap<String, Arc<OrgPoller>>,
+}
+
+#[async_trait]
+impl Handler for Scrape {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let job: ScrapeJob = serde_json::from_slice(&delivery.payload)
+            .map_err(|e| Failure::permanent("decode", format_args!("scrape job: {e}")))?;
+        let Some(p) = self.pollers.get(&job.org) else {
+            tracing::warn!(org = %job.org, "dropping a scrape job of an org no longer configured");
+            return Ok(());
+        };
+        p.run_job(&job).await.map_err(|e| {
+            Failure::new(
+                e.kind(),
+                format_args!(
+                    "{} window {} batch {}: {e}",
+                    job.org, job.window_end, job.batch
+                ),
+            )
+        })
     }
 }
 

@@ -402,3 +402,101 @@ async fn failing_stats_keep_the_loc_and_publish_activity() {
     assert!(env.fake.requests.count(route) > before, "LOC retried");
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }
+
+/// A cycle spread over `github/scrape` jobs, taken by two consumers as two replicas would:
+/// the same ground truth as a cycle scraped in one place, at the same steady cost, and a
+/// repo that fails in a job is reported by the leader's cycle and backfilled.
+#[tokio::test]
+async fn a_cycle_spread_over_jobs_equals_the_ground_truth() {
+    use devmetrics::queue::topics;
+    use devmetrics::sources::github::poller::{Distribution, Scrape};
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let cfg = env.config("");
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        horizon: Duration::from_secs(3600),
+    };
+    let b = Backend::from_env().open(env.dir.path(), &policy).await;
+    let (store, queue) = (b.store.clone(), b.queue.clone());
+    let stop = CancellationToken::new();
+    let gh = env.build(&cfg, &store, &queue, &stop);
+    let leadership =
+        devmetrics::ha::Leadership::new("leader".into(), Duration::from_secs(30), b.lease.clone());
+    leadership.step().await;
+    assert!(leadership.is_leader());
+    let p = gh.pollers[0].clone();
+    p.distribute(Distribution {
+        batch_size: 2,
+        leadership: leadership.clone(),
+    });
+    let handler = Arc::new(Scrape {
+        pollers: [(ORG.to_string(), p.clone())].into_iter().collect(),
+    });
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(tokio::spawn(devmetrics::queue::run_consumer(
+            queue.clone(),
+            topics::GITHUB_SCRAPE.to_string(),
+            handler.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert!(telemetry.sources()[&format!("github/{ORG}")].up);
+    let stats = queue.stats().await.unwrap();
+    let jobs = stats
+        .iter()
+        .find(|(t, _)| t == topics::GITHUB_SCRAPE)
+        .map(|(_, s)| s.published)
+        .unwrap_or(0);
+    let repos = env.sim.with_org(ORG, |o| o.repos.len()) as u64;
+    assert!(jobs >= 2 && jobs < repos, "{jobs} jobs for {repos} repos");
+
+    // Unchanged a minute later: the probes' 304s are shared through the store, so jobs cost
+    // what a cycle in one place costs.
+    let before = env.sim.counted();
+    env.advance(60);
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    let spent = env.sim.counted() - before;
+    assert!(spent < 20, "steady state spent {spent} requests");
+
+    // New activity in the next cycle, whichever job scrapes it.
+    let t = env.advance(60);
+    env.sim.add_commit(ORG, "repo-000", "user001", t - 5, 10, 2);
+    env.sim.add_comment(ORG, "repo-003", "user002", t - 5);
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+
+    // A deposed leader schedules nothing: its fenced write is refused.
+    let other =
+        devmetrics::ha::Leadership::new("other".into(), Duration::from_secs(30), b.lease.clone());
+    b.lease
+        .release("leader", "leader", leadership.fence())
+        .await
+        .unwrap();
+    other.step().await;
+    assert!(other.is_leader());
+    let published = |stats: &[(String, devmetrics::queue::TopicStats)]| {
+        stats
+            .iter()
+            .find(|(t, _)| t == topics::GITHUB_SCRAPE)
+            .map(|(_, s)| s.published)
+            .unwrap_or(0)
+    };
+    let before = published(&queue.stats().await.unwrap());
+    env.advance(60);
+    let results = p.poll().await;
+    assert!(results.is_empty(), "a deposed leader's cycle is a skip");
+    assert!(!leadership.is_leader(), "the fenced-off leader steps down");
+    assert_eq!(published(&queue.stats().await.unwrap()), before);
+    stop.cancel();
+    for c in consumers {
+        c.await.unwrap();
+    }
+}
