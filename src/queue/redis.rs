@@ -823,9 +823,12 @@ impl Settle for Handle {
         let mut inv = q.inner.scripts.ack.prepare_invoke();
         inv.key(&self.topic.keys.stream).arg(&self.id);
         let mut c = q.inner.conn.clone();
-        // A failed ack leaves the entry held and kept alive; the runner backs off and the
-        // message is handled again when this process releases or loses it.
-        let _: i64 = run(inv.invoke_async(&mut c)).await?;
+        if let Err(e) = run(inv.invoke_async::<i64>(&mut c)).await {
+            // Handed back rather than kept alive for as long as this process runs: handled
+            // again, which its idempotency keys make harmless.
+            q.release(&self.topic, self.id.clone()).await;
+            return Err(e);
+        }
         self.topic.held.lock().remove(&self.id);
         self.topic.stats.lock().acked += 1;
         Ok(())
