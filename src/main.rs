@@ -419,6 +419,14 @@ fn queue(what: QueueCommand) -> ExitCode {
             );
             return ExitCode::FAILURE;
         }
+        Ok((_, config::QueueBackend::Redis)) => {
+            // On Redis the dead letters are entries of streams, read with redis-cli.
+            eprintln!(
+                "devmetrics queue: queue.backend is redis, and this command reads the SQLite queue only; \
+                 on Redis the dead letters are the streams {{prefix}}:q:{{topic}}:dead, read with redis-cli (see docs/ha.md)"
+            );
+            return ExitCode::FAILURE;
+        }
         Ok((p, config::QueueBackend::Sqlite)) => p,
         Err(e) => return invalid(e),
     };

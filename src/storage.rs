@@ -68,6 +68,20 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
             let db = Db::open(&config.storage.path)?;
             open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
         }
+        (StorageBackend::Sqlite, QueueBackend::Redis) => {
+            let db = Db::open(&config.storage.path)?;
+            let store = Arc::new(SqliteStore::open(db)?);
+            open_redis_queue(store.clone(), store, config, policy).await
+        }
+        (StorageBackend::Redis, QueueBackend::Redis) => {
+            let redis = config
+                .storage
+                .redis
+                .as_ref()
+                .expect("storage.redis is resolved when storage.backend is redis");
+            let store = RedisStore::open(redis).await?;
+            open_redis_queue(store.clone(), store, config, policy).await
+        }
         (StorageBackend::Redis, QueueBackend::Sqlite) => {
             let redis = config
                 .storage
@@ -110,6 +124,39 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
     };
     let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db));
     let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys, store.clone()).await?);
+    Ok(Backends {
+        store: store.clone(),
+        lease: store,
+        collectors: vec![
+            store_collector,
+            Arc::new(crate::queue::Collector(queue.clone())),
+        ],
+        queue,
+    })
+}
+
+/// The queue on Redis streams beside `store` (also the lease); its deduplication keys live
+/// beside the streams, so every replica shares them.
+async fn open_redis_queue<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
+    store: Arc<S>,
+    store_collector: Arc<S>,
+    config: &Config,
+    policy: RetryPolicy,
+) -> Result<Backends, Error> {
+    use crate::queue::redis::{RedisQueue, Settings};
+    let redis = config
+        .queue
+        .redis
+        .clone()
+        .expect("resolving requires queue.redis with queue.backend redis");
+    let settings = Settings {
+        redis: redis.connection,
+        url_key: redis.url_key,
+        policy,
+        max_depth: config.queue.max_depth,
+        visibility_timeout: redis.visibility_timeout,
+    };
+    let queue: SharedQueue = Arc::new(RedisQueue::open(settings).await?);
     Ok(Backends {
         store: store.clone(),
         lease: store,

@@ -10,8 +10,8 @@ mod secret;
 
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
-    Config, HaConfig, LogFormat, QueueBackend, QueueConfig, RabbitMqConfig, RedisConfig,
-    StorageBackend, StorageConfig, WebConfig,
+    Config, HaConfig, LogFormat, QueueBackend, QueueConfig, QueueRedisConfig, RabbitMqConfig,
+    RedisConfig, StorageBackend, StorageConfig, WebConfig,
 };
 pub use secret::{Secret, SecretSource};
 

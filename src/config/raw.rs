@@ -85,6 +85,17 @@ pub struct RawQueue {
     pub max_depth: Option<u64>,
     pub dedupe_retention: Option<String>,
     pub rabbitmq: Option<RawRabbitMq>,
+    pub redis: Option<RawQueueRedis>,
+}
+
+/// `queue.redis`: the connection of `storage.redis` unless a URL is given here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueueRedis {
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub key_prefix: Option<String>,
+    pub visibility_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,7 +108,13 @@ pub struct RawRabbitMq {
     pub test_queue_expiry: Option<String>,
 }
 
-fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisConfig, Error> {
+/// Resolves the Redis connection of the section `section` (`storage.redis`, `queue.redis`);
+/// errors name the section's keys.
+fn resolve_redis(
+    section: &str,
+    r: RawRedis,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<RedisConfig, Error> {
     use crate::config::{Secret, SecretSource};
     let (source, shown) = match (r.url, r.url_file) {
         (Some(u), None) => (SecretSource::Value(Secret::new(u)), None),
@@ -112,20 +129,20 @@ fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisC
         ),
         (Some(_), Some(_)) => {
             return Err(Error::invalid(
-                "storage.redis.url",
+                format!("{section}.url"),
                 None,
                 "set either url or url_file, not both",
             ));
         }
     };
     let key = if shown.is_some() {
-        "storage.redis.url_file"
+        format!("{section}.url_file")
     } else {
-        "storage.redis.url"
+        format!("{section}.url")
     };
     let url = source
         .read()
-        .map_err(|e| Error::invalid(key, shown.as_deref(), format!("cannot read: {e}")))?;
+        .map_err(|e| Error::invalid(&key, shown.as_deref(), format!("cannot read: {e}")))?;
     // The value is never shown: it may carry a password.
     if redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
         return Err(Error::invalid(
@@ -137,7 +154,7 @@ fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisC
     let key_prefix = r.key_prefix.unwrap_or_else(|| "devmetrics".to_string());
     if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
         return Err(Error::invalid(
-            "storage.redis.key_prefix",
+            format!("{section}.key_prefix"),
             Some(&key_prefix),
             "must be non-empty, without braces or spaces",
         ));
@@ -211,6 +228,20 @@ pub enum QueueBackend {
     /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys stay in the store's
     /// SQLite file.
     RabbitMq,
+    /// Streams in Redis (`queue.redis`, else the connection of `storage.redis`), with their
+    /// deduplication keys beside them.
+    Redis,
+}
+
+/// `queue.redis`, resolved: where the streams live and how long a taken message may go
+/// unsettled before another consumer takes it over.
+#[derive(Clone, Debug)]
+pub struct QueueRedisConfig {
+    pub connection: RedisConfig,
+    /// The key the URL came from (`queue.redis.url`, `storage.redis.url`, or their
+    /// `url_file`), for errors that must name it without showing it.
+    pub url_key: String,
+    pub visibility_timeout: Duration,
 }
 
 impl QueueBackend {
@@ -255,6 +286,8 @@ pub struct QueueConfig {
     pub dedupe_retention: Duration,
     /// Set when `backend` is RabbitMQ.
     pub rabbitmq: Option<RabbitMqConfig>,
+    /// Set when `backend` is Redis.
+    pub redis: Option<QueueRedisConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -346,6 +379,75 @@ fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
     })
 }
 
+/// `queue.redis`: its own connection when it names a URL, else the store's (one URL for a
+/// deployment on Redis alone). Its `key_prefix` defaults to the connection's: the queue's
+/// keys (`{prefix}:q:…`) never collide with the store's.
+fn resolve_queue_redis(
+    raw: RawQueueRedis,
+    store: Option<&RedisConfig>,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<QueueRedisConfig, Error> {
+    let own = raw.url.is_some() || raw.url_file.is_some();
+    let (mut connection, url_key) = match store {
+        Some(store) if !own => (store.clone(), "storage.redis.url".to_string()),
+        _ if !own => {
+            return Err(Error::invalid(
+                "queue.redis.url",
+                None,
+                "needed with queue.backend redis unless storage.backend is redis \
+                 (whose storage.redis connection the queue then shares), \
+                 e.g. redis://127.0.0.1:6379/0",
+            ));
+        }
+        _ => {
+            let key = if raw.url_file.is_some() {
+                "queue.redis.url_file"
+            } else {
+                "queue.redis.url"
+            };
+            let c = resolve_redis(
+                "queue.redis",
+                RawRedis {
+                    url: raw.url,
+                    url_file: raw.url_file,
+                    key_prefix: None,
+                },
+                rel,
+            )?;
+            (c, key.to_string())
+        }
+    };
+    if let Some(p) = raw.key_prefix {
+        if p.is_empty() || p.contains(['{', '}', ' ']) {
+            return Err(Error::invalid(
+                "queue.redis.key_prefix",
+                Some(&p),
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        connection.key_prefix = p;
+    }
+    let visibility_timeout = duration(
+        "queue.redis.visibility_timeout",
+        raw.visibility_timeout.as_ref(),
+        crate::queue::redis::DEFAULT_VISIBILITY_TIMEOUT,
+    )?;
+    if visibility_timeout < Duration::from_secs(1)
+        || visibility_timeout > Duration::from_secs(12 * 3600)
+    {
+        return Err(Error::invalid(
+            "queue.redis.visibility_timeout",
+            raw.visibility_timeout.as_deref(),
+            "must be between 1s and 12h",
+        ));
+    }
+    Ok(QueueRedisConfig {
+        connection,
+        url_key,
+        visibility_timeout,
+    })
+}
+
 impl RawConfig {
     /// `base` is the config file's directory; relative paths inside the file resolve from it.
     pub fn resolve(self, base: Option<&Path>) -> Result<Config, Error> {
@@ -421,11 +523,12 @@ impl RawConfig {
         let queue_backend = match self.queue.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => QueueBackend::Sqlite,
             "rabbitmq" => QueueBackend::RabbitMq,
+            "redis" => QueueBackend::Redis,
             other => {
                 return Err(Error::invalid(
                     "queue.backend",
                     Some(other),
-                    "expected sqlite or rabbitmq",
+                    "expected sqlite, rabbitmq or redis",
                 ));
             }
         };
@@ -433,7 +536,7 @@ impl RawConfig {
             QueueBackend::RabbitMq => {
                 Some(resolve_rabbitmq(self.queue.rabbitmq.unwrap_or_default())?)
             }
-            QueueBackend::Sqlite => None,
+            QueueBackend::Sqlite | QueueBackend::Redis => None,
         };
         let idempotency_retention = duration(
             "storage.idempotency_retention",
@@ -449,8 +552,18 @@ impl RawConfig {
             ));
         }
         let redis = match (storage_backend, self.storage.redis) {
-            (StorageBackend::Redis, r) => Some(resolve_redis(r.unwrap_or_default(), &rel)?),
+            (StorageBackend::Redis, r) => {
+                Some(resolve_redis("storage.redis", r.unwrap_or_default(), &rel)?)
+            }
             (StorageBackend::Sqlite, _) => None,
+        };
+        let queue_redis = match queue_backend {
+            QueueBackend::Redis => Some(resolve_queue_redis(
+                self.queue.redis.unwrap_or_default(),
+                redis.as_ref(),
+                &rel,
+            )?),
+            QueueBackend::Sqlite | QueueBackend::RabbitMq => None,
         };
         let gauge_expiry = duration(
             "storage.gauge_expiry",
@@ -575,6 +688,7 @@ impl RawConfig {
                     Duration::from_secs(7 * 86_400),
                 )?,
                 rabbitmq,
+                redis: queue_redis,
             },
             webhooks: self.webhooks.unwrap_or_default().resolve(&rel)?,
         };

@@ -13,6 +13,7 @@
 pub mod contract;
 pub mod dead_letters;
 pub mod rabbitmq;
+pub mod redis;
 mod runner;
 pub mod sqlite;
 

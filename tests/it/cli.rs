@@ -192,3 +192,30 @@ fn a_bad_rabbitmq_url_names_the_key_and_hides_the_password() {
     assert_eq!(code, 2, "{msg}");
     assert!(msg.contains("\"queue.rabbitmq.url\""), "{msg}");
 }
+
+/// `queue.backend: redis` shares `storage.redis`, or takes a URL of its own; without either
+/// the error names `queue.redis.url`, and a bad URL names its key without showing it.
+#[test]
+fn the_redis_queue_names_its_url_key_and_hides_the_password() {
+    let (code, msg) = check("queue:\n  backend: redis\n", &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.redis.url\""), "{msg}");
+    let (code, msg) = check(
+        "queue:\n  backend: redis\n  redis:\n    url: \"redis//u:s3cret@host\"\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.redis.url\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (code, msg) = check(
+        "storage:\n  backend: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\nqueue:\n  backend: redis\n  redis: {visibility_timeout: 10ms}\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.redis.visibility_timeout\""), "{msg}");
+    let (code, msg) = check(
+        "storage:\n  backend: redis\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\nqueue:\n  backend: redis\n",
+        &[],
+    );
+    assert_eq!(code, 0, "one URL serves store and queue: {msg}");
+}

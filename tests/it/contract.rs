@@ -19,6 +19,7 @@ async fn every_backend_passes_the_store_and_lease_contract() {
             .open(dir.path(), &devmetrics::queue::contract::policy())
             .await;
         devmetrics::store::contract::run(b.store, b.lease).await;
+        backend.clean_up(dir.path());
     }
 }
 
@@ -30,6 +31,7 @@ async fn every_backend_passes_the_queue_contract() {
             .open(dir.path(), &devmetrics::queue::contract::policy())
             .await;
         devmetrics::queue::contract::run(b.queue).await;
+        backend.clean_up(dir.path());
     }
 }
 

@@ -131,6 +131,9 @@ pub enum Backend {
     Redis,
     /// Store and lease in SQLite, the queue on the RabbitMQ at [`RABBITMQ_URL`].
     RabbitMq,
+    /// Everything in the Redis on 127.0.0.1:6379: store, lease and the queue on streams,
+    /// through the one `storage.redis` connection.
+    RedisStreams,
 }
 
 pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
@@ -174,6 +177,9 @@ impl Backend {
         if service("RabbitMQ", RABBITMQ_ADDR) {
             v.push(Backend::RabbitMq);
         }
+        if v.contains(&Backend::Redis) {
+            v.push(Backend::RedisStreams);
+        }
         v
     }
 
@@ -183,6 +189,7 @@ impl Backend {
             Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
             Ok("redis") => Backend::Redis,
             Ok("rabbitmq") => Backend::RabbitMq,
+            Ok("redis-streams") => Backend::RedisStreams,
             Ok(other) => {
                 panic!("DEVMETRICS_TEST_BACKEND={other} is not a backend these tests know")
             }
@@ -234,6 +241,36 @@ impl Backend {
                 ("queue.rabbitmq.prefix", prefix_for(dir).into()),
                 ("queue.rabbitmq.test_queue_expiry", "5m".into()),
             ],
+            Backend::RedisStreams => vec![
+                ("storage.backend", "redis".into()),
+                ("queue.backend", "redis".into()),
+                (
+                    "storage.redis.url",
+                    format!("redis://{REDIS_ADDR}/0").into(),
+                ),
+                ("storage.redis.key_prefix", prefix_for(dir).into()),
+            ],
+        }
+    }
+
+    /// Deletes what a test in `dir` left in Redis (its keys all start with its prefix), so
+    /// the shared server does not fill up; nothing for the other backends.
+    pub fn clean_up(self, dir: &Path) {
+        if !matches!(self, Backend::Redis | Backend::RedisStreams) {
+            return;
+        }
+        let Ok(mut c) = redis::Client::open(format!("redis://{REDIS_ADDR}/0"))
+            .and_then(|client| client.get_connection())
+        else {
+            return;
+        };
+        let pattern = format!("{{{}}}:*", prefix_for(dir));
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut c)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(chunk).query(&mut c);
         }
     }
 
