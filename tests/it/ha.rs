@@ -343,12 +343,49 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `devmetrics serve` as replica `r{i}` on the Redis store under `prefix`, against
+/// the GitHub fake at `github`, with `extra` YAML appended to its configuration.
+fn serve(
+    dir: &std::path::Path,
+    i: usize,
+    prefix: &str,
+    github: &str,
+    extra: &str,
+) -> (std::process::Child, u16, String) {
+    use devmetrics::sim::github::{APP_ID, INSTALLATION_ID};
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/test-app-key.pem");
+    let port = free_port();
+    let file = dir.join(format!("r{i}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "web: {{listen_addresses: ['127.0.0.1:{port}']}}\n\
+             log: {{level: warn}}\n\
+             ha: {{lease_ttl: 1s, replica_id: r{i}}}\n\
+             storage:\n  backend: redis\n  path: {}\n  redis: {{url: 'redis://{REDIS_ADDR}/0', key_prefix: {prefix}}}\n\
+             github:\n  api_base_url: {github}\n  orgs:\n    - org: acme\n      app_id: {APP_ID}\n      installation_id: {INSTALLATION_ID}\n      private_key_path: {}\n      scrape_interval: 1m\n{extra}",
+            dir.join(format!("r{i}.db")).display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+        .args(["serve", "--config.file"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    (child, port, format!("r{i}"))
+}
+
 /// Three `devmetrics serve` processes on the real Redis against the GitHub fake. SIGKILL
 /// the leader: another leads within the lease TTL plus one second, polls at once (a commit
 /// made after the kill shows), and the survivors serve identical activity series.
 #[tokio::test]
 async fn three_processes_survive_a_sigkilled_leader() {
-    use devmetrics::sim::github::{APP_ID, GithubSim, INSTALLATION_ID, OrgSpec};
+    use devmetrics::sim::github::{GithubSim, OrgSpec};
     if !service("Redis", REDIS_ADDR) {
         return;
     }
@@ -363,34 +400,9 @@ async fn three_processes_survive_a_sigkilled_leader() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let prefix = prefix_for(dir.path());
-    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/github/test-app-key.pem");
     let mut children = Vec::new();
     for i in 0..3 {
-        let port = free_port();
-        let file = dir.path().join(format!("r{i}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "web: {{listen_addresses: ['127.0.0.1:{port}']}}\n\
-                 log: {{level: warn}}\n\
-                 ha: {{lease_ttl: 1s, replica_id: r{i}}}\n\
-                 storage:\n  backend: redis\n  path: {}\n  redis: {{url: 'redis://{REDIS_ADDR}/0', key_prefix: {prefix}}}\n\
-                 github:\n  api_base_url: {}\n  orgs:\n    - org: acme\n      app_id: {APP_ID}\n      installation_id: {INSTALLATION_ID}\n      private_key_path: {}\n      scrape_interval: 1m\n",
-                dir.path().join(format!("r{i}.db")).display(),
-                fake.base_url(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_devmetrics"))
-            .args(["serve", "--config.file"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        children.push((child, port, format!("r{i}")));
+        children.push(serve(dir.path(), i, &prefix, &fake.base_url(), ""));
     }
     let leader_of = async |ps: &[(std::process::Child, u16, String)]| -> Option<usize> {
         for (i, (_, port, id)) in ps.iter().enumerate() {
@@ -471,6 +483,112 @@ async fn three_processes_survive_a_sigkilled_leader() {
         "the commit made after the kill never showed"
     );
     assert_eq!(outs[0], outs[1], "the survivors differ");
+    for (mut c, _, _) in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A series' value in a Prometheus text body.
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Three `devmetrics serve` processes sharing Redis and RabbitMQ spread a cycle over
+/// `github/scrape` jobs: more than one replica scrapes, every replica serves the same
+/// activity, equal to the fake's ground truth, and each replica's status agrees.
+#[tokio::test]
+async fn three_replicas_share_a_cycle_through_jobs() {
+    use crate::support::{RABBITMQ_ADDR, RABBITMQ_URL};
+    use devmetrics::sim::github::{GithubSim, OrgSpec};
+    if !service("Redis", REDIS_ADDR) || !service("RabbitMQ", RABBITMQ_ADDR) {
+        return;
+    }
+    let clock = devmetrics::clock::Clock::system();
+    let mut spec = OrgSpec::small("acme");
+    spec.repos = 24;
+    spec.active = 12;
+    let sim = GithubSim::new(13, clock, &[spec]);
+    let fake = devmetrics::sim::FakeServer::start(
+        "github",
+        sim.router(),
+        devmetrics::sim::Faults::new(13),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(dir.path());
+    let extra = format!(
+        "  scrape_jobs: {{batch_size: 2}}\n\
+         queue:\n  backend: rabbitmq\n  rabbitmq: {{url: '{RABBITMQ_URL}', prefix: {prefix}, test_queue_expiry: 5m}}\n"
+    );
+    let mut children = Vec::new();
+    for i in 0..3 {
+        children.push(serve(dir.path(), i, &prefix, &fake.base_url(), &extra));
+    }
+    let success = "devmetrics_source_scrapes_total{source=\"github/acme\",result=\"success\"}";
+    let acked = "devmetrics_queue_acked_total{topic=\"github/scrape\"}";
+    let mut outs: Vec<String> = Vec::new();
+    for _ in 0..300 {
+        outs.clear();
+        for (_, port, _) in &children {
+            outs.push(get(*port, "/metrics").await.unwrap_or_default());
+        }
+        let done = outs
+            .iter()
+            .all(|m| value(m, success).is_some_and(|v| v >= 1.0))
+            && outs.iter().all(|m| activity(m) == activity(&outs[0]))
+            && !activity(&outs[0]).is_empty();
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in &outs {
+        assert!(
+            value(m, success).is_some_and(|v| v >= 1.0),
+            "a replica does not show the cycle's success:\n{m}"
+        );
+        assert_eq!(activity(m), activity(&outs[0]), "replicas differ");
+    }
+    let scraped_on = outs
+        .iter()
+        .filter(|m| value(m, acked).is_some_and(|v| v >= 1.0))
+        .count();
+    eprintln!(
+        "jobs acked per replica: {:?}",
+        outs.iter().map(|m| value(m, acked)).collect::<Vec<_>>()
+    );
+    assert!(scraped_on >= 2, "only {scraped_on} replica(s) scraped");
+
+    // The ground truth of the window the leader scheduled.
+    let schedule = devmetrics::store::redis::RedisStore::open(&RedisConfig {
+        url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
+        key_prefix: prefix.clone(),
+    })
+    .await
+    .unwrap()
+    .kv_get("github.schedule", "acme")
+    .await
+    .unwrap()
+    .expect("the leader recorded its schedule");
+    let schedule: serde_json::Value = serde_json::from_slice(&schedule).unwrap();
+    let window_end = schedule["window_end"].as_i64().unwrap();
+    let truth = sim.truth("acme", window_end);
+    let mut want: Vec<String> = truth
+        .iter()
+        .map(|((name, repo, user), v)| {
+            format!("{name}{{org=\"acme\",repo=\"{repo}\",user=\"{user}\"}} {v}")
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        activity(&outs[0]),
+        want,
+        "activity differs from the ground truth"
+    );
     for (mut c, _, _) in children {
         let _ = c.kill();
         let _ = c.wait();
