@@ -4,6 +4,11 @@
 //! Run: `cargo bench --bench render` (all sizes) or `cargo bench --bench render -- 1000000`.
 //! Each (size, format) runs in a fresh child process so its peak RSS (VmHWM) is its own. The
 //! figure covers the whole exporter process: SQLite store, in-memory state and the scrape.
+//!
+//! `RENDER_STORE=redis` measures a replica of the Redis store on 127.0.0.1:6379 instead: one
+//! child process writes the series into a throwaway key prefix, then each (size, format)
+//! child starts a replica on it (its start-up loads the mirror from Redis, timed as `load`)
+//! and scrapes it; the prefix is deleted afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +36,16 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn child(series: usize, format: &str) {
+const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let mut o = devmetrics::config::Overrides::default();
+    if let Some(prefix) = redis_prefix {
+        o.set("storage.backend", "redis".into(), "bench");
+        o.set("storage.redis.url", REDIS_URL.into(), "bench");
+        o.set("storage.redis.key_prefix", prefix.into(), "bench");
+    }
     o.set(
         "storage.path",
         dir.path().join("b.db").display().to_string().into(),
@@ -44,11 +56,21 @@ async fn child(series: usize, format: &str) {
     let cfg = devmetrics::config::load(None, &Default::default(), &o).unwrap();
     let listeners = devmetrics::app::bind(&cfg).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let load_started = Instant::now();
     let launched = devmetrics::app::launch(cfg, listeners, shutdown.clone())
         .await
         .unwrap();
     let addr = launched.addrs[0];
     let store = launched.state.store.clone();
+    if redis_prefix.is_some() && format != "load" {
+        // A replica: its start-up loaded every series Redis holds.
+        let held = store.snapshot().scopes.iter().map(|s| s.series_count()).sum::<usize>();
+        assert!(held >= series, "the replica holds {held} of {series} series");
+        scrape(addr, series, format, load_started.elapsed().as_secs_f64()).await;
+        shutdown.cancel();
+        launched.wait().await;
+        return;
+    }
     let fid = family();
     let scopes = series.div_ceil(USERS_PER_SCOPE);
     let load_started = Instant::now();
@@ -80,6 +102,16 @@ async fn child(series: usize, format: &str) {
     }
     while tasks.join_next().await.is_some() {}
     let load_secs = load_started.elapsed().as_secs_f64();
+    if format != "load" {
+        scrape(addr, series, format, load_secs).await;
+    } else {
+        println!("{series:>9} series written to Redis in {load_secs:.1} s");
+    }
+    shutdown.cancel();
+    launched.wait().await;
+}
+
+async fn scrape(addr: std::net::SocketAddr, series: usize, format: &str, load_secs: f64) {
 
     let accept = match format {
         "openmetrics" => "application/openmetrics-text;version=1.0.0",
@@ -111,8 +143,19 @@ async fn child(series: usize, format: &str) {
         bytes as f64 / 1e6,
         vm_hwm_kib() as f64 / 1024.0,
     );
-    shutdown.cancel();
-    launched.wait().await;
+}
+
+/// Deletes every key under `prefix` (the hash tag the store puts around it included).
+fn delete_prefix(prefix: &str) {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}*"))
+        .query(&mut c)
+        .unwrap();
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("UNLINK").arg(chunk).query(&mut c).unwrap();
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -130,9 +173,10 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(child(series, &args[2]));
+        rt.block_on(child(series, &args[2], args.get(3).map(String::as_str)));
         return;
     }
+    let redis = std::env::var("RENDER_STORE").is_ok_and(|s| s == "redis");
     let sizes: Vec<usize> = if args.is_empty() {
         vec![10_000, 100_000, 1_000_000]
     } else {
@@ -140,12 +184,24 @@ fn main() {
     };
     println!("family {}", metrics::family(family()).name);
     for size in sizes {
-        for format in ["text", "openmetrics"] {
+        let prefix = format!("devmetrics-bench-render-{}-{size}", std::process::id());
+        let mut formats = vec!["text", "openmetrics"];
+        if redis {
+            formats.insert(0, "load");
+        }
+        for format in formats {
+            let mut args = vec!["--child".to_string(), size.to_string(), format.to_string()];
+            if redis {
+                args.push(prefix.clone());
+            }
             let status = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--child", &size.to_string(), format])
+                .args(&args)
                 .status()
                 .unwrap();
             assert!(status.success());
+        }
+        if redis {
+            delete_prefix(&prefix);
         }
     }
 }

@@ -6,7 +6,9 @@
 //! Environment: `INGEST_SECONDS` per level (default 10), `INGEST_LEVELS` (default 1,16,64),
 //! `INGEST_DIR` for the database (default a temp dir; put it on the disk you measure),
 //! `INGEST_CONSUMERS` (default 4; 0 measures receiving without processing), `INGEST_STORE=redis`
-//! for the Redis store on 127.0.0.1:6379 (the queue stays in the local file). After the
+//! for the Redis store on 127.0.0.1:6379 (the queue stays in the local file),
+//! `INGEST_QUEUE=rabbitmq` for the queue on the RabbitMQ at 127.0.0.1:5672 (guest/guest) or
+//! `INGEST_QUEUE=redis` for Redis streams, each under a throwaway prefix. After the
 //! levels it waits for the queue to drain and prints the processing rate over the whole run.
 
 use devmetrics::sim::webhooks::{Generator, signature};
@@ -61,6 +63,30 @@ async fn run() {
             "DEVMETRICS_STORAGE__REDIS__KEY_PREFIX".into(),
             format!("devmetrics-bench-{}", std::process::id()),
         );
+    }
+    let prefix = format!("devmetrics-bench-{}", std::process::id());
+    match std::env::var("INGEST_QUEUE").as_deref() {
+        Ok("rabbitmq") => {
+            env.insert("DEVMETRICS_QUEUE__BACKEND".into(), "rabbitmq".into());
+            env.insert(
+                "DEVMETRICS_QUEUE__RABBITMQ__URL".into(),
+                "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            );
+            env.insert("DEVMETRICS_QUEUE__RABBITMQ__PREFIX".into(), prefix.clone());
+            env.insert(
+                "DEVMETRICS_QUEUE__RABBITMQ__TEST_QUEUE_EXPIRY".into(),
+                "5m".into(),
+            );
+        }
+        Ok("redis") => {
+            env.insert("DEVMETRICS_QUEUE__BACKEND".into(), "redis".into());
+            env.insert(
+                "DEVMETRICS_QUEUE__REDIS__URL".into(),
+                "redis://127.0.0.1:6379/0".into(),
+            );
+            env.insert("DEVMETRICS_QUEUE__REDIS__KEY_PREFIX".into(), prefix.clone());
+        }
+        _ => {}
     }
     let cfg = devmetrics::config::load(None, &env, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -627,7 +627,7 @@ const REPLACED: &[(&str, &str)] = &[
     ),
     (
         "amqp",
-        "the RabbitMQ management-API queue is replaced by the durable embedded queue (storage.path)",
+        "amqp.url is kept as queue.backend rabbitmq (queue.rabbitmq.url); exchange, queue and dlq names are replaced by devmetrics' own topology (queue.rabbitmq.prefix, docs/ha.md)",
     ),
     (
         "store",
@@ -699,6 +699,39 @@ fn legacy_store(map: &mut Mapping, store: &Value, warnings: &mut Vec<String>) {
         .or_insert_with(|| Value::String(format!("redis://{auth}{addr}/{db}")));
 }
 
+/// github-stats-exporter's `amqp` section: its broker becomes our RabbitMQ queue, unless
+/// `queue.backend` is set already. Its Go client reads an empty vhost (`…:5672/`) as `/`,
+/// which an AMQP URI spells `%2f`.
+fn legacy_amqp(map: &mut Mapping, amqp: &Value) {
+    let key = |s: &str| Value::String(s.to_string());
+    let Some(url) = amqp.get("url").and_then(Value::as_str).map(str::trim) else {
+        return;
+    };
+    if url.is_empty() {
+        return;
+    }
+    let queue = entry(map, "queue");
+    if queue.contains_key(key("backend")) {
+        return;
+    }
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) if !rest.contains('/') => format!("{scheme}://{rest}/%2f"),
+        Some((scheme, rest)) if rest.ends_with('/') && rest.matches('/').count() == 1 => {
+            format!("{scheme}://{rest}%2f")
+        }
+        _ => url.to_string(),
+    };
+    queue.insert(key("backend"), key("rabbitmq"));
+    let rabbitmq = match queue
+        .entry(key("rabbitmq"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()))
+    {
+        Value::Mapping(m) => m,
+        _ => return,
+    };
+    rabbitmq.entry(key("url")).or_insert(Value::String(url));
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986), for a password in a URL.
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -744,6 +777,9 @@ pub fn translate_legacy(tree: &mut Value) -> Vec<String> {
             if *name == "store" {
                 series_budget = v.get("max_series_budget").cloned();
                 legacy_store(map, &v, &mut warnings);
+            }
+            if *name == "amqp" {
+                legacy_amqp(map, &v);
             }
             if *name == "leader_election"
                 && let Some(ttl) = v.get("lease_duration").filter(|t| t.is_string())
@@ -879,6 +915,34 @@ mod tests {
         .unwrap();
         translate_legacy(&mut tree);
         assert_eq!(tree["storage"]["backend"], "sqlite");
+    }
+
+    #[test]
+    fn its_broker_becomes_the_rabbitmq_queue() {
+        let mut tree: Value = serde_yaml::from_str(
+            "amqp: {url: 'amqp://u:p@rabbitmq:5672/', exchange: gh.backfill, queue: gh.backfill.jobs, dlq: gh.backfill.dlq}\n",
+        )
+        .unwrap();
+        translate_legacy(&mut tree);
+        assert_eq!(tree["queue"]["backend"], "rabbitmq");
+        assert_eq!(
+            tree["queue"]["rabbitmq"]["url"],
+            "amqp://u:p@rabbitmq:5672/%2f"
+        );
+        for (given, want) in [
+            ("amqp://h:5672", "amqp://h:5672/%2f"),
+            ("amqp://h:5672/prod", "amqp://h:5672/prod"),
+        ] {
+            let mut tree: Value =
+                serde_yaml::from_str(&format!("amqp: {{url: '{given}'}}\n")).unwrap();
+            translate_legacy(&mut tree);
+            assert_eq!(tree["queue"]["rabbitmq"]["url"], want);
+        }
+        // Our own queue section wins.
+        let mut tree: Value =
+            serde_yaml::from_str("queue: {backend: sqlite}\namqp: {url: 'amqp://h/'}\n").unwrap();
+        translate_legacy(&mut tree);
+        assert_eq!(tree["queue"]["backend"], "sqlite");
     }
 
     #[test]

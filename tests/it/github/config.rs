@@ -33,6 +33,16 @@ fn replaced_tool_configs_load_as_they_are() {
             gh.compat_warnings
         );
         let text = std::fs::read_to_string(&f).unwrap();
+        if text.contains("url: \"amqp://") {
+            assert!(
+                matches!(
+                    cfg.queue.backend,
+                    devmetrics::config::QueueBackend::RabbitMq
+                ),
+                "{}: its broker is kept",
+                f.display()
+            );
+        }
         if text.contains("min_remaining_threshold: 200") {
             assert_eq!(gh.rate_limit.reserve, 200);
         }
