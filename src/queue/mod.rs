@@ -14,6 +14,7 @@ pub mod contract;
 pub mod dead_letters;
 pub mod rabbitmq;
 mod runner;
+pub mod spool;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -477,12 +477,17 @@ impl RabbitMqQueue {
             })
     }
 
-    /// Publishes a new message and waits for the confirm, without its key: [`Queue::publish`]
-    /// records the key afterwards.
-    async fn publish_confirmed(&self, topic: &str, payload: &[u8]) -> Result<(), Error> {
+    /// Publishes a new message first accepted at `published_at` and waits for the confirm,
+    /// without its key: [`RabbitMqQueue::publish_at`] records the key afterwards.
+    async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        published_at: f64,
+    ) -> Result<(), Error> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_timestamp(now_unix() as u64)
+            .with_timestamp(published_at as u64)
             .with_message_id(message_id().into());
         self.send(topic, Kind::Topic, payload, props).await
     }
@@ -921,13 +926,17 @@ impl Settle for Handle {
     }
 }
 
-#[async_trait]
-impl Queue for RabbitMqQueue {
-    async fn publish_with(
+impl RabbitMqQueue {
+    /// [`Queue::publish_with`] for a message first accepted at `published_at` (Unix
+    /// seconds), which becomes its publication `timestamp`: a message moved from the local
+    /// spool keeps its age, so the retry horizon and the queue's age figures count from when
+    /// it was accepted.
+    pub async fn publish_at(
         &self,
         topic: &str,
         dedupe: Option<Dedupe<'_>>,
         payload: Bytes,
+        published_at: f64,
     ) -> Result<Published, Error> {
         let t = self.topic(topic);
         if let Some(d) = &dedupe
@@ -945,7 +954,8 @@ impl Queue for RabbitMqQueue {
             });
         }
         // Confirmed first, recorded second (see the type's documentation).
-        self.publish_confirmed(topic, &payload).await?;
+        self.publish_confirmed(topic, &payload, published_at)
+            .await?;
         t.stats.lock().published += 1;
         if let Some(d) = &dedupe
             && let Err(e) = self
@@ -958,6 +968,24 @@ impl Queue for RabbitMqQueue {
             tracing::warn!(topic, error = %e, "a published message's deduplication key was not recorded");
         }
         Ok(Published::Published)
+    }
+
+    /// Whether the broker can be reached now; at most one connection attempt per backoff
+    /// step, as every operation.
+    pub async fn reachable(&self) -> bool {
+        self.link().await.is_ok()
+    }
+}
+
+#[async_trait]
+impl Queue for RabbitMqQueue {
+    async fn publish_with(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        self.publish_at(topic, dedupe, payload, now_unix()).await
     }
 
     async fn receive(&self, topic: &str) -> Result<Delivery, Error> {
@@ -1076,7 +1104,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let q = open(&dir, BROKER, &prefix()).await;
-        q.publish_confirmed("t", b"event").await.unwrap();
+        q.publish_confirmed("t", b"event", now_unix())
+            .await
+            .unwrap();
         assert_eq!(
             q.publish("t", Some("delivery-1"), Bytes::from_static(b"event"))
                 .await
