@@ -71,16 +71,15 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 .clone()
                 .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
             let store = RedisStore::open(redis).await?;
-            // Deduplication keys stay in each replica's file: a delivery that reaches two
-            // replicas may be queued twice, which consumers tolerate (docs/ha.md).
+            // Deduplication keys are shared in Redis, so a delivery that reaches two replicas
+            // is queued once; the local file keeps only the spool for broker outages.
             let db = Db::open(&config.storage.path)?;
-            let keys = Arc::new(DedupeTable::new(db.clone()));
             let rabbitmq = Rabbit {
                 config: rabbitmq,
                 policy,
                 max_depth: config.queue.max_depth,
             };
-            open_rabbitmq(db, keys, store.clone(), store, rabbitmq).await
+            open_rabbitmq(db, store.clone(), store.clone(), store, rabbitmq).await
         }
         (StorageBackend::Redis, QueueBackend::Sqlite) => {
             let redis = config

@@ -208,8 +208,8 @@ pub struct RedisConfig {
 pub enum QueueBackend {
     /// Rows of the embedded SQLite file at `storage.path`.
     Sqlite,
-    /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys stay in the store's
-    /// SQLite file.
+    /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys live beside the
+    /// store (its SQLite file, or Redis), and a spool in the SQLite file covers outages.
     RabbitMq,
 }
 

@@ -2,8 +2,9 @@
 //! `{prefix}.{topic}` on the default exchange; a nacked message waits in a TTL retry queue
 //! that dead-letters it back to its topic; dead letters are the queue `{prefix}.{topic}.dead`.
 //! Publishes are persistent and return once the broker confirmed them. RabbitMQ has no
-//! deduplication, so keys live in [`DedupeKeys`] (the store's SQLite file), written only
-//! after the broker confirmed the message. docs/ha.md describes the topology.
+//! deduplication, so keys live in [`DedupeKeys`] (beside the store: its SQLite file, or
+//! Redis), written only after the broker confirmed the message. docs/ha.md describes the
+//! topology.
 
 use async_trait::async_trait;
 use bytes::Bytes;

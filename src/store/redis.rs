@@ -15,7 +15,9 @@
 //! `:ver` hashes of scope → generation, update time, version; `:keys` sorted set of applied
 //! idempotency keys (16 bytes of their SHA-256) by time; `:m:<member>` a gauge member's
 //! `scope\nfamily\nlabels`, `:members` members by entry time, `:ms:<scope>` a scope's
-//! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders.
+//! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders;
+//! `:dd` hash and `:dd:at` sorted set of the queue's deduplication keys (16 bytes of the
+//! SHA-256 of `topic\nkey` → fingerprint, and by time), see [`DEDUPE_RECORD`].
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -227,7 +229,31 @@ if not h[1] or tonumber(h[3]) <= now then return false end
 return {h[1], tonumber(h[2]), tonumber(h[3])}
 "#;
 
+/// ARGV: base, id, time, fingerprint ('' for none). The first record of a key wins; the
+/// hash answers `seen` in one read, the sorted set lets `forget_before` find old keys.
+const DEDUPE_RECORD: &str = r#"
+local base = ARGV[1]
+if redis.call('HSETNX', base .. ':dd', ARGV[2], ARGV[4]) == 1 then
+  redis.call('ZADD', base .. ':dd:at', ARGV[3], ARGV[2])
+end
+return 1
+"#;
+
+/// ARGV: base, cutoff, limit. Forgets up to `limit` keys recorded before the cutoff.
+const DEDUPE_FORGET: &str = r#"
+local base = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', base .. ':dd:at', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+  tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('HDEL', base .. ':dd', id)
+  redis.call('ZREM', base .. ':dd:at', id)
+end
+return #ids
+"#;
+
 struct Scripts {
+    dedupe_record: Script,
+    dedupe_forget: Script,
     apply: Script,
     replace: Script,
     drop: Script,
@@ -241,6 +267,8 @@ impl Scripts {
     fn new() -> Scripts {
         let with_helpers = |s: &str| Script::new(&format!("{HELPERS}\n{s}"));
         Scripts {
+            dedupe_record: Script::new(DEDUPE_RECORD),
+            dedupe_forget: Script::new(DEDUPE_FORGET),
             apply: with_helpers(APPLY),
             replace: with_helpers(REPLACE),
             drop: with_helpers(DROP),
@@ -359,6 +387,75 @@ fn split_field(f: &str) -> Option<(FamilyId, Labels)> {
 
 fn key_id(key: &str) -> Vec<u8> {
     sha2::Sha256::digest(key.as_bytes())[..16].to_vec()
+}
+
+fn dedupe_id(topic: &str, key: &str) -> Vec<u8> {
+    let mut h = sha2::Sha256::new();
+    h.update(topic.as_bytes());
+    h.update(b"\n");
+    h.update(key.as_bytes());
+    h.finalize()[..16].to_vec()
+}
+
+fn queue_error(e: Error) -> crate::queue::Error {
+    crate::queue::Error::Unavailable {
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
+/// The queue's deduplication keys shared by every replica, so a delivery reaching two of
+/// them is queued once (the queue on RabbitMQ records a key after the broker's confirm).
+#[async_trait]
+impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
+    async fn seen(
+        &self,
+        topic: &str,
+        key: &str,
+    ) -> Result<Option<Option<i64>>, crate::queue::Error> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = self
+            .run(c.hget(self.key("dd"), dedupe_id(topic, key)))
+            .await
+            .map_err(queue_error)?;
+        Ok(v.map(|f| f.parse().ok()))
+    }
+
+    async fn record(
+        &self,
+        topic: &str,
+        key: &str,
+        at: i64,
+        fingerprint: Option<i64>,
+    ) -> Result<(), crate::queue::Error> {
+        let mut inv = self.scripts.dedupe_record.prepare_invoke();
+        inv.arg(&self.base)
+            .arg(dedupe_id(topic, key))
+            .arg(at)
+            .arg(fingerprint.map(|f| f.to_string()).unwrap_or_default());
+        let mut c = self.conn.clone();
+        self.run(inv.invoke_async::<i64>(&mut c))
+            .await
+            .map_err(queue_error)?;
+        Ok(())
+    }
+
+    async fn forget_before(&self, cutoff: i64) -> Result<u64, crate::queue::Error> {
+        let mut total = 0;
+        loop {
+            let mut inv = self.scripts.dedupe_forget.prepare_invoke();
+            inv.arg(&self.base).arg(cutoff).arg(GC_BATCH);
+            let mut c = self.conn.clone();
+            let n: u64 = self
+                .run(inv.invoke_async(&mut c))
+                .await
+                .map_err(queue_error)?;
+            total += n;
+            if (n as usize) < GC_BATCH {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 impl RedisStore {

@@ -460,3 +460,81 @@ async fn three_processes_survive_a_sigkilled_leader() {
         let _ = c.wait();
     }
 }
+
+/// With the store in Redis and the queue on RabbitMQ, two replicas share the queue's
+/// deduplication keys: a delivery reaching the second is refused there (a duplicate, or a
+/// conflict when the key comes with other content) and is queued once; a key forgotten by
+/// one replica's GC is forgotten for both.
+#[tokio::test]
+async fn replicas_on_rabbitmq_share_deduplication_keys_in_redis() {
+    use crate::support::{RABBITMQ_ADDR, RABBITMQ_URL, config_with};
+    use bytes::Bytes;
+    use devmetrics::queue::{Dedupe, Published, fingerprint};
+    if !service("Redis", REDIS_ADDR) || !service("RabbitMQ", RABBITMQ_ADDR) {
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(shared.path());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<(&str, serde_yaml::Value)> = vec![
+            ("storage.backend", "redis".into()),
+            (
+                "storage.redis.url",
+                format!("redis://{REDIS_ADDR}/0").into(),
+            ),
+            ("storage.redis.key_prefix", prefix.clone().into()),
+            ("queue.backend", "rabbitmq".into()),
+            ("queue.rabbitmq.url", RABBITMQ_URL.into()),
+            ("queue.rabbitmq.prefix", prefix.clone().into()),
+            ("queue.rabbitmq.test_queue_expiry", "5m".into()),
+        ];
+        let config = config_with(dir.path(), &keys);
+        let b = devmetrics::storage::open(&config).await.unwrap();
+        replicas.push((dir, b.queue));
+    }
+    let (a, b) = (&replicas[0].1, &replicas[1].1);
+    let t = "webhooks/github";
+    let body = Bytes::from_static(b"{\"action\":\"queued\"}");
+    let with = |fp| {
+        Some(Dedupe {
+            key: "delivery-1",
+            fingerprint: Some(fp),
+        })
+    };
+    let fp = fingerprint(&body);
+    assert_eq!(
+        a.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Published
+    );
+    assert_eq!(
+        b.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Duplicate
+    );
+    assert_eq!(
+        b.publish_with(t, with(fp ^ 1), Bytes::from_static(b"other"))
+            .await
+            .unwrap(),
+        Published::Conflict
+    );
+    let d = tokio::time::timeout(Duration::from_secs(5), b.receive(t))
+        .await
+        .expect("the message within 5 s")
+        .unwrap();
+    assert_eq!(d.payload, body);
+    d.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.receive(t))
+            .await
+            .is_err(),
+        "queued once"
+    );
+    // Recorded in an earlier second than the GC's cutoff.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(a.gc(Duration::ZERO).await.unwrap() >= 1);
+    assert_eq!(
+        b.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Published
+    );
+}
