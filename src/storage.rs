@@ -134,6 +134,7 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
         prefix: config.prefix,
         policy: policy.clone(),
         queue_expiry: config.test_queue_expiry,
+        ca_pem: config.ca_pem,
     };
     let broker = RabbitMqQueue::open(settings, keys, store.clone()).await?;
     let spool_keys = Arc::new(DedupeTable::new(db.clone()));

@@ -92,9 +92,37 @@ pub struct RawQueue {
 pub struct RawRabbitMq {
     pub url: Option<String>,
     pub prefix: Option<String>,
+    pub tls: Option<RawTls>,
     /// Tests only: the broker deletes queues unused this long, messages and all, so
     /// throwaway prefixes do not pile up on a shared broker. Not in the example config.
     pub test_queue_expiry: Option<String>,
+}
+
+/// TLS settings of a connection to a service (`queue.rabbitmq.tls`, `storage.redis.tls`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificates of the CA(s) that signed the server's certificate, trusted besides
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Reads `{key}.ca_file`: PEM with at least one certificate.
+fn read_ca_file(key: &str, path: PathBuf) -> Result<String, Error> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| Error::invalid(key, Some(&shown), format!("cannot read: {e}")))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid(key, Some(&shown), format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::invalid(
+            key,
+            Some(&shown),
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(pem)
 }
 
 fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisConfig, Error> {
@@ -220,6 +248,8 @@ pub struct RabbitMqConfig {
     pub url: super::Secret,
     /// Every exchange and queue name starts with it, so deployments can share a broker.
     pub prefix: String,
+    /// `tls.ca_file`'s PEM, trusted for `amqps://` besides the system's roots.
+    pub ca_pem: Option<String>,
     pub test_queue_expiry: Option<Duration>,
 }
 
@@ -310,7 +340,10 @@ pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, Error> {
     })
 }
 
-fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
+fn resolve_rabbitmq(
+    raw: RawRabbitMq,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<RabbitMqConfig, Error> {
     let Some(url) = raw.url else {
         return Err(Error::invalid(
             "queue.rabbitmq.url",
@@ -332,9 +365,14 @@ fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
         )?),
         None => None,
     };
+    let ca_pem = match raw.tls.and_then(|t| t.ca_file) {
+        Some(f) => Some(read_ca_file("queue.rabbitmq.tls.ca_file", rel(f))?),
+        None => None,
+    };
     Ok(RabbitMqConfig {
         url: super::Secret::new(url),
         prefix,
+        ca_pem,
         test_queue_expiry,
     })
 }
@@ -423,9 +461,10 @@ impl RawConfig {
             }
         };
         let rabbitmq = match queue_backend {
-            QueueBackend::RabbitMq => {
-                Some(resolve_rabbitmq(self.queue.rabbitmq.unwrap_or_default())?)
-            }
+            QueueBackend::RabbitMq => Some(resolve_rabbitmq(
+                self.queue.rabbitmq.unwrap_or_default(),
+                &rel,
+            )?),
             QueueBackend::Sqlite => None,
         };
         let idempotency_retention = duration(

@@ -395,6 +395,7 @@ mod tests {
             prefix: prefix.to_string(),
             policy: crate::queue::contract::policy(),
             queue_expiry: Some(Duration::from_secs(300)),
+            ca_pem: None,
         };
         let broker = RabbitMqQueue::open(settings, keys.clone(), store)
             .await

@@ -192,3 +192,27 @@ fn a_bad_rabbitmq_url_names_the_key_and_hides_the_password() {
     assert_eq!(code, 2, "{msg}");
     assert!(msg.contains("\"queue.rabbitmq.url\""), "{msg}");
 }
+
+/// `amqps://` is accepted, with a private CA from `queue.rabbitmq.tls.ca_file`; a CA file
+/// that holds no certificate is refused naming its key.
+#[test]
+fn amqps_urls_and_a_ca_file_are_accepted_and_a_bad_ca_file_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["rabbit.internal".into()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let yaml = |ca: &std::path::Path| {
+        format!(
+            "queue:\n  backend: rabbitmq\n  rabbitmq:\n    url: \"amqps://u:s3cret@rabbit.internal:5671/%2f\"\n    tls: {{ca_file: {}}}\n",
+            ca.display()
+        )
+    };
+    let (code, msg) = check(&yaml(&ca), &[]);
+    assert_eq!(code, 0, "{msg}");
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let (code, msg) = check(&yaml(&bad), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.rabbitmq.tls.ca_file\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
