@@ -72,6 +72,17 @@ pub struct RawRedis {
     pub url: Option<String>,
     pub url_file: Option<PathBuf>,
     pub key_prefix: Option<String>,
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `storage.redis.sentinel`: the master is found through Redis Sentinel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master_name: Option<String>,
+    /// The Sentinels, `redis://host:26379` each (`rediss://` for TLS).
+    #[serde(default, deserialize_with = "string_or_seq")]
+    pub urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,7 +181,44 @@ fn resolve_redis(r: RawRedis, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<RedisC
             "must be non-empty, without braces or spaces",
         ));
     }
-    Ok(RedisConfig { url, key_prefix })
+    let sentinel = match r.sentinel {
+        None => None,
+        Some(s) => {
+            let master_name = s.master_name.filter(|m| !m.is_empty()).ok_or_else(|| {
+                Error::invalid(
+                    "storage.redis.sentinel.master_name",
+                    None,
+                    "needed with storage.redis.sentinel: the name Sentinel monitors the master as, e.g. mymaster",
+                )
+            })?;
+            let urls = s.urls.unwrap_or_default();
+            if urls.is_empty() {
+                return Err(Error::invalid(
+                    "storage.redis.sentinel.urls",
+                    None,
+                    "needs at least one Sentinel, e.g. [redis://127.0.0.1:26379]",
+                ));
+            }
+            for (i, u) in urls.iter().enumerate() {
+                if redis::IntoConnectionInfo::into_connection_info(u.as_str()).is_err() {
+                    return Err(Error::invalid(
+                        format!("storage.redis.sentinel.urls[{i}]"),
+                        None,
+                        "is not a Redis URL (redis://host:26379 or rediss:// for TLS)",
+                    ));
+                }
+            }
+            Some(SentinelConfig {
+                master_name,
+                urls: urls.into_iter().map(Secret::new).collect(),
+            })
+        }
+    };
+    Ok(RedisConfig {
+        url,
+        key_prefix,
+        sentinel,
+    })
 }
 
 /// Accepts `a` or `[a, b]` (and `a,b` from an environment variable).
@@ -229,6 +277,17 @@ pub struct RedisConfig {
     /// Every key starts with `{key_prefix}:`; the braces make it Redis Cluster's hash tag,
     /// so every key of one operation is in one slot.
     pub key_prefix: String,
+    /// When set, the master is the one these Sentinels name; `url` then gives only its
+    /// credentials, database and TLS (`rediss://`), not its address.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `storage.redis.sentinel`.
+#[derive(Clone, Debug)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    /// Sentinel URLs may carry a password: secrets.
+    pub urls: Vec<crate::config::Secret>,
 }
 
 /// Where queued work lives.

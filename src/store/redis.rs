@@ -22,7 +22,8 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -281,7 +282,10 @@ impl Scripts {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// Replaced when Sentinel names another master.
+    conn: Mutex<ConnectionManager>,
+    /// With Sentinel: who names the master, and the master's address now.
+    sentinel: Option<(tokio::sync::Mutex<SentinelClient>, Mutex<String>)>,
     /// `{prefix}`: every key starts with it.
     base: String,
     scripts: Scripts,
@@ -413,7 +417,7 @@ impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
         topic: &str,
         key: &str,
     ) -> Result<Option<Option<i64>>, crate::queue::Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let v: Option<String> = self
             .run(c.hget(self.key("dd"), dedupe_id(topic, key)))
             .await
@@ -433,7 +437,7 @@ impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
             .arg(dedupe_id(topic, key))
             .arg(at)
             .arg(fingerprint.map(|f| f.to_string()).unwrap_or_default());
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.run(inv.invoke_async::<i64>(&mut c))
             .await
             .map_err(queue_error)?;
@@ -445,7 +449,7 @@ impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
         loop {
             let mut inv = self.scripts.dedupe_forget.prepare_invoke();
             inv.arg(&self.base).arg(cutoff).arg(GC_BATCH);
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let n: u64 = self
                 .run(inv.invoke_async(&mut c))
                 .await
@@ -459,22 +463,62 @@ impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects, loads every scope into memory and starts the refresher.
+    /// Connects (through Sentinel when configured), loads every scope into memory and starts
+    /// the refresher.
     pub async fn open(config: &RedisConfig) -> Result<Arc<RedisStore>, Error> {
-        let client = redis::Client::open(config.url.expose()).map_err(|_| Error::Refused {
+        let bad_url = || Error::Refused {
             kind: "redis_url",
             message: "storage.redis.url is not a Redis URL".into(),
-        })?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, cfg))
-            .await
-            .map_err(|_| timed_out())??;
+        };
+        let (client, sentinel) = match &config.sentinel {
+            None => (
+                redis::Client::open(config.url.expose()).map_err(|_| bad_url())?,
+                None,
+            ),
+            Some(s) => {
+                // The URL's credentials and database are the master's; Sentinel says where
+                // it is.
+                let info = config
+                    .url
+                    .expose()
+                    .into_connection_info()
+                    .map_err(|_| bad_url())?;
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+                    node = node.set_tls_mode(if *insecure {
+                        redis::TlsMode::Insecure
+                    } else {
+                        redis::TlsMode::Secure
+                    });
+                }
+                let urls: Vec<&str> = s.urls.iter().map(|u| u.expose()).collect();
+                let mut sc = SentinelClient::build(
+                    urls,
+                    s.master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|_| Error::Refused {
+                    kind: "redis_url",
+                    message: "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
+                        .into(),
+                })?;
+                let client = tokio::time::timeout(TIMEOUT, sc.async_get_client())
+                    .await
+                    .map_err(|_| timed_out())??;
+                let addr = client.get_connection_info().addr().to_string();
+                tracing::info!(master = %addr, name = %s.master_name, "Sentinel names the Redis master");
+                (
+                    client,
+                    Some((tokio::sync::Mutex::new(sc), Mutex::new(addr))),
+                )
+            }
+        };
+        let conn = manager(client).await?;
         let store = Arc::new(RedisStore {
-            conn,
+            conn: Mutex::new(conn),
+            sentinel,
             base: format!("{{{}}}", config.key_prefix),
             scripts: Scripts::new(),
             state: Arc::new(State::default()),
@@ -490,6 +534,40 @@ impl RedisStore {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.lock().clone()
+    }
+
+    /// With Sentinel: asks it for the master and, when another server took over, connects
+    /// there. The old master keeps answering reads as a replica, so a failover shows only
+    /// as refused writes (`READONLY`) until this runs.
+    async fn follow_master(&self) -> Result<(), Error> {
+        let Some((sentinel, current)) = &self.sentinel else {
+            return Ok(());
+        };
+        let client = {
+            let mut sc = sentinel.lock().await;
+            match tokio::time::timeout(TIMEOUT, sc.async_get_client()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(timed_out()),
+            }
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        if *current.lock() == addr {
+            return Ok(());
+        }
+        let conn = manager(client).await?;
+        tracing::warn!(master = %addr, "Sentinel names another Redis master; connected to it");
+        *self.conn.lock() = conn;
+        *current.lock() = addr;
+        Ok(())
+    }
+
+    /// The master's address as Sentinel named it last (`None` without Sentinel).
+    pub fn master(&self) -> Option<String> {
+        self.sentinel.as_ref().map(|(_, m)| m.lock().clone())
     }
 
     fn key(&self, part: &str) -> String {
@@ -516,7 +594,7 @@ impl RedisStore {
     /// Reloads every scope whose generation in Redis differs from the mirror's, and drops
     /// scopes Redis no longer has.
     pub async fn refresh(&self) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let gen_key = self.key("generation");
         let remote: HashMap<String, i64> = self.run(c.hgetall(&gen_key)).await?;
         let stale: Vec<String> = {
@@ -544,7 +622,7 @@ impl RedisStore {
     }
 
     async fn load_scope(&self, scope: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (series, generation, upd, ver): (
             HashMap<String, String>,
             Option<i64>,
@@ -651,7 +729,7 @@ impl RedisStore {
                 .or_default()
                 .insert(s.labels, s.value);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (written, generation, ver): (i64, String, String) =
             self.run(inv.invoke_async(&mut c)).await?;
         if written == 0 {
@@ -668,10 +746,27 @@ impl RedisStore {
     }
 }
 
+/// A connection that reconnects by itself, within [`TIMEOUT`].
+async fn manager(client: redis::Client) -> Result<ConnectionManager, Error> {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(
+        tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, cfg))
+            .await
+            .map_err(|_| timed_out())??,
+    )
+}
+
 async fn refresh_loop(store: Weak<RedisStore>) {
     loop {
         tokio::time::sleep(REFRESH).await;
         let Some(s) = store.upgrade() else { return };
+        if let Err(e) = s.follow_master().await {
+            tracing::warn!(error = %e, "asking Sentinel for the Redis master failed");
+        }
         if let Err(e) = s.refresh().await {
             tracing::debug!(error = %e, "refreshing scopes from Redis failed");
         }
@@ -733,7 +828,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (flags, writes, gens): (Vec<i64>, Vec<String>, Vec<String>) =
             self.run(inv.invoke_async(&mut c)).await?;
         self.mirror(writes, gens);
@@ -758,7 +853,7 @@ impl Store for RedisStore {
         for s in &scopes {
             inv.arg(s);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: i64 = self.run(inv.invoke_async(&mut c)).await?;
         let mut gens = self.gens.lock();
         for s in &scopes {
@@ -769,7 +864,7 @@ impl Store for RedisStore {
     }
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.run(c.get(self.key(&format!("kv:{ns}:{key}")))).await
     }
 
@@ -780,7 +875,7 @@ impl Store for RedisStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let k = self.key(&format!("kv:{ns}:{key}"));
         match ttl {
             Some(t) => {
@@ -792,7 +887,7 @@ impl Store for RedisStore {
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.run(c.del::<_, ()>(self.key(&format!("kv:{ns}:{key}"))))
             .await
     }
@@ -809,7 +904,7 @@ impl Store for RedisStore {
                 .arg(members)
                 .arg(keys)
                 .arg(GC_BATCH);
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let (m, k, writes, gens): (u64, u64, Vec<String>, Vec<String>) =
                 self.run(inv.invoke_async(&mut c)).await?;
             self.mirror(writes, gens);
@@ -833,7 +928,7 @@ impl Lease for RedisStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Grant>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.acquire.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -852,7 +947,7 @@ impl Lease for RedisStore {
         fence: u64,
         ttl: Duration,
     ) -> Result<Option<Grant>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -866,7 +961,7 @@ impl Lease for RedisStore {
     }
 
     async fn release(&self, name: &str, holder: &str, fence: u64) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -877,7 +972,7 @@ impl Lease for RedisStore {
     }
 
     async fn holder(&self, name: &str) -> Result<Option<(String, Grant)>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.holder.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")));
         let r: Option<(String, u64, u64)> = self.run(inv.invoke_async(&mut c)).await?;

@@ -216,3 +216,34 @@ fn amqps_urls_and_a_ca_file_are_accepted_and_a_bad_ca_file_names_its_key() {
     assert!(msg.contains("\"queue.rabbitmq.tls.ca_file\""), "{msg}");
     assert!(!msg.contains("s3cret"), "{msg}");
 }
+
+/// Sentinel settings are checked at start, each problem naming its key.
+#[test]
+fn sentinel_settings_name_the_key_at_fault() {
+    let base =
+        "storage:\n  backend: redis\n  redis:\n    url: redis://:s3cret@x/0\n    sentinel:\n";
+    let (code, msg) = check(
+        &format!("{base}      urls: [redis://127.0.0.1:26379]\n"),
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("\"storage.redis.sentinel.master_name\""),
+        "{msg}"
+    );
+    let (code, msg) = check(&format!("{base}      master_name: m\n"), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.sentinel.urls\""), "{msg}");
+    let (code, msg) = check(
+        &format!("{base}      master_name: m\n      urls: [\"nope://s3cret\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.sentinel.urls[0]\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (code, msg) = check(
+        &format!("{base}      master_name: m\n      urls: [redis://127.0.0.1:26379]\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{msg}");
+}
