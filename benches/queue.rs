@@ -76,6 +76,7 @@ async fn redis() {
         redis: devmetrics::config::RedisConfig {
             url: devmetrics::config::Secret::new(url.clone()),
             key_prefix: prefix.clone(),
+            sentinel: None,
         },
         url_key: "REDIS_URL".into(),
         policy: RetryPolicy::default(),

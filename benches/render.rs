@@ -64,8 +64,16 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
     let store = launched.state.store.clone();
     if redis_prefix.is_some() && format != "load" {
         // A replica: its start-up loaded every series Redis holds.
-        let held = store.snapshot().scopes.iter().map(|s| s.series_count()).sum::<usize>();
-        assert!(held >= series, "the replica holds {held} of {series} series");
+        let held = store
+            .snapshot()
+            .scopes
+            .iter()
+            .map(|s| s.series_count())
+            .sum::<usize>();
+        assert!(
+            held >= series,
+            "the replica holds {held} of {series} series"
+        );
         scrape(addr, series, format, load_started.elapsed().as_secs_f64()).await;
         shutdown.cancel();
         launched.wait().await;
@@ -112,7 +120,6 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
 }
 
 async fn scrape(addr: std::net::SocketAddr, series: usize, format: &str, load_secs: f64) {
-
     let accept = match format {
         "openmetrics" => "application/openmetrics-text;version=1.0.0",
         _ => "text/plain;version=0.0.4",

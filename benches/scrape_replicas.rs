@@ -57,7 +57,9 @@ async fn run() {
         let sim = GithubSim::new(21, devmetrics::clock::Clock::system(), &[spec]);
         let faults = Faults::new(21);
         faults.delay_ms.store(delay, Ordering::Relaxed);
-        let fake = FakeServer::start("github", sim.router(), faults).await.unwrap();
+        let fake = FakeServer::start("github", sim.router(), faults)
+            .await
+            .unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let prefix = format!("devmetrics-bench-scrape-{}-{n}", std::process::id());
         let shutdown = CancellationToken::new();
@@ -123,4 +125,3 @@ async fn run() {
         }
     }
 }
-

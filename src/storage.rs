@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, QueueBackend, StorageBackend};
 use crate::db::Db;
-use crate::queue::{RetryPolicy, SharedQueue, sqlite::SqliteQueue};
+use crate::queue::rabbitmq::DedupeKeys;
+use crate::queue::sqlite::{DedupeTable, SqliteQueue};
+use crate::queue::{RetryPolicy, SharedQueue};
 use crate::store::{SharedLease, SharedStore, redis::RedisStore, sqlite::SqliteStore};
 use crate::telemetry::Collect;
 
@@ -49,7 +51,13 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
             let db = Db::open(&config.storage.path)?;
             let store = Arc::new(SqliteStore::open(db.clone())?);
-            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+            let keys = Arc::new(DedupeTable::new(db.clone()));
+            let rabbitmq = Rabbit {
+                config: rabbitmq,
+                policy,
+                max_depth: config.queue.max_depth,
+            };
+            open_rabbitmq(db, keys, store.clone(), store, rabbitmq).await
         }
         (StorageBackend::Redis, QueueBackend::RabbitMq) => {
             let redis = config
@@ -63,10 +71,15 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 .clone()
                 .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
             let store = RedisStore::open(redis).await?;
-            // Deduplication keys stay in each replica's file: a delivery that reaches two
-            // replicas may be queued twice, which consumers tolerate (docs/ha.md).
+            // Deduplication keys are shared in Redis, so a delivery that reaches two replicas
+            // is queued once; the local file keeps only the spool for broker outages.
             let db = Db::open(&config.storage.path)?;
-            open_rabbitmq(db, store.clone(), store, policy, rabbitmq).await
+            let rabbitmq = Rabbit {
+                config: rabbitmq,
+                policy,
+                max_depth: config.queue.max_depth,
+            };
+            open_rabbitmq(db, store.clone(), store.clone(), store, rabbitmq).await
         }
         (StorageBackend::Sqlite, QueueBackend::Redis) => {
             let db = Db::open(&config.storage.path)?;
@@ -106,24 +119,41 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
     }
 }
 
-/// The queue on RabbitMQ beside `store` (also the lease), with the deduplication keys in the
-/// SQLite file `db`.
+/// What the queue on RabbitMQ is opened with.
+struct Rabbit {
+    config: crate::config::RabbitMqConfig,
+    policy: RetryPolicy,
+    /// Messages the spool holds per topic.
+    max_depth: u64,
+}
+
+/// The queue on RabbitMQ beside `store` (also the lease), with its deduplication keys in
+/// `keys` and, for outages, a spool in the SQLite file `db` (`queue::spool`).
 async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
     db: Db,
+    keys: Arc<dyn DedupeKeys>,
     store: Arc<S>,
     store_collector: Arc<S>,
-    policy: RetryPolicy,
-    config: crate::config::RabbitMqConfig,
+    rabbit: Rabbit,
 ) -> Result<Backends, Error> {
     use crate::queue::rabbitmq::{RabbitMqQueue, Settings};
+    use crate::queue::spool::Spooled;
+    let Rabbit {
+        config,
+        policy,
+        max_depth,
+    } = rabbit;
     let settings = Settings {
         url: config.url,
         prefix: config.prefix,
-        policy,
+        policy: policy.clone(),
         queue_expiry: config.test_queue_expiry,
+        ca_pem: config.ca_pem,
     };
-    let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db));
-    let queue: SharedQueue = Arc::new(RabbitMqQueue::open(settings, keys, store.clone()).await?);
+    let broker = RabbitMqQueue::open(settings, keys, store.clone()).await?;
+    let spool_keys = Arc::new(DedupeTable::new(db.clone()));
+    let spool = SqliteQueue::open_with_depth(db, policy, max_depth)?;
+    let queue: SharedQueue = Arc::new(Spooled::open(broker, spool, spool_keys).await?);
     Ok(Backends {
         store: store.clone(),
         lease: store,

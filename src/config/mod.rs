@@ -11,7 +11,7 @@ mod secret;
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
     Config, HaConfig, LogFormat, QueueBackend, QueueConfig, QueueRedisConfig, RabbitMqConfig,
-    RedisConfig, StorageBackend, StorageConfig, WebConfig,
+    RedisConfig, SentinelConfig, StorageBackend, StorageConfig, WebConfig,
 };
 pub use secret::{Secret, SecretSource};
 

@@ -72,6 +72,17 @@ pub struct RawRedis {
     pub url: Option<String>,
     pub url_file: Option<PathBuf>,
     pub key_prefix: Option<String>,
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `storage.redis.sentinel`: the master is found through Redis Sentinel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master_name: Option<String>,
+    /// The Sentinels, `redis://host:26379` each (`rediss://` for TLS).
+    #[serde(default, deserialize_with = "string_or_seq")]
+    pub urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,9 +114,37 @@ pub struct RawQueueRedis {
 pub struct RawRabbitMq {
     pub url: Option<String>,
     pub prefix: Option<String>,
+    pub tls: Option<RawTls>,
     /// Tests only: the broker deletes queues unused this long, messages and all, so
     /// throwaway prefixes do not pile up on a shared broker. Not in the example config.
     pub test_queue_expiry: Option<String>,
+}
+
+/// TLS settings of a connection to a service (`queue.rabbitmq.tls`, `storage.redis.tls`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificates of the CA(s) that signed the server's certificate, trusted besides
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Reads `{key}.ca_file`: PEM with at least one certificate.
+fn read_ca_file(key: &str, path: PathBuf) -> Result<String, Error> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| Error::invalid(key, Some(&shown), format!("cannot read: {e}")))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid(key, Some(&shown), format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::invalid(
+            key,
+            Some(&shown),
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(pem)
 }
 
 /// Resolves the Redis connection of the section `section` (`storage.redis`, `queue.redis`);
@@ -159,7 +198,44 @@ fn resolve_redis(
             "must be non-empty, without braces or spaces",
         ));
     }
-    Ok(RedisConfig { url, key_prefix })
+    let sentinel = match r.sentinel {
+        None => None,
+        Some(s) => {
+            let master_name = s.master_name.filter(|m| !m.is_empty()).ok_or_else(|| {
+                Error::invalid(
+                    format!("{section}.sentinel.master_name"),
+                    None,
+                    "needed with a sentinel section: the name Sentinel monitors the master as, e.g. mymaster",
+                )
+            })?;
+            let urls = s.urls.unwrap_or_default();
+            if urls.is_empty() {
+                return Err(Error::invalid(
+                    format!("{section}.sentinel.urls"),
+                    None,
+                    "needs at least one Sentinel, e.g. [redis://127.0.0.1:26379]",
+                ));
+            }
+            for (i, u) in urls.iter().enumerate() {
+                if redis::IntoConnectionInfo::into_connection_info(u.as_str()).is_err() {
+                    return Err(Error::invalid(
+                        format!("{section}.sentinel.urls[{i}]"),
+                        None,
+                        "is not a Redis URL (redis://host:26379 or rediss:// for TLS)",
+                    ));
+                }
+            }
+            Some(SentinelConfig {
+                master_name,
+                urls: urls.into_iter().map(Secret::new).collect(),
+            })
+        }
+    };
+    Ok(RedisConfig {
+        url,
+        key_prefix,
+        sentinel,
+    })
 }
 
 /// Accepts `a` or `[a, b]` (and `a,b` from an environment variable).
@@ -218,6 +294,17 @@ pub struct RedisConfig {
     /// Every key starts with `{key_prefix}:`; the braces make it Redis Cluster's hash tag,
     /// so every key of one operation is in one slot.
     pub key_prefix: String,
+    /// When set, the master is the one these Sentinels name; `url` then gives only its
+    /// credentials, database and TLS (`rediss://`), not its address.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `storage.redis.sentinel`.
+#[derive(Clone, Debug)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    /// Sentinel URLs may carry a password: secrets.
+    pub urls: Vec<crate::config::Secret>,
 }
 
 /// Where queued work lives.
@@ -225,8 +312,8 @@ pub struct RedisConfig {
 pub enum QueueBackend {
     /// Rows of the embedded SQLite file at `storage.path`.
     Sqlite,
-    /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys stay in the store's
-    /// SQLite file.
+    /// Queues on a RabbitMQ broker (`queue.rabbitmq`); deduplication keys live beside the
+    /// store (its SQLite file, or Redis), and a spool in the SQLite file covers outages.
     RabbitMq,
     /// Streams in Redis (`queue.redis`, else the connection of `storage.redis`), with their
     /// deduplication keys beside them.
@@ -258,6 +345,8 @@ pub struct RabbitMqConfig {
     pub url: super::Secret,
     /// Every exchange and queue name starts with it, so deployments can share a broker.
     pub prefix: String,
+    /// `tls.ca_file`'s PEM, trusted for `amqps://` besides the system's roots.
+    pub ca_pem: Option<String>,
     pub test_queue_expiry: Option<Duration>,
 }
 
@@ -350,7 +439,10 @@ pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, Error> {
     })
 }
 
-fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
+fn resolve_rabbitmq(
+    raw: RawRabbitMq,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<RabbitMqConfig, Error> {
     let Some(url) = raw.url else {
         return Err(Error::invalid(
             "queue.rabbitmq.url",
@@ -372,9 +464,14 @@ fn resolve_rabbitmq(raw: RawRabbitMq) -> Result<RabbitMqConfig, Error> {
         )?),
         None => None,
     };
+    let ca_pem = match raw.tls.and_then(|t| t.ca_file) {
+        Some(f) => Some(read_ca_file("queue.rabbitmq.tls.ca_file", rel(f))?),
+        None => None,
+    };
     Ok(RabbitMqConfig {
         url: super::Secret::new(url),
         prefix,
+        ca_pem,
         test_queue_expiry,
     })
 }
@@ -411,6 +508,7 @@ fn resolve_queue_redis(
                     url: raw.url,
                     url_file: raw.url_file,
                     key_prefix: None,
+                    sentinel: None,
                 },
                 rel,
             )?;
@@ -533,9 +631,10 @@ impl RawConfig {
             }
         };
         let rabbitmq = match queue_backend {
-            QueueBackend::RabbitMq => {
-                Some(resolve_rabbitmq(self.queue.rabbitmq.unwrap_or_default())?)
-            }
+            QueueBackend::RabbitMq => Some(resolve_rabbitmq(
+                self.queue.rabbitmq.unwrap_or_default(),
+                &rel,
+            )?),
             QueueBackend::Sqlite | QueueBackend::Redis => None,
         };
         let idempotency_retention = duration(

@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod rabbitmq;
 pub mod redis;
 mod runner;
+pub mod spool;
 pub mod sqlite;
 
 use async_trait::async_trait;

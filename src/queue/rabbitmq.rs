@@ -2,8 +2,9 @@
 //! `{prefix}.{topic}` on the default exchange; a nacked message waits in a TTL retry queue
 //! that dead-letters it back to its topic; dead letters are the queue `{prefix}.{topic}.dead`.
 //! Publishes are persistent and return once the broker confirmed them. RabbitMQ has no
-//! deduplication, so keys live in [`DedupeKeys`] (the store's SQLite file), written only
-//! after the broker confirmed the message. docs/ha.md describes the topology.
+//! deduplication, so keys live in [`DedupeKeys`] (beside the store: its SQLite file, or
+//! Redis), written only after the broker confirmed the message. docs/ha.md describes the
+//! topology.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -84,11 +85,6 @@ pub fn check_url(url: &str) -> Result<(), String> {
         "not an AMQP URL: expected amqp://USER:PASSWORD@HOST:PORT/VHOST (the vhost / is written %2f)"
             .to_string()
     })?;
-    if uri.scheme == AMQPScheme::AMQPS {
-        return Err(
-            "amqps:// (TLS) is not built into this binary; use amqp:// on a trusted network".into(),
-        );
-    }
     if uri.authority.host.is_empty() {
         return Err("names no host".into());
     }
@@ -120,6 +116,8 @@ pub struct Settings {
     pub policy: RetryPolicy,
     /// Tests only: `x-expires` on every queue, so throwaway prefixes clean up after themselves.
     pub queue_expiry: Option<Duration>,
+    /// PEM certificates trusted for `amqps://` besides the system's roots (a private CA).
+    pub ca_pem: Option<String>,
 }
 
 /// The queue kinds of one topic; each is declared with its own arguments.
@@ -201,6 +199,7 @@ struct Inner {
     prefix: String,
     policy: RetryPolicy,
     queue_expiry: Option<Duration>,
+    ca_pem: Option<String>,
     keys: Arc<dyn DedupeKeys>,
     /// Hand-outs of redelivered messages that were not settled (see [`RabbitMqQueue::deliver`]).
     store: SharedStore,
@@ -257,6 +256,7 @@ impl RabbitMqQueue {
                 prefix: settings.prefix,
                 policy: settings.policy,
                 queue_expiry: settings.queue_expiry,
+                ca_pem: settings.ca_pem,
                 keys,
                 store,
                 link: tokio::sync::Mutex::new(LinkState::default()),
@@ -355,7 +355,12 @@ impl RabbitMqQueue {
 
     async fn connect(&self) -> Result<Link, String> {
         let props = ConnectionProperties::default().with_connection_name("devmetrics".into());
-        let conn = Connection::connect_uri(self.inner.uri.clone(), props)
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.inner.ca_pem.clone(),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let conn = Connection::connect_uri_with_config(self.inner.uri.clone(), props, tls, runtime)
             .await
             .map_err(|e| e.to_string())?;
         let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -477,12 +482,17 @@ impl RabbitMqQueue {
             })
     }
 
-    /// Publishes a new message and waits for the confirm, without its key: [`Queue::publish`]
-    /// records the key afterwards.
-    async fn publish_confirmed(&self, topic: &str, payload: &[u8]) -> Result<(), Error> {
+    /// Publishes a new message first accepted at `published_at` and waits for the confirm,
+    /// without its key: [`RabbitMqQueue::publish_at`] records the key afterwards.
+    async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        published_at: f64,
+    ) -> Result<(), Error> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_timestamp(now_unix() as u64)
+            .with_timestamp(published_at as u64)
             .with_message_id(message_id().into());
         self.send(topic, Kind::Topic, payload, props).await
     }
@@ -921,13 +931,17 @@ impl Settle for Handle {
     }
 }
 
-#[async_trait]
-impl Queue for RabbitMqQueue {
-    async fn publish_with(
+impl RabbitMqQueue {
+    /// [`Queue::publish_with`] for a message first accepted at `published_at` (Unix
+    /// seconds), which becomes its publication `timestamp`: a message moved from the local
+    /// spool keeps its age, so the retry horizon and the queue's age figures count from when
+    /// it was accepted.
+    pub async fn publish_at(
         &self,
         topic: &str,
         dedupe: Option<Dedupe<'_>>,
         payload: Bytes,
+        published_at: f64,
     ) -> Result<Published, Error> {
         let t = self.topic(topic);
         if let Some(d) = &dedupe
@@ -945,7 +959,8 @@ impl Queue for RabbitMqQueue {
             });
         }
         // Confirmed first, recorded second (see the type's documentation).
-        self.publish_confirmed(topic, &payload).await?;
+        self.publish_confirmed(topic, &payload, published_at)
+            .await?;
         t.stats.lock().published += 1;
         if let Some(d) = &dedupe
             && let Err(e) = self
@@ -958,6 +973,24 @@ impl Queue for RabbitMqQueue {
             tracing::warn!(topic, error = %e, "a published message's deduplication key was not recorded");
         }
         Ok(Published::Published)
+    }
+
+    /// Whether the broker can be reached now; at most one connection attempt per backoff
+    /// step, as every operation.
+    pub async fn reachable(&self) -> bool {
+        self.link().await.is_ok()
+    }
+}
+
+#[async_trait]
+impl Queue for RabbitMqQueue {
+    async fn publish_with(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        self.publish_at(topic, dedupe, payload, now_unix()).await
     }
 
     async fn receive(&self, topic: &str) -> Result<Delivery, Error> {
@@ -1032,6 +1065,7 @@ mod tests {
             prefix: prefix.to_string(),
             policy: crate::queue::contract::policy(),
             queue_expiry: Some(Duration::from_secs(300)),
+            ca_pem: None,
         }
     }
 
@@ -1076,7 +1110,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let q = open(&dir, BROKER, &prefix()).await;
-        q.publish_confirmed("t", b"event").await.unwrap();
+        q.publish_confirmed("t", b"event", now_unix())
+            .await
+            .unwrap();
         assert_eq!(
             q.publish("t", Some("delivery-1"), Bytes::from_static(b"event"))
                 .await
@@ -1281,6 +1317,41 @@ mod tests {
         assert_eq!(seen, ["after", "before"]);
     }
 
+    /// `amqps://` to a port that speaks plain AMQP: the TLS handshake fails, and opening
+    /// the queue answers `Unavailable` naming the broker, without the password.
+    #[tokio::test]
+    async fn amqps_to_a_plain_port_fails_as_unavailable_without_the_password() {
+        if !broker() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keys.db")).unwrap();
+        let keys = Arc::new(crate::queue::sqlite::DedupeTable::new(db.clone()));
+        let store = Arc::new(crate::store::sqlite::SqliteStore::open(db).unwrap());
+        let mut s = settings(BROKER, &prefix());
+        s.url = crate::config::Secret::new(format!("amqps://guest:s3cret@{BROKER}/%2f"));
+        let started = Instant::now();
+        let e = match RabbitMqQueue::open(s, keys, store).await {
+            Ok(_) => panic!("a plain port does not speak TLS"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(
+                e,
+                Error::Unavailable {
+                    kind: "connect",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("127.0.0.1:5672"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(1));
+        eprintln!("amqps to a plain port: {msg} ({:?})", started.elapsed());
+    }
+
     #[test]
     fn delays_fall_on_a_ladder_of_two_steps_per_doubling() {
         assert_eq!(retry_bucket_ms(Duration::from_millis(1000)), 724);
@@ -1309,11 +1380,7 @@ mod tests {
         assert!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         let e = check_url("not a url with s3cret").unwrap_err();
         assert!(!e.contains("s3cret"), "{e}");
-        assert!(
-            check_url("amqps://u:p@host/%2f")
-                .unwrap_err()
-                .contains("TLS")
-        );
+        assert!(check_url("amqps://u:p@host/%2f").is_ok());
         assert!(check_prefix("devmetrics-test-1a2b").is_ok());
         assert!(check_prefix("amq.x").is_err());
         assert!(check_prefix("a b").is_err());

@@ -1011,6 +1011,7 @@ mod tests {
             redis: crate::config::RedisConfig {
                 url: crate::config::Secret::new(format!("redis://{addr}/0")),
                 key_prefix: prefix.to_string(),
+                sentinel: None,
             },
             url_key: "queue.redis.url".into(),
             policy: crate::queue::contract::policy(),

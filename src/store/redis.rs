@@ -15,12 +15,15 @@
 //! `:ver` hashes of scope → generation, update time, version; `:keys` sorted set of applied
 //! idempotency keys (16 bytes of their SHA-256) by time; `:m:<member>` a gauge member's
 //! `scope\nfamily\nlabels`, `:members` members by entry time, `:ms:<scope>` a scope's
-//! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders.
+//! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders;
+//! `:dd` hash and `:dd:at` sorted set of the queue's deduplication keys (16 bytes of the
+//! SHA-256 of `topic\nkey` → fingerprint, and by time), see [`DEDUPE_RECORD`].
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,8 +244,32 @@ end
 return 1
 "#;
 
+/// ARGV: base, id, time, fingerprint ('' for none). The first record of a key wins; the
+/// hash answers `seen` in one read, the sorted set lets `forget_before` find old keys.
+const DEDUPE_RECORD: &str = r#"
+local base = ARGV[1]
+if redis.call('HSETNX', base .. ':dd', ARGV[2], ARGV[4]) == 1 then
+  redis.call('ZADD', base .. ':dd:at', ARGV[3], ARGV[2])
+end
+return 1
+"#;
+
+/// ARGV: base, cutoff, limit. Forgets up to `limit` keys recorded before the cutoff.
+const DEDUPE_FORGET: &str = r#"
+local base = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', base .. ':dd:at', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+  tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('HDEL', base .. ':dd', id)
+  redis.call('ZREM', base .. ':dd:at', id)
+end
+return #ids
+"#;
+
 struct Scripts {
     put_fenced: Script,
+    dedupe_record: Script,
+    dedupe_forget: Script,
     apply: Script,
     replace: Script,
     drop: Script,
@@ -256,6 +283,8 @@ impl Scripts {
     fn new() -> Scripts {
         let with_helpers = |s: &str| Script::new(&format!("{HELPERS}\n{s}"));
         Scripts {
+            dedupe_record: Script::new(DEDUPE_RECORD),
+            dedupe_forget: Script::new(DEDUPE_FORGET),
             apply: with_helpers(APPLY),
             replace: with_helpers(REPLACE),
             drop: with_helpers(DROP),
@@ -269,7 +298,10 @@ impl Scripts {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// Replaced when Sentinel names another master.
+    conn: Mutex<ConnectionManager>,
+    /// With Sentinel: who names the master, and the master's address now.
+    sentinel: Option<(tokio::sync::Mutex<SentinelClient>, Mutex<String>)>,
     /// `{prefix}`: every key starts with it.
     base: String,
     scripts: Scripts,
@@ -377,23 +409,132 @@ fn key_id(key: &str) -> Vec<u8> {
     sha2::Sha256::digest(key.as_bytes())[..16].to_vec()
 }
 
+fn dedupe_id(topic: &str, key: &str) -> Vec<u8> {
+    let mut h = sha2::Sha256::new();
+    h.update(topic.as_bytes());
+    h.update(b"\n");
+    h.update(key.as_bytes());
+    h.finalize()[..16].to_vec()
+}
+
+fn queue_error(e: Error) -> crate::queue::Error {
+    crate::queue::Error::Unavailable {
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
+/// The queue's deduplication keys shared by every replica, so a delivery reaching two of
+/// them is queued once (the queue on RabbitMQ records a key after the broker's confirm).
+#[async_trait]
+impl crate::queue::rabbitmq::DedupeKeys for RedisStore {
+    async fn seen(
+        &self,
+        topic: &str,
+        key: &str,
+    ) -> Result<Option<Option<i64>>, crate::queue::Error> {
+        let mut c = self.conn();
+        let v: Option<String> = self
+            .run(c.hget(self.key("dd"), dedupe_id(topic, key)))
+            .await
+            .map_err(queue_error)?;
+        Ok(v.map(|f| f.parse().ok()))
+    }
+
+    async fn record(
+        &self,
+        topic: &str,
+        key: &str,
+        at: i64,
+        fingerprint: Option<i64>,
+    ) -> Result<(), crate::queue::Error> {
+        let mut inv = self.scripts.dedupe_record.prepare_invoke();
+        inv.arg(&self.base)
+            .arg(dedupe_id(topic, key))
+            .arg(at)
+            .arg(fingerprint.map(|f| f.to_string()).unwrap_or_default());
+        let mut c = self.conn();
+        self.run(inv.invoke_async::<i64>(&mut c))
+            .await
+            .map_err(queue_error)?;
+        Ok(())
+    }
+
+    async fn forget_before(&self, cutoff: i64) -> Result<u64, crate::queue::Error> {
+        let mut total = 0;
+        loop {
+            let mut inv = self.scripts.dedupe_forget.prepare_invoke();
+            inv.arg(&self.base).arg(cutoff).arg(GC_BATCH);
+            let mut c = self.conn();
+            let n: u64 = self
+                .run(inv.invoke_async(&mut c))
+                .await
+                .map_err(queue_error)?;
+            total += n;
+            if (n as usize) < GC_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
 impl RedisStore {
-    /// Connects, loads every scope into memory and starts the refresher.
+    /// Connects (through Sentinel when configured), loads every scope into memory and starts
+    /// the refresher.
     pub async fn open(config: &RedisConfig) -> Result<Arc<RedisStore>, Error> {
-        let client = redis::Client::open(config.url.expose()).map_err(|_| Error::Refused {
+        let bad_url = || Error::Refused {
             kind: "redis_url",
             message: "storage.redis.url is not a Redis URL".into(),
-        })?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, cfg))
-            .await
-            .map_err(|_| timed_out())??;
+        };
+        let (client, sentinel) = match &config.sentinel {
+            None => (
+                redis::Client::open(config.url.expose()).map_err(|_| bad_url())?,
+                None,
+            ),
+            Some(s) => {
+                // The URL's credentials and database are the master's; Sentinel says where
+                // it is.
+                let info = config
+                    .url
+                    .expose()
+                    .into_connection_info()
+                    .map_err(|_| bad_url())?;
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+                    node = node.set_tls_mode(if *insecure {
+                        redis::TlsMode::Insecure
+                    } else {
+                        redis::TlsMode::Secure
+                    });
+                }
+                let urls: Vec<&str> = s.urls.iter().map(|u| u.expose()).collect();
+                let mut sc = SentinelClient::build(
+                    urls,
+                    s.master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|_| Error::Refused {
+                    kind: "redis_url",
+                    message: "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
+                        .into(),
+                })?;
+                let client = tokio::time::timeout(TIMEOUT, sc.async_get_client())
+                    .await
+                    .map_err(|_| timed_out())??;
+                let addr = client.get_connection_info().addr().to_string();
+                tracing::info!(master = %addr, name = %s.master_name, "Sentinel names the Redis master");
+                (
+                    client,
+                    Some((tokio::sync::Mutex::new(sc), Mutex::new(addr))),
+                )
+            }
+        };
+        let conn = manager(client).await?;
         let store = Arc::new(RedisStore {
-            conn,
+            conn: Mutex::new(conn),
+            sentinel,
             base: format!("{{{}}}", config.key_prefix),
             scripts: Scripts::new(),
             state: Arc::new(State::default()),
@@ -409,6 +550,40 @@ impl RedisStore {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.lock().clone()
+    }
+
+    /// With Sentinel: asks it for the master and, when another server took over, connects
+    /// there. The old master keeps answering reads as a replica, so a failover shows only
+    /// as refused writes (`READONLY`) until this runs.
+    async fn follow_master(&self) -> Result<(), Error> {
+        let Some((sentinel, current)) = &self.sentinel else {
+            return Ok(());
+        };
+        let client = {
+            let mut sc = sentinel.lock().await;
+            match tokio::time::timeout(TIMEOUT, sc.async_get_client()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(timed_out()),
+            }
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        if *current.lock() == addr {
+            return Ok(());
+        }
+        let conn = manager(client).await?;
+        tracing::warn!(master = %addr, "Sentinel names another Redis master; connected to it");
+        *self.conn.lock() = conn;
+        *current.lock() = addr;
+        Ok(())
+    }
+
+    /// The master's address as Sentinel named it last (`None` without Sentinel).
+    pub fn master(&self) -> Option<String> {
+        self.sentinel.as_ref().map(|(_, m)| m.lock().clone())
     }
 
     fn key(&self, part: &str) -> String {
@@ -435,7 +610,7 @@ impl RedisStore {
     /// Reloads every scope whose generation in Redis differs from the mirror's, and drops
     /// scopes Redis no longer has.
     pub async fn refresh(&self) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let gen_key = self.key("generation");
         let remote: HashMap<String, i64> = self.run(c.hgetall(&gen_key)).await?;
         let stale: Vec<String> = {
@@ -463,7 +638,7 @@ impl RedisStore {
     }
 
     async fn load_scope(&self, scope: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (series, generation, upd, ver): (
             HashMap<String, String>,
             Option<i64>,
@@ -570,7 +745,7 @@ impl RedisStore {
                 .or_default()
                 .insert(s.labels, s.value);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (written, generation, ver): (i64, String, String) =
             self.run(inv.invoke_async(&mut c)).await?;
         if written == 0 {
@@ -587,10 +762,27 @@ impl RedisStore {
     }
 }
 
+/// A connection that reconnects by itself, within [`TIMEOUT`].
+async fn manager(client: redis::Client) -> Result<ConnectionManager, Error> {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(
+        tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, cfg))
+            .await
+            .map_err(|_| timed_out())??,
+    )
+}
+
 async fn refresh_loop(store: Weak<RedisStore>) {
     loop {
         tokio::time::sleep(REFRESH).await;
         let Some(s) = store.upgrade() else { return };
+        if let Err(e) = s.follow_master().await {
+            tracing::warn!(error = %e, "asking Sentinel for the Redis master failed");
+        }
         if let Err(e) = s.refresh().await {
             tracing::debug!(error = %e, "refreshing scopes from Redis failed");
         }
@@ -652,7 +844,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (flags, writes, gens): (Vec<i64>, Vec<String>, Vec<String>) =
             self.run(inv.invoke_async(&mut c)).await?;
         self.mirror(writes, gens);
@@ -677,7 +869,7 @@ impl Store for RedisStore {
         for s in &scopes {
             inv.arg(s);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: i64 = self.run(inv.invoke_async(&mut c)).await?;
         let mut gens = self.gens.lock();
         for s in &scopes {
@@ -688,7 +880,7 @@ impl Store for RedisStore {
     }
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.run(c.get(self.key(&format!("kv:{ns}:{key}")))).await
     }
 
@@ -699,7 +891,7 @@ impl Store for RedisStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let k = self.key(&format!("kv:{ns}:{key}"));
         match ttl {
             Some(t) => {
@@ -711,7 +903,7 @@ impl Store for RedisStore {
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         self.run(c.del::<_, ()>(self.key(&format!("kv:{ns}:{key}"))))
             .await
     }
@@ -728,7 +920,7 @@ impl Store for RedisStore {
                 .arg(members)
                 .arg(keys)
                 .arg(GC_BATCH);
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             let (m, k, writes, gens): (u64, u64, Vec<String>, Vec<String>) =
                 self.run(inv.invoke_async(&mut c)).await?;
             self.mirror(writes, gens);
@@ -752,7 +944,7 @@ impl Lease for RedisStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Grant>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.acquire.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -771,7 +963,7 @@ impl Lease for RedisStore {
         fence: u64,
         ttl: Duration,
     ) -> Result<Option<Grant>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -785,7 +977,7 @@ impl Lease for RedisStore {
     }
 
     async fn release(&self, name: &str, holder: &str, fence: u64) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .arg(holder)
@@ -796,7 +988,7 @@ impl Lease for RedisStore {
     }
 
     async fn holder(&self, name: &str) -> Result<Option<(String, Grant)>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.holder.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")));
         let r: Option<(String, u64, u64)> = self.run(inv.invoke_async(&mut c)).await?;
@@ -821,7 +1013,7 @@ impl Lease for RedisStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let mut inv = self.scripts.put_fenced.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .key(self.key(&format!("kv:{ns}:{key}")))

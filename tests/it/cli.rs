@@ -219,3 +219,58 @@ fn the_redis_queue_names_its_url_key_and_hides_the_password() {
     );
     assert_eq!(code, 0, "one URL serves store and queue: {msg}");
 }
+
+/// `amqps://` is accepted, with a private CA from `queue.rabbitmq.tls.ca_file`; a CA file
+/// that holds no certificate is refused naming its key.
+#[test]
+fn amqps_urls_and_a_ca_file_are_accepted_and_a_bad_ca_file_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["rabbit.internal".into()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let yaml = |ca: &std::path::Path| {
+        format!(
+            "queue:\n  backend: rabbitmq\n  rabbitmq:\n    url: \"amqps://u:s3cret@rabbit.internal:5671/%2f\"\n    tls: {{ca_file: {}}}\n",
+            ca.display()
+        )
+    };
+    let (code, msg) = check(&yaml(&ca), &[]);
+    assert_eq!(code, 0, "{msg}");
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let (code, msg) = check(&yaml(&bad), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.rabbitmq.tls.ca_file\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
+/// Sentinel settings are checked at start, each problem naming its key.
+#[test]
+fn sentinel_settings_name_the_key_at_fault() {
+    let base =
+        "storage:\n  backend: redis\n  redis:\n    url: redis://:s3cret@x/0\n    sentinel:\n";
+    let (code, msg) = check(
+        &format!("{base}      urls: [redis://127.0.0.1:26379]\n"),
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(
+        msg.contains("\"storage.redis.sentinel.master_name\""),
+        "{msg}"
+    );
+    let (code, msg) = check(&format!("{base}      master_name: m\n"), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.sentinel.urls\""), "{msg}");
+    let (code, msg) = check(
+        &format!("{base}      master_name: m\n      urls: [\"nope://s3cret\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.sentinel.urls[0]\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (code, msg) = check(
+        &format!("{base}      master_name: m\n      urls: [redis://127.0.0.1:26379]\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{msg}");
+}

@@ -19,6 +19,7 @@ async fn replicas(n: usize) -> Option<(tempfile::TempDir, Vec<Arc<RedisStore>>)>
     let cfg = RedisConfig {
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix_for(dir.path()),
+        sentinel: None,
     };
     let mut v = Vec::new();
     for _ in 0..n {
@@ -242,6 +243,7 @@ async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() 
     let ghost = RedisStore::open(&RedisConfig {
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix.clone(),
+        sentinel: None,
     })
     .await
     .unwrap();
@@ -567,6 +569,7 @@ async fn three_replicas_share_a_cycle_through_jobs() {
     let schedule = devmetrics::store::redis::RedisStore::open(&RedisConfig {
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix.clone(),
+        sentinel: None,
     })
     .await
     .unwrap()
@@ -593,4 +596,186 @@ async fn three_replicas_share_a_cycle_through_jobs() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// With the store in Redis and the queue on RabbitMQ, two replicas share the queue's
+/// deduplication keys: a delivery reaching the second is refused there (a duplicate, or a
+/// conflict when the key comes with other content) and is queued once; a key forgotten by
+/// one replica's GC is forgotten for both.
+#[tokio::test]
+async fn replicas_on_rabbitmq_share_deduplication_keys_in_redis() {
+    use crate::support::{RABBITMQ_ADDR, RABBITMQ_URL, config_with};
+    use bytes::Bytes;
+    use devmetrics::queue::{Dedupe, Published, fingerprint};
+    if !service("Redis", REDIS_ADDR) || !service("RabbitMQ", RABBITMQ_ADDR) {
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(shared.path());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<(&str, serde_yaml::Value)> = vec![
+            ("storage.backend", "redis".into()),
+            (
+                "storage.redis.url",
+                format!("redis://{REDIS_ADDR}/0").into(),
+            ),
+            ("storage.redis.key_prefix", prefix.clone().into()),
+            ("queue.backend", "rabbitmq".into()),
+            ("queue.rabbitmq.url", RABBITMQ_URL.into()),
+            ("queue.rabbitmq.prefix", prefix.clone().into()),
+            ("queue.rabbitmq.test_queue_expiry", "5m".into()),
+        ];
+        let config = config_with(dir.path(), &keys);
+        let b = devmetrics::storage::open(&config).await.unwrap();
+        replicas.push((dir, b.queue));
+    }
+    let (a, b) = (&replicas[0].1, &replicas[1].1);
+    let t = "webhooks/github";
+    let body = Bytes::from_static(b"{\"action\":\"queued\"}");
+    let with = |fp| {
+        Some(Dedupe {
+            key: "delivery-1",
+            fingerprint: Some(fp),
+        })
+    };
+    let fp = fingerprint(&body);
+    assert_eq!(
+        a.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Published
+    );
+    assert_eq!(
+        b.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Duplicate
+    );
+    assert_eq!(
+        b.publish_with(t, with(fp ^ 1), Bytes::from_static(b"other"))
+            .await
+            .unwrap(),
+        Published::Conflict
+    );
+    let d = tokio::time::timeout(Duration::from_secs(5), b.receive(t))
+        .await
+        .expect("the message within 5 s")
+        .unwrap();
+    assert_eq!(d.payload, body);
+    d.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.receive(t))
+            .await
+            .is_err(),
+        "queued once"
+    );
+    // Recorded in an earlier second than the GC's cutoff.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(a.gc(Duration::ZERO).await.unwrap() >= 1);
+    assert_eq!(
+        b.publish_with(t, with(fp), body.clone()).await.unwrap(),
+        Published::Published
+    );
+}
+
+/// A Redis Sentinel on a free port, monitoring the Redis on [`REDIS_ADDR`] as `mymaster`;
+/// killed when dropped. `None` (skipped) without `redis-server`, unless
+/// `DEVMETRICS_REQUIRE_SERVICES=1`.
+struct Sentinel {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sentinel() -> Option<Sentinel> {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let msg = "redis-server is not installed (apt-get install redis-server)";
+        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("{msg}, and DEVMETRICS_REQUIRE_SERVICES=1");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("sentinel.conf");
+    let (host, master_port) = REDIS_ADDR.split_once(':').unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster {host} {master_port} 1\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Sentinel listening within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Sentinel {
+        child,
+        port,
+        _dir: dir,
+    })
+}
+
+/// The store opened through Sentinel finds the master it names, and writes and reads there.
+#[tokio::test]
+async fn the_store_finds_its_master_through_sentinel() {
+    if !service("Redis", REDIS_ADDR) {
+        return;
+    }
+    let Some(s) = sentinel() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedisConfig {
+        // Credentials and database only: Sentinel gives the address.
+        url: Secret::new("redis://ignored.invalid:1/0"),
+        key_prefix: prefix_for(dir.path()),
+        sentinel: Some(devmetrics::config::SentinelConfig {
+            master_name: "mymaster".into(),
+            urls: vec![Secret::new(format!("redis://127.0.0.1:{}", s.port))],
+        }),
+    };
+    let started = std::time::Instant::now();
+    let store = RedisStore::open(&cfg).await.unwrap();
+    eprintln!("opened through Sentinel in {:?}", started.elapsed());
+    assert_eq!(store.master().as_deref(), Some(REDIS_ADDR));
+    let fid = metrics::DEVMETRICS_UPSTREAM_REQUESTS_TOTAL;
+    let labels = Labels::new(fid, &["sentinel", "things", "200"]).unwrap();
+    store
+        .replace_scope("sentinel/t", vec![Sample::number(fid, labels, 7.0)])
+        .await
+        .unwrap();
+    // A second replica through the same Sentinel reads what the first wrote.
+    let other = RedisStore::open(&cfg).await.unwrap();
+    assert_eq!(render(&other), render(&store));
+    assert!(render(&other).contains("sentinel"), "{}", render(&other));
+    // The refresher asks Sentinel again, and stays on the same master.
+    tokio::time::sleep(REFRESH * 3).await;
+    assert_eq!(store.master().as_deref(), Some(REDIS_ADDR));
+    store.drop_scopes(vec!["sentinel/t".into()]).await.unwrap();
 }
