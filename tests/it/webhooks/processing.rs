@@ -218,3 +218,113 @@ async fn flood_through(fault: RedisFault) {
     assert_eq!(app.sum("devmetrics_workflow_jobs_in_progress", &[]), 0.0);
     app.stop().await;
 }
+
+/// Three replicas sharing the Redis store and the RabbitMQ queue take a flood spread over all
+/// of them. RabbitMQ goes away (every connection reset, new ones refused) and comes back, then
+/// Redis does: every delivery that got its 202 is counted exactly once on every replica.
+#[tokio::test]
+async fn a_flood_over_three_replicas_survives_rabbitmq_then_redis_going_away() {
+    use crate::support::{RABBITMQ_ADDR, REDIS_ADDR, service};
+    use devmetrics::sim::chaos::Proxy;
+    if !service("Redis", REDIS_ADDR) || !service("RabbitMQ", RABBITMQ_ADDR) {
+        return;
+    }
+    let redis = Proxy::start(REDIS_ADDR.parse().unwrap()).await.unwrap();
+    let rabbit = Proxy::start(RABBITMQ_ADDR.parse().unwrap()).await.unwrap();
+    let prefix_dir = tempfile::tempdir().unwrap();
+    let prefix = crate::support::prefix_for(prefix_dir.path());
+    let redis_url = format!("redis://{}/0", redis.addr);
+    let amqp_url = format!("amqp://guest:guest@{}/%2f", rabbit.addr);
+    let mut apps = Vec::new();
+    for i in 0..3 {
+        let id = format!("r{i}");
+        apps.push(
+            App::start(&[
+                ("DEVMETRICS_STORAGE__BACKEND", "redis"),
+                ("DEVMETRICS_STORAGE__REDIS__URL", &redis_url),
+                ("DEVMETRICS_STORAGE__REDIS__KEY_PREFIX", &prefix),
+                ("DEVMETRICS_QUEUE__BACKEND", "rabbitmq"),
+                ("DEVMETRICS_QUEUE__RABBITMQ__URL", &amqp_url),
+                ("DEVMETRICS_QUEUE__RABBITMQ__PREFIX", &prefix),
+                ("DEVMETRICS_QUEUE__RABBITMQ__TEST_QUEUE_EXPIRY", "5m"),
+                ("DEVMETRICS_QUEUE__INITIAL_BACKOFF", "100ms"),
+                ("DEVMETRICS_QUEUE__MAX_BACKOFF", "500ms"),
+                ("DEVMETRICS_HA__REPLICA_ID", &id),
+            ])
+            .await,
+        );
+    }
+    let senders: Vec<Sender> = apps
+        .iter()
+        .map(|a| Sender::new(a.url.clone(), SECRET))
+        .collect();
+    let mut g = Generator::new(37);
+    let mut n = 0usize;
+    let mut flood = async |g: &mut Generator, runs: usize, round: usize| {
+        for r in 0..runs {
+            let jobs = g.run_plan(1_700_000_000.0 + (round * 100 + r) as f64 * 100.0, 2);
+            for j in &jobs {
+                for action in ["queued", "in_progress", "completed"] {
+                    n += 1;
+                    let body = g.job_payload(j, action, true);
+                    let d = format!("f-{n}");
+                    // Round robin over the replicas; GitHub's redelivery of some goes to
+                    // another replica, under the same id.
+                    let s = &senders[n % 3];
+                    assert_eq!(s.send("workflow_job", &d, body.clone()).await.unwrap(), 202);
+                    if n.is_multiple_of(4) {
+                        // Refused as a duplicate (200), or accepted again (202) where the
+                        // keys cannot be checked; counted once either way.
+                        let again = &senders[(n + 1) % 3];
+                        let code = again.send("workflow_job", &d, body).await.unwrap();
+                        assert!(code == 200 || code == 202, "{code}");
+                    }
+                }
+            }
+        }
+    };
+    flood(&mut g, 3, 0).await;
+    rabbit.cut();
+    flood(&mut g, 3, 1).await;
+    rabbit.heal();
+    flood(&mut g, 3, 2).await;
+    redis.cut();
+    flood(&mut g, 3, 3).await;
+    redis.heal();
+    flood(&mut g, 3, 4).await;
+
+    let t = &g.truth;
+    let want: u64 = t.jobs_by_conclusion.values().sum();
+    let counted = |a: &App| {
+        t.jobs_by_conclusion.iter().all(|(c, w)| {
+            a.sum("devmetrics_workflow_jobs_total", &[("conclusion", c)]) == *w as f64
+        }) && a.hist("devmetrics_workflow_job_duration_seconds", &[]).0 == want
+            && a.sum("devmetrics_workflow_jobs_queued", &[]) == 0.0
+            && a.sum("devmetrics_workflow_jobs_in_progress", &[]) == 0.0
+    };
+    for _ in 0..600 {
+        if apps.iter().all(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Settled, and stays so: nothing arrives twice later.
+    tokio::time::sleep(devmetrics::store::redis::REFRESH * 3).await;
+    for a in &apps {
+        for (c, w) in &t.jobs_by_conclusion {
+            assert_eq!(
+                a.sum("devmetrics_workflow_jobs_total", &[("conclusion", c)]),
+                *w as f64,
+                "{c}"
+            );
+        }
+        let (jobs, secs) = a.hist("devmetrics_workflow_job_duration_seconds", &[]);
+        assert_eq!(jobs, want);
+        assert!((secs - t.job_seconds).abs() < 1e-6);
+        assert_eq!(a.sum("devmetrics_workflow_jobs_queued", &[]), 0.0);
+        assert_eq!(a.sum("devmetrics_workflow_jobs_in_progress", &[]), 0.0);
+    }
+    for a in apps {
+        a.stop().await;
+    }
+}
