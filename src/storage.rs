@@ -83,8 +83,8 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
         }
         (StorageBackend::Sqlite, QueueBackend::Redis) => {
             let db = Db::open(&config.storage.path)?;
-            let store = Arc::new(SqliteStore::open(db)?);
-            open_redis_queue(store.clone(), store, config, policy).await
+            let store = Arc::new(SqliteStore::open(db.clone())?);
+            open_redis_queue(db, store.clone(), store, config, policy).await
         }
         (StorageBackend::Redis, QueueBackend::Redis) => {
             let redis = config
@@ -93,7 +93,8 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 .as_ref()
                 .expect("storage.redis is resolved when storage.backend is redis");
             let store = RedisStore::open(redis).await?;
-            open_redis_queue(store.clone(), store, config, policy).await
+            let db = Db::open(&config.storage.path)?;
+            open_redis_queue(db, store.clone(), store, config, policy).await
         }
         (StorageBackend::Redis, QueueBackend::Sqlite) => {
             let redis = config
@@ -166,8 +167,10 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
 }
 
 /// The queue on Redis streams beside `store` (also the lease); its deduplication keys live
-/// beside the streams, so every replica shares them.
+/// beside the streams, so every replica shares them. While Redis cannot be reached, publishes
+/// spool in the SQLite file `db` (`queue::spool`).
 async fn open_redis_queue<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
+    db: Db,
     store: Arc<S>,
     store_collector: Arc<S>,
     config: &Config,
@@ -182,11 +185,15 @@ async fn open_redis_queue<S: crate::store::Store + crate::store::Lease + Collect
     let settings = Settings {
         redis: redis.connection,
         url_key: redis.url_key,
-        policy,
+        policy: policy.clone(),
         max_depth: config.queue.max_depth,
         visibility_timeout: redis.visibility_timeout,
     };
-    let queue: SharedQueue = Arc::new(RedisQueue::open(settings).await?);
+    let broker = RedisQueue::open(settings).await?;
+    let spool_keys = Arc::new(DedupeTable::new(db.clone()));
+    let spool = SqliteQueue::open_with_depth(db, policy, config.queue.max_depth)?;
+    let queue: SharedQueue =
+        Arc::new(crate::queue::spool::Spooled::open(broker, spool, spool_keys).await?);
     Ok(Backends {
         store: store.clone(),
         lease: store,

@@ -983,6 +983,23 @@ impl RabbitMqQueue {
 }
 
 #[async_trait]
+impl super::spool::Broker for RabbitMqQueue {
+    async fn reachable(&self) -> bool {
+        RabbitMqQueue::reachable(self).await
+    }
+
+    async fn publish_at(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+        published_at: f64,
+    ) -> Result<Published, Error> {
+        RabbitMqQueue::publish_at(self, topic, dedupe, payload, published_at).await
+    }
+}
+
+#[async_trait]
 impl Queue for RabbitMqQueue {
     async fn publish_with(
         &self,

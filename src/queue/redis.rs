@@ -45,7 +45,8 @@ const REASON_MAX_CHARS: usize = 1024;
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// KEYS: stream, dedupe times (zset), fingerprints (hash), delayed (zset), topics (set).
-/// ARGV: topic, key id ('' for none), fingerprint ('' for none), payload, max depth.
+/// ARGV: topic, key id ('' for none), fingerprint ('' for none), payload, max depth,
+/// publication time in ms ('' for now).
 /// Returns {outcome, entry id}. The check, the XADD and the key's record are one step.
 const PUBLISH: &str = r#"
 local t = redis.call('TIME')
@@ -62,7 +63,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 elseif redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then
   return {'full', ''}
 end
-local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[4], 'at', now, 'n', 0)
+local at = now
+if ARGV[6] ~= '' then at = tonumber(ARGV[6]) end
+local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[4], 'at', at, 'n', 0)
 if key ~= '' then
   redis.call('ZADD', KEYS[2], now, key)
   if fp ~= '' then redis.call('HSET', KEYS[3], key, fp) end
@@ -850,15 +853,18 @@ impl Settle for Handle {
     }
 }
 
-#[async_trait]
-impl Queue for RedisQueue {
-    async fn publish_with(
+impl RedisQueue {
+    /// The publish script, with the message's publication time (`at`, Unix seconds) when it
+    /// is not now: a message that waited in the spool keeps its age.
+    async fn publish_inner(
         &self,
         topic: &str,
         dedupe: Option<Dedupe<'_>>,
         payload: Bytes,
+        at: Option<f64>,
     ) -> Result<Published, Error> {
         let t = self.topic(topic);
+
         let mut inv = self.inner.scripts.publish.prepare_invoke();
         inv.key(&t.keys.stream)
             .key(&t.keys.dedupe)
@@ -874,7 +880,11 @@ impl Queue for RedisQueue {
                     .unwrap_or_default(),
             )
             .arg(&payload[..])
-            .arg(self.inner.max_depth);
+            .arg(self.inner.max_depth)
+            .arg(
+                at.map(|a| ((a * 1000.0) as i64).to_string())
+                    .unwrap_or_default(),
+            );
         let mut c = self.inner.conn.clone();
         let (outcome, _id): (String, String) = run(inv.invoke_async(&mut c)).await?;
         let mut s = t.stats.lock();
@@ -898,6 +908,39 @@ impl Queue for RedisQueue {
                 });
             }
         })
+    }
+}
+
+#[async_trait]
+impl super::spool::Broker for RedisQueue {
+    async fn reachable(&self) -> bool {
+        let mut c = self.inner.conn.clone();
+        run(redis::cmd("PING").query_async::<String>(&mut c))
+            .await
+            .is_ok()
+    }
+
+    async fn publish_at(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+        published_at: f64,
+    ) -> Result<Published, Error> {
+        self.publish_inner(topic, dedupe, payload, Some(published_at))
+            .await
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn publish_with(
+        &self,
+        topic: &str,
+        dedupe: Option<Dedupe<'_>>,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        self.publish_inner(topic, dedupe, payload, None).await
     }
 
     async fn receive(&self, topic: &str) -> Result<Delivery, Error> {

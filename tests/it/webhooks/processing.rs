@@ -224,9 +224,28 @@ async fn flood_through(fault: RedisFault) {
 /// Redis does: every delivery that got its 202 is counted exactly once on every replica.
 #[tokio::test]
 async fn a_flood_over_three_replicas_survives_rabbitmq_then_redis_going_away() {
+    flood_over_three_replicas(SharedQueue::RabbitMq).await;
+}
+
+/// The same with the queue on Redis streams: Redis, holding store and queue, goes away
+/// mid-flood; deliveries wait in each replica's spool, and count exactly once afterwards.
+#[tokio::test]
+async fn a_flood_over_three_replicas_on_redis_streams_survives_redis_going_away() {
+    flood_over_three_replicas(SharedQueue::RedisStreams).await;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum SharedQueue {
+    RabbitMq,
+    RedisStreams,
+}
+
+async fn flood_over_three_replicas(queue: SharedQueue) {
     use crate::support::{RABBITMQ_ADDR, REDIS_ADDR, service};
     use devmetrics::sim::chaos::Proxy;
-    if !service("Redis", REDIS_ADDR) || !service("RabbitMQ", RABBITMQ_ADDR) {
+    if !service("Redis", REDIS_ADDR)
+        || (queue == SharedQueue::RabbitMq && !service("RabbitMQ", RABBITMQ_ADDR))
+    {
         return;
     }
     let redis = Proxy::start(REDIS_ADDR.parse().unwrap()).await.unwrap();
@@ -238,21 +257,24 @@ async fn a_flood_over_three_replicas_survives_rabbitmq_then_redis_going_away() {
     let mut apps = Vec::new();
     for i in 0..3 {
         let id = format!("r{i}");
-        apps.push(
-            App::start(&[
-                ("DEVMETRICS_STORAGE__BACKEND", "redis"),
-                ("DEVMETRICS_STORAGE__REDIS__URL", &redis_url),
-                ("DEVMETRICS_STORAGE__REDIS__KEY_PREFIX", &prefix),
+        let mut env = vec![
+            ("DEVMETRICS_STORAGE__BACKEND", "redis"),
+            ("DEVMETRICS_STORAGE__REDIS__URL", redis_url.as_str()),
+            ("DEVMETRICS_STORAGE__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("DEVMETRICS_QUEUE__INITIAL_BACKOFF", "100ms"),
+            ("DEVMETRICS_QUEUE__MAX_BACKOFF", "500ms"),
+            ("DEVMETRICS_HA__REPLICA_ID", id.as_str()),
+        ];
+        match queue {
+            SharedQueue::RabbitMq => env.extend([
                 ("DEVMETRICS_QUEUE__BACKEND", "rabbitmq"),
-                ("DEVMETRICS_QUEUE__RABBITMQ__URL", &amqp_url),
-                ("DEVMETRICS_QUEUE__RABBITMQ__PREFIX", &prefix),
+                ("DEVMETRICS_QUEUE__RABBITMQ__URL", amqp_url.as_str()),
+                ("DEVMETRICS_QUEUE__RABBITMQ__PREFIX", prefix.as_str()),
                 ("DEVMETRICS_QUEUE__RABBITMQ__TEST_QUEUE_EXPIRY", "5m"),
-                ("DEVMETRICS_QUEUE__INITIAL_BACKOFF", "100ms"),
-                ("DEVMETRICS_QUEUE__MAX_BACKOFF", "500ms"),
-                ("DEVMETRICS_HA__REPLICA_ID", &id),
-            ])
-            .await,
-        );
+            ]),
+            SharedQueue::RedisStreams => env.push(("DEVMETRICS_QUEUE__BACKEND", "redis")),
+        }
+        apps.push(App::start(&env).await);
     }
     let senders: Vec<Sender> = apps
         .iter()
@@ -284,10 +306,12 @@ async fn a_flood_over_three_replicas_survives_rabbitmq_then_redis_going_away() {
         }
     };
     flood(&mut g, 3, 0).await;
-    rabbit.cut();
-    flood(&mut g, 3, 1).await;
-    rabbit.heal();
-    flood(&mut g, 3, 2).await;
+    if queue == SharedQueue::RabbitMq {
+        rabbit.cut();
+        flood(&mut g, 3, 1).await;
+        rabbit.heal();
+        flood(&mut g, 3, 2).await;
+    }
     redis.cut();
     flood(&mut g, 3, 3).await;
     redis.heal();
