@@ -631,7 +631,7 @@ const REPLACED: &[(&str, &str)] = &[
     ),
     (
         "store",
-        "a standalone Redis store is kept as storage.backend redis (storage.redis.url from redis_addr, redis_password and redis_db), anything else becomes the embedded SQLite store (storage.path); store.max_series_budget is kept as github.activity.series_budget_per_org",
+        "a Redis store is kept as storage.backend redis (storage.redis.url from redis_addr, redis_password and redis_db; in sentinel mode storage.redis.sentinel from redis_master_set and redis_sentinel_addrs), anything else becomes the embedded SQLite store (storage.path); store.max_series_budget is kept as github.activity.series_budget_per_org",
     ),
     (
         "metrics",
@@ -665,13 +665,32 @@ fn legacy_store(map: &mut Mapping, store: &Value, warnings: &mut Vec<String>) {
     if !text("backend").eq_ignore_ascii_case("redis") {
         return;
     }
-    if text("redis_mode").eq_ignore_ascii_case("sentinel") {
+    let sentinel = text("redis_mode").eq_ignore_ascii_case("sentinel");
+    let sentinels: Vec<String> = store
+        .get("redis_sentinel_addrs")
+        .and_then(Value::as_sequence)
+        .map(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| format!("redis://{}", a.trim()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let master = text("redis_master_set");
+    if sentinel && (sentinels.is_empty() || master.is_empty()) {
         warnings.push(
-            "github-stats-exporter store.redis_mode sentinel is not supported yet: the embedded store is used (point storage.redis.url at the master to share state)".into(),
+            "github-stats-exporter store.redis_mode sentinel needs redis_master_set and redis_sentinel_addrs: the embedded store is used".into(),
         );
         return;
     }
-    let addr = text("redis_addr");
+    // Through Sentinel the URL carries only the password and database; Sentinel names the
+    // master's address.
+    let addr = if sentinel {
+        master.clone()
+    } else {
+        text("redis_addr")
+    };
     if addr.is_empty() {
         return;
     }
@@ -697,6 +716,15 @@ fn legacy_store(map: &mut Mapping, store: &Value, warnings: &mut Vec<String>) {
     redis
         .entry(key("url"))
         .or_insert_with(|| Value::String(format!("redis://{auth}{addr}/{db}")));
+    if sentinel {
+        let mut s = Mapping::new();
+        s.insert(key("master_name"), Value::String(master));
+        s.insert(
+            key("urls"),
+            Value::Sequence(sentinels.into_iter().map(Value::String).collect()),
+        );
+        redis.entry(key("sentinel")).or_insert(Value::Mapping(s));
+    }
 }
 
 /// github-stats-exporter's `amqp` section: its broker becomes our RabbitMQ queue, unless
@@ -915,6 +943,39 @@ mod tests {
         .unwrap();
         translate_legacy(&mut tree);
         assert_eq!(tree["storage"]["backend"], "sqlite");
+    }
+
+    #[test]
+    fn a_sentinel_store_maps_to_sentinel_settings() {
+        let mut tree: Value = serde_yaml::from_str(
+            "store: {backend: redis, redis_mode: sentinel, redis_addr: '', redis_master_set: mymaster, redis_sentinel_addrs: ['s1:26379', 's2:26379'], redis_password: pw, redis_db: 1}\n",
+        )
+        .unwrap();
+        translate_legacy(&mut tree);
+        assert_eq!(tree["storage"]["backend"], "redis");
+        assert_eq!(tree["storage"]["redis"]["url"], "redis://:pw@mymaster/1");
+        assert_eq!(
+            tree["storage"]["redis"]["sentinel"]["master_name"],
+            "mymaster"
+        );
+        assert_eq!(
+            tree["storage"]["redis"]["sentinel"]["urls"][1],
+            "redis://s2:26379"
+        );
+        // Without its sentinels the embedded store is used, with a warning.
+        let mut tree: Value = serde_yaml::from_str(
+            "store: {backend: redis, redis_mode: sentinel, redis_master_set: m}\n",
+        )
+        .unwrap();
+        let w = translate_legacy(&mut tree);
+        assert!(
+            tree.get("storage")
+                .is_none_or(|s| s.get("backend").is_none())
+        );
+        assert!(
+            w.iter().any(|w| w.contains("redis_sentinel_addrs")),
+            "{w:?}"
+        );
     }
 
     #[test]

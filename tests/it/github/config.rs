@@ -49,8 +49,8 @@ fn replaced_tool_configs_load_as_they_are() {
         if text.contains("unhealthy_failure_threshold: 6") {
             assert_eq!(gh.unhealthy_failure_threshold, 6);
         }
-        // Its HA settings map: a standalone Redis store stays a Redis store, the lease
-        // duration becomes ours; Sentinel is not supported yet and says so.
+        // Its HA settings map: a standalone Redis store stays a Redis store, a Sentinel one
+        // reaches its master through the same Sentinels, the lease duration becomes ours.
         if f.ends_with("docs-complete-example.yaml") {
             use devmetrics::config::StorageBackend;
             assert_eq!(cfg.storage.backend, StorageBackend::Redis);
@@ -60,11 +60,19 @@ fn replaced_tool_configs_load_as_they_are() {
         }
         if f.ends_with("kustomize-prod-config.yaml") {
             use devmetrics::config::StorageBackend;
-            assert_eq!(cfg.storage.backend, StorageBackend::Sqlite);
-            assert!(
-                gh.compat_warnings.iter().any(|w| w.contains("sentinel")),
-                "{:?}",
-                gh.compat_warnings
+            assert_eq!(cfg.storage.backend, StorageBackend::Redis);
+            let sentinel = cfg
+                .storage
+                .redis
+                .as_ref()
+                .unwrap()
+                .sentinel
+                .as_ref()
+                .unwrap();
+            assert_eq!(sentinel.master_name, "mymaster");
+            assert_eq!(
+                sentinel.urls[0].expose(),
+                "redis://redis-sentinel.github-stats-exporter.svc.cluster.local:26379"
             );
             assert_eq!(gh.orgs.len(), 2);
             assert_eq!(gh.orgs[1].org, "org-b");
