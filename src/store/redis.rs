@@ -12,7 +12,8 @@
 //! same output.
 //!
 //! Layout under `{prefix}`: `:s:<scope>` hash of `family\nlabels` → value; `:generation`, `:upd`,
-//! `:ver` hashes of scope → generation, update time, version; `:keys` sorted set of applied
+//! `:ver` hashes of scope → generation, update time, version; `:changes` a counter every write
+//! moves, so an idle refresh is one `GET`; `:keys` sorted set of applied
 //! idempotency keys (16 bytes of their SHA-256) by time; `:m:<member>` a gauge member's
 //! `scope\nfamily\nlabels`, `:members` members by entry time, `:ms:<scope>` a scope's
 //! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders;
@@ -101,6 +102,7 @@ local function leave(member)
 end
 local function finish(now)
   local gens = {}
+  if next(touched) ~= nil then redis.call('INCR', base .. ':changes') end
   for scope, _ in pairs(touched) do
     gens[#gens + 1] = scope
     gens[#gens + 1] = tostring(redis.call('HINCRBY', base .. ':generation', scope, 1))
@@ -162,11 +164,13 @@ if version ~= '' then cur = tonumber(version) end
 redis.call('HSET', base .. ':ver', scope, cur)
 redis.call('HSET', base .. ':upd', scope, now)
 local generation = redis.call('HINCRBY', base .. ':generation', scope, 1)
+redis.call('INCR', base .. ':changes')
 return {1, tostring(generation), tostring(cur)}
 "#;
 
 /// ARGV: base, scopes.
 const DROP: &str = r#"
+redis.call('INCR', base .. ':changes')
 for j = 2, #ARGV do
   local scope = ARGV[j]
   redis.call('DEL', base .. ':s:' .. scope)
@@ -308,6 +312,9 @@ pub struct RedisStore {
     state: Arc<State>,
     /// The generation of each scope the mirror holds.
     gens: Mutex<HashMap<String, i64>>,
+    /// The store-wide change counter at the last complete refresh: while it stands still
+    /// a refresh costs one `GET`, not the generation of every scope.
+    seen_changes: Mutex<Option<i64>>,
     last_error: Mutex<Option<String>>,
     duplicates: AtomicU64,
     refreshes: AtomicU64,
@@ -539,6 +546,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             state: Arc::new(State::default()),
             gens: Mutex::new(HashMap::new()),
+            seen_changes: Mutex::new(None),
             last_error: Mutex::new(None),
             duplicates: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
@@ -611,6 +619,13 @@ impl RedisStore {
     /// scopes Redis no longer has.
     pub async fn refresh(&self) -> Result<(), Error> {
         let mut c = self.conn();
+        // Read before the generations: a write landing in between moves the counter past
+        // what is recorded below, so the next refresh looks again.
+        let changes: Option<i64> = self.run(c.get(self.key("changes"))).await?;
+        if changes.is_some() && *self.seen_changes.lock() == changes {
+            self.refreshes.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let gen_key = self.key("generation");
         let remote: HashMap<String, i64> = self.run(c.hgetall(&gen_key)).await?;
         let stale: Vec<String> = {
@@ -633,6 +648,7 @@ impl RedisStore {
         for scope in stale {
             self.load_scope(&scope).await?;
         }
+        *self.seen_changes.lock() = changes;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
