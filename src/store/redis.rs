@@ -304,6 +304,8 @@ pub struct RedisStore {
     sentinel: Option<(tokio::sync::Mutex<SentinelClient>, Mutex<String>)>,
     /// `{prefix}`: every key starts with it.
     base: String,
+    /// Trusted for the masters Sentinel names later, whose clients come without it.
+    ca_pem: Option<String>,
     scripts: Scripts,
     state: Arc<State>,
     /// The generation of each scope the mirror holds.
@@ -486,9 +488,10 @@ impl RedisStore {
             kind: "redis_url",
             message: "storage.redis.url is not a Redis URL".into(),
         };
+        let ca = config.ca_pem.as_deref();
         let (client, sentinel) = match &config.sentinel {
             None => (
-                redis::Client::open(config.url.expose()).map_err(|_| bad_url())?,
+                client(config.url.expose(), ca).map_err(|_| bad_url())?,
                 None,
             ),
             Some(s) => {
@@ -508,7 +511,17 @@ impl RedisStore {
                         redis::TlsMode::Secure
                     });
                 }
-                let urls: Vec<&str> = s.urls.iter().map(|u| u.expose()).collect();
+                let urls = s
+                    .urls
+                    .iter()
+                    .map(|u| client(u.expose(), ca).map(|c| c.get_connection_info().clone()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| Error::Refused {
+                        kind: "redis_url",
+                        message:
+                            "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
+                                .into(),
+                    })?;
                 let mut sc = SentinelClient::build(
                     urls,
                     s.master_name.clone(),
@@ -523,6 +536,7 @@ impl RedisStore {
                 let client = tokio::time::timeout(TIMEOUT, sc.async_get_client())
                     .await
                     .map_err(|_| timed_out())??;
+                let client = with_ca(client, ca)?;
                 let addr = client.get_connection_info().addr().to_string();
                 tracing::info!(master = %addr, name = %s.master_name, "Sentinel names the Redis master");
                 (
@@ -536,6 +550,7 @@ impl RedisStore {
             conn: Mutex::new(conn),
             sentinel,
             base: format!("{{{}}}", config.key_prefix),
+            ca_pem: config.ca_pem.clone(),
             scripts: Scripts::new(),
             state: Arc::new(State::default()),
             gens: Mutex::new(HashMap::new()),
@@ -570,6 +585,7 @@ impl RedisStore {
                 Err(_) => return Err(timed_out()),
             }
         };
+        let client = with_ca(client, self.ca_pem.as_deref())?;
         let addr = client.get_connection_info().addr().to_string();
         if *current.lock() == addr {
             return Ok(());
@@ -759,6 +775,40 @@ impl RedisStore {
             self.state.replace(data);
         }
         Ok(Written::Written)
+    }
+}
+
+/// A client for `url`; with `ca_pem`, a `rediss://` URL trusts that CA instead of the
+/// public roots (a `redis://` URL stays plain: Sentinel and master may differ).
+pub fn client(url: &str, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
+    with_ca(redis::Client::open(url)?, ca_pem)
+}
+
+/// `client` trusting `ca_pem` when it speaks TLS. Sentinel builds its master clients
+/// without certificates, so they pass through here too.
+fn with_ca(client: redis::Client, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
+    let tls = matches!(
+        client.get_connection_info().addr(),
+        redis::ConnectionAddr::TcpTls { .. }
+    );
+    if tls {
+        // The redis crate asks rustls for the process's default provider, which rustls
+        // cannot pick with both ring and aws-lc-rs linked in (other dependencies bring the
+        // latter): without one, the first handshake panics.
+        static PROVIDER: std::sync::Once = std::sync::Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+    }
+    match ca_pem {
+        Some(pem) if tls => redis::Client::build_with_tls(
+            client.get_connection_info().clone(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.as_bytes().to_vec()),
+            },
+        ),
+        _ => Ok(client),
     }
 }
 
