@@ -304,8 +304,6 @@ pub struct RedisStore {
     sentinel: Option<(tokio::sync::Mutex<SentinelClient>, Mutex<String>)>,
     /// `{prefix}`: every key starts with it.
     base: String,
-    /// Trusted for the masters Sentinel names later, whose clients come without it.
-    ca_pem: Option<String>,
     scripts: Scripts,
     state: Arc<State>,
     /// The generation of each scope the mirror holds.
@@ -495,48 +493,19 @@ impl RedisStore {
                 None,
             ),
             Some(s) => {
-                // The URL's credentials and database are the master's; Sentinel says where
-                // it is.
-                let info = config
-                    .url
-                    .expose()
-                    .into_connection_info()
-                    .map_err(|_| bad_url())?;
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone());
-                if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
-                    node = node.set_tls_mode(if *insecure {
-                        redis::TlsMode::Insecure
-                    } else {
-                        redis::TlsMode::Secure
-                    });
-                }
-                let urls = s
-                    .urls
-                    .iter()
-                    .map(|u| client(u.expose(), ca).map(|c| c.get_connection_info().clone()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| Error::Refused {
+                let mut sc = sentinel_client(config, s).map_err(|e| match e {
+                    SentinelSetup::BadUrl => bad_url(),
+                    SentinelSetup::BadSentinelUrl => Error::Refused {
                         kind: "redis_url",
                         message:
                             "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
                                 .into(),
-                    })?;
-                let mut sc = SentinelClient::build(
-                    urls,
-                    s.master_name.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(|_| Error::Refused {
-                    kind: "redis_url",
-                    message: "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
-                        .into(),
+                    },
+                    SentinelSetup::Redis(e) => e.into(),
                 })?;
                 let client = tokio::time::timeout(TIMEOUT, sc.async_get_client())
                     .await
                     .map_err(|_| timed_out())??;
-                let client = with_ca(client, ca)?;
                 let addr = client.get_connection_info().addr().to_string();
                 tracing::info!(master = %addr, name = %s.master_name, "Sentinel names the Redis master");
                 (
@@ -550,7 +519,6 @@ impl RedisStore {
             conn: Mutex::new(conn),
             sentinel,
             base: format!("{{{}}}", config.key_prefix),
-            ca_pem: config.ca_pem.clone(),
             scripts: Scripts::new(),
             state: Arc::new(State::default()),
             gens: Mutex::new(HashMap::new()),
@@ -585,7 +553,6 @@ impl RedisStore {
                 Err(_) => return Err(timed_out()),
             }
         };
-        let client = with_ca(client, self.ca_pem.as_deref())?;
         let addr = client.get_connection_info().addr().to_string();
         if *current.lock() == addr {
             return Ok(());
@@ -784,8 +751,7 @@ pub fn client(url: &str, ca_pem: Option<&str>) -> redis::RedisResult<redis::Clie
     with_ca(redis::Client::open(url)?, ca_pem)
 }
 
-/// `client` trusting `ca_pem` when it speaks TLS. Sentinel builds its master clients
-/// without certificates, so they pass through here too.
+/// `client` trusting `ca_pem` when it speaks TLS.
 fn with_ca(client: redis::Client, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
     let tls = matches!(
         client.get_connection_info().addr(),
@@ -810,6 +776,84 @@ fn with_ca(client: redis::Client, ca_pem: Option<&str>) -> redis::RedisResult<re
         ),
         _ => Ok(client),
     }
+}
+
+enum SentinelSetup {
+    BadUrl,
+    BadSentinelUrl,
+    Redis(redis::RedisError),
+}
+
+/// Asks `config.sentinel`'s Sentinels for the master. The URL's credentials, database and
+/// TLS are the master's; Sentinel says where it is.
+fn sentinel_client(
+    config: &RedisConfig,
+    s: &crate::config::SentinelConfig,
+) -> Result<SentinelClient, SentinelSetup> {
+    let ca = config.ca_pem.as_deref();
+    let info = config
+        .url
+        .expose()
+        .into_connection_info()
+        .map_err(|_| SentinelSetup::BadUrl)?;
+    let settings = info.redis_settings();
+    let tls = match info.addr() {
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => Some(redis::TlsMode::Insecure),
+        redis::ConnectionAddr::TcpTls { .. } => Some(redis::TlsMode::Secure),
+        _ => None,
+    };
+    let sentinels = s
+        .urls
+        .iter()
+        .map(|u| client(u.expose(), ca).map(|c| c.get_connection_info().clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SentinelSetup::BadSentinelUrl)?;
+    let (Some(mode), Some(pem)) = (tls, ca) else {
+        let mut node =
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(settings.clone());
+        if let Some(mode) = tls {
+            node = node.set_tls_mode(mode);
+        }
+        return SentinelClient::build(
+            sentinels,
+            s.master_name.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(|_| SentinelSetup::BadSentinelUrl);
+    };
+    // Sentinel checks the role of the master it names over a connection of its own, which
+    // trusts a private CA only when given through the builder. The builder takes one set of
+    // Sentinel credentials: the first URL's.
+    let mut b = redis::sentinel::SentinelClientBuilder::new(
+        sentinels.iter().map(|c| c.addr().clone()),
+        &s.master_name,
+        SentinelServerType::Master,
+    )
+    .map_err(SentinelSetup::Redis)?
+    .set_client_to_redis_tls_mode(mode)
+    .set_client_to_redis_db(settings.db())
+    .set_client_to_redis_protocol(settings.protocol())
+    .set_client_to_redis_certificates(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.as_bytes().to_vec()),
+    });
+    if let Some(u) = settings.username() {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = settings.password() {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(first) = sentinels.first().map(|c| c.redis_settings()) {
+        if let Some(u) = first.username() {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = first.password() {
+            b = b.set_client_to_sentinel_password(p);
+        }
+        b = b.set_client_to_sentinel_protocol(first.protocol());
+    }
+    b.build().map_err(SentinelSetup::Redis)
 }
 
 /// A connection that reconnects by itself, within [`TIMEOUT`].

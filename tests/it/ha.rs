@@ -757,17 +757,68 @@ fn spawn_plain(extra: &[&str]) -> Spawned {
     spawn_redis(dir, port, &args)
 }
 
-/// A Redis Sentinel on a free port monitoring `master` as `mymaster` (quorum 1) with
-/// `extra` lines of configuration.
-fn spawn_sentinel(master: &str, extra: &str) -> Spawned {
+/// The `redis-server` settings of TLS with the certificates [`write_certs`] put in `certs`,
+/// clients not asked for theirs.
+fn tls_settings(certs: &std::path::Path) -> Vec<(&'static str, String)> {
+    let file = |n: &str| certs.join(n).display().to_string();
+    vec![
+        ("tls-cert-file", file("server.crt")),
+        ("tls-key-file", file("server.key")),
+        ("tls-ca-cert-file", file("ca.crt")),
+        ("tls-auth-clients", "no".into()),
+        // A Sentinel reaches the servers it watches over TLS too.
+        ("tls-replication", "yes".into()),
+    ]
+}
+
+/// A Redis speaking only TLS on a free port with the certificates in `certs`, keeping
+/// nothing on disk, with `extra` arguments.
+fn spawn_tls(certs: &std::path::Path, extra: &[&str]) -> Spawned {
+    let port = free_port();
+    let mut args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    for (k, v) in tls_settings(certs) {
+        args.push(format!("--{k}"));
+        args.push(v);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn_redis(tempfile::tempdir().unwrap(), port, &args)
+}
+
+/// A Redis Sentinel on a free port (TLS only with the certificates in `tls`) monitoring
+/// `master` as `mymaster` (quorum 1) with `extra` lines of configuration.
+fn spawn_sentinel(master: &str, tls: Option<&std::path::Path>, extra: &str) -> Spawned {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let conf = dir.path().join("sentinel.conf");
     let (host, master_port) = master.split_once(':').unwrap();
+    let listen = match tls {
+        None => format!("port {port}\n"),
+        Some(certs) => {
+            let mut l = format!("port 0\ntls-port {port}\n");
+            for (k, v) in tls_settings(certs) {
+                l.push_str(&format!("{k} {v}\n"));
+            }
+            l
+        }
+    };
     std::fs::write(
         &conf,
         format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster {host} {master_port} 1\n{extra}",
+            "{listen}bind 127.0.0.1\ndir {}\nsentinel monitor mymaster {host} {master_port} 1\n{extra}",
             dir.path().display()
         ),
     )
@@ -778,7 +829,7 @@ fn spawn_sentinel(master: &str, extra: &str) -> Spawned {
 
 /// A Redis Sentinel on a free port, monitoring the Redis on [`REDIS_ADDR`] as `mymaster`.
 fn sentinel() -> Option<Spawned> {
-    redis_server_installed().then(|| spawn_sentinel(REDIS_ADDR, ""))
+    redis_server_installed().then(|| spawn_sentinel(REDIS_ADDR, None, ""))
 }
 
 /// The store opened through Sentinel finds the master it names, and writes and reads there.
@@ -878,6 +929,7 @@ async fn the_store_follows_a_sentinel_failover_and_loses_nothing() {
     .await;
     let sentinel = spawn_sentinel(
         &a,
+        None,
         "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
     );
     let s_addr = format!("127.0.0.1:{}", sentinel.port);
@@ -986,37 +1038,10 @@ async fn the_store_and_the_queue_speak_tls_to_a_redis_with_a_private_ca() {
     if !redis_server_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let ca_pem = write_certs(dir.path());
-    let port = free_port();
-    let file = |n: &str| dir.path().join(n).display().to_string();
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--tls-port",
-        &port.to_string(),
-        "--tls-cert-file",
-        &file("server.crt"),
-        "--tls-key-file",
-        &file("server.key"),
-        "--tls-ca-cert-file",
-        &file("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-        "--requirepass",
-        "s3cret",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let _server = spawn_redis(dir, port, &args);
-
+    let certs = tempfile::tempdir().unwrap();
+    let ca_pem = write_certs(certs.path());
+    let server = spawn_tls(certs.path(), &["--requirepass", "s3cret"]);
+    let port = server.port;
     let cfg = RedisConfig {
         url: Secret::new(format!("rediss://:s3cret@127.0.0.1:{port}/0")),
         key_prefix: "tls".into(),
@@ -1057,4 +1082,45 @@ async fn the_store_and_the_queue_speak_tls_to_a_redis_with_a_private_ca() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("UnknownIssuer") && !e.contains("s3cret"), "{e}");
+}
+
+/// Sentinel and master both speaking only TLS with certificates a private CA signed: the
+/// store trusts both with `tls.ca_file`, finds the master and writes there.
+#[tokio::test]
+async fn the_store_finds_a_tls_master_through_a_tls_sentinel_with_a_private_ca() {
+    if !redis_server_installed() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let ca_pem = write_certs(certs.path());
+    let master = spawn_tls(certs.path(), &[]);
+    let a = format!("127.0.0.1:{}", master.port);
+    let sentinel = spawn_sentinel(&a, Some(certs.path()), "");
+    let cfg = RedisConfig {
+        url: Secret::new("rediss://ignored.invalid:1/0"),
+        key_prefix: "tls-sentinel".into(),
+        sentinel: Some(devmetrics::config::SentinelConfig {
+            master_name: "mymaster".into(),
+            urls: vec![Secret::new(format!("rediss://127.0.0.1:{}", sentinel.port))],
+        }),
+        ca_pem: Some(ca_pem),
+    };
+    let store = RedisStore::open(&cfg).await.unwrap();
+    assert_eq!(store.master().as_deref(), Some(a.as_str()));
+    write_scope(&store, "tls-sentinel", 4.0).await.unwrap();
+    let other = RedisStore::open(&cfg).await.unwrap();
+    assert!(
+        render(&other).contains("endpoint=\"tls-sentinel\""),
+        "{}",
+        render(&other)
+    );
+    let without = RedisConfig {
+        ca_pem: None,
+        ..cfg
+    };
+    let e = match RedisStore::open(&without).await {
+        Ok(_) => panic!("a Sentinel with a certificate from an unknown CA is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("UnknownIssuer"), "{e}");
 }
