@@ -77,6 +77,7 @@ async fn redis() {
             url: devmetrics::config::Secret::new(url.clone()),
             key_prefix: prefix.clone(),
             sentinel: None,
+            ca_pem: None,
         },
         url_key: "REDIS_URL".into(),
         policy: RetryPolicy::default(),

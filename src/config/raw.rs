@@ -73,6 +73,7 @@ pub struct RawRedis {
     pub url_file: Option<PathBuf>,
     pub key_prefix: Option<String>,
     pub sentinel: Option<RawSentinel>,
+    pub tls: Option<RawTls>,
 }
 
 /// `storage.redis.sentinel`: the master is found through Redis Sentinel.
@@ -107,6 +108,7 @@ pub struct RawQueueRedis {
     pub url_file: Option<PathBuf>,
     pub key_prefix: Option<String>,
     pub visibility_timeout: Option<String>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,7 +122,8 @@ pub struct RawRabbitMq {
     pub test_queue_expiry: Option<String>,
 }
 
-/// TLS settings of a connection to a service (`queue.rabbitmq.tls`, `storage.redis.tls`).
+/// TLS settings of a connection to a service (`queue.rabbitmq.tls`, `storage.redis.tls`,
+/// `queue.redis.tls`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -231,10 +234,39 @@ fn resolve_redis(
             })
         }
     };
+    let ca_pem = match r.tls.and_then(|t| t.ca_file) {
+        None => None,
+        Some(f) => {
+            let key = format!("{section}.tls.ca_file");
+            let pem = read_ca_file(&key, rel(f))?;
+            let tls = |u: &str| u.trim_start().to_ascii_lowercase().starts_with("rediss://");
+            let any_tls = tls(url.expose())
+                || sentinel
+                    .as_ref()
+                    .is_some_and(|s| s.urls.iter().any(|u| tls(u.expose())));
+            // A CA nobody uses is a mistake worth stopping on: the operator meant TLS.
+            if !any_tls {
+                return Err(Error::invalid(
+                    key,
+                    None,
+                    format!(
+                        "applies to rediss:// connections, but {section}.url{} uses redis://",
+                        if sentinel.is_some() {
+                            " and every Sentinel URL"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            Some(pem)
+        }
+    };
     Ok(RedisConfig {
         url,
         key_prefix,
         sentinel,
+        ca_pem,
     })
 }
 
@@ -297,6 +329,9 @@ pub struct RedisConfig {
     /// When set, the master is the one these Sentinels name; `url` then gives only its
     /// credentials, database and TLS (`rediss://`), not its address.
     pub sentinel: Option<SentinelConfig>,
+    /// `tls.ca_file`'s PEM: the CA(s) trusted for `rediss://` (the master's and the
+    /// Sentinels') instead of the public roots.
+    pub ca_pem: Option<String>,
 }
 
 /// `storage.redis.sentinel`.
@@ -485,7 +520,26 @@ fn resolve_queue_redis(
     rel: &dyn Fn(PathBuf) -> PathBuf,
 ) -> Result<QueueRedisConfig, Error> {
     let own = raw.url.is_some() || raw.url_file.is_some();
+    if !own && raw.tls.as_ref().is_some_and(|t| t.ca_file.is_some()) {
+        return Err(Error::invalid(
+            "queue.redis.tls.ca_file",
+            None,
+            "applies with queue.redis.url; without one the queue shares storage.redis's \
+             connection, and storage.redis.tls.ca_file with it",
+        ));
+    }
     let (mut connection, url_key) = match store {
+        // The streams connect to one address; through Sentinel it would be the placeholder
+        // host of storage.redis.url, not the master.
+        Some(store) if !own && store.sentinel.is_some() => {
+            return Err(Error::invalid(
+                "queue.backend",
+                Some("redis"),
+                "the queue on Redis streams does not follow Sentinel yet: with \
+                 storage.redis.sentinel use queue.backend rabbitmq or sqlite, or give \
+                 queue.redis.url the master's address",
+            ));
+        }
         Some(store) if !own => (store.clone(), "storage.redis.url".to_string()),
         _ if !own => {
             return Err(Error::invalid(
@@ -509,6 +563,7 @@ fn resolve_queue_redis(
                     url_file: raw.url_file,
                     key_prefix: None,
                     sentinel: None,
+                    tls: raw.tls,
                 },
                 rel,
             )?;

@@ -398,9 +398,11 @@ impl RedisQueue {
     /// Connects (so a wrong URL or an unreachable server stops the start) and starts the
     /// task that keeps held entries alive.
     pub async fn open(settings: Settings) -> Result<RedisQueue, Error> {
-        let client = redis::Client::open(settings.redis.url.expose()).map_err(|_| {
-            unavailable("config", format!("{} is not a Redis URL", settings.url_key))
-        })?;
+        let client = crate::store::redis::client(
+            settings.redis.url.expose(),
+            settings.redis.ca_pem.as_deref(),
+        )
+        .map_err(|_| unavailable("config", format!("{} is not a Redis URL", settings.url_key)))?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -1055,6 +1057,7 @@ mod tests {
                 url: crate::config::Secret::new(format!("redis://{addr}/0")),
                 key_prefix: prefix.to_string(),
                 sentinel: None,
+                ca_pem: None,
             },
             url_key: "queue.redis.url".into(),
             policy: crate::queue::contract::policy(),

@@ -529,6 +529,7 @@ mod tests {
                 url: crate::config::Secret::new(format!("redis://{}/0", proxy.addr)),
                 key_prefix: prefix(),
                 sentinel: None,
+                ca_pem: None,
             },
             url_key: "queue.redis.url".into(),
             policy: crate::queue::contract::policy(),

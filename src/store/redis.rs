@@ -493,39 +493,22 @@ impl RedisStore {
             kind: "redis_url",
             message: "storage.redis.url is not a Redis URL".into(),
         };
+        let ca = config.ca_pem.as_deref();
         let (client, sentinel) = match &config.sentinel {
             None => (
-                redis::Client::open(config.url.expose()).map_err(|_| bad_url())?,
+                client(config.url.expose(), ca).map_err(|_| bad_url())?,
                 None,
             ),
             Some(s) => {
-                // The URL's credentials and database are the master's; Sentinel says where
-                // it is.
-                let info = config
-                    .url
-                    .expose()
-                    .into_connection_info()
-                    .map_err(|_| bad_url())?;
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone());
-                if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
-                    node = node.set_tls_mode(if *insecure {
-                        redis::TlsMode::Insecure
-                    } else {
-                        redis::TlsMode::Secure
-                    });
-                }
-                let urls: Vec<&str> = s.urls.iter().map(|u| u.expose()).collect();
-                let mut sc = SentinelClient::build(
-                    urls,
-                    s.master_name.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(|_| Error::Refused {
-                    kind: "redis_url",
-                    message: "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
-                        .into(),
+                let mut sc = sentinel_client(config, s).map_err(|e| match e {
+                    SentinelSetup::BadUrl => bad_url(),
+                    SentinelSetup::BadSentinelUrl => Error::Refused {
+                        kind: "redis_url",
+                        message:
+                            "storage.redis.sentinel.urls holds an entry that is not a Redis URL"
+                                .into(),
+                    },
+                    SentinelSetup::Redis(e) => e.into(),
                 })?;
                 let client = tokio::time::timeout(TIMEOUT, sc.async_get_client())
                     .await
@@ -776,6 +759,117 @@ impl RedisStore {
         }
         Ok(Written::Written)
     }
+}
+
+/// A client for `url`; with `ca_pem`, a `rediss://` URL trusts that CA instead of the
+/// public roots (a `redis://` URL stays plain: Sentinel and master may differ).
+pub fn client(url: &str, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
+    with_ca(redis::Client::open(url)?, ca_pem)
+}
+
+/// `client` trusting `ca_pem` when it speaks TLS.
+fn with_ca(client: redis::Client, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
+    let tls = matches!(
+        client.get_connection_info().addr(),
+        redis::ConnectionAddr::TcpTls { .. }
+    );
+    if tls {
+        // The redis crate asks rustls for the process's default provider, which rustls
+        // cannot pick with both ring and aws-lc-rs linked in (other dependencies bring the
+        // latter): without one, the first handshake panics.
+        static PROVIDER: std::sync::Once = std::sync::Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+    }
+    match ca_pem {
+        Some(pem) if tls => redis::Client::build_with_tls(
+            client.get_connection_info().clone(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.as_bytes().to_vec()),
+            },
+        ),
+        _ => Ok(client),
+    }
+}
+
+enum SentinelSetup {
+    BadUrl,
+    BadSentinelUrl,
+    Redis(redis::RedisError),
+}
+
+/// Asks `config.sentinel`'s Sentinels for the master. The URL's credentials, database and
+/// TLS are the master's; Sentinel says where it is.
+fn sentinel_client(
+    config: &RedisConfig,
+    s: &crate::config::SentinelConfig,
+) -> Result<SentinelClient, SentinelSetup> {
+    let ca = config.ca_pem.as_deref();
+    let info = config
+        .url
+        .expose()
+        .into_connection_info()
+        .map_err(|_| SentinelSetup::BadUrl)?;
+    let settings = info.redis_settings();
+    let tls = match info.addr() {
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => Some(redis::TlsMode::Insecure),
+        redis::ConnectionAddr::TcpTls { .. } => Some(redis::TlsMode::Secure),
+        _ => None,
+    };
+    let sentinels = s
+        .urls
+        .iter()
+        .map(|u| client(u.expose(), ca).map(|c| c.get_connection_info().clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SentinelSetup::BadSentinelUrl)?;
+    let (Some(mode), Some(pem)) = (tls, ca) else {
+        let mut node =
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(settings.clone());
+        if let Some(mode) = tls {
+            node = node.set_tls_mode(mode);
+        }
+        return SentinelClient::build(
+            sentinels,
+            s.master_name.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(|_| SentinelSetup::BadSentinelUrl);
+    };
+    // Sentinel checks the role of the master it names over a connection of its own, which
+    // trusts a private CA only when given through the builder. The builder takes one set of
+    // Sentinel credentials: the first URL's.
+    let mut b = redis::sentinel::SentinelClientBuilder::new(
+        sentinels.iter().map(|c| c.addr().clone()),
+        &s.master_name,
+        SentinelServerType::Master,
+    )
+    .map_err(SentinelSetup::Redis)?
+    .set_client_to_redis_tls_mode(mode)
+    .set_client_to_redis_db(settings.db())
+    .set_client_to_redis_protocol(settings.protocol())
+    .set_client_to_redis_certificates(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.as_bytes().to_vec()),
+    });
+    if let Some(u) = settings.username() {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = settings.password() {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(first) = sentinels.first().map(|c| c.redis_settings()) {
+        if let Some(u) = first.username() {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        if let Some(p) = first.password() {
+            b = b.set_client_to_sentinel_password(p);
+        }
+        b = b.set_client_to_sentinel_protocol(first.protocol());
+    }
+    b.build().map_err(SentinelSetup::Redis)
 }
 
 /// A connection that reconnects by itself, within [`TIMEOUT`].

@@ -244,6 +244,19 @@ fn amqps_urls_and_a_ca_file_are_accepted_and_a_bad_ca_file_names_its_key() {
     assert!(!msg.contains("s3cret"), "{msg}");
 }
 
+/// The queue on Redis streams cannot share a connection that goes through Sentinel.
+#[test]
+fn redis_streams_refuse_to_share_a_sentinel_connection() {
+    let (code, msg) = check(
+        "storage:\n  backend: redis\n  redis:\n    url: redis://:s3cret@m/0\n    sentinel: {master_name: m, urls: [redis://127.0.0.1:26379]}\nqueue:\n  backend: redis\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.backend\""), "{msg}");
+    assert!(msg.contains("Sentinel"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+}
+
 /// Sentinel settings are checked at start, each problem naming its key.
 #[test]
 fn sentinel_settings_name_the_key_at_fault() {
@@ -270,6 +283,62 @@ fn sentinel_settings_name_the_key_at_fault() {
     assert!(!msg.contains("s3cret"), "{msg}");
     let (code, msg) = check(
         &format!("{base}      master_name: m\n      urls: [redis://127.0.0.1:26379]\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{msg}");
+}
+
+/// `storage.redis.tls.ca_file` is read at start: a file without a certificate, or a CA for
+/// a connection that does not speak TLS, is refused naming the key and not the password.
+#[test]
+fn a_redis_ca_file_is_checked_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["redis.internal".into()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let yaml = |url: &str, ca: &std::path::Path| {
+        format!(
+            "storage:\n  backend: redis\n  redis:\n    url: \"{url}\"\n    tls: {{ca_file: {}}}\nqueue:\n  backend: redis\n",
+            ca.display()
+        )
+    };
+    let (code, msg) = check(&yaml("rediss://:s3cret@redis.internal:6380/0", &ca), &[]);
+    assert_eq!(code, 0, "{msg}");
+    let (code, msg) = check(&yaml("rediss://:s3cret@redis.internal:6380/0", &bad), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.tls.ca_file\""), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (code, msg) = check(&yaml("redis://:s3cret@redis.internal:6379/0", &ca), &[]);
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"storage.redis.tls.ca_file\""), "{msg}");
+    assert!(msg.contains("rediss://"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    // Through Sentinel, a TLS Sentinel alone is reason enough for the CA.
+    let (code, msg) = check(
+        &format!(
+            "storage:\n  backend: redis\n  redis:\n    url: redis://:s3cret@x/0\n    tls: {{ca_file: {}}}\n    sentinel: {{master_name: m, urls: [\"rediss://127.0.0.1:26379\"]}}\n",
+            ca.display()
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{msg}");
+    // The queue's own URL has its own CA; sharing the store's connection, it has none.
+    let (code, msg) = check(
+        &format!(
+            "storage:\n  backend: redis\nqueue:\n  backend: redis\n  redis:\n    tls: {{ca_file: {}}}\n",
+            ca.display()
+        ),
+        &[],
+    );
+    assert_eq!(code, 2, "{msg}");
+    assert!(msg.contains("\"queue.redis.tls.ca_file\""), "{msg}");
+    let (code, msg) = check(
+        &format!(
+            "queue:\n  backend: redis\n  redis:\n    url: rediss://q.internal:6380/0\n    tls: {{ca_file: {}}}\n",
+            ca.display()
+        ),
         &[],
     );
     assert_eq!(code, 0, "{msg}");

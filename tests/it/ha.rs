@@ -20,6 +20,7 @@ async fn replicas(n: usize) -> Option<(tempfile::TempDir, Vec<Arc<RedisStore>>)>
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix_for(dir.path()),
         sentinel: None,
+        ca_pem: None,
     };
     let mut v = Vec::new();
     for _ in 0..n {
@@ -244,6 +245,7 @@ async fn a_follower_takes_over_within_the_lease_ttl_and_only_the_leader_polls() 
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix.clone(),
         sentinel: None,
+        ca_pem: None,
     })
     .await
     .unwrap();
@@ -570,6 +572,7 @@ async fn three_replicas_share_a_cycle_through_jobs() {
         url: Secret::new(format!("redis://{REDIS_ADDR}/0")),
         key_prefix: prefix.clone(),
         sentinel: None,
+        ca_pem: None,
     })
     .await
     .unwrap()
@@ -676,71 +679,157 @@ async fn replicas_on_rabbitmq_share_deduplication_keys_in_redis() {
     );
 }
 
-/// A Redis Sentinel on a free port, monitoring the Redis on [`REDIS_ADDR`] as `mymaster`;
-/// killed when dropped. `None` (skipped) without `redis-server`, unless
-/// `DEVMETRICS_REQUIRE_SERVICES=1`.
-struct Sentinel {
+/// A `redis-server` (plain, TLS or Sentinel) this test started; killed when dropped.
+struct Spawned {
     child: std::process::Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Sentinel {
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn sentinel() -> Option<Sentinel> {
+/// Whether `redis-server` can be started; without it the test is skipped with a message,
+/// unless `DEVMETRICS_REQUIRE_SERVICES=1`.
+fn redis_server_installed() -> bool {
     if std::process::Command::new("redis-server")
         .arg("--version")
         .output()
-        .is_err()
+        .is_ok()
     {
-        let msg = "redis-server is not installed (apt-get install redis-server)";
-        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{msg}, and DEVMETRICS_REQUIRE_SERVICES=1");
-        }
-        eprintln!("SKIPPED: {msg}");
-        return None;
+        return true;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("sentinel.conf");
-    let (host, master_port) = REDIS_ADDR.split_once(':').unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster {host} {master_port} 1\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let msg = "redis-server is not installed (apt-get install redis-server)";
+    if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{msg}, and DEVMETRICS_REQUIRE_SERVICES=1");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// Starts `redis-server` with `args` in `dir` and waits until it listens on `port`.
+fn spawn_redis(dir: tempfile::TempDir, port: u16, args: &[String]) -> Spawned {
     let child = std::process::Command::new("redis-server")
-        .arg(&conf)
-        .arg("--sentinel")
+        .args(args)
+        .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let spawned = Spawned {
+        child,
+        port,
+        _dir: dir,
+    };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "Sentinel listening within 5 s"
+            "redis-server {args:?} listening within 5 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some(Sentinel {
-        child,
-        port,
-        _dir: dir,
-    })
+    spawned
+}
+
+/// A plain Redis on a free port keeping nothing on disk, with `extra` arguments.
+fn spawn_plain(extra: &[&str]) -> Spawned {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn_redis(dir, port, &args)
+}
+
+/// The `redis-server` settings of TLS with the certificates [`write_certs`] put in `certs`,
+/// clients not asked for theirs.
+fn tls_settings(certs: &std::path::Path) -> Vec<(&'static str, String)> {
+    let file = |n: &str| certs.join(n).display().to_string();
+    vec![
+        ("tls-cert-file", file("server.crt")),
+        ("tls-key-file", file("server.key")),
+        ("tls-ca-cert-file", file("ca.crt")),
+        ("tls-auth-clients", "no".into()),
+        // A Sentinel reaches the servers it watches over TLS too.
+        ("tls-replication", "yes".into()),
+    ]
+}
+
+/// A Redis speaking only TLS on a free port with the certificates in `certs`, keeping
+/// nothing on disk, with `extra` arguments.
+fn spawn_tls(certs: &std::path::Path, extra: &[&str]) -> Spawned {
+    let port = free_port();
+    let mut args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    for (k, v) in tls_settings(certs) {
+        args.push(format!("--{k}"));
+        args.push(v);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn_redis(tempfile::tempdir().unwrap(), port, &args)
+}
+
+/// A Redis Sentinel on a free port (TLS only with the certificates in `tls`) monitoring
+/// `master` as `mymaster` (quorum 1) with `extra` lines of configuration.
+fn spawn_sentinel(master: &str, tls: Option<&std::path::Path>, extra: &str) -> Spawned {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    let (host, master_port) = master.split_once(':').unwrap();
+    let listen = match tls {
+        None => format!("port {port}\n"),
+        Some(certs) => {
+            let mut l = format!("port 0\ntls-port {port}\n");
+            for (k, v) in tls_settings(certs) {
+                l.push_str(&format!("{k} {v}\n"));
+            }
+            l
+        }
+    };
+    std::fs::write(
+        &conf,
+        format!(
+            "{listen}bind 127.0.0.1\ndir {}\nsentinel monitor mymaster {host} {master_port} 1\n{extra}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let args = [conf.display().to_string(), "--sentinel".to_string()];
+    spawn_redis(dir, port, &args)
+}
+
+/// A Redis Sentinel on a free port, monitoring the Redis on [`REDIS_ADDR`] as `mymaster`.
+fn sentinel() -> Option<Spawned> {
+    redis_server_installed().then(|| spawn_sentinel(REDIS_ADDR, None, ""))
 }
 
 /// The store opened through Sentinel finds the master it names, and writes and reads there.
@@ -759,6 +848,7 @@ async fn the_store_finds_its_master_through_sentinel() {
             master_name: "mymaster".into(),
             urls: vec![Secret::new(format!("redis://127.0.0.1:{}", s.port))],
         }),
+        ca_pem: None,
     };
     let started = std::time::Instant::now();
     let store = RedisStore::open(&cfg).await.unwrap();
@@ -778,4 +868,259 @@ async fn the_store_finds_its_master_through_sentinel() {
     tokio::time::sleep(REFRESH * 3).await;
     assert_eq!(store.master().as_deref(), Some(REDIS_ADDR));
     store.drop_scopes(vec!["sentinel/t".into()]).await.unwrap();
+}
+
+async fn write_scope(
+    store: &RedisStore,
+    scope: &str,
+    v: f64,
+) -> Result<(), devmetrics::store::Error> {
+    let fid = metrics::DEVMETRICS_UPSTREAM_REQUESTS_TOTAL;
+    let labels = Labels::new(fid, &["ha", scope, "200"]).unwrap();
+    store
+        .replace_scope(scope, vec![Sample::number(fid, labels, v)])
+        .await
+}
+
+/// A synchronous connection for the test's own commands (`WAIT`, `INFO`, `SENTINEL`).
+fn admin(addr: &str) -> redis::Connection {
+    redis::Client::open(format!("redis://{addr}"))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap()
+}
+
+fn info(addr: &str, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query(&mut admin(addr))
+        .unwrap()
+}
+
+/// Polls `ok` every 50 ms for up to `limit`; the time it took.
+async fn within(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Sentinel fails the master over to its replica: the store follows within a few
+/// refreshes, nothing written before the failover is lost, and a write after it lands on the
+/// new master, where a replica opened afterwards reads both.
+#[tokio::test]
+async fn the_store_follows_a_sentinel_failover_and_loses_nothing() {
+    if !redis_server_installed() {
+        return;
+    }
+    let master = spawn_plain(&[]);
+    let a = format!("127.0.0.1:{}", master.port);
+    let replica = spawn_plain(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let b = format!("127.0.0.1:{}", replica.port);
+    // Sentinel learns of replicas from the master's INFO; a replica linked before it starts
+    // is known from its first look.
+    within(
+        "the replica linked to its master",
+        Duration::from_secs(10),
+        || info(&b, "replication").contains("master_link_status:up"),
+    )
+    .await;
+    let sentinel = spawn_sentinel(
+        &a,
+        None,
+        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+    );
+    let s_addr = format!("127.0.0.1:{}", sentinel.port);
+    within(
+        "Sentinel knows the replica",
+        Duration::from_secs(10),
+        || {
+            redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("mymaster")
+                .query::<Vec<Vec<String>>>(&mut admin(&s_addr))
+                .is_ok_and(|r| r.len() == 1)
+        },
+    )
+    .await;
+
+    let cfg = RedisConfig {
+        url: Secret::new("redis://ignored.invalid:1/0"),
+        key_prefix: "failover".into(),
+        sentinel: Some(devmetrics::config::SentinelConfig {
+            master_name: "mymaster".into(),
+            urls: vec![Secret::new(format!("redis://{s_addr}"))],
+        }),
+        ca_pem: None,
+    };
+    let store = RedisStore::open(&cfg).await.unwrap();
+    assert_eq!(store.master().as_deref(), Some(a.as_str()));
+    write_scope(&store, "before", 1.0).await.unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(1000)
+        .query(&mut admin(&a))
+        .unwrap();
+    assert_eq!(acked, 1, "the replica holds the write before the failover");
+
+    // `NOGOODSLAVE` until Sentinel has had an INFO answer from the replica itself.
+    within(
+        "Sentinel starts a failover",
+        Duration::from_secs(15),
+        || {
+            redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg("mymaster")
+                .query::<()>(&mut admin(&s_addr))
+                .is_ok()
+        },
+    )
+    .await;
+    let failed_over = std::time::Instant::now();
+    let followed = within(
+        "the store follows the new master",
+        Duration::from_secs(10),
+        || store.master().as_deref() == Some(b.as_str()),
+    )
+    .await;
+    let mut refused = 0;
+    while let Err(e) = write_scope(&store, "after", 2.0).await {
+        assert!(e.is_transient(), "{e}");
+        assert!(failed_over.elapsed() < Duration::from_secs(10), "{e}");
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "failover: the store named the new master after {followed:?}, wrote there {:?} after SENTINEL FAILOVER ({refused} writes refused on the way)",
+        failed_over.elapsed()
+    );
+    assert!(info(&b, "replication").contains("role:master"));
+
+    let other = RedisStore::open(&cfg).await.unwrap();
+    assert_eq!(other.master().as_deref(), Some(b.as_str()));
+    let out = render(&other);
+    assert!(
+        out.contains("endpoint=\"before\"") && out.contains("endpoint=\"after\""),
+        "{out}"
+    );
+    assert_eq!(converged(&[store, other]).await, out);
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it, in `dir`; the
+/// CA's PEM.
+fn write_certs(dir: &std::path::Path) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    ca.pem()
+}
+
+/// A Redis speaking only TLS, with a certificate a private CA signed: the store and the
+/// queue on Redis streams trust it with that CA (`storage.redis.tls.ca_file`) and the
+/// store writes and reads there; without the CA the handshake fails as `Unavailable`,
+/// naming the certificate and not the password.
+#[tokio::test]
+async fn the_store_and_the_queue_speak_tls_to_a_redis_with_a_private_ca() {
+    use devmetrics::queue::redis::{DEFAULT_VISIBILITY_TIMEOUT, RedisQueue, Settings};
+    if !redis_server_installed() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let ca_pem = write_certs(certs.path());
+    let server = spawn_tls(certs.path(), &["--requirepass", "s3cret"]);
+    let port = server.port;
+    let cfg = RedisConfig {
+        url: Secret::new(format!("rediss://:s3cret@127.0.0.1:{port}/0")),
+        key_prefix: "tls".into(),
+        sentinel: None,
+        ca_pem: Some(ca_pem),
+    };
+    let store = RedisStore::open(&cfg).await.unwrap();
+    write_scope(&store, "tls", 3.0).await.unwrap();
+    let other = RedisStore::open(&cfg).await.unwrap();
+    assert!(
+        render(&other).contains("endpoint=\"tls\""),
+        "{}",
+        render(&other)
+    );
+    let settings = |redis: RedisConfig| Settings {
+        redis,
+        url_key: "storage.redis.url".into(),
+        policy: Default::default(),
+        max_depth: 100,
+        visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+    };
+    RedisQueue::open(settings(cfg.clone())).await.unwrap();
+
+    let without = RedisConfig {
+        ca_pem: None,
+        ..cfg
+    };
+    let e = match RedisStore::open(&without).await {
+        Ok(_) => panic!("a certificate from an unknown CA is refused"),
+        Err(e) => e,
+    };
+    eprintln!("without the CA: {e}");
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    let e = match RedisQueue::open(settings(without)).await {
+        Ok(_) => panic!("the queue refuses the unknown CA too"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("UnknownIssuer") && !e.contains("s3cret"), "{e}");
+}
+
+/// Sentinel and master both speaking only TLS with certificates a private CA signed: the
+/// store trusts both with `tls.ca_file`, finds the master and writes there.
+#[tokio::test]
+async fn the_store_finds_a_tls_master_through_a_tls_sentinel_with_a_private_ca() {
+    if !redis_server_installed() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let ca_pem = write_certs(certs.path());
+    let master = spawn_tls(certs.path(), &[]);
+    let a = format!("127.0.0.1:{}", master.port);
+    let sentinel = spawn_sentinel(&a, Some(certs.path()), "");
+    let cfg = RedisConfig {
+        url: Secret::new("rediss://ignored.invalid:1/0"),
+        key_prefix: "tls-sentinel".into(),
+        sentinel: Some(devmetrics::config::SentinelConfig {
+            master_name: "mymaster".into(),
+            urls: vec![Secret::new(format!("rediss://127.0.0.1:{}", sentinel.port))],
+        }),
+        ca_pem: Some(ca_pem),
+    };
+    let store = RedisStore::open(&cfg).await.unwrap();
+    assert_eq!(store.master().as_deref(), Some(a.as_str()));
+    write_scope(&store, "tls-sentinel", 4.0).await.unwrap();
+    let other = RedisStore::open(&cfg).await.unwrap();
+    assert!(
+        render(&other).contains("endpoint=\"tls-sentinel\""),
+        "{}",
+        render(&other)
+    );
+    let without = RedisConfig {
+        ca_pem: None,
+        ..cfg
+    };
+    let e = match RedisStore::open(&without).await {
+        Ok(_) => panic!("a Sentinel with a certificate from an unknown CA is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("UnknownIssuer"), "{e}");
 }
