@@ -172,6 +172,19 @@ pub struct TopicStats {
     pub rejected_full: u64,
 }
 
+impl TopicStats {
+    /// Counts the fate `decision` of a failed attempt; a dead letter is also logged.
+    pub fn count_failure(&mut self, topic: &str, decision: Retry, attempts: u32, reason: &str) {
+        match decision {
+            Retry::After(_) => self.retried += 1,
+            Retry::DeadLetter => {
+                self.dead_lettered += 1;
+                tracing::warn!(topic, attempts, reason = %reason, "message dead-lettered");
+            }
+        }
+    }
+}
+
 /// One message handed to a consumer. Dropping it without `ack`/`nack` releases it for
 /// redelivery without counting an attempt (the consumer was cancelled, not the message bad).
 pub struct Delivery {

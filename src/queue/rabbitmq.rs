@@ -886,14 +886,10 @@ impl Handle {
             return Err(e);
         }
         self.ack_original().await?;
-        let mut s = self.topic.stats.lock();
-        match decision {
-            Retry::After(_) => s.retried += 1,
-            Retry::DeadLetter => {
-                s.dead_lettered += 1;
-                tracing::warn!(topic = %self.topic.name, attempts, reason = %reason, "message dead-lettered");
-            }
-        }
+        self.topic
+            .stats
+            .lock()
+            .count_failure(&self.topic.name, decision, attempts, &reason);
         Ok(())
     }
 }

@@ -809,14 +809,10 @@ impl Handle {
             tracing::debug!(topic = %self.topic.name, id = %self.id, "a failed delivery was taken over meanwhile");
             return Ok(());
         }
-        let mut s = self.topic.stats.lock();
-        match decision {
-            Retry::After(_) => s.retried += 1,
-            Retry::DeadLetter => {
-                s.dead_lettered += 1;
-                tracing::warn!(topic = %self.topic.name, attempts, reason = %reason, "message dead-lettered");
-            }
-        }
+        self.topic
+            .stats
+            .lock()
+            .count_failure(&self.topic.name, decision, attempts, &reason);
         Ok(())
     }
 }
