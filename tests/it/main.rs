@@ -2,6 +2,7 @@
 
 mod backlog;
 mod cli;
+mod compat;
 mod contract;
 mod crash;
 mod demo;
