@@ -745,15 +745,15 @@ families! {
         Gauge,
         None,
         "The number of stacks grouped by state",
-        &["state"],
+        &["state", "stack", "space"],
         Origin::SpaceliftExporter,
     ),
     SPACELIFT_CURRENT_RESOURCES_COUNT_BY_DRIFT: spacelift(
         "spacelift_current_resources_count_by_drift",
         Gauge,
         None,
-        "The number of drifted resources",
-        &["state"],
+        "The number of resources by drift",
+        &["state", "stack", "space"],
         Origin::SpaceliftExporter,
     ),
     SPACELIFT_CURRENT_AVG_STACK_SIZE_BY_RESOURCE_COUNT: spacelift(

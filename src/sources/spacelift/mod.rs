@@ -115,9 +115,11 @@ impl Group {
 /// What one group produced.
 enum Fetched {
     Samples(Vec<Sample>),
-    /// Per-stack samples plus how many stacks were left out, by reason.
+    /// Per-stack samples plus how many stacks were left out, by reason; and, when no stack
+    /// was left out, the replaced exporter's by-state and by-drift families per stack.
     Stacks {
         samples: Vec<Sample>,
+        per_stack_counts: Option<Vec<Sample>>,
         filtered: usize,
         over_budget: usize,
     },
@@ -176,6 +178,7 @@ impl Source {
         let mut status = Vec::new();
         let mut any_ok = false;
         let mut omitted = None;
+        let mut per_stack = None;
         for (g, r, took) in outcomes {
             let (ok, supported) = match &r {
                 Ok(Fetched::Unsupported(_)) => (true, false),
@@ -190,10 +193,12 @@ impl Source {
                 Ok(Fetched::Samples(s)) => Ok(s),
                 Ok(Fetched::Stacks {
                     samples,
+                    per_stack_counts,
                     filtered,
                     over_budget,
                 }) => {
                     omitted = Some((filtered, over_budget));
+                    per_stack = per_stack_counts;
                     Ok(samples)
                 }
                 Ok(Fetched::Unsupported(message)) => {
@@ -222,6 +227,17 @@ impl Source {
                 version: None,
                 result,
             });
+        }
+        // The by-state and by-drift families stay in the aggregates' scope whichever data they
+        // come from, so a failing stacks query never leaves both forms shown at once.
+        if let Some(per_stack) = per_stack
+            && let Some(Ok(samples)) = results
+                .iter_mut()
+                .find(|r| r.scope == Group::Aggregates.scope())
+                .map(|r| &mut r.result)
+        {
+            samples.retain(|s| !COUNTS.contains(&s.family));
+            samples.extend(per_stack);
         }
         // A group switched off keeps nothing: its scope may still hold series persisted by
         // an earlier run, which would otherwise be shown forever without being refreshed.
@@ -335,7 +351,10 @@ impl Source {
             }
         }
         let total = nodes.len();
+        let counts = per_stack_counts(&nodes);
         let (samples, filtered, over_budget) = stack_samples(nodes, &self.config.stacks);
+        // Per stack only when every stack is in: otherwise `sum by (state)` would fall short.
+        let per_stack_counts = (filtered == 0 && over_budget == 0).then_some(counts);
         if over_budget > 0 {
             tracing::warn!(
                 stacks = total,
@@ -346,6 +365,7 @@ impl Source {
         }
         Ok(Fetched::Stacks {
             samples,
+            per_stack_counts,
             filtered,
             over_budget,
         })
@@ -483,6 +503,44 @@ pub fn usage_samples(u: &wire::Usage) -> Vec<Sample> {
     ]
 }
 
+/// The families the replaced exporter documents with `state`, `stack` and `space`.
+const COUNTS: [FamilyId; 2] = [
+    metrics::SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE,
+    metrics::SPACELIFT_CURRENT_RESOURCES_COUNT_BY_DRIFT,
+];
+
+/// The by-state and by-drift families per stack and space (the replaced exporter's
+/// documented form), from a complete stack listing: each stack counts 1 under its state, and
+/// its resources under `IN_SYNC` and `DRIFTED` (the aggregates' states, so `sum by (state)`
+/// is the same in either form); zero counts are left out.
+pub fn per_stack_counts(nodes: &[wire::StackNode]) -> Vec<Sample> {
+    let mut nodes: Vec<&wire::StackNode> = nodes.iter().collect();
+    nodes.sort_by(|a, b| (&a.space, &a.id).cmp(&(&b.space, &b.id)));
+    nodes.dedup_by(|a, b| a.id == b.id);
+    let mut out = Vec::new();
+    for s in nodes {
+        out.push(sample(
+            metrics::SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE,
+            &[&s.state, &s.id, &s.space],
+            1.0,
+        ));
+        let drifted = s.entities.iter().filter(|e| e.drifted.is_some()).count();
+        for (state, n) in [
+            ("IN_SYNC", s.entities.len() - drifted),
+            ("DRIFTED", drifted),
+        ] {
+            if n > 0 {
+                out.push(sample(
+                    metrics::SPACELIFT_CURRENT_RESOURCES_COUNT_BY_DRIFT,
+                    &[state, &s.id, &s.space],
+                    n as f64,
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The replaced exporter's rules: labelled families take `labels[0]` and skip points
 /// without labels; single-value families take the first point and are absent when empty.
 /// Two points with the same label are summed rather than exported twice.
@@ -504,7 +562,12 @@ pub fn aggregate_samples(m: &wire::Aggregates) -> Vec<Sample> {
                 *by_label.entry(l.as_str()).or_default() += p.value;
             }
         }
-        out.extend(by_label.into_iter().map(|(l, v)| sample(name, &[l], v)));
+        // Account-wide: no stack, no space.
+        out.extend(
+            by_label
+                .into_iter()
+                .map(|(l, v)| sample(name, &[l, "", ""], v)),
+        );
     }
     for (name, points) in [
         (
@@ -708,7 +771,7 @@ mod tests {
             value(
                 &s,
                 metrics::SPACELIFT_CURRENT_STACKS_COUNT_BY_STATE,
-                &["FINISHED"]
+                &["FINISHED", "", ""]
             ),
             Some(3.0)
         );

@@ -88,6 +88,63 @@ fn collector(s: &Snapshot, name: &str, c: &str) -> Option<f64> {
     get(s, name, &[c])
 }
 
+/// `family`'s values summed by `state`, and whether every series is per stack (`stack` set)
+/// rather than account-wide (`stack` and `space` empty); mixed forms fail.
+fn by_state(s: &Snapshot, family: &str) -> (std::collections::BTreeMap<String, f64>, bool) {
+    let fid = devmetrics::metrics::lookup(family).expect("a catalog family");
+    let mut sums = std::collections::BTreeMap::new();
+    let mut forms = std::collections::BTreeSet::new();
+    for (l, v) in s.family(fid) {
+        *sums.entry(l.get("state").unwrap()).or_default() += v.as_f64().unwrap();
+        let stack = l.get("stack").unwrap();
+        assert_eq!(
+            stack.is_empty(),
+            l.get("space").unwrap().is_empty(),
+            "{l:?}"
+        );
+        forms.insert(!stack.is_empty());
+    }
+    assert!(
+        forms.len() <= 1,
+        "{family} mixes per-stack and account-wide series"
+    );
+    (sums, forms.contains(&true))
+}
+
+/// The replaced exporter's by-state and by-drift families: per stack and space when the
+/// stack listing was complete, account-wide otherwise; `sum by (state)` equal either way.
+fn assert_counts(s: &Snapshot, a: &Account) {
+    let (states, per_stack) = by_state(s, "spacelift_current_stacks_count_by_state");
+    assert_eq!(states, a.stacks_count_by_state());
+    let (drift, drift_per_stack) = by_state(s, "spacelift_current_resources_count_by_drift");
+    let (in_sync, drifted) = a.resources_by_drift();
+    let nonzero = |v: f64| (v > 0.0 || !per_stack).then_some(v);
+    assert_eq!(drift.get("IN_SYNC").copied(), nonzero(in_sync));
+    assert_eq!(drift.get("DRIFTED").copied(), nonzero(drifted));
+    if per_stack {
+        assert!(drift_per_stack || drift.is_empty());
+        for st in &a.stacks {
+            assert_eq!(
+                get(
+                    s,
+                    "spacelift_current_stacks_count_by_state",
+                    &[&st.state, &st.id, &st.space]
+                ),
+                Some(1.0),
+                "{}",
+                st.id
+            );
+            let d = st.resources.iter().filter(|r| r.is_some()).count() as f64;
+            let got = get(
+                s,
+                "spacelift_current_resources_count_by_drift",
+                &["DRIFTED", &st.id, &st.space],
+            );
+            assert_eq!(got, (d > 0.0).then_some(d), "{}", st.id);
+        }
+    }
+}
+
 /// Every family the source exports, against the account the fake served.
 fn assert_matches(s: &Snapshot, a: &Account) {
     let p = &a.public_pool;
@@ -152,34 +209,7 @@ fn assert_matches(s: &Snapshot, a: &Account) {
     ] {
         assert_eq!(get(s, name, &[]), Some(v), "{name}");
     }
-    let by_state = a.stacks_count_by_state();
-    assert_eq!(
-        count(s, "spacelift_current_stacks_count_by_state"),
-        by_state.len()
-    );
-    for (state, n) in &by_state {
-        assert_eq!(
-            get(s, "spacelift_current_stacks_count_by_state", &[state]),
-            Some(*n)
-        );
-    }
-    let (in_sync, drifted) = a.resources_by_drift();
-    assert_eq!(
-        get(
-            s,
-            "spacelift_current_resources_count_by_drift",
-            &["IN_SYNC"]
-        ),
-        Some(in_sync)
-    );
-    assert_eq!(
-        get(
-            s,
-            "spacelift_current_resources_count_by_drift",
-            &["DRIFTED"]
-        ),
-        Some(drifted)
-    );
+    assert_counts(s, a);
     assert_eq!(
         get(s, "spacelift_current_avg_stack_size_by_resource_count", &[]),
         a.avg_stack_size()
@@ -350,7 +380,8 @@ fn needs(expr: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// Series line → value, label order normalised (Go sorts labels by name).
+/// Series line → value, label order normalised (Go sorts labels by name), and labels with
+/// an empty value dropped: to Prometheus an empty label is no label.
 fn parse(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -358,9 +389,17 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             let (series, value) = l.rsplit_once(' ').unwrap();
             let key = match series.split_once('{') {
                 Some((n, labels)) => {
-                    let mut ls: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                    let mut ls: Vec<&str> = labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .filter(|l| !l.ends_with("=\"\""))
+                        .collect();
                     ls.sort();
-                    format!("{n}{{{}}}", ls.join(","))
+                    if ls.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{n}{{{}}}", ls.join(","))
+                    }
                 }
                 None => series.to_string(),
             };

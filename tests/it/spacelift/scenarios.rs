@@ -489,7 +489,11 @@ async fn stack_filters_and_series_budget_are_applied_and_reported() {
     }
     // The account-wide aggregates are not filtered.
     assert_eq!(
-        get(&s, "spacelift_current_stacks_count_by_state", &["NONE"]),
+        get(
+            &s,
+            "spacelift_current_stacks_count_by_state",
+            &["NONE", "", ""]
+        ),
         a.stacks_count_by_state().get("NONE").copied()
     );
 }
@@ -554,4 +558,35 @@ async fn http_errors_and_malformed_answers_fail_groups_with_bounded_kinds() {
     }
     assert!(text.contains("upstream=\"spacelift\",endpoint=\"usage\",status=\"200\""));
     assert!(text.contains(",status=\"503\"}"), "{text}");
+}
+
+/// The replaced exporter's documented `{state, stack, space}`: per stack when the listing is
+/// complete, account-wide (stack and space empty) when Spacelift keeps stacks from the key or
+/// filters leave some out, with the same `sum by (state)`; a listing refused after a complete
+/// one never leaves both forms shown (`by_state` fails on a mix).
+#[tokio::test]
+async fn counts_by_state_are_per_stack_when_every_stack_is_listed() {
+    let rig = Rig::new(12, |_| {}).await;
+    let s = rig.poll().await;
+    let (states, per_stack) = by_state(&s, "spacelift_current_stacks_count_by_state");
+    assert!(per_stack, "a complete listing gives one series per stack");
+    assert_eq!(
+        count(&s, "spacelift_current_stacks_count_by_state"),
+        rig.fake.sim.account().stacks.len()
+    );
+    assert_eq!(states, rig.fake.sim.account().stacks_count_by_state());
+
+    // Stacks refused to the key (Spacelift's machine-session gate): account-wide.
+    rig.fake.sim.gate_stacks(true);
+    let s = rig.poll().await;
+    let (states, per_stack) = by_state(&s, "spacelift_current_stacks_count_by_state");
+    assert!(!per_stack);
+    assert_eq!(states, rig.fake.sim.account().stacks_count_by_state());
+
+    // Filters leave stacks out: account-wide, so the totals stay whole.
+    let filtered = Rig::new(12, |c| c.stacks.exclude_stacks = vec!["Stack 1".into()]).await;
+    let s = filtered.poll().await;
+    let (states, per_stack) = by_state(&s, "spacelift_current_stacks_count_by_state");
+    assert!(!per_stack);
+    assert_eq!(states, filtered.fake.sim.account().stacks_count_by_state());
 }
