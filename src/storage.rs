@@ -44,65 +44,30 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
             open_sqlite(&config.storage.path, policy, config.queue.max_depth)
         }
         (StorageBackend::Sqlite, QueueBackend::RabbitMq) => {
-            let rabbitmq = config
-                .queue
-                .rabbitmq
-                .clone()
-                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
             let db = Db::open(&config.storage.path)?;
             let store = Arc::new(SqliteStore::open(db.clone())?);
             let keys = Arc::new(DedupeTable::new(db.clone()));
-            let rabbitmq = Rabbit {
-                config: rabbitmq,
-                policy,
-                max_depth: config.queue.max_depth,
-            };
-            open_rabbitmq(db, keys, store.clone(), store, rabbitmq).await
+            open_rabbitmq(db, keys, store, Rabbit::of(config, policy)).await
         }
         (StorageBackend::Redis, QueueBackend::RabbitMq) => {
-            let redis = config
-                .storage
-                .redis
-                .as_ref()
-                .expect("storage.redis is resolved when storage.backend is redis");
-            let rabbitmq = config
-                .queue
-                .rabbitmq
-                .clone()
-                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq");
-            let store = RedisStore::open(redis).await?;
+            let store = open_redis_store(config).await?;
             // Deduplication keys are shared in Redis, so a delivery that reaches two replicas
             // is queued once; the local file keeps only the spool for broker outages.
             let db = Db::open(&config.storage.path)?;
-            let rabbitmq = Rabbit {
-                config: rabbitmq,
-                policy,
-                max_depth: config.queue.max_depth,
-            };
-            open_rabbitmq(db, store.clone(), store.clone(), store, rabbitmq).await
+            open_rabbitmq(db, store.clone(), store, Rabbit::of(config, policy)).await
         }
         (StorageBackend::Sqlite, QueueBackend::Redis) => {
             let db = Db::open(&config.storage.path)?;
             let store = Arc::new(SqliteStore::open(db.clone())?);
-            open_redis_queue(db, store.clone(), store, config, policy).await
+            open_redis_queue(db, store, config, policy).await
         }
         (StorageBackend::Redis, QueueBackend::Redis) => {
-            let redis = config
-                .storage
-                .redis
-                .as_ref()
-                .expect("storage.redis is resolved when storage.backend is redis");
-            let store = RedisStore::open(redis).await?;
+            let store = open_redis_store(config).await?;
             let db = Db::open(&config.storage.path)?;
-            open_redis_queue(db, store.clone(), store, config, policy).await
+            open_redis_queue(db, store, config, policy).await
         }
         (StorageBackend::Redis, QueueBackend::Sqlite) => {
-            let redis = config
-                .storage
-                .redis
-                .as_ref()
-                .expect("storage.redis is resolved when storage.backend is redis");
-            let store = RedisStore::open(redis).await?;
+            let store = open_redis_store(config).await?;
             // The queue stays in the local file: it holds only what this replica accepted.
             let db = Db::open(&config.storage.path)?;
             let queue: SharedQueue = Arc::new(SqliteQueue::open_with_depth(
@@ -116,6 +81,30 @@ pub async fn open(config: &Config) -> Result<Backends, Error> {
                 collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
                 queue,
             })
+        }
+    }
+}
+
+/// The store in Redis, as `storage.redis` says.
+async fn open_redis_store(config: &Config) -> Result<Arc<RedisStore>, Error> {
+    let redis = config
+        .storage
+        .redis
+        .as_ref()
+        .expect("storage.redis is resolved when storage.backend is redis");
+    Ok(RedisStore::open(redis).await?)
+}
+
+impl Rabbit {
+    fn of(config: &Config, policy: RetryPolicy) -> Rabbit {
+        Rabbit {
+            config: config
+                .queue
+                .rabbitmq
+                .clone()
+                .expect("resolving requires queue.rabbitmq with queue.backend rabbitmq"),
+            policy,
+            max_depth: config.queue.max_depth,
         }
     }
 }
@@ -134,7 +123,6 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
     db: Db,
     keys: Arc<dyn DedupeKeys>,
     store: Arc<S>,
-    store_collector: Arc<S>,
     rabbit: Rabbit,
 ) -> Result<Backends, Error> {
     use crate::queue::rabbitmq::{RabbitMqQueue, Settings};
@@ -157,11 +145,8 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
     let queue: SharedQueue = Arc::new(Spooled::open(broker, spool, spool_keys).await?);
     Ok(Backends {
         store: store.clone(),
-        lease: store,
-        collectors: vec![
-            store_collector,
-            Arc::new(crate::queue::Collector(queue.clone())),
-        ],
+        lease: store.clone(),
+        collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
         queue,
     })
 }
@@ -172,7 +157,6 @@ async fn open_rabbitmq<S: crate::store::Store + crate::store::Lease + Collect + 
 async fn open_redis_queue<S: crate::store::Store + crate::store::Lease + Collect + 'static>(
     db: Db,
     store: Arc<S>,
-    store_collector: Arc<S>,
     config: &Config,
     policy: RetryPolicy,
 ) -> Result<Backends, Error> {
@@ -196,11 +180,8 @@ async fn open_redis_queue<S: crate::store::Store + crate::store::Lease + Collect
         Arc::new(crate::queue::spool::Spooled::open(broker, spool, spool_keys).await?);
     Ok(Backends {
         store: store.clone(),
-        lease: store,
-        collectors: vec![
-            store_collector,
-            Arc::new(crate::queue::Collector(queue.clone())),
-        ],
+        lease: store.clone(),
+        collectors: vec![store, Arc::new(crate::queue::Collector(queue.clone()))],
         queue,
     })
 }

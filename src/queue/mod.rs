@@ -359,6 +359,45 @@ impl crate::telemetry::Collect for Collector {
     }
 }
 
+/// The local services the backends' unit tests use.
+#[cfg(test)]
+pub(crate) mod test_services {
+    /// Whether `name` answers on `addr`; without it a test is skipped with the reason, or
+    /// fails under `DEVMETRICS_REQUIRE_SERVICES=1`.
+    fn up(name: &str, addr: &str, hint: &str) -> bool {
+        let a = addr.parse().expect("an address");
+        if std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok() {
+            return true;
+        }
+        let msg = format!("{name} not reachable on {addr}: {hint}");
+        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        false
+    }
+
+    pub const RABBITMQ: &str = "127.0.0.1:5672";
+    pub const REDIS: &str = "127.0.0.1:6379";
+
+    /// RabbitMQ with guest/guest.
+    pub fn rabbitmq() -> bool {
+        up(
+            "RabbitMQ",
+            RABBITMQ,
+            "start it with `rabbitmq-server -detached` (guest/guest)",
+        )
+    }
+
+    pub fn redis() -> bool {
+        up(
+            "Redis",
+            REDIS,
+            "start it with `redis-server --daemonize yes`",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1054,23 +1054,7 @@ impl Queue for RabbitMqQueue {
 mod tests {
     use super::*;
     use crate::db::Db;
-
-    const BROKER: &str = "127.0.0.1:5672";
-
-    /// Whether the broker answers; without it these tests are skipped with the reason, or
-    /// fail under `DEVMETRICS_REQUIRE_SERVICES=1`.
-    fn broker() -> bool {
-        let addr = BROKER.parse().expect("an address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return true;
-        }
-        let msg = "RabbitMQ not reachable on 127.0.0.1:5672 (guest/guest): start it with `rabbitmq-server -detached`";
-        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        false
-    }
+    use crate::queue::test_services::{RABBITMQ as BROKER, rabbitmq as broker};
 
     fn settings(addr: &str, prefix: &str) -> Settings {
         Settings {

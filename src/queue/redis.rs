@@ -1000,25 +1000,8 @@ impl Queue for RedisQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::test_services::{REDIS, redis as redis_up};
     use std::time::Instant;
-
-    const REDIS: &str = "127.0.0.1:6379";
-
-    /// Whether Redis answers; without it these tests are skipped with the reason, or fail
-    /// under `DEVMETRICS_REQUIRE_SERVICES=1`.
-    fn redis_up() -> bool {
-        let addr = REDIS.parse().expect("an address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return true;
-        }
-        let msg =
-            "Redis not reachable on 127.0.0.1:6379: start it with `redis-server --daemonize yes`";
-        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        false
-    }
 
     /// A throwaway key prefix; [`Cleanup`] deletes its keys when the test ends.
     struct Cleanup(String);

@@ -390,23 +390,9 @@ mod tests {
     use crate::db::Db;
     use crate::queue::rabbitmq::Settings;
     use crate::queue::sqlite::DedupeTable;
+    use crate::queue::test_services::{RABBITMQ as BROKER, rabbitmq as broker};
     use crate::sim::chaos::Proxy;
     use std::collections::BTreeMap;
-
-    const BROKER: &str = "127.0.0.1:5672";
-
-    fn broker() -> bool {
-        let addr = BROKER.parse().expect("an address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return true;
-        }
-        let msg = "RabbitMQ not reachable on 127.0.0.1:5672 (guest/guest): start it with `rabbitmq-server -detached`";
-        if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        false
-    }
 
     /// A process on the file in `dir`, reaching the broker at `addr`.
     async fn open(
@@ -510,18 +496,12 @@ mod tests {
     /// drained once Redis answers again.
     #[tokio::test]
     async fn publishes_during_a_redis_outage_are_spooled_and_arrive_once_after_it() {
-        const REDIS: &str = "127.0.0.1:6379";
-        let addr = REDIS.parse().expect("an address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            let msg = "Redis not reachable on 127.0.0.1:6379";
-            if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-                panic!("{msg}");
-            }
-            eprintln!("SKIPPED: {msg}");
+        use crate::queue::test_services::{REDIS, redis};
+        if !redis() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let proxy = Proxy::start(addr).await.unwrap();
+        let proxy = Proxy::start(REDIS.parse().unwrap()).await.unwrap();
         let db = Db::open(&dir.path().join("spool.db")).unwrap();
         let keys = Arc::new(DedupeTable::new(db.clone()));
         let settings = crate::queue::redis::Settings {

@@ -581,6 +581,10 @@ impl RedisStore {
         format!("{}:{part}", self.base)
     }
 
+    fn kv_key(&self, ns: &str, key: &str) -> String {
+        self.key(&format!("kv:{ns}:{key}"))
+    }
+
     /// Runs `f` against Redis within [`TIMEOUT`], recording the outcome for `health`.
     async fn run<T, F>(&self, f: F) -> Result<T, Error>
     where
@@ -991,7 +995,7 @@ impl Store for RedisStore {
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut c = self.conn();
-        self.run(c.get(self.key(&format!("kv:{ns}:{key}")))).await
+        self.run(c.get(self.kv_key(ns, key))).await
     }
 
     async fn kv_put(
@@ -1002,7 +1006,7 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
         let mut c = self.conn();
-        let k = self.key(&format!("kv:{ns}:{key}"));
+        let k = self.kv_key(ns, key);
         match ttl {
             Some(t) => {
                 let ms = (t.as_millis() as u64).max(1);
@@ -1014,8 +1018,7 @@ impl Store for RedisStore {
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error> {
         let mut c = self.conn();
-        self.run(c.del::<_, ()>(self.key(&format!("kv:{ns}:{key}"))))
-            .await
+        self.run(c.del::<_, ()>(self.kv_key(ns, key))).await
     }
 
     async fn gc(&self, retention: &Retention) -> Result<u64, Error> {
@@ -1126,7 +1129,7 @@ impl Lease for RedisStore {
         let mut c = self.conn();
         let mut inv = self.scripts.put_fenced.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
-            .key(self.key(&format!("kv:{ns}:{key}")))
+            .key(self.kv_key(ns, key))
             .arg(holder)
             .arg(fence)
             .arg(value)

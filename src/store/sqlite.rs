@@ -424,16 +424,10 @@ impl Store for SqliteStore {
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
         let (ns, key) = (ns.to_string(), key.to_string());
-        let expires = ttl.map(|t| now_unix() as i64 + t.as_secs() as i64);
+        let expires = kv_expiry(ttl);
         Ok(self
             .db
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![ns, key, value, expires])
-                .map(|_| ())
-            })
+            .write(move |c| kv_write(c, &ns, &key, &value, expires))
             .await?)
     }
 
@@ -679,16 +673,13 @@ impl Lease for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let now = now_unix();
-                match lease_row(c, &name)? {
-                    Some((h, f, exp)) if h == holder && f == fence && exp > now => {
-                        let expires_at = now + ttl.as_secs_f64();
-                        c.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
-                            .execute(params![name, expires_at])?;
-                        Ok(Some(Grant { fence, expires_at }))
-                    }
-                    _ => Ok(None),
+                if !holds(c, &name, &holder, fence)? {
+                    return Ok(None);
                 }
+                let expires_at = now_unix() + ttl.as_secs_f64();
+                c.prepare_cached("UPDATE leases SET expires_at = ?2 WHERE name = ?1")?
+                    .execute(params![name, expires_at])?;
+                Ok(Some(Grant { fence, expires_at }))
             })
             .await?)
     }
@@ -698,15 +689,12 @@ impl Lease for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let now = now_unix();
-                match lease_row(c, &name)? {
-                    Some((h, f, exp)) if h == holder && f == fence && exp > now => {
-                        c.prepare_cached("UPDATE leases SET expires_at = 0 WHERE name = ?1")?
-                            .execute([&name])?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
+                if !holds(c, &name, &holder, fence)? {
+                    return Ok(false);
                 }
+                c.prepare_cached("UPDATE leases SET expires_at = 0 WHERE name = ?1")?
+                    .execute([&name])?;
+                Ok(true)
             })
             .await?)
     }
@@ -733,45 +721,51 @@ impl Lease for SqliteStore {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool, Error> {
-        self.put_fenced(name, holder, fence, ns, key, value, ttl)
-            .await
-    }
-}
-
-impl SqliteStore {
-    #[allow(clippy::too_many_arguments)]
-    async fn put_fenced(
-        &self,
-        name: &str,
-        holder: &str,
-        fence: u64,
-        ns: &str,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<bool, Error> {
         let (name, holder, ns, key) = (
             name.to_string(),
             holder.to_string(),
             ns.to_string(),
             key.to_string(),
         );
-        let expires = ttl.map(|t| now_unix() as i64 + t.as_secs() as i64);
+        let expires = kv_expiry(ttl);
         Ok(self
             .db
             .write(move |c| {
-                match lease_row(c, &name)? {
-                    Some((h, f, exp)) if h == holder && f == fence && exp > now_unix() => {}
-                    _ => return Ok(false),
+                if !holds(c, &name, &holder, fence)? {
+                    return Ok(false);
                 }
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![ns, key, value, expires])?;
+                kv_write(c, &ns, &key, &value, expires)?;
                 Ok(true)
             })
             .await?)
     }
+}
+
+/// Whether `holder` holds the live grant `fence` of `name`.
+fn holds(c: &Connection, name: &str, holder: &str, fence: u64) -> rusqlite::Result<bool> {
+    Ok(
+        lease_row(c, name)?
+            .is_some_and(|(h, f, exp)| h == holder && f == fence && exp > now_unix()),
+    )
+}
+
+/// When a kv entry written now with `ttl` expires (Unix seconds).
+fn kv_expiry(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|t| now_unix() as i64 + t.as_secs() as i64)
+}
+
+fn kv_write(
+    c: &Connection,
+    ns: &str,
+    key: &str,
+    value: &[u8],
+    expires: Option<i64>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![ns, key, value, expires])
+    .map(|_| ())
 }
 
 fn lease_row(c: &Connection, name: &str) -> rusqlite::Result<Option<(String, u64, f64)>> {

@@ -736,25 +736,22 @@ fn spawn_redis(dir: tempfile::TempDir, port: u16, args: &[String]) -> Spawned {
     spawned
 }
 
+/// `redis-server` arguments: `listen` (its ports), loopback only, nothing kept on disk, then
+/// `extra`.
+fn server_args(listen: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let mut args = listen;
+    for a in ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] {
+        args.push(a.to_string());
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// A plain Redis on a free port keeping nothing on disk, with `extra` arguments.
 fn spawn_plain(extra: &[&str]) -> Spawned {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    spawn_redis(dir, port, &args)
+    let args = server_args(vec!["--port".into(), port.to_string()], extra);
+    spawn_redis(tempfile::tempdir().unwrap(), port, &args)
 }
 
 /// The `redis-server` settings of TLS with the certificates [`write_certs`] put in `certs`,
@@ -775,27 +772,21 @@ fn tls_settings(certs: &std::path::Path) -> Vec<(&'static str, String)> {
 /// nothing on disk, with `extra` arguments.
 fn spawn_tls(certs: &std::path::Path, extra: &[&str]) -> Spawned {
     let port = free_port();
-    let mut args: Vec<String> = [
-        "--port",
-        "0",
-        "--tls-port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut listen: Vec<String> = vec![
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        port.to_string(),
+    ];
     for (k, v) in tls_settings(certs) {
-        args.push(format!("--{k}"));
-        args.push(v);
+        listen.push(format!("--{k}"));
+        listen.push(v);
     }
-    args.extend(extra.iter().map(|a| a.to_string()));
-    spawn_redis(tempfile::tempdir().unwrap(), port, &args)
+    spawn_redis(
+        tempfile::tempdir().unwrap(),
+        port,
+        &server_args(listen, extra),
+    )
 }
 
 /// A Redis Sentinel on a free port (TLS only with the certificates in `tls`) monitoring

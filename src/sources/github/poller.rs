@@ -632,6 +632,48 @@ impl OrgPoller {
         }
     }
 
+    /// Scrapes the window ending at `end` of each of `repos`, `per_org_concurrency` at a
+    /// time, yielding each repo's name and result as it finishes.
+    fn scrape_repos<'a>(
+        &'a self,
+        repos: &'a [wire::Repo],
+        end: i64,
+    ) -> impl futures_util::Stream<Item = (String, Result<Vec<Sample>, Error>)> + Send + 'a {
+        // Boxed: the futures borrow `self` and their repo, which an unboxed closure's
+        // higher-ranked lifetimes cannot express.
+        type Scrape<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
+        >;
+        let futs: Vec<Scrape<'a>> = repos
+            .iter()
+            .map(|r| -> Scrape<'a> {
+                Box::pin(async move { (r.name.clone(), self.scrape_repo(r, end, false).await) })
+            })
+            .collect();
+        futures_util::stream::iter(futs).buffer_unordered(self.org.concurrency)
+    }
+
+    /// Shows a cycle's progress (`done` of `total` repos since `started`); returns the rate
+    /// (repos/s) and the ETA in seconds, 0 once `finished`.
+    fn show_progress(
+        &self,
+        done: usize,
+        total: usize,
+        started: Instant,
+        finished: bool,
+    ) -> (f64, f64) {
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let eta = if finished {
+            0.0
+        } else {
+            total.saturating_sub(done) as f64 / rate.max(1e-9)
+        };
+        let mut s = self.state.lock();
+        s.live.progress = done as f64 / total.max(1) as f64;
+        s.live.eta = eta;
+        (rate, eta)
+    }
+
     /// The scopes of repos no longer listed (deleted, archived, excluded), emptied.
     fn unlisted(&self, repos: &[wire::Repo]) -> Vec<ScopeResult> {
         let listed: BTreeSet<String> = repos.iter().map(|r| self.scope(&r.name)).collect();
@@ -759,15 +801,7 @@ impl OrgPoller {
                     ));
                 }
             }
-            let elapsed = started.elapsed().as_secs_f64();
-            let rate = done_repos as f64 / elapsed.max(1e-3);
-            let mut s = self.state.lock();
-            s.live.progress = done_repos as f64 / total.max(1) as f64;
-            s.live.eta = if pending.is_empty() {
-                0.0
-            } else {
-                (total - done_repos.min(total)) as f64 / rate.max(1e-9)
-            };
+            self.show_progress(done_repos, total, started, pending.is_empty());
         }
         if exceeded {
             tracing::warn!(org = %org, budget, "series budget reached; some series were dropped");
@@ -802,26 +836,10 @@ impl OrgPoller {
             return Ok(());
         }
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
-        type Scrape<'a> = std::pin::Pin<
-            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
-        >;
-        let scrapes: Vec<Scrape<'_>> = job
-            .repos
-            .iter()
-            .map(|r| -> Scrape<'_> {
-                Box::pin(async move {
-                    (
-                        r.name.clone(),
-                        self.scrape_repo(r, job.window_end, false).await,
-                    )
-                })
-            })
-            .collect();
-        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> =
-            futures_util::stream::iter(scrapes)
-                .buffer_unordered(self.org.concurrency)
-                .collect()
-                .await;
+        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = self
+            .scrape_repos(&job.repos, job.window_end)
+            .collect()
+            .await;
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut outcome = JobOutcome {
             repos: job.repos.len(),
@@ -1009,27 +1027,11 @@ impl Poller for OrgPoller {
         let mut last_log = Instant::now();
         let mut done = 0usize;
         let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = Vec::with_capacity(total);
-        type Scrape<'a> = std::pin::Pin<
-            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
-        >;
-        let futs: Vec<Scrape<'_>> = repos
-            .iter()
-            .map(|r| -> Scrape<'_> {
-                Box::pin(async move { (r.name.clone(), self.scrape_repo(r, now, false).await) })
-            })
-            .collect();
-        let mut stream = futures_util::stream::iter(futs).buffer_unordered(self.org.concurrency);
+        let mut stream = self.scrape_repos(&repos, now);
         while let Some(r) = stream.next().await {
             done += 1;
             results.push(r);
-            let elapsed = started.elapsed().as_secs_f64();
-            let rate = done as f64 / elapsed.max(1e-3);
-            let eta = (total - done) as f64 / rate.max(1e-9);
-            {
-                let mut s = self.state.lock();
-                s.live.progress = done as f64 / total.max(1) as f64;
-                s.live.eta = if done == total { 0.0 } else { eta };
-            }
+            let (rate, eta) = self.show_progress(done, total, started, done == total);
             if total >= 50 && last_log.elapsed() >= Duration::from_secs(10) {
                 last_log = Instant::now();
                 tracing::info!(org = %self.org.org, done, total, repos_per_s = format!("{rate:.1}"), eta_s = eta as u64, "GitHub scrape in progress");
@@ -1104,22 +1106,11 @@ fn retryable(e: &Error) -> bool {
 
 /// A job outcome's error kind as the bounded label the source's health counts it under.
 fn error_kind(kind: &str) -> &'static str {
-    // The kinds a job reports are `Error::kind()`s; anything else is reported as one.
-    const KINDS: &[&str] = &[
-        "http_5xx",
-        "not_found",
-        "http_4xx",
-        "network",
-        "timeout",
-        "rate_limited",
-        "secondary_limit",
-        "auth",
-        "decode",
-        "stats_pending",
-        "cancelled",
-        "store",
-    ];
-    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("job")
+    Error::KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("job")
 }
 
 /// Runs `github/scrape` jobs on their org's poller, on every replica.

@@ -68,6 +68,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Error::kind`] returns, for kinds that travel as text (a job's outcome
+    /// read back by the leader) and must become a bounded label again.
+    pub const KINDS: &'static [&'static str] = &[
+        "http_5xx",
+        "not_found",
+        "http_4xx",
+        "network",
+        "timeout",
+        "rate_limited",
+        "secondary_limit",
+        "auth",
+        "decode",
+        "stats_pending",
+        "cancelled",
+        "store",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Status { status, .. } if *status >= 500 => "http_5xx",
