@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod clock;
+pub mod compat;
 pub mod config;
 pub mod db;
 pub mod exposition;

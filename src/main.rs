@@ -51,7 +51,7 @@ enum Command {
     /// (`devmetrics compat spacelift-promex serve -e … -k … -s …`); the binary started under
     /// that tool's name (a link) does the same.
     Compat {
-        /// spacelift-promex
+        /// spacelift-promex, github-stats-exporter or github-telemetry
         tool: String,
         /// The tool's own arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -182,6 +182,8 @@ enum ConfigCommand {
 enum DocsCommand {
     /// The metrics reference (docs/metrics.md).
     Metrics,
+    /// A replaced tool's migration page (docs/migrate/TOOL.md).
+    Migrate { tool: String },
 }
 
 #[derive(Args, Clone, Default)]
@@ -346,146 +348,26 @@ fn init_logging(cfg: &config::Config) {
 
 /// Runs as the replaced tool `tool` with its own arguments.
 fn persona(tool: &str, args: Vec<String>) -> ExitCode {
-    match tool {
-        "spacelift-promex" => {
-            let cli = SpaceliftPromex::parse_from(std::iter::once(tool.to_string()).chain(args));
-            spacelift_promex(cli)
-        }
-        other => {
-            eprintln!(
-                "devmetrics compat: {other:?} is not a tool devmetrics speaks for; known: {}",
-                PERSONAS.join(", ")
-            );
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// spacelift-promex's command line, as its README documents it; each flag also reads its
-/// `SPACELIFT_PROMEX_*` variable. Its values map onto devmetrics' configuration keys.
-#[derive(Parser)]
-#[command(
-    name = "spacelift-promex",
-    about = "A Prometheus exporter for Spacelift (served by devmetrics)",
-    disable_version_flag = true
-)]
-struct SpaceliftPromex {
-    /// print the version
-    #[arg(short = 'v', long = "version")]
-    version: bool,
-    #[command(subcommand)]
-    command: Option<PromexCommand>,
-}
-
-#[derive(Subcommand)]
-enum PromexCommand {
-    /// Starts the Prometheus exporter
-    Serve(PromexServe),
-}
-
-#[derive(Args)]
-struct PromexServe {
-    /// Your spacelift API endpoint (e.g. https://myaccount.app.spacelift.io); devmetrics: spacelift.api_endpoint
-    #[arg(
-        short = 'e',
-        long = "api-endpoint",
-        env = "SPACELIFT_PROMEX_API_ENDPOINT"
-    )]
-    api_endpoint: Option<String>,
-    /// Your spacelift API key ID; devmetrics: spacelift.api_key_id
-    #[arg(short = 'k', long = "api-key-id", env = "SPACELIFT_PROMEX_API_KEY_ID")]
-    api_key_id: Option<String>,
-    /// Your spacelift API key secret; devmetrics: spacelift.api_key_secret
-    #[arg(
-        short = 's',
-        long = "api-key-secret",
-        env = "SPACELIFT_PROMEX_API_KEY_SECRET",
-        hide_env_values = true
-    )]
-    api_key_secret: Option<String>,
-    /// Uses settings appropriate during local development: debug logs; devmetrics: log.level debug
-    #[arg(
-        short = 'd',
-        long = "is-development",
-        env = "SPACELIFT_PROMEX_IS_DEVELOPMENT"
-    )]
-    is_development: bool,
-    /// The address to listen on for HTTP requests; devmetrics: web.listen_addresses
-    #[arg(
-        short = 'l',
-        long = "listen-address",
-        env = "SPACELIFT_PROMEX_LISTEN_ADDRESS",
-        default_value = ":9953"
-    )]
-    listen_address: String,
-    /// The maximum duration to wait for a response from the Spacelift API during scraping; devmetrics: spacelift.scrape_timeout
-    #[arg(
-        short = 't',
-        long = "scrape-timeout",
-        env = "SPACELIFT_PROMEX_SCRAPE_TIMEOUT",
-        default_value = "5s"
-    )]
-    scrape_timeout: String,
-}
-
-fn spacelift_promex(cli: SpaceliftPromex) -> ExitCode {
-    use serde_yaml::Value;
-    if cli.version {
-        println!(
-            "spacelift-promex version {} (devmetrics)",
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::SUCCESS;
-    }
-    let Some(PromexCommand::Serve(flags)) = cli.command else {
-        use clap::CommandFactory;
-        let _ = SpaceliftPromex::command().print_help();
-        return ExitCode::SUCCESS;
-    };
-    let mut o = config::Overrides::default();
-    let set = |o: &mut config::Overrides, key: &str, v: Option<String>, flag: &str| {
-        if let Some(v) = v {
-            o.set(key, Value::String(v), flag);
-        }
-    };
-    set(
-        &mut o,
-        "spacelift.api_endpoint",
-        flags.api_endpoint,
-        "api-endpoint",
-    );
-    set(
-        &mut o,
-        "spacelift.api_key_id",
-        flags.api_key_id,
-        "api-key-id",
-    );
-    set(
-        &mut o,
-        "spacelift.api_key_secret",
-        flags.api_key_secret,
-        "api-key-secret",
-    );
-    set(
-        &mut o,
-        "spacelift.scrape_timeout",
-        Some(flags.scrape_timeout),
-        "scrape-timeout",
-    );
-    o.set(
-        "web.listen_addresses",
-        Value::Sequence(vec![Value::String(flags.listen_address)]),
-        "listen-address",
-    );
-    if flags.is_development {
-        o.set("log.level", Value::String("debug".into()), "is-development");
-    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let cfg = match config::load(None, &env, &o) {
+    let plan = match devmetrics::compat::invoke(tool, &args, &env) {
+        Ok(devmetrics::compat::Launch::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(devmetrics::compat::Launch::Serve(plan)) => plan,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(config::EXIT_INVALID as u8);
+        }
+    };
+    let cfg = match config::load(plan.file.as_deref(), &plan.env, &plan.overrides) {
         Ok(c) => c,
         Err(e) => return invalid(e),
     };
     init_logging(&cfg);
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
     run(serve(cfg))
 }
 
@@ -493,9 +375,6 @@ fn invalid(e: config::Error) -> ExitCode {
     eprintln!("devmetrics: invalid configuration: {e}");
     ExitCode::from(config::EXIT_INVALID as u8)
 }
-
-/// The replaced tools whose command line the binary speaks when started under their name.
-const PERSONAS: &[&str] = &["spacelift-promex"];
 
 fn main() -> ExitCode {
     let argv0 = std::env::args_os()
@@ -506,7 +385,7 @@ fn main() -> ExitCode {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    if PERSONAS.contains(&argv0.as_str()) {
+    if devmetrics::compat::tool(&argv0).is_some() {
         return persona(&argv0, std::env::args().skip(1).collect());
     }
     let cli = Cli::parse();
@@ -532,6 +411,18 @@ fn main() -> ExitCode {
             print!("{}", metrics::docs::markdown());
             ExitCode::SUCCESS
         }
+        Command::Docs {
+            what: DocsCommand::Migrate { tool },
+        } => match devmetrics::compat::tool(&tool) {
+            Some(t) => {
+                print!("{}", t.migration_page());
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("{}", devmetrics::compat::Error::Unknown(tool));
+                ExitCode::from(2)
+            }
+        },
         Command::Debug { what } => run(debug(what)),
         Command::Queue { what } => queue(what),
         Command::CheckConfig(common) => match common.load() {

@@ -101,12 +101,26 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub entries: Vec<(String, Value, String)>,
+    /// Values that apply only where neither the file nor the environment set the key (a
+    /// replaced tool's own defaults).
+    pub defaults: Vec<(String, Value, String)>,
 }
 
 impl Overrides {
     pub fn set(&mut self, key: &str, value: Value, flag: &str) {
         self.entries
             .push((key.to_string(), value, format!("flag --{flag}")));
+    }
+
+    /// A value from somewhere other than a flag, named by `origin` in errors.
+    pub fn set_from(&mut self, key: &str, value: Value, origin: &str) {
+        self.entries
+            .push((key.to_string(), value, origin.to_string()));
+    }
+
+    pub fn set_default(&mut self, key: &str, value: Value, origin: &str) {
+        self.defaults
+            .push((key.to_string(), value, origin.to_string()));
     }
 }
 
@@ -158,6 +172,12 @@ pub fn load(
         let key = rest.to_ascii_lowercase().replace("__", ".");
         set_path(&mut tree, &key, scalar(&key, v));
         origins.insert(key, format!("environment variable {var}"));
+    }
+    for (key, v, origin) in &overrides.defaults {
+        if get_path(&tree, key).is_none() {
+            set_path(&mut tree, key, v.clone());
+            origins.insert(key.clone(), origin.clone());
+        }
     }
     for (key, v, origin) in &overrides.entries {
         set_path(&mut tree, key, v.clone());
@@ -236,6 +256,10 @@ fn without_values(message: &str) -> String {
         }
     }
     message.to_string()
+}
+
+fn get_path<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(tree, |node, part| node.get(part))
 }
 
 fn set_path(tree: &mut Value, key: &str, value: Value) {

@@ -166,6 +166,9 @@ fn job_events(ikey: &str, j: &JobItem) -> Vec<Value> {
             ("repository_full_name", j.repo.clone()),
             ("conclusion", s.conclusion.clone()),
             ("status", s.status.clone()),
+            ("step_conclusion", s.conclusion.clone()),
+            ("step_status", s.status.clone()),
+            ("workflow_run_id", j.run_id.to_string()),
             ("job_url", j.url.clone()),
         ] {
             p.insert(k.into(), Value::String(v));

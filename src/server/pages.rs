@@ -105,8 +105,22 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
     } else {
         "ok"
     };
+    // github-stats-exporter's probes and scripts read `role`, `mode` and `ready`.
+    let mode = match status {
+        "ok" => "healthy",
+        "degraded" => "degraded",
+        _ => "unhealthy",
+    };
+    let role = if s.leadership.is_leader() {
+        "leader"
+    } else {
+        "follower"
+    };
     let body = serde_json::json!({
         "status": status,
+        "role": role,
+        "mode": mode,
+        "ready": ready && store_health.is_ok(),
         "version": env!("CARGO_PKG_VERSION"),
         "components": {
             "store": {

@@ -20,6 +20,10 @@ use crate::processors::{Deliveries, workflows};
 use crate::queue::topics;
 use crate::sources::{BuildError, Component, Consumer, Context, Poller};
 
+/// github-telemetry's `/health` answer.
+pub static HEALTH_BODY: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::json!({"status": "healthy"}));
+
 /// The GitHub webhook receiver with what hangs off it: the workflow consumers, the push
 /// sinks, the runner inventory and missed-delivery recovery.
 pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
@@ -30,6 +34,14 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     let receiver = Receiver::new(gh, ctx.queue.clone());
     c.collectors.push(receiver.stats.clone());
     c.webhook_routes = receiver::routes(receiver);
+    // github-telemetry's frontend answered its probe at `/health` with JSON; the Spacelift
+    // exporter's `/health` (plain text) keeps the main listener when both sources share it.
+    if ctx.config.webhooks.listen_address.is_some() || ctx.config.spacelift.is_none() {
+        c.webhook_routes = c.webhook_routes.route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(HEALTH_BODY.clone()) }),
+        );
+    }
 
     let mut sinks: Vec<Arc<dyn sink::Sink>> = Vec::new();
     if let Some(o) = &ctx.config.webhooks.sinks.otlp {

@@ -105,7 +105,13 @@ impl IntoResponse for Error {
             Error::Body => "unreadable body",
             Error::Queue(_) | Error::Overloaded => "temporarily unavailable; retry later",
         };
-        let body = format!("{{\"error\":{}}}\n", serde_json::Value::from(msg));
+        // `detail` is what github-telemetry's frontend (FastAPI) answered.
+        let detail = match &self {
+            Error::Signature => "Invalid signature",
+            Error::Json => "Invalid JSON payload",
+            _ => msg,
+        };
+        let body = format!("{}\n", serde_json::json!({"error": msg, "detail": detail}));
         let mut resp = (
             self.status(),
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -322,10 +328,16 @@ impl Receiver {
         let event = header("x-github-event")?;
         let delivery = header("x-github-delivery")?;
         if event == "ping" {
-            return Ok(done(StatusCode::OK, "pong", "ping"));
+            return Ok(done(StatusCode::OK, "pong", "ping", event, delivery));
         }
         if !workflows::EVENTS.contains(&event) {
-            return Ok(done(StatusCode::OK, "event type not processed", "ignored"));
+            return Ok(done(
+                StatusCode::OK,
+                "event type not processed",
+                "ignored",
+                event,
+                delivery,
+            ));
         }
         // Validates without building a tree; the processor decodes the fields it needs later.
         let object = body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
@@ -337,7 +349,13 @@ impl Receiver {
                 .ok()
                 .and_then(|o| o.repository);
             if !repo.is_some_and(|r| self.repos.admits(&r.full_name)) {
-                return Ok(done(StatusCode::OK, "repository filtered", "filtered"));
+                return Ok(done(
+                    StatusCode::OK,
+                    "repository filtered",
+                    "filtered",
+                    event,
+                    delivery,
+                ));
             }
         }
         // GitHub's redeliveries repeat the delivery id with the same body; the same id with
@@ -357,10 +375,20 @@ impl Receiver {
             self.queue
                 .publish_with(topics::GITHUB_WEBHOOKS, Some(dedupe), envelope.encode());
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(Published::Published)) => Ok(done(StatusCode::ACCEPTED, "queued", "accepted")),
-            Ok(Ok(Published::Duplicate)) => {
-                Ok(done(StatusCode::OK, "duplicate delivery", "duplicate"))
-            }
+            Ok(Ok(Published::Published)) => Ok(done(
+                StatusCode::ACCEPTED,
+                "queued",
+                "accepted",
+                event,
+                delivery,
+            )),
+            Ok(Ok(Published::Duplicate)) => Ok(done(
+                StatusCode::OK,
+                "duplicate delivery",
+                "duplicate",
+                event,
+                delivery,
+            )),
             // 200, not an error status: GitHub would only retry it, to the same answer.
             Ok(Ok(Published::Conflict)) => {
                 tracing::warn!(
@@ -368,7 +396,13 @@ impl Receiver {
                     event,
                     "a GitHub delivery id seen before came with a different body; not queued"
                 );
-                Ok(done(StatusCode::OK, "conflicting delivery", "conflict"))
+                Ok(done(
+                    StatusCode::OK,
+                    "conflicting delivery",
+                    "conflict",
+                    event,
+                    delivery,
+                ))
             }
             Ok(Err(e)) => Err(Error::Queue(e.to_string())),
             Err(_) => Err(Error::Queue("publish timed out".into())),
@@ -382,8 +416,24 @@ struct OnlyRepository {
     repository: Option<wire::Repository>,
 }
 
-fn done(status: StatusCode, message: &'static str, outcome: &'static str) -> Response {
-    let body = format!("{{\"status\":{}}}\n", serde_json::Value::from(message));
+fn done(
+    status: StatusCode,
+    message: &'static str,
+    outcome: &'static str,
+    event: &str,
+    delivery: &str,
+) -> Response {
+    // github-telemetry's frontend answered `message`, `event` and `delivery`; clients of
+    // either read their own keys.
+    let legacy = match outcome {
+        "accepted" => "Event received and queued",
+        "ignored" => "Event type not processed",
+        _ => message,
+    };
+    let body = format!(
+        "{}\n",
+        serde_json::json!({"status": message, "message": legacy, "event": event, "delivery": delivery})
+    );
     let mut r = (
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
