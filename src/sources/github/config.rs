@@ -647,7 +647,7 @@ const REPLACED: &[(&str, &str)] = &[
     ),
     (
         "copilot",
-        "Copilot reports are a separate source (roadmap 6); this section is ignored for now",
+        "the Copilot reports source is not part of this build; this section is accepted and ignored",
     ),
 ];
 

@@ -246,3 +246,55 @@ pub fn readme(tool: &Tool) -> Option<String> {
     let dir = devmetrics::sim::research_dir("../seeds")?;
     Some(std::fs::read_to_string(dir.join(tool.readme)).unwrap())
 }
+
+/// Each metric a PromQL expression reads, with the labels it matches on or groups by.
+pub fn promql_needs(expr: &str) -> Vec<(String, BTreeSet<String>)> {
+    use promql_parser::parser::{Expr, LabelModifier};
+    fn walk(e: &Expr, grouping: &BTreeSet<String>, out: &mut Vec<(String, BTreeSet<String>)>) {
+        let with = |m: &Option<LabelModifier>| {
+            let mut g = grouping.clone();
+            if let Some(LabelModifier::Include(l)) = m {
+                g.extend(l.labels.iter().cloned());
+            }
+            g
+        };
+        match e {
+            Expr::Aggregate(a) => walk(&a.expr, &with(&a.modifier), out),
+            Expr::Unary(u) => walk(&u.expr, grouping, out),
+            Expr::Binary(b) => {
+                let g = with(&b.modifier.as_ref().and_then(|m| m.matching.clone()));
+                walk(&b.lhs, &g, out);
+                walk(&b.rhs, &g, out);
+            }
+            Expr::Paren(p) => walk(&p.expr, grouping, out),
+            Expr::Subquery(s) => walk(&s.expr, grouping, out),
+            Expr::VectorSelector(v) => selector(v, grouping, out),
+            Expr::MatrixSelector(m) => selector(&m.vs, grouping, out),
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    walk(a, grouping, out);
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    fn selector(
+        v: &promql_parser::parser::VectorSelector,
+        grouping: &BTreeSet<String>,
+        out: &mut Vec<(String, BTreeSet<String>)>,
+    ) {
+        let mut labels = grouping.clone();
+        labels.extend(
+            v.matchers
+                .matchers
+                .iter()
+                .map(|m| m.name.clone())
+                .filter(|n| n != "__name__"),
+        );
+        out.push((v.name.clone().expect("a named selector"), labels));
+    }
+    let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    let mut out = Vec::new();
+    walk(&parsed, &BTreeSet::new(), &mut out);
+    out
+}
