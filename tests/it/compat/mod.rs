@@ -4,6 +4,7 @@
 //! against the table: flags, environment, endpoints with status and body, the default port,
 //! and every documented family's name, type and label set in both exposition formats.
 
+mod dashboards;
 mod github_stats;
 mod github_telemetry;
 mod rules;
@@ -291,7 +292,24 @@ pub fn promql_needs(expr: &str) -> Vec<(String, BTreeSet<String>)> {
                 .map(|m| m.name.clone())
                 .filter(|n| n != "__name__"),
         );
-        out.push((v.name.clone().expect("a named selector"), labels));
+        match &v.name {
+            Some(name) => out.push((name.clone(), labels)),
+            // `{__name__=~"a|b"}`: each alternative.
+            None => {
+                let names = v
+                    .matchers
+                    .matchers
+                    .iter()
+                    .find(|m| m.name == "__name__")
+                    .map(|m| m.value.clone())
+                    .unwrap_or_default();
+                for n in names.split('|').filter(|n| !n.is_empty()) {
+                    let mut ls = labels.clone();
+                    ls.remove("__name__");
+                    out.push((n.trim().to_string(), ls));
+                }
+            }
+        }
     }
     let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
     let mut out = Vec::new();
