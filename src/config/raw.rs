@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub github: Option<crate::sources::github::config::RawGithub>,
     pub webhooks: Option<crate::sources::github::webhook::config::RawWebhooks>,
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
+    pub dora: Option<crate::sources::dora::config::RawDora>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,6 +426,7 @@ pub struct Config {
     pub github: Option<crate::sources::github::GithubConfig>,
     pub webhooks: crate::sources::github::webhook::WebhooksConfig,
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
+    pub dora: Option<crate::sources::dora::DoraConfig>,
 }
 
 /// Leadership among replicas sharing a store.
@@ -775,6 +777,10 @@ impl RawConfig {
             Some(g) => g.resolve(base)?,
             None => None,
         };
+        let dora = match self.dora {
+            Some(d) => d.resolve(base)?,
+            None => None,
+        };
         let lease_ttl = duration(
             "ha.lease_ttl",
             self.ha.lease_ttl.as_ref(),
@@ -797,6 +803,7 @@ impl RawConfig {
                 replica_id,
             },
             spacelift,
+            dora,
             github,
             web: WebConfig {
                 listen_addresses,

@@ -96,7 +96,7 @@ const fn core_histogram(
     )
 }
 
-use Kind::{Counter, Gauge, Histogram};
+use Kind::{Counter, Gauge, Histogram, LegacyCounter};
 
 const fn spacelift(
     name: &'static str,
@@ -107,6 +107,17 @@ const fn spacelift(
     origin: Origin,
 ) -> FamilyDef {
     def("spacelift", origin, name, kind, unit, help, labels, &[])
+}
+
+const fn dora(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+    origin: Origin,
+) -> FamilyDef {
+    def("dora", origin, name, kind, unit, help, labels, &[])
 }
 
 const fn github(
@@ -882,6 +893,31 @@ families! {
         None,
         "Runs by space, type and state, among each exported stack's most recent runs page.",
         &["space", "type", "state"],
+        Origin::Devmetrics,
+    ),
+    // ── source: dora ─────────────────────────────────────────────────────────────────
+    JIRA_INCIDENTS: dora(
+        "jira_incidents",
+        LegacyCounter,
+        None,
+        "The amount of incidents.",
+        &["project", "team"],
+        Origin::DoraExporter,
+    ),
+    JIRA_INCIDENTS_DURATION_SUM: dora(
+        "jira_incidents_duration_sum",
+        Gauge,
+        None,
+        "The amount of incidents.",
+        &["project", "team"],
+        Origin::DoraExporter,
+    ),
+    DEVMETRICS_DORA_EVENTS_TOTAL: dora(
+        "devmetrics_dora_events_total",
+        Counter,
+        None,
+        "DORA deliveries processed, by source and outcome: applied, unchanged (nothing to add), stale (older than the newest event of its issue; counted once if first), or why it is not an incident (malformed, no_issue, no_created, bad_date, filtered by dora.jira).",
+        &["source", "outcome"],
         Origin::Devmetrics,
     ),
 }

@@ -10,6 +10,8 @@ pub struct Demo {
     pub fakes: Vec<Arc<super::FakeServer>>,
     /// Stops the webhook sender when the demo is dropped.
     pub webhook_sender: Option<tokio_util::sync::DropGuard>,
+    /// Stops the Jira incident sender when the demo is dropped.
+    pub jira_sender: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Demo {
@@ -18,6 +20,7 @@ impl Demo {
         let mut fakes: Vec<Arc<super::FakeServer>> = Vec::new();
         fakes.push(super::github::demo(config, seed).await?);
         let webhook_sender = Some(webhook_sender(config, seed));
+        let jira_sender = Some(jira_sender(config, seed));
         {
             let fake = super::spacelift::SpaceliftFake::start(seed, 24).await?;
             // Short-lived tokens so the demo shows refreshes, and a live account.
@@ -37,8 +40,65 @@ impl Demo {
         Ok(Demo {
             fakes,
             webhook_sender,
+            jira_sender,
         })
     }
+}
+
+/// The address the exporter's webhook receivers listen on, as a client reaches it.
+fn receiver_addr(config: &Config) -> std::net::SocketAddr {
+    let mut addr = config
+        .webhooks
+        .listen_address
+        .or_else(|| config.web.listen_addresses.first().copied())
+        .expect("config has a listen address");
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// Enables DORA incidents from Jira for two teams and posts live incidents to it.
+fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
+    use crate::sources::dora::config::{DoraConfig, IncidentFilter, JiraConfig, Team, Teams};
+    let secret = format!("demo-jira-secret-{seed}");
+    if config.dora.is_none() {
+        config.dora = Some(DoraConfig {
+            teams: Teams(vec![
+                Team {
+                    name: "Payments".into(),
+                    github_repositories: Vec::new(),
+                    jira_projects: vec!["PAY".into()],
+                },
+                Team {
+                    name: "Platform".into(),
+                    github_repositories: Vec::new(),
+                    jira_projects: vec!["OPS".into()],
+                },
+            ]),
+            jira: Some(JiraConfig {
+                secret: Some(crate::config::Secret::new(secret.clone())),
+                url_token: None,
+                insecure_skip_verify: false,
+                filter: IncidentFilter {
+                    issue_types: vec!["Incident".into()],
+                    ..Default::default()
+                },
+            }),
+        });
+    }
+    let sender = super::jira::Sender::new(
+        format!("http://{}/webhooks/jira", receiver_addr(config)),
+        secret,
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(super::jira::drive(
+        sender,
+        vec!["PAY".into(), "OPS".into()],
+        std::time::Duration::from_secs(5),
+        token.clone(),
+    ));
+    token.drop_guard()
 }
 
 /// Enables the GitHub receiver with a demo secret and posts live CI activity to it.
@@ -60,14 +120,7 @@ fn webhook_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard
     });
     gh.secrets.push(crate::config::Secret::new(secret.clone()));
     gh.insecure_skip_verify = false;
-    let mut addr = config
-        .webhooks
-        .listen_address
-        .or_else(|| config.web.listen_addresses.first().copied())
-        .expect("config has a listen address");
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = receiver_addr(config);
     let sender = super::webhooks::Sender::new(format!("http://{addr}/webhooks/github"), secret);
     let token = tokio_util::sync::CancellationToken::new();
     tokio::spawn(super::webhooks::drive(

@@ -8,6 +8,7 @@
 pub mod chaos;
 pub mod demo;
 pub mod github;
+pub mod jira;
 pub mod sinks;
 pub mod spacelift;
 pub mod webhooks;

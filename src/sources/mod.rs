@@ -5,6 +5,7 @@
 //! loop replaces those scopes in the store. A scope that failed keeps its last good values
 //! (their age shows in `devmetrics_source_last_success_timestamp_seconds`).
 
+pub mod dora;
 pub mod github;
 pub mod spacelift;
 
@@ -32,6 +33,11 @@ pub const COMPONENTS: &[Kind] = &[
         name: "webhooks",
         owns: &["webhooks/runners/", "webhooks/recovery/"],
         build: github::webhook::component,
+    },
+    Kind {
+        name: "dora",
+        owns: &["dora/"],
+        build: dora::component,
     },
     Kind {
         name: "spacelift",

@@ -7,6 +7,7 @@ mod contract;
 mod crash;
 mod demo;
 mod docs;
+mod dora;
 mod exposition;
 mod github;
 mod ha;

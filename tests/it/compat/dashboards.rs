@@ -9,19 +9,11 @@ use super::*;
 const NOT_YET: &[(&str, &str)] = &[
     (
         "github_deployments_total",
-        "the DORA source is not part of this build",
+        "DORA deployments are not part of this build yet",
     ),
     (
         "github_deployments_duration_sum",
-        "the DORA source is not part of this build",
-    ),
-    (
-        "jira_incidents",
-        "the DORA source is not part of this build",
-    ),
-    (
-        "jira_incidents_duration_sum",
-        "the DORA source is not part of this build",
+        "DORA deployments are not part of this build yet",
     ),
     (
         "total_active_users",
@@ -56,6 +48,14 @@ const NOT_YET: &[(&str, &str)] = &[
         "the Copilot source is not part of this build",
     ),
 ];
+
+/// Label matchers the replaced exporter never satisfied either, so a dashboard query using
+/// them matches nothing by design: (metric, label, why).
+const NEVER_MATCHED: &[(&str, &str, &str)] = &[(
+    "jira_incidents",
+    "environment",
+    "dora-exporter's jira_incidents never had it: the DORA v2 team variable takes its teams from deployments",
+)];
 
 const DASHBOARDS: &[&str] = &[
     "spacelift/example-dashboard.json",
@@ -134,10 +134,22 @@ async fn replaced_dashboards_find_their_metrics_in_demo() {
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let n = dashboard_needs(&json);
         assert!(!n.is_empty(), "{d} has no queries");
-        needs.extend(n);
+        needs.extend(n.into_iter().map(|(m, mut ls)| {
+            for (metric, label, _) in NEVER_MATCHED {
+                if m == *metric {
+                    ls.remove(*label);
+                }
+            }
+            (m, ls)
+        }));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = crate::support::config_with(dir.path(), &[]);
+    // A real port, so the demo's webhook and Jira senders reach the receivers.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cfg = crate::support::config_with(
+        dir.path(),
+        &[("web.listen_addresses", serde_yaml::Value::String(listen))],
+    );
     let demo = devmetrics::sim::demo::Demo::start(&mut cfg, 3)
         .await
         .unwrap();
@@ -148,7 +160,7 @@ async fn replaced_dashboards_find_their_metrics_in_demo() {
     };
     let mut text = String::new();
     let mut om = String::new();
-    for _ in 0..200 {
+    for _ in 0..300 {
         text = get(&format!("{}/metrics", running.base), None)
             .await
             .map(|r| r.1)

@@ -653,7 +653,8 @@ mod example {
             .find("# webhooks:")
             .expect("example has a webhooks section");
         let mut yaml = text[..at].to_string();
-        for line in text[at..].lines() {
+        // The section ends at the first blank line; other sections follow.
+        for line in text[at..].lines().take_while(|l| !l.trim().is_empty()) {
             yaml.push_str(line.strip_prefix("# ").unwrap_or(line));
             yaml.push('\n');
         }

@@ -1,0 +1,201 @@
+//! The `dora` config section. Its `teams` list keeps dora-exporter's shape
+//! (`{name, github_repositories, jira_projects}`), so that part of its file reads as it is.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Error, Secret, SecretSource};
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDora {
+    pub enabled: Option<bool>,
+    pub teams: Option<Vec<RawTeam>>,
+    pub jira: Option<RawJira>,
+}
+
+impl std::fmt::Debug for RawDora {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawDora")
+            .field("enabled", &self.enabled)
+            .field("teams", &self.teams.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub github_repositories: Vec<String>,
+    #[serde(default)]
+    pub jira_projects: Vec<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJira {
+    /// The secret of a Jira admin webhook: `X-Hub-Signature: sha256=<hex>`.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// A token in the URL (`?token=`), for Jira Automation's "send web request", which
+    /// cannot sign.
+    pub url_token: Option<String>,
+    pub url_token_file: Option<PathBuf>,
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub issue_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub labels: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub priorities: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub projects: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Team {
+    pub name: String,
+    pub github_repositories: Vec<String>,
+    pub jira_projects: Vec<String>,
+}
+
+/// The team owning a repository or Jira project: the first team listing it, else `Unknown`
+/// (dora-exporter's rule). Repositories compare without case, as GitHub treats them.
+#[derive(Clone, Debug, Default)]
+pub struct Teams(pub Vec<Team>);
+
+pub const UNKNOWN_TEAM: &str = "Unknown";
+
+impl Teams {
+    pub fn of_repository(&self, full_name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|t| {
+                t.github_repositories
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(full_name))
+            })
+            .map_or(UNKNOWN_TEAM, |t| t.name.as_str())
+    }
+
+    pub fn of_project(&self, key: &str) -> &str {
+        self.0
+            .iter()
+            .find(|t| t.jira_projects.iter().any(|p| p == key))
+            .map_or(UNKNOWN_TEAM, |t| t.name.as_str())
+    }
+}
+
+/// Which Jira issues are incidents. An empty list admits every value; names compare without
+/// case, as Jira shows them.
+#[derive(Clone, Debug, Default)]
+pub struct IncidentFilter {
+    pub issue_types: Vec<String>,
+    pub labels: Vec<String>,
+    pub priorities: Vec<String>,
+    pub projects: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JiraConfig {
+    pub secret: Option<Secret>,
+    pub url_token: Option<Secret>,
+    pub insecure_skip_verify: bool,
+    pub filter: IncidentFilter,
+}
+
+#[derive(Clone, Debug)]
+pub struct DoraConfig {
+    pub teams: Teams,
+    pub jira: Option<JiraConfig>,
+}
+
+fn secret(
+    key: &str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+    base: Option<&Path>,
+) -> Result<Option<Secret>, Error> {
+    let source = match (value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                key,
+                None,
+                format!("set {key} or {key}_file, not both"),
+            ));
+        }
+        (Some(v), None) => SecretSource::Value(Secret::new(v)),
+        (None, Some(f)) => SecretSource::File(base.map_or(f.clone(), |b| b.join(&f))),
+        (None, None) => return Ok(None),
+    };
+    let s = source
+        .read()
+        .map_err(|e| Error::invalid(format!("{key}_file"), None, format!("cannot be read: {e}")))?;
+    if s.expose().is_empty() {
+        return Err(Error::invalid(key, None, "is empty"));
+    }
+    Ok(Some(s))
+}
+
+impl RawDora {
+    pub fn resolve(self, base: Option<&Path>) -> Result<Option<DoraConfig>, Error> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut teams = Vec::new();
+        for (i, t) in self.teams.unwrap_or_default().into_iter().enumerate() {
+            let name = t.name.map(|n| n.trim().to_string()).unwrap_or_default();
+            if name.is_empty() {
+                return Err(Error::invalid(
+                    format!("dora.teams[{i}].name"),
+                    None,
+                    "is required",
+                ));
+            }
+            teams.push(Team {
+                name,
+                github_repositories: t.github_repositories,
+                jira_projects: t.jira_projects,
+            });
+        }
+        let jira = match self.jira {
+            None => None,
+            Some(j) => {
+                let signing = secret("dora.jira.secret", j.secret, j.secret_file, base)?;
+                let url_token = secret("dora.jira.url_token", j.url_token, j.url_token_file, base)?;
+                let insecure = j.insecure_skip_verify.unwrap_or(false);
+                if signing.is_none() && url_token.is_none() && !insecure {
+                    return Err(Error::invalid(
+                        "dora.jira",
+                        None,
+                        "needs secret (a Jira admin webhook's secret) or url_token (for Jira Automation): incidents are never taken from unverified senders unless insecure_skip_verify is set",
+                    ));
+                }
+                let list = |v: Option<Vec<String>>| -> Vec<String> {
+                    v.unwrap_or_default()
+                        .into_iter()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                };
+                Some(JiraConfig {
+                    secret: signing,
+                    url_token,
+                    insecure_skip_verify: insecure,
+                    filter: IncidentFilter {
+                        issue_types: list(j.issue_types),
+                        labels: list(j.labels),
+                        priorities: list(j.priorities),
+                        projects: list(j.projects),
+                    },
+                })
+            }
+        };
+        Ok(Some(DoraConfig {
+            teams: Teams(teams),
+            jira,
+        }))
+    }
+}

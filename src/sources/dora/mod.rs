@@ -1,0 +1,41 @@
+//! DORA: incidents from Jira webhooks, per team (dora-exporter's `jira_incidents` families,
+//! with the time to restore computed from each incident's own dates).
+
+pub mod config;
+pub mod incidents;
+pub mod jira;
+pub mod receiver;
+
+use std::sync::Arc;
+
+pub use config::DoraConfig;
+
+use crate::queue::topics;
+use crate::sources::{BuildError, Component, Consumer, Context};
+
+pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
+    let Some(cfg) = &ctx.config.dora else {
+        return Ok(None);
+    };
+    let mut c = Component::default();
+    if let Some(jira) = &cfg.jira {
+        let r = receiver::JiraReceiver::new(jira.clone(), ctx.queue.clone());
+        c.collectors.push(Arc::new(receiver::Stats(r.clone())));
+        c.webhook_routes = receiver::routes(r);
+        let stats = Arc::new(incidents::Stats::default());
+        c.collectors.push(stats.clone());
+        c.consumers.push(Consumer {
+            topic: topics::JIRA_WEBHOOKS.to_string(),
+            handler: Arc::new(incidents::Incidents {
+                store: ctx.store.clone(),
+                config: jira.clone(),
+                teams: cfg.teams.clone(),
+                stats,
+                serial: tokio::sync::Mutex::new(()),
+            }),
+            count: 1,
+        });
+        c.scopes.push(incidents::SCOPE.to_string());
+    }
+    Ok(Some(c))
+}

@@ -1,0 +1,191 @@
+//! The Jira webhook receiver: verifies (a Jira admin webhook's `X-Hub-Signature`, or the
+//! URL token of a Jira Automation rule), queues durably with the delivery's identifier as
+//! its deduplication key, and answers; it never processes.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::config::JiraConfig;
+use crate::clock::now_unix;
+use crate::metrics;
+use crate::processors::Envelope;
+use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+
+pub const PATHS: &[&str] = &["/webhooks/jira", "/api/jira"];
+
+const OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "conflict",
+    "bad_signature",
+    "malformed_json",
+    "unavailable",
+];
+
+pub struct JiraReceiver {
+    config: JiraConfig,
+    queue: SharedQueue,
+    counts: [AtomicU64; OUTCOMES.len()],
+}
+
+pub struct Stats(pub Arc<JiraReceiver>);
+
+#[async_trait::async_trait]
+impl crate::telemetry::Collect for Stats {
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            out.number(
+                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
+                &["jira", o],
+                self.0.counts[i].load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+}
+
+impl JiraReceiver {
+    pub fn new(config: JiraConfig, queue: SharedQueue) -> Arc<JiraReceiver> {
+        if config.insecure_skip_verify && config.secret.is_none() && config.url_token.is_none() {
+            tracing::warn!(
+                "dora.jira.insecure_skip_verify is set: Jira deliveries are accepted without verification"
+            );
+        }
+        Arc::new(JiraReceiver {
+            config,
+            queue,
+            counts: Default::default(),
+        })
+    }
+
+    /// Either proof is enough: the body's HMAC under the secret, or the URL token. Both are
+    /// compared in constant time.
+    fn verified(&self, headers: &HeaderMap, token: Option<&str>, body: &[u8]) -> bool {
+        let mut ok = subtle::Choice::from(0u8);
+        if let Some(secret) = &self.config.secret {
+            let sig = headers
+                .get("x-hub-signature")
+                .and_then(|v| v.as_bytes().strip_prefix(b"sha256="))
+                .and_then(|h| hex::decode(h).ok());
+            if let Some(sig) = sig.filter(|s| s.len() == 32) {
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+                    .expect("HMAC takes any key length");
+                mac.update(body);
+                let tag = mac.finalize().into_bytes();
+                ok |= subtle::ConstantTimeEq::ct_eq(tag.as_slice(), sig.as_slice());
+            }
+        }
+        if let (Some(want), Some(got)) = (&self.config.url_token, token) {
+            // Equal lengths first: ct_eq on slices of different lengths is false anyway, but
+            // says so without comparing.
+            ok |= subtle::ConstantTimeEq::ct_eq(want.expose().as_bytes(), got.as_bytes());
+        }
+        let open = self.config.secret.is_none()
+            && self.config.url_token.is_none()
+            && self.config.insecure_skip_verify;
+        open || bool::from(ok)
+    }
+
+    fn answer(&self, status: StatusCode, outcome: &'static str, message: &str) -> Response {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let body = format!("{}\n", serde_json::json!({"status": message}));
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+
+    pub async fn handle(&self, headers: &HeaderMap, token: Option<&str>, body: Bytes) -> Response {
+        if !self.verified(headers, token, &body) {
+            return self.answer(
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                "invalid signature or token",
+            );
+        }
+        let object = body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
+        if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return self.answer(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "invalid JSON payload",
+            );
+        }
+        // Jira retries a failed delivery with the same identifier; without one, the content
+        // itself is the key.
+        let fingerprint = queue::fingerprint(&body);
+        let id = headers
+            .get("x-atlassian-webhook-identifier")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("body:{fingerprint:016x}"));
+        let env = Envelope {
+            event: "jira".into(),
+            delivery: id.clone(),
+            received_at: now_unix(),
+            body,
+        };
+        let publish = self.queue.publish_with(
+            topics::JIRA_WEBHOOKS,
+            Some(Dedupe {
+                key: &id,
+                fingerprint: Some(fingerprint),
+            }),
+            env.encode(),
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(8), publish).await {
+            Ok(Ok(Published::Published)) => self.answer(StatusCode::ACCEPTED, "accepted", "queued"),
+            Ok(Ok(Published::Duplicate)) => {
+                self.answer(StatusCode::OK, "duplicate", "duplicate delivery")
+            }
+            Ok(Ok(Published::Conflict)) => {
+                self.answer(StatusCode::OK, "conflict", "conflicting delivery")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a Jira delivery could not be queued");
+                self.answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "temporarily unavailable; retry later",
+                )
+            }
+            Err(_) => self.answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "temporarily unavailable; retry later",
+            ),
+        }
+    }
+}
+
+async fn receive(
+    State(r): State<Arc<JiraReceiver>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    r.handle(&headers, q.get("token").map(String::as_str), body)
+        .await
+}
+
+pub fn routes<S: Clone + Send + Sync + 'static>(receiver: Arc<JiraReceiver>) -> Router<S> {
+    let mut r = Router::new();
+    for p in PATHS {
+        r = r.route(p, post(receive));
+    }
+    r.with_state(receiver)
+}

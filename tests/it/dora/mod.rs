@@ -1,0 +1,153 @@
+//! DORA: incidents from Jira webhooks, scenario-tested against values worked out by hand.
+
+mod incidents;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use devmetrics::sim::jira::{Issue, Sender, payload};
+
+pub const SECRET: &str = "jira-admin-webhook-secret";
+pub const TOKEN: &str = "automation-url-token";
+
+/// The `dora` section: two teams, incidents are issues of type Incident.
+pub fn dora_section() -> serde_yaml::Value {
+    serde_yaml::from_str(&format!(
+        "teams:\n  - {{name: Payments, github_repositories: [acme/pay], jira_projects: [PAY]}}\n  - {{name: Platform, jira_projects: [OPS]}}\n\
+         jira:\n  secret: {SECRET}\n  url_token: {TOKEN}\n  issue_types: [Incident]\n"
+    ))
+    .unwrap()
+}
+
+pub struct App {
+    pub running: crate::support::Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl App {
+    pub async fn start() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            crate::support::Backend::from_env().config(dir.path(), &[("dora", dora_section())]);
+        let running = crate::support::start(cfg, "http").await;
+        App { running, dir }
+    }
+
+    pub fn sender(&self) -> Sender {
+        Sender::new(format!("{}/webhooks/jira", self.running.base), SECRET)
+    }
+
+    pub async fn metrics(&self, accept: Option<&str>) -> String {
+        let c = reqwest::Client::new();
+        let mut r = c.get(format!("{}/metrics", self.running.base));
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        r.send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Series of `family` (label text → value) once `pred` holds, or after 10 s.
+    pub async fn series_when(
+        &self,
+        family: &str,
+        pred: impl Fn(&BTreeMap<String, f64>) -> bool,
+    ) -> BTreeMap<String, f64> {
+        let mut last = BTreeMap::new();
+        for _ in 0..200 {
+            last = series(&self.metrics(None).await, family);
+            if pred(&last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+}
+
+/// `family{labels} value` lines of `body` as labels → value.
+pub fn series(body: &str, family: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (labels, v) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn issue(key: &str, created: &str) -> Issue {
+    Issue {
+        key: key.into(),
+        issue_type: "Incident".into(),
+        priority: "High".into(),
+        labels: vec!["sev1".into()],
+        created: created.into(),
+        resolution: None,
+        category: "new".into(),
+    }
+}
+
+pub fn resolved(mut i: Issue, at: &str) -> Issue {
+    i.resolution = Some(at.into());
+    i.category = "done".into();
+    i
+}
+
+pub fn body(event: &str, i: &Issue, at_ms: i64) -> Vec<u8> {
+    payload(event, i, at_ms)
+}
+
+#[test]
+fn example_dora_section_is_valid_when_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("s");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut out = String::new();
+    let mut inside = false;
+    for line in devmetrics::config::EXAMPLE.lines() {
+        if line.starts_with("# dora:") {
+            inside = true;
+        }
+        if inside && line.trim().is_empty() {
+            break;
+        }
+        if inside && line.starts_with("# ") {
+            let l = line.trim_start_matches("# ");
+            if !l.trim_start().starts_with('#') {
+                out.push_str(
+                    &l.replace("/run/secrets/jira-webhook", secret.to_str().unwrap())
+                        .replace("/run/secrets/jira-url-token", secret.to_str().unwrap()),
+                );
+                out.push('\n');
+            }
+        }
+    }
+    assert!(out.starts_with("dora:\n  teams:"), "{out}");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, out).unwrap();
+    let c = devmetrics::config::load(Some(&path), &Default::default(), &Default::default())
+        .expect("uncommented example loads");
+    let d = c.dora.unwrap();
+    assert_eq!(d.teams.of_project("PAY"), "Payments");
+    assert_eq!(d.teams.of_repository("My-Org/Payments-API"), "Payments");
+    assert_eq!(d.teams.of_project("NOPE"), "Unknown");
+    let j = d.jira.unwrap();
+    assert_eq!(j.filter.issue_types, ["Incident"]);
+    // Neither a secret nor a URL token: refused, naming the key.
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, "dora:\n  jira:\n    issue_types: [Incident]\n").unwrap();
+    let e = devmetrics::config::load(Some(&bare), &Default::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dora.jira"), "{e}");
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, "dora:\n  jira:\n    secrett: x\n").unwrap();
+    let e = devmetrics::config::load(Some(&typo), &Default::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("secrett"), "{e}");
+}
