@@ -896,6 +896,14 @@ families! {
         Origin::Devmetrics,
     ),
     // ── source: dora ─────────────────────────────────────────────────────────────────
+    GITHUB_DEPLOYMENTS_TOTAL: dora(
+        "github_deployments_total",
+        Counter,
+        None,
+        "Deployment statuses, each distinct status once, by the repository's name, environment, owning team and state (every state counts, as dora-exporter counted them; filter status=\"success\" for deployments).",
+        &["repo", "environment", "team", "status"],
+        Origin::DoraExporter,
+    ),
     JIRA_INCIDENTS: dora(
         "jira_incidents",
         LegacyCounter,
@@ -916,7 +924,7 @@ families! {
         "devmetrics_dora_events_total",
         Counter,
         None,
-        "DORA deliveries processed, by source and outcome: applied, unchanged (nothing to add), stale (older than the newest event of its issue; counted once if first), or why it is not an incident (malformed, no_issue, no_created, bad_date, filtered by dora.jira).",
+        "DORA deliveries processed, by source and outcome. jira: applied, unchanged (nothing to add), stale (older than the newest event of its issue; counted once if first), or why it is not an incident (malformed, no_issue, no_created, bad_date, filtered by dora.jira). github: applied, duplicate (a status counted before), or why it is not a deployment status (malformed, incomplete, bad_date).",
         &["source", "outcome"],
         Origin::Devmetrics,
     ),

@@ -33,6 +33,8 @@ pub mod topics {
     pub const GITHUB_BACKFILL: &str = "github/backfill";
     /// Batches of a GitHub cycle's repos, consumed by every replica.
     pub const GITHUB_SCRAPE: &str = "github/scrape";
+    /// Accepted GitHub deliveries DORA reads (deployment statuses).
+    pub const DORA_GITHUB: &str = "webhooks/github-dora";
     /// Accepted Jira webhook deliveries (incidents).
     pub const JIRA_WEBHOOKS: &str = "webhooks/jira";
 

@@ -58,7 +58,7 @@ fn receiver_addr(config: &Config) -> std::net::SocketAddr {
     addr
 }
 
-/// Enables DORA incidents from Jira for two teams and posts live incidents to it.
+/// Enables DORA for two teams (deployments arrive with the demo's CI deliveries) and posts live incidents to it.
 fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
     use crate::sources::dora::config::{DoraConfig, IncidentFilter, JiraConfig, Team, Teams};
     let secret = format!("demo-jira-secret-{seed}");
@@ -67,12 +67,12 @@ fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
             teams: Teams(vec![
                 Team {
                     name: "Payments".into(),
-                    github_repositories: Vec::new(),
+                    github_repositories: vec!["acme/api".into(), "acme/web".into()],
                     jira_projects: vec!["PAY".into()],
                 },
                 Team {
                     name: "Platform".into(),
-                    github_repositories: Vec::new(),
+                    github_repositories: vec!["acme/infra".into()],
                     jira_projects: vec!["OPS".into()],
                 },
             ]),

@@ -287,6 +287,26 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
             }
         }
         bodies.push(("workflow_run", g.run_payload(&jobs, "completed", false)));
+        // The run deploys what it built: to staging, then production; one in five fails.
+        let environment = if n.is_multiple_of(2) { "production" } else { "staging" };
+        for (i, state) in [
+            "in_progress",
+            if n % 5 == 4 { "failure" } else { "success" },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = DeploymentStatus {
+                repo: jobs[0].repo.clone(),
+                environment: environment.into(),
+                state: state.into(),
+                status_id: seed * 1_000_000 + n * 10 + i as u64,
+                deployment_id: seed * 1_000_000 + n,
+                sha: format!("{:040x}", jobs[0].run_id),
+                created_at: crate::clock::now_unix() + i as f64,
+            };
+            bodies.push(("deployment_status", deployment_status_payload(&d)));
+        }
         for (event, body) in bodies {
             n += 1;
             let delivery = format!("demo-{seed}-{n}");
@@ -331,4 +351,66 @@ mod tests {
         );
         assert_eq!(g.truth.jobs_by_conclusion.values().sum::<u64>(), 1);
     }
+}
+
+/// One deployment status, as a `deployment_status` delivery carries it.
+#[derive(Clone, Debug)]
+pub struct DeploymentStatus {
+    /// `owner/name`.
+    pub repo: String,
+    pub environment: String,
+    pub state: String,
+    pub status_id: u64,
+    pub deployment_id: u64,
+    pub sha: String,
+    /// When GitHub recorded the status.
+    pub created_at: f64,
+}
+
+/// A `deployment_status` delivery body with the shape of GitHub's own
+/// (`../shared/research-data/github-webhooks/deployment_status/`).
+pub fn deployment_status_payload(d: &DeploymentStatus) -> Vec<u8> {
+    let (owner, name) = d.repo.split_once('/').unwrap_or(("acme", d.repo.as_str()));
+    let at = crate::timestamp::format_rfc3339_secs(d.created_at as i64);
+    let api = format!("https://api.github.com/repos/{}", d.repo);
+    serde_json::to_vec(&serde_json::json!({
+        "action": "created",
+        "deployment_status": {
+            "url": format!("{api}/deployments/{}/statuses/{}", d.deployment_id, d.status_id),
+            "id": d.status_id,
+            "node_id": "MDE2OkRlcGxveW1lbnRTdGF0dXMyMDk5MTYyNTQ=",
+            "state": d.state,
+            "creator": {"login": owner, "type": "User"},
+            "description": "",
+            "environment": d.environment,
+            "target_url": "",
+            "created_at": at,
+            "updated_at": at,
+            "deployment_url": format!("{api}/deployments/{}", d.deployment_id),
+            "repository_url": api,
+        },
+        "deployment": {
+            "url": format!("{api}/deployments/{}", d.deployment_id),
+            "id": d.deployment_id,
+            "sha": d.sha,
+            "ref": "main",
+            "task": "deploy",
+            "payload": {},
+            "original_environment": d.environment,
+            "environment": d.environment,
+            "description": null,
+            "creator": {"login": owner, "type": "User"},
+            "created_at": at,
+            "updated_at": at,
+        },
+        "repository": {
+            "id": 186853002,
+            "name": name,
+            "full_name": d.repo,
+            "private": false,
+            "owner": {"login": owner, "type": "Organization"},
+        },
+        "sender": {"login": owner, "type": "User"},
+    }))
+    .expect("payload encodes")
 }

@@ -1,7 +1,8 @@
-//! DORA: incidents from Jira webhooks, per team (dora-exporter's `jira_incidents` families,
-//! with the time to restore computed from each incident's own dates).
+//! DORA: deployments from GitHub's deployment statuses and incidents from Jira webhooks,
+//! per team (dora-exporter's families, each computed from the events' own times).
 
 pub mod config;
+pub mod deployments;
 pub mod incidents;
 pub mod jira;
 pub mod receiver;
@@ -18,6 +19,25 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
+    // Deployment statuses arrive through the GitHub receiver (its secret verifies them),
+    // which queues them on their own topic when this source is enabled.
+    let stats = Arc::new(deployments::Stats::default());
+    c.collectors.push(stats.clone());
+    c.consumers.push(Consumer {
+        topic: topics::DORA_GITHUB.to_string(),
+        handler: Arc::new(deployments::Deployments {
+            store: ctx.store.clone(),
+            teams: cfg.teams.clone(),
+            stats,
+        }),
+        count: 1,
+    });
+    c.scopes.push(deployments::SCOPE.to_string());
+    if ctx.config.webhooks.github.is_none() {
+        tracing::warn!(
+            "dora is enabled without webhooks.github: deployment statuses arrive through the GitHub receiver, so none will be counted"
+        );
+    }
     if let Some(jira) = &cfg.jira {
         let r = receiver::JiraReceiver::new(jira.clone(), ctx.queue.clone());
         c.collectors.push(Arc::new(receiver::Stats(r.clone())));

@@ -161,7 +161,7 @@ async fn incidents_count_once_and_restore_times_are_final_resolution_minus_creat
     let base = app.running.base.clone();
     let dir = app.dir;
     app.running.stop().await;
-    let cfg = crate::support::Backend::from_env().config(dir.path(), &[("dora", dora_section())]);
+    let cfg = crate::support::Backend::from_env().config(dir.path(), &sections());
     let running = crate::support::start(cfg, "http").await;
     let again = App { running, dir };
     let s = again.sender();

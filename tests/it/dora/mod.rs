@@ -1,5 +1,6 @@
 //! DORA: incidents from Jira webhooks, scenario-tested against values worked out by hand.
 
+mod deployments;
 mod incidents;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use devmetrics::sim::jira::{Issue, Sender, payload};
 
 pub const SECRET: &str = "jira-admin-webhook-secret";
 pub const TOKEN: &str = "automation-url-token";
+pub const GITHUB_SECRET: &str = "github-webhook-secret";
 
 /// The `dora` section: two teams, incidents are issues of type Incident.
 pub fn dora_section() -> serde_yaml::Value {
@@ -19,6 +21,17 @@ pub fn dora_section() -> serde_yaml::Value {
     .unwrap()
 }
 
+/// The `dora` section and the GitHub receiver its deployment statuses arrive through.
+pub fn sections() -> Vec<(&'static str, serde_yaml::Value)> {
+    vec![
+        ("dora", dora_section()),
+        (
+            "webhooks",
+            serde_yaml::from_str(&format!("github: {{secret: {GITHUB_SECRET}}}")).unwrap(),
+        ),
+    ]
+}
+
 pub struct App {
     pub running: crate::support::Running,
     pub dir: tempfile::TempDir,
@@ -27,10 +40,16 @@ pub struct App {
 impl App {
     pub async fn start() -> App {
         let dir = tempfile::tempdir().unwrap();
-        let cfg =
-            crate::support::Backend::from_env().config(dir.path(), &[("dora", dora_section())]);
+        let cfg = crate::support::Backend::from_env().config(dir.path(), &sections());
         let running = crate::support::start(cfg, "http").await;
         App { running, dir }
+    }
+
+    pub fn github(&self) -> devmetrics::sim::webhooks::Sender {
+        devmetrics::sim::webhooks::Sender::new(
+            format!("{}/webhooks/github", self.running.base),
+            GITHUB_SECRET,
+        )
     }
 
     pub fn sender(&self) -> Sender {

@@ -31,7 +31,13 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
-    let receiver = Receiver::new(gh, ctx.queue.clone());
+    // DORA reads deployment statuses from the same signed deliveries.
+    let routes = if ctx.config.dora.is_some() {
+        vec![("deployment_status", topics::DORA_GITHUB)]
+    } else {
+        Vec::new()
+    };
+    let receiver = Receiver::with_routes(gh, ctx.queue.clone(), routes);
     c.collectors.push(receiver.stats.clone());
     c.webhook_routes = receiver::routes(receiver);
     // github-telemetry's frontend answered its probe at `/health` with JSON; the Spacelift

@@ -194,11 +194,23 @@ pub struct Receiver {
     buffered: Arc<tokio::sync::Semaphore>,
     queue: SharedQueue,
     repos: super::config::RepoFilter,
+    /// Events beyond the workflow ones, and the topic each is queued on (DORA's deployment
+    /// statuses when that source is enabled).
+    routes: Vec<(&'static str, &'static str)>,
     pub stats: Arc<Stats>,
 }
 
 impl Receiver {
     pub fn new(config: &HookConfig, queue: SharedQueue) -> Arc<Receiver> {
+        Receiver::with_routes(config, queue, Vec::new())
+    }
+
+    /// A receiver that also queues each event of `routes` on its topic.
+    pub fn with_routes(
+        config: &HookConfig,
+        queue: SharedQueue,
+        routes: Vec<(&'static str, &'static str)>,
+    ) -> Arc<Receiver> {
         let macs = config.secrets.iter().map(mac).collect();
         let files = config
             .secret_files
@@ -225,6 +237,7 @@ impl Receiver {
             )),
             queue,
             repos: config.repos.clone(),
+            routes,
             stats: Arc::new(Stats::default()),
         })
     }
@@ -330,7 +343,15 @@ impl Receiver {
         if event == "ping" {
             return Ok(done(StatusCode::OK, "pong", "ping", event, delivery));
         }
-        if !workflows::EVENTS.contains(&event) {
+        let topic = if workflows::EVENTS.contains(&event) {
+            Some(topics::GITHUB_WEBHOOKS)
+        } else {
+            self.routes
+                .iter()
+                .find(|(e, _)| *e == event)
+                .map(|(_, t)| *t)
+        };
+        let Some(topic) = topic else {
             return Ok(done(
                 StatusCode::OK,
                 "event type not processed",
@@ -338,7 +359,7 @@ impl Receiver {
                 event,
                 delivery,
             ));
-        }
+        };
         // Validates without building a tree; the processor decodes the fields it needs later.
         let object = body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
         if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
@@ -371,9 +392,9 @@ impl Receiver {
             received_at: now_unix(),
             body,
         };
-        let publish =
-            self.queue
-                .publish_with(topics::GITHUB_WEBHOOKS, Some(dedupe), envelope.encode());
+        let publish = self
+            .queue
+            .publish_with(topic, Some(dedupe), envelope.encode());
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
             Ok(Ok(Published::Published)) => Ok(done(
                 StatusCode::ACCEPTED,

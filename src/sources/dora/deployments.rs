@@ -1,0 +1,200 @@
+//! Deployments from GitHub's `deployment_status` deliveries: each distinct status (every
+//! state, as dora-exporter counts them) once in `github_deployments_total`, labelled by the
+//! repository's name, the environment, the owning team and the state.
+
+use serde::Deserialize;
+use std::sync::Arc;
+
+use super::config::Teams;
+use crate::metrics::{self, Labels, Op, Update};
+use crate::processors::Envelope;
+use crate::queue::{Delivery, Failure, Handler};
+use crate::store::{Applied, SharedStore};
+
+/// The store scope of the deployment families.
+pub const SCOPE: &str = "dora/deployments";
+
+#[derive(Debug, Deserialize)]
+struct StatusEvent {
+    deployment_status: Option<Status>,
+    deployment: Option<Deployment>,
+    repository: Option<Repository>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    id: Option<u64>,
+    state: Option<String>,
+    created_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Deployment {
+    id: Option<u64>,
+    sha: Option<String>,
+    environment: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Repository {
+    name: Option<String>,
+    full_name: Option<String>,
+}
+
+/// One deployment status as a delivery states it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusObservation {
+    pub status_id: u64,
+    pub deployment_id: u64,
+    pub state: String,
+    pub environment: String,
+    /// `owner/name`, for the team.
+    pub repository: String,
+    /// The name alone, dora-exporter's `repo` label.
+    pub repo: String,
+    pub sha: String,
+    /// When GitHub recorded the status (never the arrival time).
+    pub at: f64,
+}
+
+/// Why a delivery is not a deployment status; bounded, counted by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    Malformed,
+    Incomplete,
+    BadDate,
+}
+
+impl Rejected {
+    pub const ALL: &[Rejected] = &[Rejected::Malformed, Rejected::Incomplete, Rejected::BadDate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::Incomplete => "incomplete",
+            Rejected::BadDate => "bad_date",
+        }
+    }
+}
+
+pub fn observe(body: &[u8]) -> Result<StatusObservation, Rejected> {
+    let e: StatusEvent = serde_json::from_slice(body).map_err(|_| Rejected::Malformed)?;
+    let (Some(s), Some(d), Some(r)) = (e.deployment_status, e.deployment, e.repository) else {
+        return Err(Rejected::Incomplete);
+    };
+    let full = r
+        .full_name
+        .filter(|f| !f.is_empty())
+        .ok_or(Rejected::Incomplete)?;
+    let repo = r
+        .name
+        .filter(|n| !n.is_empty())
+        .or_else(|| full.rsplit_once('/').map(|(_, n)| n.to_string()))
+        .ok_or(Rejected::Incomplete)?;
+    let at = s.created_at.as_deref().ok_or(Rejected::Incomplete)?;
+    Ok(StatusObservation {
+        status_id: s.id.ok_or(Rejected::Incomplete)?,
+        deployment_id: d.id.ok_or(Rejected::Incomplete)?,
+        state: s
+            .state
+            .filter(|x| !x.is_empty())
+            .ok_or(Rejected::Incomplete)?,
+        environment: d.environment.unwrap_or_default(),
+        repository: full,
+        repo,
+        sha: d.sha.unwrap_or_default(),
+        at: crate::timestamp::parse_rfc3339(at).ok_or(Rejected::BadDate)?,
+    })
+}
+
+#[derive(Default)]
+pub struct Stats {
+    counts: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    fn count(&self, outcome: &'static str) {
+        *self.counts.lock().entry(outcome).or_default() += 1;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::telemetry::Collect for Stats {
+    async fn collect(&self, out: &mut crate::telemetry::Rows) {
+        let counts = self.counts.lock().clone();
+        let outcomes = ["applied", "duplicate"]
+            .into_iter()
+            .chain(Rejected::ALL.iter().map(|r| r.as_str()));
+        for o in outcomes {
+            out.number(
+                metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
+                &["github", o],
+                counts.get(o).copied().unwrap_or(0) as f64,
+            );
+        }
+    }
+}
+
+pub struct Deployments {
+    pub store: SharedStore,
+    pub teams: Teams,
+    pub stats: Arc<Stats>,
+}
+
+impl Deployments {
+    pub async fn process(&self, env: &Envelope) -> Result<&'static str, crate::store::Error> {
+        let o = match observe(&env.body) {
+            Ok(o) => o,
+            Err(r) => return Ok(r.as_str()),
+        };
+        let team = self.teams.of_repository(&o.repository);
+        let labels = Labels::new(
+            metrics::GITHUB_DEPLOYMENTS_TOTAL,
+            &[
+                o.repo.as_str(),
+                o.environment.as_str(),
+                team,
+                o.state.as_str(),
+            ],
+        )
+        .expect("four label values for four names");
+        // The status id, not the delivery: an org hook and a repository hook deliver the
+        // same status under two delivery ids.
+        let key = format!("deployment_status:{}", o.status_id);
+        let applied = self
+            .store
+            .apply_once(
+                &key,
+                SCOPE,
+                vec![Update {
+                    family: metrics::GITHUB_DEPLOYMENTS_TOTAL,
+                    labels,
+                    op: Op::Inc(1.0),
+                }],
+            )
+            .await?;
+        Ok(match applied {
+            Applied::Applied => "applied",
+            Applied::Duplicate => "duplicate",
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Deployments {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let Some(env) = Envelope::decode(&delivery.payload) else {
+            return Err(Failure::permanent(
+                "envelope",
+                "queued message is not a delivery envelope",
+            ));
+        };
+        match self.process(&env).await {
+            Ok(outcome) => {
+                self.stats.count(outcome);
+                Ok(())
+            }
+            Err(e) => Err(Failure::new(e.kind(), e)),
+        }
+    }
+}
