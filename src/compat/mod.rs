@@ -4,6 +4,7 @@
 //! under the tool's name, or `devmetrics compat <tool> …`), prints its `--help` mapping,
 //! generates `docs/migrate/<tool>.md`, and drives the conformance tests.
 
+mod dora_exporter;
 mod github_stats;
 mod github_telemetry;
 mod spacelift;
@@ -138,6 +139,7 @@ pub static TOOLS: &[&Tool] = &[
     &spacelift::TOOL,
     &github_stats::TOOL,
     &github_telemetry::TOOL,
+    &dora_exporter::TOOL,
 ];
 
 /// The tool called `name`.
@@ -171,7 +173,7 @@ pub enum Error {
     #[error("{tool}: {message}")]
     Usage { tool: &'static str, message: String },
     #[error(
-        "devmetrics compat: {0:?} is not a tool devmetrics speaks for; known: spacelift-promex, github-stats-exporter, github-telemetry"
+        "devmetrics compat: {0:?} is not a tool devmetrics speaks for; known: spacelift-promex, github-stats-exporter, github-telemetry, dora-exporter"
     )]
     Unknown(String),
 }

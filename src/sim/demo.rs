@@ -85,6 +85,7 @@ fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
                     ..Default::default()
                 },
             }),
+            import_snapshot: None,
         });
     }
     let sender = super::jira::Sender::new(

@@ -288,7 +288,11 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
         }
         bodies.push(("workflow_run", g.run_payload(&jobs, "completed", false)));
         // The run deploys what it built: to staging, then production; one in five fails.
-        let environment = if n.is_multiple_of(2) { "production" } else { "staging" };
+        let environment = if n.is_multiple_of(2) {
+            "production"
+        } else {
+            "staging"
+        };
         for (i, state) in [
             "in_progress",
             if n % 5 == 4 { "failure" } else { "success" },

@@ -12,6 +12,8 @@ pub struct RawDora {
     pub enabled: Option<bool>,
     pub teams: Option<Vec<RawTeam>>,
     pub jira: Option<RawJira>,
+    /// A dora-exporter snapshot (Prometheus text) imported once, so its counters continue.
+    pub import_snapshot: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RawDora {
@@ -110,6 +112,7 @@ pub struct JiraConfig {
 pub struct DoraConfig {
     pub teams: Teams,
     pub jira: Option<JiraConfig>,
+    pub import_snapshot: Option<PathBuf>,
 }
 
 fn secret(
@@ -196,6 +199,9 @@ impl RawDora {
         Ok(Some(DoraConfig {
             teams: Teams(teams),
             jira,
+            import_snapshot: self
+                .import_snapshot
+                .map(|p| base.map_or(p.clone(), |b| b.join(&p))),
         }))
     }
 }

@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod incidents;
 pub mod jira;
 pub mod receiver;
+pub mod snapshot;
 
 use std::sync::Arc;
 
@@ -37,6 +38,24 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         tracing::warn!(
             "dora is enabled without webhooks.github: deployment statuses arrive through the GitHub receiver, so none will be counted"
         );
+    }
+    if let Some(path) = cfg.import_snapshot.clone() {
+        let store = ctx.store.clone();
+        tokio::spawn(async move {
+            match snapshot::import(&*store, &path).await {
+                Ok(i) if i.already => {
+                    tracing::debug!(file = %path.display(), "dora-exporter snapshot imported before")
+                }
+                Ok(i) if i.series > 0 => tracing::info!(
+                    file = %path.display(),
+                    series = i.series,
+                    skipped = ?i.skipped,
+                    "dora-exporter snapshot imported: its counters continue"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "dora-exporter snapshot not imported"),
+            }
+        });
     }
     if let Some(jira) = &cfg.jira {
         let r = receiver::JiraReceiver::new(jira.clone(), ctx.queue.clone());

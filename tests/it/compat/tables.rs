@@ -80,6 +80,13 @@ fn the_families_not_served_are_exactly_these() {
     assert_eq!(not_served["spacelift-promex"], Vec::<&str>::new());
     assert_eq!(not_served["github-telemetry"], Vec::<&str>::new());
     assert_eq!(
+        not_served["dora-exporter"],
+        [
+            "github_deployments_duration",
+            "github_deployments_duration_sum"
+        ]
+    );
+    assert_eq!(
         not_served["github-stats-exporter"],
         [
             "gh_copilot_usage_user_initiated_interaction_count",
@@ -151,6 +158,9 @@ struct ReadmeFacts {
     variable_prefixes: &'static [&'static str],
     /// How the README's commands start, and how many words name the program.
     commands: &'static [(&'static str, usize)],
+    /// Whether the README lists every family (else the table may name more, from the
+    /// tool's code and snapshot examples).
+    exhaustive: bool,
 }
 
 const FACTS: &[ReadmeFacts] = &[
@@ -159,18 +169,28 @@ const FACTS: &[ReadmeFacts] = &[
         family_prefixes: &["spacelift_"],
         variable_prefixes: &["SPACELIFT_PROMEX_"],
         commands: &[("spacelift-promex ", 1)],
+        exhaustive: true,
     },
     ReadmeFacts {
         tool: "github-stats-exporter",
         family_prefixes: &["gh_activity_", "gh_copilot_usage_"],
         variable_prefixes: &["GITHUB_STATS_"],
         commands: &[],
+        exhaustive: true,
     },
     ReadmeFacts {
         tool: "github-telemetry",
         family_prefixes: &[],
         variable_prefixes: &[],
         commands: &[("python -m uvicorn ", 1), ("python -m src.backend.app", 1)],
+        exhaustive: true,
+    },
+    ReadmeFacts {
+        tool: "dora-exporter",
+        family_prefixes: &["github_deployments_", "jira_incidents"],
+        variable_prefixes: &["GITHUB_"],
+        commands: &[("dora-exporter ", 1)],
+        exhaustive: false,
     },
 ];
 
@@ -185,7 +205,15 @@ fn every_documented_name_is_in_its_table() {
         if !facts.family_prefixes.is_empty() {
             let documented = documented_families(&text, facts.family_prefixes);
             assert!(!documented.is_empty(), "{}", t.name);
-            assert_eq!(documented, table, "{}: README families vs table", t.name);
+            if facts.exhaustive {
+                assert_eq!(documented, table, "{}: README families vs table", t.name);
+            } else {
+                assert!(
+                    documented.is_subset(&table),
+                    "{}: {documented:?} not all in the table",
+                    t.name
+                );
+            }
         }
         let vars: BTreeSet<String> = t.env.iter().map(|m| m.old.to_string()).collect();
         let mut documented = documented_variables(&text, facts.variable_prefixes);
@@ -216,6 +244,8 @@ fn every_documented_name_is_in_its_table() {
                     [("GITHUB_WEBHOOK_SECRET".to_string(), "s".to_string())].into();
                 match devmetrics::compat::invoke(t.name, args, &env) {
                     Ok(Launch::Serve(_)) | Ok(Launch::Print(_)) => {}
+                    // The command line parsed; the config file it names is not here.
+                    Err(e) if e.to_string().contains(": reading ") => {}
                     Err(e) => panic!("{}: `{}` does not parse: {e}", t.name, words.join(" ")),
                 }
             }
