@@ -8,7 +8,6 @@ use serde_yaml::Value;
 use super::{Body, Endpoint, Error, Family, Kind, Launch, Mapping, Plan, Response, Status, Tool};
 
 const LABELS: &[&str] = &["repo", "environment", "team", "status"];
-const LEAD_TIME: Status = Status::Pending("lead time for changes is not part of this build yet");
 
 pub static TOOL: Tool = Tool {
     name: "dora-exporter",
@@ -148,13 +147,13 @@ pub static TOOL: Tool = Tool {
             name: "github_deployments_duration",
             kind: Kind::Gauge,
             labels: LABELS,
-            status: LEAD_TIME,
+            status: Status::Served,
         },
         Family {
             name: "github_deployments_duration_sum",
             kind: Kind::Gauge,
             labels: LABELS,
-            status: LEAD_TIME,
+            status: Status::Served,
         },
         Family {
             name: "jira_incidents",
@@ -175,7 +174,8 @@ pub static TOOL: Tool = Tool {
 - **An incident counts once,** not once per Jira webhook, and its `jira_incidents_duration_sum` share is the final resolution − creation, with Jira's time zones and milliseconds; an open incident adds nothing (the old exporter added `now − created` on every update of the issue, and a date it could not parse became 9.22e9 s).
 - **Deliveries are durable before they are answered** (a crash loses nothing) and are verified when a secret is configured (the old exporter verified nothing). Started as `dora-exporter` without secrets, devmetrics keeps accepting unsigned deliveries so nothing stops on the switch, and says so at start.
 - **State lives in devmetrics' store;** the old snapshot (`storage.file.path`) is imported once, on first start, so `github_deployments_total`, `jira_incidents` and `jira_incidents_duration_sum` continue from their values.
-- **Not yet:** lead time (`github_deployments_duration`, `_duration_sum`, the `redeployment` label), the Backstage catalog.
+- **Lead time from GitHub's own times.** `github_deployments_duration` runs from the first change a deployment ships (its oldest commit, learned from `push` deliveries) to the status's `created_at`, never to the arrival, and is absent rather than 9.22e9 s when no commit time is known; no GitHub API call is made. Each commit a successful production deployment ships is also observed once in `dora_change_lead_time_seconds{team}`, for medians.
+- **Not yet:** the `redeployment` label, the compare and pull-request API fallbacks for deployments whose pushes were not seen, the Backstage catalog.
 "#,
     parse,
 };

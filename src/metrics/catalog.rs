@@ -120,6 +120,30 @@ const fn dora(
     def("dora", origin, name, kind, unit, help, labels, &[])
 }
 
+/// Lead times: an hour to six months, DORA's bands among them.
+const LEAD_BUCKETS: &[f64] = &[
+    300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0, 1209600.0,
+    2592000.0, 7776000.0, 15552000.0,
+];
+
+const fn dora_histogram(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+) -> FamilyDef {
+    def(
+        "dora",
+        Origin::Devmetrics,
+        name,
+        Histogram,
+        Some("seconds"),
+        help,
+        labels,
+        buckets,
+    )
+}
+
 const fn github(
     name: &'static str,
     kind: Kind,
@@ -903,6 +927,28 @@ families! {
         "Deployment statuses, each distinct status once, by the repository's name, environment, owning team and state (every state counts, as dora-exporter counted them; filter status=\"success\" for deployments).",
         &["repo", "environment", "team", "status"],
         Origin::DoraExporter,
+    ),
+    GITHUB_DEPLOYMENTS_DURATION: dora(
+        "github_deployments_duration",
+        Gauge,
+        None,
+        "The last deployment status's lead time in seconds: from the first change it ships (the oldest commit, from pushes), else the deployed commit, to GitHub's time of the status; absent when neither commit time is known.",
+        &["repo", "environment", "team", "status"],
+        Origin::DoraExporter,
+    ),
+    GITHUB_DEPLOYMENTS_DURATION_SUM: dora(
+        "github_deployments_duration_sum",
+        Gauge,
+        None,
+        "Running sum of github_deployments_duration over the statuses counted (each status once), for increase(_sum)/increase(github_deployments_total) as dora-exporter's dashboard divides it.",
+        &["repo", "environment", "team", "status"],
+        Origin::DoraExporter,
+    ),
+    DORA_CHANGE_LEAD_TIME_SECONDS: dora_histogram(
+        "dora_change_lead_time_seconds",
+        "Lead time for changes: each commit a successful production deployment ships (between the previous successful deployment of that repository and environment and this one), from its commit time to the deployment, observed once.",
+        &["team"],
+        LEAD_BUCKETS,
     ),
     JIRA_INCIDENTS: dora(
         "jira_incidents",

@@ -277,6 +277,7 @@ impl Sender {
 pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: CancellationToken) {
     let mut g = Generator::new(seed);
     let mut n = 0u64;
+    let mut heads: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let t0 = crate::clock::now_unix();
         let jobs = g.run_plan(t0, 1 + (n % 3) as usize);
@@ -287,12 +288,22 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
             }
         }
         bodies.push(("workflow_run", g.run_payload(&jobs, "completed", false)));
-        // The run deploys what it built: to staging, then production; one in five fails.
+        // The run's change is pushed, then deployed: to staging or production; one in five
+        // fails. Its commit was written a few minutes to a few hours before.
         let environment = if n.is_multiple_of(2) {
             "production"
         } else {
             "staging"
         };
+        let sha = format!("{:040x}", jobs[0].run_id);
+        let parent = heads
+            .insert(jobs[0].repo.clone(), sha.clone())
+            .unwrap_or_else(|| "0".repeat(40));
+        let written = crate::clock::now_unix() - 300.0 * (1 + n % 40) as f64;
+        bodies.push((
+            "push",
+            push_payload(&jobs[0].repo, &parent, &sha, &[(sha.clone(), written)]),
+        ));
         for (i, state) in [
             "in_progress",
             if n % 5 == 4 { "failure" } else { "success" },
@@ -306,7 +317,7 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
                 state: state.into(),
                 status_id: seed * 1_000_000 + n * 10 + i as u64,
                 deployment_id: seed * 1_000_000 + n,
-                sha: format!("{:040x}", jobs[0].run_id),
+                sha: sha.clone(),
                 created_at: crate::clock::now_unix() + i as f64,
             };
             bodies.push(("deployment_status", deployment_status_payload(&d)));
@@ -414,6 +425,41 @@ pub fn deployment_status_payload(d: &DeploymentStatus) -> Vec<u8> {
             "private": false,
             "owner": {"login": owner, "type": "Organization"},
         },
+        "sender": {"login": owner, "type": "User"},
+    }))
+    .expect("payload encodes")
+}
+
+/// A branch `push` delivery body with the shape of GitHub's own
+/// (`../shared/research-data/github-webhooks/push/`): `commits` oldest first, `(sha, time)`.
+pub fn push_payload(repo: &str, before: &str, after: &str, commits: &[(String, f64)]) -> Vec<u8> {
+    let (owner, name) = repo.split_once('/').unwrap_or(("acme", repo));
+    let commit = |(sha, t): &(String, f64)| {
+        serde_json::json!({
+            "id": sha,
+            "tree_id": sha,
+            "distinct": true,
+            "message": format!("change {}", &sha[..7.min(sha.len())]),
+            "timestamp": crate::timestamp::format_rfc3339_secs(*t as i64),
+            "url": format!("https://github.com/{repo}/commit/{sha}"),
+            "author": {"name": owner, "email": format!("{owner}@example.com"), "username": owner},
+            "committer": {"name": "GitHub", "email": "noreply@github.com", "username": "web-flow"},
+            "added": [], "removed": [], "modified": ["README.md"],
+        })
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": after,
+        "created": before.bytes().all(|b| b == b'0'),
+        "deleted": false,
+        "forced": false,
+        "base_ref": null,
+        "compare": format!("https://github.com/{repo}/compare/{}...{}", &before[..12.min(before.len())], &after[..12.min(after.len())]),
+        "commits": commits.iter().map(commit).collect::<Vec<_>>(),
+        "head_commit": commits.last().map(commit),
+        "repository": {"id": 186853002, "name": name, "full_name": repo, "owner": {"login": owner}},
+        "pusher": {"name": owner, "email": format!("{owner}@example.com")},
         "sender": {"login": owner, "type": "User"},
     }))
     .expect("payload encodes")

@@ -14,6 +14,8 @@ pub struct RawDora {
     pub jira: Option<RawJira>,
     /// A dora-exporter snapshot (Prometheus text) imported once, so its counters continue.
     pub import_snapshot: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
+    pub production_environments: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for RawDora {
@@ -113,6 +115,9 @@ pub struct DoraConfig {
     pub teams: Teams,
     pub jira: Option<JiraConfig>,
     pub import_snapshot: Option<PathBuf>,
+    /// Globs (`*`, `?`, without case) naming the environments whose successful deployments
+    /// ship changes.
+    pub production_environments: Vec<String>,
 }
 
 fn secret(
@@ -202,6 +207,10 @@ impl RawDora {
             import_snapshot: self
                 .import_snapshot
                 .map(|p| base.map_or(p.clone(), |b| b.join(&p))),
+            production_environments: self
+                .production_environments
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| vec!["production".into()]),
         }))
     }
 }

@@ -122,9 +122,15 @@ impl Stats {
 impl crate::telemetry::Collect for Stats {
     async fn collect(&self, out: &mut crate::telemetry::Rows) {
         let counts = self.counts.lock().clone();
-        let outcomes = ["applied", "duplicate"]
-            .into_iter()
-            .chain(Rejected::ALL.iter().map(|r| r.as_str()));
+        let outcomes = [
+            "applied",
+            "duplicate",
+            "chain_incomplete",
+            "push",
+            "push_ignored",
+        ]
+        .into_iter()
+        .chain(Rejected::ALL.iter().map(|r| r.as_str()));
         for o in outcomes {
             out.number(
                 metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
@@ -138,11 +144,29 @@ impl crate::telemetry::Collect for Stats {
 pub struct Deployments {
     pub store: SharedStore,
     pub teams: Teams,
+    /// Globs naming production environments (without case).
+    pub production: Vec<String>,
     pub stats: Arc<Stats>,
 }
 
 impl Deployments {
+    fn is_production(&self, environment: &str) -> bool {
+        let e = environment.to_ascii_lowercase();
+        self.production
+            .iter()
+            .any(|p| crate::sources::github::config::glob_match(&p.to_ascii_lowercase(), &e))
+    }
+
     pub async fn process(&self, env: &Envelope) -> Result<&'static str, crate::store::Error> {
+        if env.event == "push" {
+            return Ok(match super::changes::read_push(&env.body) {
+                Some((repo, after, push)) => {
+                    super::changes::record_push(&*self.store, &repo, &after, &push).await?;
+                    "push"
+                }
+                None => "push_ignored",
+            });
+        }
         let o = match observe(&env.body) {
             Ok(o) => o,
             Err(r) => return Ok(r.as_str()),
@@ -158,23 +182,80 @@ impl Deployments {
             ],
         )
         .expect("four label values for four names");
+        let mut outcome = "applied";
+        // What a successful production deployment ships, each commit's lead time once (by
+        // its sha: a redeploy ships nothing new), applied before the deployment is recorded
+        // as the latest, so a crash in between repeats the walk and the keys absorb it.
+        let mut first_commit = None;
+        let production_success = o.state == "success" && self.is_production(&o.environment);
+        if production_success {
+            let shipped =
+                super::changes::shipped(&*self.store, &o.repository, &o.environment, &o.sha)
+                    .await?;
+            if !shipped.complete {
+                outcome = "chain_incomplete";
+            }
+            let lead_labels = Labels::new(metrics::DORA_CHANGE_LEAD_TIME_SECONDS, &[team])
+                .expect("one label value for one name");
+            let mut batches = Vec::new();
+            for (sha, t) in &shipped.commits {
+                first_commit = Some(first_commit.map_or(*t, |f: f64| f.min(*t)));
+                let lead = o.at - t;
+                if lead < 0.0 {
+                    continue;
+                }
+                batches.push(crate::store::Batch {
+                    key: format!("lead:{}:{sha}", o.repository.to_ascii_lowercase()),
+                    scope: SCOPE.to_string(),
+                    updates: vec![Update {
+                        family: metrics::DORA_CHANGE_LEAD_TIME_SECONDS,
+                        labels: lead_labels.clone(),
+                        op: Op::Observe(lead),
+                    }],
+                });
+            }
+            if !batches.is_empty() {
+                self.store.apply_each_once(batches).await?;
+            }
+            super::changes::mark_deployed(
+                &*self.store,
+                &o.repository,
+                &o.environment,
+                &o.sha,
+                o.at,
+            )
+            .await?;
+        }
+        // dora-exporter's lead time of a deployment: from its first change (the oldest commit
+        // it ships, else the deployed commit) to the status, from GitHub's own times only.
+        let first = match first_commit {
+            Some(f) => Some(f),
+            None => super::changes::commit_time(&*self.store, &o.repository, &o.sha).await?,
+        };
         // The status id, not the delivery: an org hook and a repository hook deliver the
         // same status under two delivery ids.
         let key = format!("deployment_status:{}", o.status_id);
-        let applied = self
-            .store
-            .apply_once(
-                &key,
-                SCOPE,
-                vec![Update {
-                    family: metrics::GITHUB_DEPLOYMENTS_TOTAL,
-                    labels,
-                    op: Op::Inc(1.0),
-                }],
-            )
-            .await?;
+        let mut updates = vec![Update {
+            family: metrics::GITHUB_DEPLOYMENTS_TOTAL,
+            labels: labels.clone(),
+            op: Op::Inc(1.0),
+        }];
+        if let Some(first) = first.filter(|f| o.at >= *f) {
+            let lead = o.at - first;
+            updates.push(Update {
+                family: metrics::GITHUB_DEPLOYMENTS_DURATION,
+                labels: labels.clone(),
+                op: Op::Set(lead),
+            });
+            updates.push(Update {
+                family: metrics::GITHUB_DEPLOYMENTS_DURATION_SUM,
+                labels,
+                op: Op::Add(lead),
+            });
+        }
+        let applied = self.store.apply_once(&key, SCOPE, updates).await?;
         Ok(match applied {
-            Applied::Applied => "applied",
+            Applied::Applied => outcome,
             Applied::Duplicate => "duplicate",
         })
     }

@@ -1,6 +1,7 @@
 //! DORA: deployments from GitHub's deployment statuses and incidents from Jira webhooks,
 //! per team (dora-exporter's families, each computed from the events' own times).
 
+pub mod changes;
 pub mod config;
 pub mod deployments;
 pub mod incidents;
@@ -29,6 +30,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         handler: Arc::new(deployments::Deployments {
             store: ctx.store.clone(),
             teams: cfg.teams.clone(),
+            production: cfg.production_environments.clone(),
             stats,
         }),
         count: 1,

@@ -1,6 +1,8 @@
 //! dora-exporter's snapshot file (its whole registry in Prometheus text), imported once so
 //! its counters continue: `github_deployments_total` and `jira_incidents` add their values,
-//! `jira_incidents_duration_sum` its sum. Each part is applied under one idempotency key, so
+//! the `_duration_sum` gauges their sums, `github_deployments_duration` its last value. A
+//! duration of 9.22e9 s is the old exporter's zero-date overflow, not a measurement: such
+//! series are left out. Each part is applied under one idempotency key, so
 //! a restart, or a second replica, imports nothing again.
 
 use std::collections::BTreeMap;
@@ -75,7 +77,9 @@ pub fn updates(text: &str) -> (BTreeMap<&'static str, Vec<Update>>, BTreeMap<Str
         let Some((name, l, v)) = sample(line) else {
             continue;
         };
-        if !v.is_finite() || v < 0.0 {
+        // Durations beyond 30 years are the old exporter's overflow of a missing date.
+        let overflow = name.contains("duration") && v > 1e9;
+        if !v.is_finite() || v < 0.0 || overflow {
             *skipped.entry(name.to_string()).or_default() += 1;
             continue;
         }
@@ -86,6 +90,18 @@ pub fn updates(text: &str) -> (BTreeMap<&'static str, Vec<Update>>, BTreeMap<Str
                 metrics::GITHUB_DEPLOYMENTS_TOTAL,
                 vec![get("repo"), get("environment"), get("team"), get("status")],
                 Op::Inc(v),
+            ),
+            "github_deployments_duration" => (
+                super::deployments::SCOPE,
+                metrics::GITHUB_DEPLOYMENTS_DURATION,
+                vec![get("repo"), get("environment"), get("team"), get("status")],
+                Op::Set(v),
+            ),
+            "github_deployments_duration_sum" => (
+                super::deployments::SCOPE,
+                metrics::GITHUB_DEPLOYMENTS_DURATION_SUM,
+                vec![get("repo"), get("environment"), get("team"), get("status")],
+                Op::Add(v),
             ),
             "jira_incidents" => (
                 super::incidents::SCOPE,
@@ -163,7 +179,10 @@ mod tests {
         let (u, skipped) = updates(text);
         assert_eq!(u[super::super::deployments::SCOPE].len(), 1);
         assert_eq!(u[super::super::incidents::SCOPE].len(), 2);
+        // The zero-date overflow is not carried over.
         assert_eq!(skipped["github_deployments_duration"], 1);
         assert_eq!(skipped["go_goroutines"], 1);
+        let (u, _) = updates("github_deployments_duration_sum{repo=\"a\"} 5294.1\n");
+        assert_eq!(u[super::super::deployments::SCOPE].len(), 1);
     }
 }

@@ -92,11 +92,22 @@ async fn dora_exporter_command_serves_its_endpoints_families_and_snapshot() {
         sha: "f95f852bd8fca8fcc58a9a2d6c842781e32a215e".into(),
         created_at: 1_773_050_400.0,
     });
+    // The change was pushed an hour before it was deployed.
+    let pushed = devmetrics::sim::webhooks::push_payload(
+        "mprokopov/dora-exporter",
+        &"0".repeat(40),
+        "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+        &[(
+            "f95f852bd8fca8fcc58a9a2d6c842781e32a215e".into(),
+            1_773_046_800.0,
+        )],
+    );
+    assert_eq!(post("/api/github", Some("push"), pushed).await.0, 202);
     let (code, body) = post("/api/github", Some("deployment_status"), status).await;
     let want = &tool().endpoints[0].responses;
     assert_eq!(code, want[0].status);
     check_body(tool(), "/api/github", &want[0].body, &body);
-    let (code, body) = post("/api/github", Some("push"), b"{}".to_vec()).await;
+    let (code, body) = post("/api/github", Some("issues"), b"{}".to_vec()).await;
     assert_eq!(code, want[1].status);
     check_body(tool(), "/api/github", &want[1].body, &body);
     let incident = devmetrics::sim::jira::payload(
@@ -140,6 +151,8 @@ async fn dora_exporter_command_serves_its_endpoints_families_and_snapshot() {
         "github_deployments_total{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\"} 1",
         "jira_incidents{project=\"PLATFORM\",team=\"platform\"} 4",
         "jira_incidents_duration_sum{project=\"PLATFORM\",team=\"platform\"} 9000",
+        "github_deployments_duration{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"success\"} 2677.657175116",
+        "github_deployments_duration{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\"} 3600",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }

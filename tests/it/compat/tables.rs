@@ -79,13 +79,7 @@ fn the_families_not_served_are_exactly_these() {
         .collect();
     assert_eq!(not_served["spacelift-promex"], Vec::<&str>::new());
     assert_eq!(not_served["github-telemetry"], Vec::<&str>::new());
-    assert_eq!(
-        not_served["dora-exporter"],
-        [
-            "github_deployments_duration",
-            "github_deployments_duration_sum"
-        ]
-    );
+    assert_eq!(not_served["dora-exporter"], Vec::<&str>::new());
     assert_eq!(
         not_served["github-stats-exporter"],
         [

@@ -101,8 +101,13 @@ async fn each_deployment_status_counts_once_per_repo_environment_team_and_state(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Production successes with no push known: counted, their chain incomplete.
     assert_eq!(
-        events["{source=\"github\",outcome=\"applied\"}"], 5.0,
+        events["{source=\"github\",outcome=\"applied\"}"], 3.0,
+        "{events:?}"
+    );
+    assert_eq!(
+        events["{source=\"github\",outcome=\"chain_incomplete\"}"], 2.0,
         "{events:?}"
     );
     assert_eq!(

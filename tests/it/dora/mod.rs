@@ -2,6 +2,7 @@
 
 mod deployments;
 mod incidents;
+mod lead_time;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -145,7 +146,10 @@ fn example_dora_section_is_valid_when_uncommented() {
             }
         }
     }
-    assert!(out.starts_with("dora:\n  teams:"), "{out}");
+    assert!(
+        out.starts_with("dora:\n") && out.contains("\n  teams:\n"),
+        "{out}"
+    );
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, out).unwrap();
     let c = devmetrics::config::load(Some(&path), &Default::default(), &Default::default())
@@ -154,6 +158,7 @@ fn example_dora_section_is_valid_when_uncommented() {
     assert_eq!(d.teams.of_project("PAY"), "Payments");
     assert_eq!(d.teams.of_repository("My-Org/Payments-API"), "Payments");
     assert_eq!(d.teams.of_project("NOPE"), "Unknown");
+    assert_eq!(d.production_environments, ["production"]);
     let j = d.jira.unwrap();
     assert_eq!(j.filter.issue_types, ["Incident"]);
     // Neither a secret nor a URL token: refused, naming the key.

@@ -31,9 +31,12 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
-    // DORA reads deployment statuses from the same signed deliveries.
+    // DORA reads deployment statuses and pushes from the same signed deliveries.
     let routes = if ctx.config.dora.is_some() {
-        vec![("deployment_status", topics::DORA_GITHUB)]
+        vec![
+            ("deployment_status", topics::DORA_GITHUB),
+            ("push", topics::DORA_GITHUB),
+        ]
     } else {
         Vec::new()
     };
