@@ -85,6 +85,55 @@ pub trait Collect: Send + Sync {
     async fn collect(&self, out: &mut Rows);
 }
 
+/// Counts of a component's outcomes, a fixed list of names, shown as `family{source, outcome}`
+/// (every outcome from zero, so rates need no absent-series handling).
+pub struct Outcomes {
+    family: FamilyId,
+    source: &'static str,
+    names: &'static [&'static str],
+    counts: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl Outcomes {
+    pub fn new(family: FamilyId, source: &'static str, names: &'static [&'static str]) -> Outcomes {
+        Outcomes {
+            family,
+            source,
+            names,
+            counts: names.iter().map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Counts `outcome`; a name not in the list is a programming error, counted nowhere.
+    pub fn count(&self, outcome: &str) {
+        match self.names.iter().position(|n| *n == outcome) {
+            Some(i) => {
+                self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            None => debug_assert!(false, "outcome {outcome} is not declared"),
+        }
+    }
+
+    pub fn get(&self, outcome: &str) -> u64 {
+        self.names
+            .iter()
+            .position(|n| *n == outcome)
+            .map_or(0, |i| {
+                self.counts[i].load(std::sync::atomic::Ordering::Relaxed)
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl Collect for Outcomes {
+    async fn collect(&self, out: &mut Rows) {
+        for (i, name) in self.names.iter().enumerate() {
+            let v = self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
+            out.number(self.family, &[self.source, name], v as f64);
+        }
+    }
+}
+
 pub struct Telemetry {
     started_at: f64,
     revision: &'static str,

@@ -281,3 +281,30 @@ impl Backend {
         config_with(dir, &keys)
     }
 }
+
+/// The commented section `# {name}:` of `config example`, uncommented (its own comment lines
+/// left out) and with each `(from, to)` replaced, after the example's active part.
+pub fn example_with_section(name: &str, replace: &[(&str, &str)]) -> String {
+    let mut section = String::new();
+    let mut inside = false;
+    for line in devmetrics::config::EXAMPLE.lines() {
+        if line.starts_with(&format!("# {name}:")) {
+            inside = true;
+        }
+        if !inside {
+            continue;
+        }
+        if line.trim().is_empty() {
+            break;
+        }
+        let l = line.trim_start_matches("# ");
+        if !l.trim_start().starts_with('#') {
+            section.push_str(l);
+            section.push('\n');
+        }
+    }
+    for (from, to) in replace {
+        section = section.replace(from, to);
+    }
+    format!("{}\n{section}", devmetrics::config::EXAMPLE)
+}

@@ -107,46 +107,24 @@ pub fn observe(body: &[u8]) -> Result<StatusObservation, Rejected> {
     })
 }
 
-#[derive(Default)]
-pub struct Stats {
-    counts: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
-}
-
-impl Stats {
-    fn count(&self, outcome: &'static str) {
-        *self.counts.lock().entry(outcome).or_default() += 1;
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::telemetry::Collect for Stats {
-    async fn collect(&self, out: &mut crate::telemetry::Rows) {
-        let counts = self.counts.lock().clone();
-        let outcomes = [
-            "applied",
-            "duplicate",
-            "chain_incomplete",
-            "push",
-            "push_ignored",
-        ]
-        .into_iter()
-        .chain(Rejected::ALL.iter().map(|r| r.as_str()));
-        for o in outcomes {
-            out.number(
-                metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
-                &["github", o],
-                counts.get(o).copied().unwrap_or(0) as f64,
-            );
-        }
-    }
-}
+/// Outcomes, counted in `devmetrics_dora_events_total{source="github",outcome}`.
+pub const OUTCOMES: &[&str] = &[
+    "applied",
+    "duplicate",
+    "chain_incomplete",
+    "push",
+    "push_ignored",
+    "malformed",
+    "incomplete",
+    "bad_date",
+];
 
 pub struct Deployments {
     pub store: SharedStore,
     pub teams: Teams,
     /// Globs naming production environments (without case).
     pub production: Vec<String>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<crate::telemetry::Outcomes>,
 }
 
 impl Deployments {

@@ -9,10 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::{JiraConfig, Teams};
-use super::jira::{self, Rejected};
+use super::jira;
 use crate::metrics::{self, Labels, Op, Update};
 use crate::processors::Envelope;
 use crate::queue::{Delivery, Failure, Handler};
@@ -48,48 +47,22 @@ struct Pending {
 const APPLIED: &str = "applied";
 const STALE: &str = "stale";
 const UNCHANGED: &str = "unchanged";
-
-#[derive(Default)]
-pub struct Stats {
-    counts: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    pub applied: AtomicU64,
-}
-
-impl Stats {
-    fn count(&self, outcome: &'static str) {
-        *self.counts.lock().entry(outcome).or_default() += 1;
-        if outcome == APPLIED {
-            self.applied.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn get(&self, outcome: &str) -> u64 {
-        self.counts.lock().get(outcome).copied().unwrap_or(0)
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::telemetry::Collect for Stats {
-    async fn collect(&self, out: &mut crate::telemetry::Rows) {
-        let counts = self.counts.lock().clone();
-        let outcomes = [APPLIED, STALE, UNCHANGED]
-            .into_iter()
-            .chain(Rejected::ALL.iter().map(|r| r.as_str()));
-        for o in outcomes {
-            out.number(
-                metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
-                &["jira", o],
-                counts.get(o).copied().unwrap_or(0) as f64,
-            );
-        }
-    }
-}
+pub const OUTCOMES: &[&str] = &[
+    APPLIED,
+    STALE,
+    UNCHANGED,
+    "malformed",
+    "no_issue",
+    "no_created",
+    "bad_date",
+    "filtered",
+];
 
 pub struct Incidents {
     pub store: SharedStore,
     pub config: JiraConfig,
     pub teams: Teams,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<crate::telemetry::Outcomes>,
     /// Deliveries of one process are applied one at a time: each reads and writes its
     /// issue's state.
     pub serial: tokio::sync::Mutex<()>,
@@ -100,6 +73,11 @@ fn labels(project: &str, team: &str) -> Labels {
 }
 
 impl Incidents {
+    async fn save(&self, issue: &str, state: &State) -> Result<(), crate::store::Error> {
+        let value = serde_json::to_vec(state).expect("state encodes");
+        self.store.kv_put(KV, issue, value, None).await
+    }
+
     async fn apply(&self, state: &State) -> Result<(), crate::store::Error> {
         let Some(p) = &state.pending else {
             return Ok(());
@@ -160,14 +138,7 @@ impl Incidents {
             None => 0.0,
         };
         if !first && add == 0.0 {
-            self.store
-                .kv_put(
-                    KV,
-                    &obs.issue,
-                    serde_json::to_vec(&s).expect("state encodes"),
-                    None,
-                )
-                .await?;
+            self.save(&obs.issue, &s).await?;
             return Ok(if outcome == APPLIED {
                 UNCHANGED
             } else {
@@ -181,14 +152,7 @@ impl Incidents {
             count: first,
             add,
         });
-        self.store
-            .kv_put(
-                KV,
-                &obs.issue,
-                serde_json::to_vec(&s).expect("state encodes"),
-                None,
-            )
-            .await?;
+        self.save(&obs.issue, &s).await?;
         self.apply(&s).await?;
         Ok(outcome)
     }

@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 pub use config::DoraConfig;
 
+use crate::metrics;
 use crate::queue::topics;
 use crate::sources::{BuildError, Component, Consumer, Context};
+use crate::telemetry::Outcomes;
 
 pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     let Some(cfg) = &ctx.config.dora else {
@@ -23,7 +25,11 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     let mut c = Component::default();
     // Deployment statuses arrive through the GitHub receiver (its secret verifies them),
     // which queues them on their own topic when this source is enabled.
-    let stats = Arc::new(deployments::Stats::default());
+    let stats = Arc::new(Outcomes::new(
+        metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
+        "github",
+        deployments::OUTCOMES,
+    ));
     c.collectors.push(stats.clone());
     c.consumers.push(Consumer {
         topic: topics::DORA_GITHUB.to_string(),
@@ -61,9 +67,13 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     }
     if let Some(jira) = &cfg.jira {
         let r = receiver::JiraReceiver::new(jira.clone(), ctx.queue.clone());
-        c.collectors.push(Arc::new(receiver::Stats(r.clone())));
+        c.collectors.push(r.stats.clone());
         c.webhook_routes = receiver::routes(r);
-        let stats = Arc::new(incidents::Stats::default());
+        let stats = Arc::new(Outcomes::new(
+            metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
+            "jira",
+            incidents::OUTCOMES,
+        ));
         c.collectors.push(stats.clone());
         c.consumers.push(Consumer {
             topic: topics::JIRA_WEBHOOKS.to_string(),

@@ -12,13 +12,13 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::JiraConfig;
 use crate::clock::now_unix;
 use crate::metrics;
 use crate::processors::Envelope;
 use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+use crate::telemetry::Outcomes;
 
 pub const PATHS: &[&str] = &["/webhooks/jira", "/api/jira"];
 
@@ -34,22 +34,8 @@ const OUTCOMES: &[&str] = &[
 pub struct JiraReceiver {
     config: JiraConfig,
     queue: SharedQueue,
-    counts: [AtomicU64; OUTCOMES.len()],
-}
-
-pub struct Stats(pub Arc<JiraReceiver>);
-
-#[async_trait::async_trait]
-impl crate::telemetry::Collect for Stats {
-    async fn collect(&self, out: &mut crate::telemetry::Rows) {
-        for (i, o) in OUTCOMES.iter().enumerate() {
-            out.number(
-                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
-                &["jira", o],
-                self.0.counts[i].load(Ordering::Relaxed) as f64,
-            );
-        }
-    }
+    /// `devmetrics_webhook_deliveries_total{source="jira",outcome}`.
+    pub stats: Arc<Outcomes>,
 }
 
 impl JiraReceiver {
@@ -62,7 +48,11 @@ impl JiraReceiver {
         Arc::new(JiraReceiver {
             config,
             queue,
-            counts: Default::default(),
+            stats: Arc::new(Outcomes::new(
+                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
+                "jira",
+                OUTCOMES,
+            )),
         })
     }
 
@@ -95,9 +85,7 @@ impl JiraReceiver {
     }
 
     fn answer(&self, status: StatusCode, outcome: &'static str, message: &str) -> Response {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.stats.count(outcome);
         let body = format!("{}\n", serde_json::json!({"status": message}));
         (
             status,

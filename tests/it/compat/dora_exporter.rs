@@ -63,12 +63,7 @@ async fn dora_exporter_command_serves_its_endpoints_families_and_snapshot() {
     std::fs::write(dir.path().join("config.yml"), config(Some(port), &snapshot)).unwrap();
     let (_p, log) = start(dir.path(), &["-config.file=config.yml", "-log", "debug"]);
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if get(&format!("{base}/metrics"), None).await.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answer_when_listening(&format!("{base}/metrics")).await;
     // Its senders do not sign.
     let c = reqwest::Client::new();
     let post = async |path: &str, event: Option<&str>, body: Vec<u8>| {
@@ -186,13 +181,6 @@ async fn dora_exporter_listens_on_8090_by_default() {
     // The default file, config.yml, in the working directory.
     let (_p, _) = start(dir.path(), &[]);
     let base = format!("http://127.0.0.1:{}", tool().default_port);
-    let mut answer = None;
-    for _ in 0..100 {
-        answer = get(&format!("{base}/metrics"), None).await;
-        if answer.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let answer = answer_when_listening(&format!("{base}/metrics")).await;
     assert_eq!(answer.expect("listening on 8090").0, 200);
 }

@@ -55,12 +55,7 @@ async fn github_telemetry_frontend_command_conforms_to_its_readme() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if get(&format!("{base}/health"), None).await.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answer_when_listening(&format!("{base}/health")).await;
     check_get_endpoints(tool(), &base).await;
 
     let url = format!("{base}/webhook");
@@ -206,14 +201,7 @@ async fn github_telemetry_listens_on_8080_by_default() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{}", tool().default_port);
-    let mut answer = None;
-    for _ in 0..100 {
-        answer = get(&format!("{base}/health"), None).await;
-        if answer.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let answer = answer_when_listening(&format!("{base}/health")).await;
     let (status, body) = answer.expect("listening on 8080");
     assert_eq!(status, 200);
     check_body(

@@ -69,6 +69,17 @@ pub async fn get(url: &str, accept: Option<&str>) -> Option<(u16, String)> {
     Some((status, r.text().await.ok()?))
 }
 
+/// The first answer of `GET url` once something listens, within 10 s.
+pub async fn answer_when_listening(url: &str) -> Option<(u16, String)> {
+    for _ in 0..100 {
+        if let Some(a) = get(url, None).await {
+            return Some(a);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
 
 /// Polls `base/metrics` until every served family of `tool` has a sample, for up to `secs`.

@@ -126,28 +126,16 @@ fn example_dora_section_is_valid_when_uncommented() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("s");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let mut out = String::new();
-    let mut inside = false;
-    for line in devmetrics::config::EXAMPLE.lines() {
-        if line.starts_with("# dora:") {
-            inside = true;
-        }
-        if inside && line.trim().is_empty() {
-            break;
-        }
-        if inside && line.starts_with("# ") {
-            let l = line.trim_start_matches("# ");
-            if !l.trim_start().starts_with('#') {
-                out.push_str(
-                    &l.replace("/run/secrets/jira-webhook", secret.to_str().unwrap())
-                        .replace("/run/secrets/jira-url-token", secret.to_str().unwrap()),
-                );
-                out.push('\n');
-            }
-        }
-    }
+    let secret_path = secret.to_str().unwrap();
+    let out = crate::support::example_with_section(
+        "dora",
+        &[
+            ("/run/secrets/jira-webhook", secret_path),
+            ("/run/secrets/jira-url-token", secret_path),
+        ],
+    );
     assert!(
-        out.starts_with("dora:\n") && out.contains("\n  teams:\n"),
+        out.contains("\ndora:\n") && out.contains("\n  teams:\n"),
         "{out}"
     );
     let path = dir.path().join("c.yaml");

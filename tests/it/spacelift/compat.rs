@@ -258,28 +258,10 @@ fn example_spacelift_section_is_valid_when_uncommented() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let mut out = String::new();
-    let mut inside = false;
-    for line in devmetrics::config::EXAMPLE.lines() {
-        if line.starts_with("# spacelift:") {
-            inside = true;
-        }
-        if inside && line.trim().is_empty() {
-            break;
-        }
-        if inside && line.starts_with("# ") {
-            let l = line.trim_start_matches("# ");
-            if !l.trim_start().starts_with('#') {
-                out.push_str(
-                    &l.replace("/etc/devmetrics/spacelift-secret", secret.to_str().unwrap()),
-                );
-                out.push('\n');
-            }
-        } else if !inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
+    let out = crate::support::example_with_section(
+        "spacelift",
+        &[("/etc/devmetrics/spacelift-secret", secret.to_str().unwrap())],
+    );
     assert!(out.contains("spacelift:\n  api_endpoint:"), "{out}");
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, out).unwrap();
