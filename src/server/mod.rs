@@ -110,7 +110,13 @@ async fn readyz(State(s): State<Shared>) -> Response {
 
 /// Routes that authenticate themselves (webhook signatures) skip basic auth: the sender
 /// cannot be given a password, and the signature is the stronger check.
-const SELF_AUTHENTICATED: &[&str] = &["/webhooks/", "/webhook", "/api/github", "/api/jira"];
+const SELF_AUTHENTICATED: &[&str] = &[
+    "/webhooks/",
+    "/webhook",
+    "/api/github",
+    "/api/jira",
+    "/api/deployments",
+];
 
 async fn basic_auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some(auth) = &s.basic_auth else {

@@ -87,6 +87,7 @@ fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
             }),
             import_snapshot: None,
             production_environments: vec!["production".into()],
+            deployments_api_token: None,
         });
     }
     let sender = super::jira::Sender::new(

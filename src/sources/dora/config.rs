@@ -16,6 +16,15 @@ pub struct RawDora {
     pub import_snapshot: Option<PathBuf>,
     #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
     pub production_environments: Option<Vec<String>>,
+    pub deployments_api: Option<RawDeploymentsApi>,
+}
+
+/// `POST /api/deployments`, for CD tools outside GitHub.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploymentsApi {
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RawDora {
@@ -118,6 +127,8 @@ pub struct DoraConfig {
     /// Globs (`*`, `?`, without case) naming the environments whose successful deployments
     /// ship changes.
     pub production_environments: Vec<String>,
+    /// The bearer token of `POST /api/deployments`; the route exists only with one.
+    pub deployments_api_token: Option<Secret>,
 }
 
 fn secret(
@@ -201,7 +212,22 @@ impl RawDora {
                 })
             }
         };
+        let deployments_api_token = match self.deployments_api {
+            None => None,
+            Some(a) => Some(
+                secret("dora.deployments_api.token", a.token, a.token_file, base)?.ok_or_else(
+                    || {
+                        Error::invalid(
+                            "dora.deployments_api.token",
+                            None,
+                            "is required to enable the API",
+                        )
+                    },
+                )?,
+            ),
+        };
         Ok(Some(DoraConfig {
+            deployments_api_token,
             teams: Teams(teams),
             jira,
             import_snapshot: self

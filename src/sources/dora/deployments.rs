@@ -55,6 +55,71 @@ pub struct StatusObservation {
     pub sha: String,
     /// When GitHub recorded the status (never the arrival time).
     pub at: f64,
+    /// The id a CD tool gave its deployment (`POST /api/deployments`), which keys it.
+    pub client_id: Option<String>,
+}
+
+/// The envelope event of a deployment posted to `POST /api/deployments`.
+pub const API_EVENT: &str = "api_deployment";
+
+/// A deployment a CD tool outside GitHub reports (`POST /api/deployments`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDeployment {
+    /// The client's id for this deployment: a repeat is counted once.
+    pub id: String,
+    /// `owner/name`.
+    pub repo: String,
+    pub environment: String,
+    pub sha: String,
+    /// `success` unless said otherwise.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// When it finished (RFC 3339).
+    pub finished_at: String,
+}
+
+impl ApiDeployment {
+    /// The field at fault, for a 400 that names it.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let bad = |s: &str| s.trim().is_empty() || s.len() > 256 || s.contains(char::is_control);
+        if bad(&self.id) {
+            return Err("id");
+        }
+        if bad(&self.repo) || self.repo.split('/').filter(|p| !p.is_empty()).count() != 2 {
+            return Err("repo (owner/name)");
+        }
+        if bad(&self.environment) {
+            return Err("environment");
+        }
+        if bad(&self.sha) {
+            return Err("sha");
+        }
+        if self.status.as_deref().is_some_and(bad) {
+            return Err("status");
+        }
+        if crate::timestamp::parse_rfc3339(&self.finished_at).is_none() {
+            return Err("finished_at (RFC 3339)");
+        }
+        Ok(())
+    }
+}
+
+fn from_api(body: &[u8]) -> Result<StatusObservation, Rejected> {
+    let d: ApiDeployment = serde_json::from_slice(body).map_err(|_| Rejected::Malformed)?;
+    d.check().map_err(|_| Rejected::Incomplete)?;
+    let repo = d.repo.rsplit('/').next().unwrap_or_default().to_string();
+    Ok(StatusObservation {
+        status_id: 0,
+        deployment_id: 0,
+        state: d.status.unwrap_or_else(|| "success".into()),
+        environment: d.environment,
+        repository: d.repo,
+        repo,
+        sha: d.sha,
+        at: crate::timestamp::parse_rfc3339(&d.finished_at).ok_or(Rejected::BadDate)?,
+        client_id: Some(d.id),
+    })
 }
 
 /// Why a delivery is not a deployment status; bounded, counted by reason.
@@ -104,6 +169,7 @@ pub fn observe(body: &[u8]) -> Result<StatusObservation, Rejected> {
         repo,
         sha: d.sha.unwrap_or_default(),
         at: crate::timestamp::parse_rfc3339(at).ok_or(Rejected::BadDate)?,
+        client_id: None,
     })
 }
 
@@ -145,7 +211,12 @@ impl Deployments {
                 None => "push_ignored",
             });
         }
-        let o = match observe(&env.body) {
+        let parsed = if env.event == API_EVENT {
+            from_api(&env.body)
+        } else {
+            observe(&env.body)
+        };
+        let o = match parsed {
             Ok(o) => o,
             Err(r) => return Ok(r.as_str()),
         };
@@ -211,8 +282,11 @@ impl Deployments {
             None => super::changes::commit_time(&*self.store, &o.repository, &o.sha).await?,
         };
         // The status id, not the delivery: an org hook and a repository hook deliver the
-        // same status under two delivery ids.
-        let key = format!("deployment_status:{}", o.status_id);
+        // same status under two delivery ids. A CD tool's deployment is its own id.
+        let key = match &o.client_id {
+            Some(id) => format!("api_deployment:{id}"),
+            None => format!("deployment_status:{}", o.status_id),
+        };
         let mut updates = vec![Update {
             family: metrics::GITHUB_DEPLOYMENTS_TOTAL,
             labels: labels.clone(),

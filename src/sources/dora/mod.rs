@@ -1,6 +1,7 @@
 //! DORA: deployments from GitHub's deployment statuses and incidents from Jira webhooks,
 //! per team (dora-exporter's families, each computed from the events' own times).
 
+pub mod api;
 pub mod changes;
 pub mod config;
 pub mod deployments;
@@ -65,10 +66,15 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             }
         });
     }
+    if let Some(token) = &cfg.deployments_api_token {
+        let api = api::DeploymentsApi::new(token.clone(), ctx.queue.clone());
+        c.collectors.push(api.stats.clone());
+        c.webhook_routes = std::mem::take(&mut c.webhook_routes).merge(api::routes(api));
+    }
     if let Some(jira) = &cfg.jira {
         let r = receiver::JiraReceiver::new(jira.clone(), ctx.queue.clone());
         c.collectors.push(r.stats.clone());
-        c.webhook_routes = receiver::routes(r);
+        c.webhook_routes = std::mem::take(&mut c.webhook_routes).merge(receiver::routes(r));
         let stats = Arc::new(Outcomes::new(
             metrics::DEVMETRICS_DORA_EVENTS_TOTAL,
             "jira",

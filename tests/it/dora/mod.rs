@@ -1,5 +1,6 @@
 //! DORA: incidents from Jira webhooks, scenario-tested against values worked out by hand.
 
+mod api;
 mod deployments;
 mod incidents;
 mod lead_time;
@@ -12,12 +13,14 @@ use devmetrics::sim::jira::{Issue, Sender, payload};
 pub const SECRET: &str = "jira-admin-webhook-secret";
 pub const TOKEN: &str = "automation-url-token";
 pub const GITHUB_SECRET: &str = "github-webhook-secret";
+pub const API_TOKEN: &str = "cd-tool-bearer-token";
 
 /// The `dora` section: two teams, incidents are issues of type Incident.
 pub fn dora_section() -> serde_yaml::Value {
     serde_yaml::from_str(&format!(
         "teams:\n  - {{name: Payments, github_repositories: [acme/pay], jira_projects: [PAY]}}\n  - {{name: Platform, jira_projects: [OPS]}}\n\
-         jira:\n  secret: {SECRET}\n  url_token: {TOKEN}\n  issue_types: [Incident]\n"
+         jira:\n  secret: {SECRET}\n  url_token: {TOKEN}\n  issue_types: [Incident]\n\
+         deployments_api: {{token: {API_TOKEN}}}\n"
     ))
     .unwrap()
 }
@@ -132,6 +135,7 @@ fn example_dora_section_is_valid_when_uncommented() {
         &[
             ("/run/secrets/jira-webhook", secret_path),
             ("/run/secrets/jira-url-token", secret_path),
+            ("/run/secrets/deployments-api-token", secret_path),
         ],
     );
     assert!(
@@ -147,6 +151,7 @@ fn example_dora_section_is_valid_when_uncommented() {
     assert_eq!(d.teams.of_repository("My-Org/Payments-API"), "Payments");
     assert_eq!(d.teams.of_project("NOPE"), "Unknown");
     assert_eq!(d.production_environments, ["production"]);
+    assert_eq!(d.deployments_api_token.unwrap().expose(), "s3cret");
     let j = d.jira.unwrap();
     assert_eq!(j.filter.issue_types, ["Incident"]);
     // Neither a secret nor a URL token: refused, naming the key.
