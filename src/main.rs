@@ -51,7 +51,7 @@ enum Command {
     /// (`devmetrics compat spacelift-promex serve -e … -k … -s …`); the binary started under
     /// that tool's name (a link) does the same.
     Compat {
-        /// spacelift-promex, github-stats-exporter or github-telemetry
+        /// spacelift-promex, github-stats-exporter, github-telemetry or dora-exporter
         tool: String,
         /// The tool's own arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

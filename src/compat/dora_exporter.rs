@@ -117,15 +117,7 @@ pub static TOOL: Tool = Tool {
                 body: Body::JsonHas(r#"{"status": "queued"}"#),
             }],
         },
-        Endpoint {
-            method: "GET",
-            path: "/metrics",
-            responses: &[Response {
-                status: 200,
-                when: "always",
-                body: Body::Exposition,
-            }],
-        },
+        super::METRICS,
     ],
     families: &[
         Family {

@@ -160,15 +160,7 @@ pub static TOOL: Tool = Tool {
                 },
             ],
         },
-        Endpoint {
-            method: "GET",
-            path: "/metrics",
-            responses: &[Response {
-                status: 200,
-                when: "always",
-                body: Body::Exposition,
-            }],
-        },
+        super::METRICS,
     ],
     families: &[
         Family {

@@ -207,12 +207,16 @@ fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Launch, Erro
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "-m" {
-            it.next();
-        } else if !a.starts_with('-') && rest.last().is_none_or(|l: &String| !l.starts_with("--")) {
-            continue;
-        } else {
-            rest.push(a.clone());
+        match a.as_str() {
+            "-m" => {
+                it.next();
+            }
+            "--host" | "--port" => {
+                rest.push(a.clone());
+                rest.extend(it.next().cloned());
+            }
+            _ if a.starts_with('-') => rest.push(a.clone()),
+            _ => {}
         }
     }
     let flags = super::go_flags(TOOL.name, &rest, &["host", "port"], &[])?;

@@ -62,6 +62,17 @@ pub struct Response {
     pub body: Body,
 }
 
+/// `GET /metrics`, which every tool serves.
+pub const METRICS: Endpoint = Endpoint {
+    method: "GET",
+    path: "/metrics",
+    responses: &[Response {
+        status: 200,
+        when: "always",
+        body: Body::Exposition,
+    }],
+};
+
 /// What a documented response body is, as the conformance test checks it.
 pub enum Body {
     /// Exactly this text, surrounding white space aside.
@@ -173,7 +184,8 @@ pub enum Error {
     #[error("{tool}: {message}")]
     Usage { tool: &'static str, message: String },
     #[error(
-        "devmetrics compat: {0:?} is not a tool devmetrics speaks for; known: spacelift-promex, github-stats-exporter, github-telemetry, dora-exporter"
+        "devmetrics compat: {0:?} is not a tool devmetrics speaks for; known: {known}",
+        known = TOOLS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
     )]
     Unknown(String),
 }

@@ -95,15 +95,7 @@ pub static TOOL: Tool = Tool {
     ],
     config_keys: &[],
     endpoints: &[
-        Endpoint {
-            method: "GET",
-            path: "/metrics",
-            responses: &[Response {
-                status: 200,
-                when: "always",
-                body: Body::Exposition,
-            }],
-        },
+        super::METRICS,
         Endpoint {
             method: "GET",
             path: "/health",

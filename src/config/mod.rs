@@ -108,8 +108,7 @@ pub struct Overrides {
 
 impl Overrides {
     pub fn set(&mut self, key: &str, value: Value, flag: &str) {
-        self.entries
-            .push((key.to_string(), value, format!("flag --{flag}")));
+        self.set_from(key, value, &format!("flag --{flag}"));
     }
 
     /// A value from somewhere other than a flag, named by `origin` in errors.

@@ -2,18 +2,12 @@
 //! `X-Atlassian-Webhook-Identifier` per delivery) whose bodies have the shape of Jira's own
 //! (`../shared/research-data/jira-webhooks/`), and `demo`'s live incidents.
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// `sha256=<hex>` of `body` under `secret`, as a Jira admin webhook signs it.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+/// `sha256=<hex>` of `body` under `secret`, as a Jira admin webhook signs it: the same
+/// value GitHub sends, in another header.
+pub use super::webhooks::signature;
 
 /// One issue as a delivery describes it.
 #[derive(Clone, Debug)]

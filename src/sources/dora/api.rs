@@ -10,12 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::sync::Arc;
 
+use super::Enqueued;
 use super::deployments::{API_EVENT, ApiDeployment};
 use crate::clock::now_unix;
 use crate::config::Secret;
 use crate::metrics;
 use crate::processors::Envelope;
-use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+use crate::queue::{self, SharedQueue, topics};
 use crate::telemetry::Outcomes;
 
 pub const PATH: &str = "/api/deployments";
@@ -100,39 +101,23 @@ impl DeploymentsApi {
             received_at: now_unix(),
             body,
         };
-        let publish = self.queue.publish_with(
-            topics::DORA_GITHUB,
-            Some(Dedupe {
-                key: &key,
-                fingerprint: Some(fingerprint),
-            }),
-            env.encode(),
-        );
-        match tokio::time::timeout(std::time::Duration::from_secs(8), publish).await {
-            Ok(Ok(Published::Published)) => self.answer(
+        match super::enqueue(&*self.queue, topics::DORA_GITHUB, &key, fingerprint, &env).await {
+            Enqueued::Accepted => self.answer(
                 StatusCode::ACCEPTED,
                 "accepted",
                 serde_json::json!({"status": "queued", "id": d.id}),
             ),
-            Ok(Ok(Published::Duplicate)) => self.answer(
+            Enqueued::Duplicate => self.answer(
                 StatusCode::OK,
                 "duplicate",
                 serde_json::json!({"status": "duplicate", "id": d.id}),
             ),
-            Ok(Ok(Published::Conflict)) => self.answer(
+            Enqueued::Conflict => self.answer(
                 StatusCode::CONFLICT,
                 "conflict",
                 serde_json::json!({"error": "this id was reported before with other content", "id": d.id}),
             ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a reported deployment could not be queued");
-                self.answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    serde_json::json!({"error": "temporarily unavailable; retry later"}),
-                )
-            }
-            Err(_) => self.answer(
+            Enqueued::Unavailable => self.answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 serde_json::json!({"error": "temporarily unavailable; retry later"}),

@@ -97,6 +97,8 @@ pub struct Shipped {
     /// Whether the pushes reached the previous deployment (or, for a first deployment, the
     /// branch's creation).
     pub complete: bool,
+    /// When the previous successful deployment happened, for [`mark_deployed`].
+    pub previous_at: Option<f64>,
 }
 
 /// The commits between the previous successful deployment of `repo` to `environment` and
@@ -138,38 +140,39 @@ pub async fn shipped(
         commits.extend(push.commits.into_iter().rev());
         cur = push.before;
     }
-    Ok(Shipped { commits, complete })
+    Ok(Shipped {
+        commits,
+        complete,
+        previous_at: prev.map(|p| p.at),
+    })
 }
 
 /// Records a successful deployment of `sha` at `at` as the latest of `repo` and
-/// `environment`, unless a newer one is recorded.
+/// `environment`, unless the one [`shipped`] found before it is newer.
 pub async fn mark_deployed(
     store: &dyn Store,
     repo: &str,
     environment: &str,
     sha: &str,
     at: f64,
+    previous_at: Option<f64>,
 ) -> Result<(), crate::store::Error> {
-    let key = format!("{}@{environment}", repo.to_ascii_lowercase());
-    let prev: Option<Deployed> = store
-        .kv_get(DEPLOYED, &key)
-        .await?
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if prev.is_none_or(|p| at > p.at) {
-        let d = Deployed {
-            sha: sha.to_string(),
-            at,
-        };
-        store
-            .kv_put(
-                DEPLOYED,
-                &key,
-                serde_json::to_vec(&d).expect("encodes"),
-                None,
-            )
-            .await?;
+    if previous_at.is_some_and(|p| p >= at) {
+        return Ok(());
     }
-    Ok(())
+    let key = format!("{}@{environment}", repo.to_ascii_lowercase());
+    let d = Deployed {
+        sha: sha.to_string(),
+        at,
+    };
+    store
+        .kv_put(
+            DEPLOYED,
+            &key,
+            serde_json::to_vec(&d).expect("encodes"),
+            None,
+        )
+        .await
 }
 
 /// The time of the commit `sha` of `repo`, from the push that brought it.

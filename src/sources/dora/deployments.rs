@@ -272,6 +272,7 @@ impl Deployments {
                 &o.environment,
                 &o.sha,
                 o.at,
+                shipped.previous_at,
             )
             .await?;
         }
@@ -316,18 +317,7 @@ impl Deployments {
 #[async_trait::async_trait]
 impl Handler for Deployments {
     async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
-        let Some(env) = Envelope::decode(&delivery.payload) else {
-            return Err(Failure::permanent(
-                "envelope",
-                "queued message is not a delivery envelope",
-            ));
-        };
-        match self.process(&env).await {
-            Ok(outcome) => {
-                self.stats.count(outcome);
-                Ok(())
-            }
-            Err(e) => Err(Failure::new(e.kind(), e)),
-        }
+        let env = super::envelope(delivery)?;
+        super::settle(&self.stats, self.process(&env).await)
     }
 }

@@ -161,26 +161,19 @@ impl Incidents {
 #[async_trait::async_trait]
 impl Handler for Incidents {
     async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
-        let Some(env) = Envelope::decode(&delivery.payload) else {
-            return Err(Failure::permanent(
-                "envelope",
-                "queued message is not a delivery envelope",
-            ));
-        };
-        match self.process(&env).await {
-            Ok(outcome) => {
-                self.stats.count(outcome);
-                if outcome != APPLIED && outcome != UNCHANGED {
-                    tracing::debug!(
-                        delivery = %env.delivery,
-                        event = jira::event_name(&env.body).unwrap_or_default(),
-                        outcome,
-                        "Jira delivery is not an incident change"
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => Err(Failure::new(e.kind(), e)),
+        let env = super::envelope(delivery)?;
+        let processed = self.process(&env).await;
+        if let Ok(outcome) = processed
+            && outcome != APPLIED
+            && outcome != UNCHANGED
+        {
+            tracing::debug!(
+                delivery = %env.delivery,
+                event = jira::event_name(&env.body).unwrap_or_default(),
+                outcome,
+                "Jira delivery is not an incident change"
+            );
         }
+        super::settle(&self.stats, processed)
     }
 }

@@ -15,9 +15,69 @@ use std::sync::Arc;
 pub use config::DoraConfig;
 
 use crate::metrics;
-use crate::queue::topics;
+use crate::processors::Envelope;
+use crate::queue::{Dedupe, Delivery, Failure, Published, Queue, topics};
 use crate::sources::{BuildError, Component, Consumer, Context};
 use crate::telemetry::Outcomes;
+
+/// What queueing an accepted delivery came to; each receiver answers it in its own words.
+pub(crate) enum Enqueued {
+    Accepted,
+    /// The key was queued before with the same content.
+    Duplicate,
+    /// The key was queued before with other content; nothing was queued.
+    Conflict,
+    Unavailable,
+}
+
+/// Queues `env` on `topic` under the deduplication `key`, with the body's `fingerprint`,
+/// within the time a sender waits for its answer.
+pub(crate) async fn enqueue(
+    queue: &dyn Queue,
+    topic: &str,
+    key: &str,
+    fingerprint: i64,
+    env: &Envelope,
+) -> Enqueued {
+    let publish = queue.publish_with(
+        topic,
+        Some(Dedupe {
+            key,
+            fingerprint: Some(fingerprint),
+        }),
+        env.encode(),
+    );
+    match tokio::time::timeout(std::time::Duration::from_secs(8), publish).await {
+        Ok(Ok(Published::Published)) => Enqueued::Accepted,
+        Ok(Ok(Published::Duplicate)) => Enqueued::Duplicate,
+        Ok(Ok(Published::Conflict)) => Enqueued::Conflict,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, topic, "an accepted delivery could not be queued");
+            Enqueued::Unavailable
+        }
+        Err(_) => Enqueued::Unavailable,
+    }
+}
+
+/// The envelope a queued DORA delivery carries; a message that is not one never will be.
+pub(crate) fn envelope(delivery: &Delivery) -> Result<Envelope, Failure> {
+    Envelope::decode(&delivery.payload)
+        .ok_or_else(|| Failure::permanent("envelope", "queued message is not a delivery envelope"))
+}
+
+/// Counts a processed delivery's outcome; a store error is retried.
+pub(crate) fn settle(
+    stats: &Outcomes,
+    processed: Result<&'static str, crate::store::Error>,
+) -> Result<(), Failure> {
+    match processed {
+        Ok(outcome) => {
+            stats.count(outcome);
+            Ok(())
+        }
+        Err(e) => Err(Failure::new(e.kind(), e)),
+    }
+}
 
 pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     let Some(cfg) = &ctx.config.dora else {

@@ -13,11 +13,12 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::Enqueued;
 use super::config::JiraConfig;
 use crate::clock::now_unix;
 use crate::metrics;
 use crate::processors::Envelope;
-use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+use crate::queue::{self, SharedQueue, topics};
 use crate::telemetry::Outcomes;
 
 pub const PATHS: &[&str] = &["/webhooks/jira", "/api/jira"];
@@ -127,31 +128,11 @@ impl JiraReceiver {
             received_at: now_unix(),
             body,
         };
-        let publish = self.queue.publish_with(
-            topics::JIRA_WEBHOOKS,
-            Some(Dedupe {
-                key: &id,
-                fingerprint: Some(fingerprint),
-            }),
-            env.encode(),
-        );
-        match tokio::time::timeout(std::time::Duration::from_secs(8), publish).await {
-            Ok(Ok(Published::Published)) => self.answer(StatusCode::ACCEPTED, "accepted", "queued"),
-            Ok(Ok(Published::Duplicate)) => {
-                self.answer(StatusCode::OK, "duplicate", "duplicate delivery")
-            }
-            Ok(Ok(Published::Conflict)) => {
-                self.answer(StatusCode::OK, "conflict", "conflicting delivery")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a Jira delivery could not be queued");
-                self.answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "temporarily unavailable; retry later",
-                )
-            }
-            Err(_) => self.answer(
+        match super::enqueue(&*self.queue, topics::JIRA_WEBHOOKS, &id, fingerprint, &env).await {
+            Enqueued::Accepted => self.answer(StatusCode::ACCEPTED, "accepted", "queued"),
+            Enqueued::Duplicate => self.answer(StatusCode::OK, "duplicate", "duplicate delivery"),
+            Enqueued::Conflict => self.answer(StatusCode::OK, "conflict", "conflicting delivery"),
+            Enqueued::Unavailable => self.answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "temporarily unavailable; retry later",

@@ -13,7 +13,6 @@ use axum::routing::post;
 use hmac::{KeyInit, Mac};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{HookConfig, wire};
@@ -22,6 +21,7 @@ use crate::config::{Secret, SecretSource};
 use crate::metrics;
 use crate::processors::{Envelope, workflows};
 use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+use crate::telemetry::Outcomes;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -147,40 +147,6 @@ const OUTCOMES: &[&str] = &[
     "overloaded",
 ];
 
-#[derive(Default)]
-pub struct Stats {
-    counts: [AtomicU64; OUTCOMES.len()],
-}
-
-impl Stats {
-    fn count(&self, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn get(&self, outcome: &str) -> u64 {
-        OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .map(|i| self.counts[i].load(Ordering::Relaxed))
-            .unwrap_or(0)
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::telemetry::Collect for Stats {
-    async fn collect(&self, out: &mut crate::telemetry::Rows) {
-        for (i, o) in OUTCOMES.iter().enumerate() {
-            out.number(
-                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
-                &["github", o],
-                self.counts[i].load(Ordering::Relaxed) as f64,
-            );
-        }
-    }
-}
-
 pub struct Receiver {
     /// Keyed MAC states, one per accepted secret; cloned per delivery so the key schedule is
     /// computed once.
@@ -197,7 +163,8 @@ pub struct Receiver {
     /// Events beyond the workflow ones, and the topic each is queued on (DORA's deployment
     /// statuses when that source is enabled).
     routes: Vec<(&'static str, &'static str)>,
-    pub stats: Arc<Stats>,
+    /// `devmetrics_webhook_deliveries_total{source="github",outcome}`.
+    pub stats: Arc<Outcomes>,
 }
 
 impl Receiver {
@@ -238,7 +205,11 @@ impl Receiver {
             queue,
             repos: config.repos.clone(),
             routes,
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Outcomes::new(
+                metrics::DEVMETRICS_WEBHOOK_DELIVERIES_TOTAL,
+                "github",
+                OUTCOMES,
+            )),
         })
     }
 
