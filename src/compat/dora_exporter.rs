@@ -7,7 +7,8 @@ use serde_yaml::Value;
 
 use super::{Body, Endpoint, Error, Family, Kind, Launch, Mapping, Plan, Response, Status, Tool};
 
-const LABELS: &[&str] = &["repo", "environment", "team", "status"];
+/// The README's four labels and its variant's `redeployment`, which its v2 dashboard queries.
+const LABELS: &[&str] = &["repo", "environment", "team", "status", "redeployment"];
 
 pub static TOOL: Tool = Tool {
     name: "dora-exporter",
@@ -45,8 +46,8 @@ pub static TOOL: Tool = Tool {
         },
         Mapping {
             old: "BACKSTAGE_TOKEN",
-            new: "",
-            note: "accepted; the Backstage catalog is not part of this build, teams come from the static list",
+            new: "dora.catalog.token",
+            note: "when catalog.token is not set in the file",
         },
         Mapping {
             old: "GITHUB_WEBHOOK_SECRET",
@@ -87,8 +88,8 @@ pub static TOOL: Tool = Tool {
         },
         Mapping {
             old: "catalog.mode: backstage, catalog.endpoint, catalog.token",
-            new: "",
-            note: "not part of this build: teams come from the static list, with a warning",
+            new: "dora.catalog",
+            note: "read in the background every dora.catalog.refresh_interval (5m), never once per webhook; a base path in the endpoint is kept; the static teams list is asked first",
         },
     ],
     endpoints: &[
@@ -167,7 +168,9 @@ pub static TOOL: Tool = Tool {
 - **Deliveries are durable before they are answered** (a crash loses nothing) and are verified when a secret is configured (the old exporter verified nothing). Started as `dora-exporter` without secrets, devmetrics keeps accepting unsigned deliveries so nothing stops on the switch, and says so at start.
 - **State lives in devmetrics' store;** the old snapshot (`storage.file.path`) is imported once, on first start, so `github_deployments_total`, `jira_incidents` and `jira_incidents_duration_sum` continue from their values.
 - **Lead time from GitHub's own times.** `github_deployments_duration` runs from the first change a deployment ships (its oldest commit, learned from `push` deliveries) to the status's `created_at`, never to the arrival, and is absent rather than 9.22e9 s when no commit time is known; no GitHub API call is made. Each commit a successful production deployment ships is also observed once in `dora_change_lead_time_seconds{team}`, for medians.
-- **Not yet:** the `redeployment` label, the compare and pull-request API fallbacks for deployments whose pushes were not seen, the Backstage catalog.
+- **`redeployment`** is the deployment payload's own flag when it sets one (as the variant read it), else `true` when the commit was deployed to that environment successfully before, so the dashboard's `redeployment="false"` panels work for GitHub Actions deployments too (whose payload is `{}`).
+- **The Backstage catalog is cached:** read whole in the background, kept across restarts, asked only for repositories the static list does not name; the endpoint's base path is kept.
+- **The four keys per team** (`dora_deployment_frequency_per_day`, `dora_lead_time_median_seconds`, `dora_change_failure_rate`, `dora_failed_deployment_recovery_median_seconds`, `dora_performance_level`, per 7d/30d/90d window) come from an event log, so the dashboard's ratios are no longer needed; see `docs/sources/dora.md`.
 "#,
     parse,
 };
@@ -282,7 +285,26 @@ fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Launch, Erro
         .and_then(Value::as_str)
         .unwrap_or("static");
     if catalog.eq_ignore_ascii_case("backstage") {
-        plan.warnings.push("catalog.mode backstage is not part of this build: teams come from the static teams list, others are Unknown".into());
+        let c = old.get("catalog");
+        let get = |k: &str| c.and_then(|c| c.get(k)).and_then(Value::as_str);
+        let from = format!("{origin} catalog");
+        o.set_from(
+            "dora.catalog.mode",
+            Value::String("backstage".into()),
+            &from,
+        );
+        if let Some(e) = get("endpoint") {
+            o.set_from("dora.catalog.endpoint", Value::String(e.into()), &from);
+        }
+        match get("token").filter(|t| !t.is_empty()) {
+            Some(t) => o.set_from("dora.catalog.token", Value::String(t.into()), &from),
+            None if has("BACKSTAGE_TOKEN") => o.set_from(
+                "dora.catalog.token",
+                Value::String(env["BACKSTAGE_TOKEN"].clone()),
+                "environment",
+            ),
+            None => {}
+        }
     }
     Ok(Launch::Serve(plan))
 }

@@ -88,6 +88,10 @@ fn jira_sender(config: &mut Config, seed: u64) -> tokio_util::sync::DropGuard {
             import_snapshot: None,
             production_environments: vec!["production".into()],
             deployments_api_token: None,
+            backstage: None,
+            failed_deployments_are_failures: true,
+            github_incident_label: Some("incident".into()),
+            four_keys_interval: std::time::Duration::from_secs(5),
         });
     }
     let sender = super::jira::Sender::new(

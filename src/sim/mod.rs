@@ -5,6 +5,7 @@
 //! [`FakeServer`] is the shared frame: it counts requests per endpoint and applies the fault
 //! knobs in [`Faults`]; each upstream's fake supplies only its router and its data.
 
+pub mod backstage;
 pub mod chaos;
 pub mod demo;
 pub mod github;

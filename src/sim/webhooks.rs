@@ -464,3 +464,118 @@ pub fn push_payload(repo: &str, before: &str, after: &str, commits: &[(String, f
     }))
     .expect("payload encodes")
 }
+
+/// One pull request as its deliveries describe it.
+#[derive(Clone, Debug)]
+pub struct PullRequest {
+    /// `owner/name`.
+    pub repo: String,
+    pub number: u64,
+    pub author: String,
+    pub head_sha: String,
+    pub opened_at: f64,
+    /// With the merge commit.
+    pub merged: Option<(f64, String)>,
+}
+
+fn pull_request_json(p: &PullRequest) -> serde_json::Value {
+    let t = |x: f64| crate::timestamp::format_rfc3339_secs(x as i64);
+    serde_json::json!({
+        "url": format!("https://api.github.com/repos/{}/pulls/{}", p.repo, p.number),
+        "id": 279147437 + p.number,
+        "number": p.number,
+        "state": if p.merged.is_some() { "closed" } else { "open" },
+        "title": format!("Change {}", p.number),
+        "user": {"login": p.author, "type": "User"},
+        "created_at": t(p.opened_at),
+        "updated_at": t(p.merged.as_ref().map_or(p.opened_at, |m| m.0)),
+        "closed_at": p.merged.as_ref().map(|m| t(m.0)),
+        "merged_at": p.merged.as_ref().map(|m| t(m.0)),
+        "merge_commit_sha": p.merged.as_ref().map(|m| m.1.clone()),
+        "merged": p.merged.is_some(),
+        "draft": false,
+        "head": {"ref": format!("change-{}", p.number), "sha": p.head_sha},
+        "base": {"ref": "main"},
+    })
+}
+
+fn repository_json(repo: &str) -> serde_json::Value {
+    let (owner, name) = repo.split_once('/').unwrap_or(("acme", repo));
+    serde_json::json!({"id": 186853002, "name": name, "full_name": repo, "owner": {"login": owner}})
+}
+
+/// A `pull_request` delivery (`opened`, or `closed` once merged), shaped like GitHub's own
+/// (`../shared/research-data/github-webhooks/pull_request/`).
+pub fn pull_request_payload(p: &PullRequest) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "action": if p.merged.is_some() { "closed" } else { "opened" },
+        "number": p.number,
+        "pull_request": pull_request_json(p),
+        "repository": repository_json(&p.repo),
+        "sender": {"login": p.author, "type": "User"},
+    }))
+    .expect("payload encodes")
+}
+
+/// A `pull_request_review` delivery: `reviewer` submitted a review at `at`.
+pub fn review_payload(p: &PullRequest, reviewer: &str, state: &str, at: f64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "action": "submitted",
+        "review": {
+            "id": 80 + p.number,
+            "user": {"login": reviewer, "type": "User"},
+            "state": state,
+            "submitted_at": crate::timestamp::format_rfc3339_secs(at as i64),
+            "commit_id": p.head_sha,
+        },
+        "pull_request": pull_request_json(p),
+        "repository": repository_json(&p.repo),
+        "sender": {"login": reviewer, "type": "User"},
+    }))
+    .expect("payload encodes")
+}
+
+/// An `issues` delivery for issue `number` of `repo` with `labels`, open or closed at
+/// `closed_at`; `updated_at` orders the deliveries.
+pub fn issue_payload(
+    repo: &str,
+    number: u64,
+    labels: &[&str],
+    created_at: f64,
+    closed_at: Option<f64>,
+    updated_at: f64,
+) -> Vec<u8> {
+    let t = |x: f64| crate::timestamp::format_rfc3339_secs(x as i64);
+    serde_json::to_vec(&serde_json::json!({
+        "action": if closed_at.is_some() { "closed" } else { "opened" },
+        "issue": {
+            "url": format!("https://api.github.com/repos/{repo}/issues/{number}"),
+            "id": 444500041 + number,
+            "number": number,
+            "title": "Checkout is down",
+            "user": {"login": "oncall", "type": "User"},
+            "labels": labels.iter().map(|l| serde_json::json!({"name": l, "color": "d73a4a"})).collect::<Vec<_>>(),
+            "state": if closed_at.is_some() { "closed" } else { "open" },
+            "created_at": t(created_at),
+            "updated_at": t(updated_at),
+            "closed_at": closed_at.map(t),
+        },
+        "repository": repository_json(repo),
+        "sender": {"login": "oncall", "type": "User"},
+    }))
+    .expect("payload encodes")
+}
+
+/// A push like [`push_payload`] to another branch.
+pub fn push_to_branch(
+    repo: &str,
+    branch: &str,
+    before: &str,
+    after: &str,
+    commits: &[(String, f64)],
+) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&push_payload(repo, before, after, commits)).expect("push json");
+    v["ref"] = serde_json::json!(format!("refs/heads/{branch}"));
+    serde_json::to_vec(&v).expect("payload encodes")
+}

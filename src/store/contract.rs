@@ -16,6 +16,7 @@ pub async fn run(store: SharedStore, lease: Arc<dyn Lease>) {
     apply_each_once_applies_each_key_at_most_once(&*store).await;
     wrong_operations_are_refused(&*store).await;
     kv_round_trips_deletes_and_expires(&*store).await;
+    kv_scans_by_prefix(&*store).await;
     gc_forgets_keys_past_retention(&*store).await;
     gauge_members_leave_exactly_what_they_entered(&*store).await;
     gauge_members_expire(&*store).await;
@@ -209,6 +210,72 @@ pub async fn wrong_operations_are_refused(store: &dyn Store) {
         .expect_err("a counter takes no observation");
     assert_eq!(err.kind(), "wrong_kind");
     assert!(!err.is_transient());
+}
+
+pub async fn kv_scans_by_prefix(store: &dyn Store) {
+    for (k, v) in [
+        ("log:b", "2"),
+        ("log:a", "1"),
+        ("log:c%_", "3"),
+        ("other", "x"),
+    ] {
+        store
+            .kv_put("contract.scan", k, v.as_bytes().to_vec(), None)
+            .await
+            .expect("put");
+    }
+    store
+        .kv_put("contract.scan2", "log:z", b"elsewhere".to_vec(), None)
+        .await
+        .expect("put");
+    store
+        .kv_put(
+            "contract.scan",
+            "log:gone",
+            b"short".to_vec(),
+            Some(Duration::from_millis(50)),
+        )
+        .await
+        .expect("put");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let all = store
+        .kv_scan("contract.scan", "log:", 100)
+        .await
+        .expect("scan");
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["log:a", "log:b", "log:c%_"],
+        "in key order, expired and other namespaces left out"
+    );
+    assert_eq!(all[0].1, b"1");
+    let first = store
+        .kv_scan("contract.scan", "log:", 2)
+        .await
+        .expect("scan");
+    assert_eq!(first.len(), 2, "the limit holds");
+    assert!(
+        store
+            .kv_scan("contract.scan", "log:c%", 10)
+            .await
+            .expect("scan")
+            .len()
+            == 1,
+        "a prefix holding LIKE's wildcards is literal"
+    );
+    store
+        .kv_delete("contract.scan", "log:a")
+        .await
+        .expect("delete");
+    assert_eq!(
+        store
+            .kv_scan("contract.scan", "", 100)
+            .await
+            .expect("scan")
+            .len(),
+        3,
+        "a deleted key leaves the scan"
+    );
 }
 
 pub async fn kv_round_trips_deletes_and_expires(store: &dyn Store) {

@@ -142,6 +142,15 @@ pub trait Store: Send + Sync {
         ttl: Option<Duration>,
     ) -> Result<(), Error>;
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error>;
+    /// The live entries of `ns` whose keys start with `prefix`, in key order, at most `limit`:
+    /// an append-only log kept as one entry per event, written by any process without a
+    /// read-modify-write, is read back whole.
+    async fn kv_scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error>;
 
     /// Forgets idempotency keys older than `retention.keys` and expired kv entries, and takes
     /// gauge members that entered longer than `retention.members` ago off their series (a

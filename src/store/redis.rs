@@ -16,7 +16,8 @@
 //! moves, so an idle refresh is one `GET`; `:keys` sorted set of applied
 //! idempotency keys (16 bytes of their SHA-256) by time; `:m:<member>` a gauge member's
 //! `scope\nfamily\nlabels`, `:members` members by entry time, `:ms:<scope>` a scope's
-//! members; `:kv:<ns>:<key>` kv entries with their TTL; `:lease:<name>` lease holders;
+//! members; `:kv:<ns>:<key>` kv entries with their TTL and `:kvidx:<ns>` a namespace's keys by
+//! expiry time (for `kv_scan`); `:lease:<name>` lease holders;
 //! `:dd` hash and `:dd:at` sorted set of the queue's deduplication keys (16 bytes of the
 //! SHA-256 of `topic\nkey` → fingerprint, and by time), see [`DEDUPE_RECORD`].
 
@@ -234,7 +235,23 @@ if not h[1] or tonumber(h[3]) <= now then return false end
 return {h[1], tonumber(h[2]), tonumber(h[3])}
 "#;
 
-/// KEYS: the lease, the kv entry. ARGV: holder, fence, value, ttl ms (0: none).
+/// KEYS: the kv entry, its namespace's index. ARGV: value, ttl ms (0: none), key in the
+/// namespace. The index scores each key by its expiry (ms), so a scan skips expired ones.
+const KV_PUT: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], '+inf', ARGV[3])
+end
+return 1
+"#;
+
+/// KEYS: the lease, the kv entry, its namespace's index. ARGV: holder, fence, value, ttl ms
+/// (0: none), key in the namespace.
 const PUT_FENCED: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -242,8 +259,10 @@ local h = redis.call('HMGET', KEYS[1], 'holder', 'fence', 'exp')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or tonumber(h[3]) <= now then return 0 end
 if tonumber(ARGV[4]) > 0 then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5])
 else
   redis.call('SET', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], '+inf', ARGV[5])
 end
 return 1
 "#;
@@ -271,6 +290,7 @@ return #ids
 "#;
 
 struct Scripts {
+    kv_put: Script,
     put_fenced: Script,
     dedupe_record: Script,
     dedupe_forget: Script,
@@ -297,6 +317,7 @@ impl Scripts {
             renew: Script::new(RENEW),
             holder: Script::new(HOLDER),
             put_fenced: Script::new(PUT_FENCED),
+            kv_put: Script::new(KV_PUT),
         }
     }
 }
@@ -583,6 +604,10 @@ impl RedisStore {
 
     fn kv_key(&self, ns: &str, key: &str) -> String {
         self.key(&format!("kv:{ns}:{key}"))
+    }
+
+    fn kv_index(&self, ns: &str) -> String {
+        self.key(&format!("kvidx:{ns}"))
     }
 
     /// Runs `f` against Redis within [`TIMEOUT`], recording the outcome for `health`.
@@ -1006,19 +1031,57 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
         let mut c = self.conn();
-        let k = self.kv_key(ns, key);
-        match ttl {
-            Some(t) => {
-                let ms = (t.as_millis() as u64).max(1);
-                self.run(c.pset_ex::<_, _, ()>(k, value, ms)).await
-            }
-            None => self.run(c.set::<_, _, ()>(k, value)).await,
-        }
+        let mut inv = self.scripts.kv_put.prepare_invoke();
+        inv.key(self.kv_key(ns, key))
+            .key(self.kv_index(ns))
+            .arg(value)
+            .arg(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)))
+            .arg(key);
+        self.run(inv.invoke_async::<i64>(&mut c)).await.map(|_| ())
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<(), Error> {
         let mut c = self.conn();
-        self.run(c.del::<_, ()>(self.kv_key(ns, key))).await
+        let mut p = redis::pipe();
+        p.atomic()
+            .del(self.kv_key(ns, key))
+            .ignore()
+            .zrem(self.kv_index(ns), key)
+            .ignore();
+        self.run(p.query_async::<()>(&mut c)).await
+    }
+
+    async fn kv_scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut c = self.conn();
+        let index = self.kv_index(ns);
+        let now_ms = (now_unix() * 1000.0) as i64;
+        // Expired keys leave the index here (and in `gc`): their entries are already gone.
+        self.run(c.zrembyscore::<_, _, _, ()>(&index, "-inf", format!("({now_ms}")))
+            .await?;
+        let mut keys: Vec<String> = self.run(c.zrangebyscore(&index, now_ms, "+inf")).await?;
+        keys.retain(|k| k.starts_with(prefix));
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len().min(limit));
+        for chunk in keys.chunks(500) {
+            if out.len() >= limit {
+                break;
+            }
+            let names: Vec<String> = chunk.iter().map(|k| self.kv_key(ns, k)).collect();
+            let values: Vec<Option<Vec<u8>>> = self.run(c.mget(names)).await?;
+            for (k, v) in chunk.iter().zip(values) {
+                if let Some(v) = v
+                    && out.len() < limit
+                {
+                    out.push((k.clone(), v));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn gc(&self, retention: &Retention) -> Result<u64, Error> {
@@ -1039,9 +1102,29 @@ impl Store for RedisStore {
             self.mirror(writes, gens);
             total += m + k;
             if (m as usize) < GC_BATCH && (k as usize) < GC_BATCH {
-                return Ok(total);
+                break;
             }
         }
+        // Each namespace's index forgets its expired keys (a namespace never scanned too).
+        let mut c = self.conn();
+        let pattern = self.key("kvidx:*");
+        let indexes: Vec<String> = self
+            .run(async {
+                let mut it = c.scan_match::<_, String>(&pattern).await?;
+                let mut out = Vec::new();
+                while let Some(k) = it.next_item().await {
+                    out.push(k?);
+                }
+                Ok(out)
+            })
+            .await?;
+        let cutoff = format!("({}", (now * 1000.0) as i64);
+        for index in indexes {
+            let mut c = self.conn();
+            self.run(c.zrembyscore::<_, _, _, ()>(&index, "-inf", &cutoff))
+                .await?;
+        }
+        Ok(total)
     }
 }
 
@@ -1130,10 +1213,12 @@ impl Lease for RedisStore {
         let mut inv = self.scripts.put_fenced.prepare_invoke();
         inv.key(self.key(&format!("lease:{name}")))
             .key(self.kv_key(ns, key))
+            .key(self.kv_index(ns))
             .arg(holder)
             .arg(fence)
             .arg(value)
-            .arg(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)));
+            .arg(ttl.map_or(0, |t| (t.as_millis() as u64).max(1)))
+            .arg(key);
         let written: i64 = self.run(inv.invoke_async(&mut c)).await?;
         Ok(written == 1)
     }

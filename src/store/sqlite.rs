@@ -443,6 +443,31 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn kv_scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let (ns, prefix) = (ns.to_string(), prefix.to_string());
+        let now = now_unix() as i64;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        Ok(self
+            .db
+            .read(move |c| {
+                // A range on the primary key rather than LIKE, whose wildcards a key may hold.
+                let mut st = c.prepare_cached(
+                    "SELECT key, value FROM kv WHERE ns = ?1 AND key >= ?2 AND substr(key, 1, length(?2)) = ?2 \
+                     AND (expires_at IS NULL OR expires_at >= ?3) ORDER BY key LIMIT ?4",
+                )?;
+                let rows = st.query_map(params![ns, prefix, now, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                rows.collect()
+            })
+            .await?)
+    }
+
     async fn gc(&self, retention: &Retention) -> Result<u64, Error> {
         let now = now_unix();
         let key_cutoff = now as i64 - retention.keys.as_secs() as i64;

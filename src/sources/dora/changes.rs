@@ -12,6 +12,11 @@ use crate::store::Store;
 
 const PUSHES: &str = "dora.pushes";
 const DEPLOYED: &str = "dora.deployed";
+/// Every commit deployed successfully, per repository and environment: a later deployment
+/// of one is a redeployment.
+const DEPLOYED_SHAS: &str = "dora.deployed_shas";
+/// `deployment` deliveries: a deployment's commit, environment and creation time.
+const DEPLOYMENTS: &str = "dora.deployments";
 /// How long a push is remembered: the longest lead time that can still be measured.
 const KEEP: Duration = Duration::from_secs(180 * 86_400);
 /// Pushes walked back for one deployment at most.
@@ -187,4 +192,202 @@ pub async fn commit_time(
         .await?
         .and_then(|b| serde_json::from_slice::<Push>(&b).ok())
         .and_then(|p| p.commits.iter().find(|(s, _)| s == sha).map(|(_, t)| *t)))
+}
+
+/// Whether `sha` was deployed successfully to `environment` before `at`.
+pub async fn deployed_before(
+    store: &dyn Store,
+    repo: &str,
+    environment: &str,
+    sha: &str,
+    at: f64,
+) -> Result<bool, crate::store::Error> {
+    let key = sha_key(repo, environment, sha);
+    Ok(store
+        .kv_get(DEPLOYED_SHAS, &key)
+        .await?
+        .and_then(|b| serde_json::from_slice::<f64>(&b).ok())
+        .is_some_and(|first| first < at))
+}
+
+fn sha_key(repo: &str, environment: &str, sha: &str) -> String {
+    format!(
+        "{}@{}@{sha}",
+        repo.to_ascii_lowercase(),
+        environment.to_ascii_lowercase()
+    )
+}
+
+/// Records that `sha` was deployed successfully at `at` (the earliest time kept).
+pub async fn mark_sha_deployed(
+    store: &dyn Store,
+    repo: &str,
+    environment: &str,
+    sha: &str,
+    at: f64,
+) -> Result<(), crate::store::Error> {
+    let key = sha_key(repo, environment, sha);
+    let first = store
+        .kv_get(DEPLOYED_SHAS, &key)
+        .await?
+        .and_then(|b| serde_json::from_slice::<f64>(&b).ok());
+    if first.is_some_and(|f| f <= at) {
+        return Ok(());
+    }
+    store
+        .kv_put(
+            DEPLOYED_SHAS,
+            &key,
+            serde_json::to_vec(&at).expect("encodes"),
+            Some(KEEP),
+        )
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentEvent {
+    deployment: Option<DeploymentWire>,
+    repository: Option<Repository>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentWire {
+    id: Option<u64>,
+    sha: Option<String>,
+    environment: Option<String>,
+    created_at: Option<String>,
+}
+
+/// A deployment as its `deployment` delivery states it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Created {
+    pub id: u64,
+    pub sha: String,
+    pub environment: String,
+    pub at: f64,
+}
+
+pub fn read_deployment(body: &[u8]) -> Option<(String, Created)> {
+    let e: DeploymentEvent = serde_json::from_slice(body).ok()?;
+    let d = e.deployment?;
+    Some((
+        e.repository?.full_name?.to_ascii_lowercase(),
+        Created {
+            id: d.id?,
+            sha: d.sha?,
+            environment: d.environment.unwrap_or_default(),
+            at: crate::timestamp::parse_rfc3339(&d.created_at?)?,
+        },
+    ))
+}
+
+/// Keeps a created deployment, so its statuses and the status page can name its commit.
+pub async fn record_deployment(
+    store: &dyn Store,
+    repo: &str,
+    d: &Created,
+) -> Result<(), crate::store::Error> {
+    store
+        .kv_put(
+            DEPLOYMENTS,
+            &format!("{repo}#{}", d.id),
+            serde_json::to_vec(d).expect("encodes"),
+            Some(KEEP),
+        )
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueEvent {
+    issue: Option<Issue>,
+    repository: Option<Repository>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Issue {
+    number: Option<u64>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    closed_at: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    labels: Vec<Label>,
+    /// Pull requests are issues too; they are never incidents.
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Label {
+    name: Option<String>,
+}
+
+/// An `issues` delivery as an incident observation `(repository, observation)`, when the
+/// issue carries `label` (Four Keys' way of marking incidents): created at its creation,
+/// resolved when closed, ordered by its update time.
+pub fn read_issue(body: &[u8], label: &str) -> Option<(String, super::jira::Observation)> {
+    let e: IssueEvent = serde_json::from_slice(body).ok()?;
+    let i = e.issue?;
+    if i.pull_request.is_some()
+        || !i.labels.iter().any(|l| {
+            l.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(label))
+        })
+    {
+        return None;
+    }
+    let repo = e.repository?.full_name?;
+    let created = crate::timestamp::parse_rfc3339(i.created_at.as_deref()?)?;
+    let resolved = match i.state.as_deref() {
+        Some("closed") => Some(
+            i.closed_at
+                .as_deref()
+                .and_then(crate::timestamp::parse_rfc3339)?,
+        ),
+        _ => None,
+    };
+    let at = i
+        .updated_at
+        .as_deref()
+        .and_then(crate::timestamp::parse_rfc3339)
+        .unwrap_or(created);
+    Some((
+        repo.clone(),
+        super::jira::Observation {
+            issue: format!("{}#{}", repo.to_ascii_lowercase(), i.number?),
+            project: repo,
+            created,
+            resolved,
+            at,
+        },
+    ))
+}
+
+/// The time of the oldest commit the pushes seen lead to `sha` through (a pull request's
+/// head: its first commit), walking back until a branch's creation or a push not seen.
+pub async fn oldest_commit(
+    store: &dyn Store,
+    repo: &str,
+    sha: &str,
+) -> Result<Option<f64>, crate::store::Error> {
+    let repo = repo.to_ascii_lowercase();
+    let mut oldest: Option<f64> = None;
+    let mut cur = sha.to_string();
+    for _ in 0..MAX_WALK {
+        if cur.bytes().all(|b| b == b'0') {
+            break;
+        }
+        let Some(push) = store
+            .kv_get(PUSHES, &format!("{repo}@{cur}"))
+            .await?
+            .and_then(|b| serde_json::from_slice::<Push>(&b).ok())
+        else {
+            break;
+        };
+        for (_, t) in &push.commits {
+            oldest = Some(oldest.map_or(*t, |o| o.min(*t)));
+        }
+        cur = push.before;
+    }
+    Ok(oldest)
 }

@@ -17,6 +17,32 @@ pub struct RawDora {
     #[serde(default, deserialize_with = "crate::config::raw::string_or_seq")]
     pub production_environments: Option<Vec<String>>,
     pub deployments_api: Option<RawDeploymentsApi>,
+    pub catalog: Option<RawCatalog>,
+    /// Whether a failed production deployment counts as a failed change (default true).
+    pub failed_deployments_are_failures: Option<bool>,
+    /// GitHub issues carrying this label are incidents (Four Keys' way).
+    pub github_incidents: Option<RawGithubIncidents>,
+    /// How often the four keys are recomputed from the event log.
+    pub four_keys_interval: Option<String>,
+}
+
+/// Where teams come from beyond the static list (dora-exporter's `catalog` section).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// `static` (the teams list only) or `backstage`.
+    pub mode: Option<String>,
+    /// The Backstage backend's base URL; a base path (`https://host/backstage`) is kept.
+    pub endpoint: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub refresh_interval: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGithubIncidents {
+    pub label: Option<String>,
 }
 
 /// `POST /api/deployments`, for CD tools outside GitHub.
@@ -129,6 +155,18 @@ pub struct DoraConfig {
     pub production_environments: Vec<String>,
     /// The bearer token of `POST /api/deployments`; the route exists only with one.
     pub deployments_api_token: Option<Secret>,
+    pub backstage: Option<BackstageConfig>,
+    pub failed_deployments_are_failures: bool,
+    /// The label marking GitHub issues as incidents.
+    pub github_incident_label: Option<String>,
+    pub four_keys_interval: std::time::Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackstageConfig {
+    pub endpoint: String,
+    pub token: Option<Secret>,
+    pub refresh_interval: std::time::Duration,
 }
 
 fn secret(
@@ -226,7 +264,70 @@ impl RawDora {
                 )?,
             ),
         };
+        let backstage = match self.catalog {
+            None => None,
+            Some(c) => match c.mode.as_deref().map(str::trim).unwrap_or("static") {
+                "" | "static" => None,
+                "backstage" => {
+                    let endpoint = c
+                        .endpoint
+                        .map(|e| e.trim().trim_end_matches('/').to_string())
+                        .filter(|e| !e.is_empty())
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "dora.catalog.endpoint",
+                                None,
+                                "is required with mode backstage",
+                            )
+                        })?;
+                    if reqwest::Url::parse(&endpoint).is_err() {
+                        return Err(Error::invalid(
+                            "dora.catalog.endpoint",
+                            Some(&endpoint),
+                            "is not a URL",
+                        ));
+                    }
+                    Some(BackstageConfig {
+                        endpoint,
+                        token: secret("dora.catalog.token", c.token, c.token_file, base)?,
+                        refresh_interval: crate::config::raw::duration(
+                            "dora.catalog.refresh_interval",
+                            c.refresh_interval.as_ref(),
+                            std::time::Duration::from_secs(300),
+                        )?
+                        .max(std::time::Duration::from_secs(1)),
+                    })
+                }
+                other => {
+                    return Err(Error::invalid(
+                        "dora.catalog.mode",
+                        Some(other),
+                        "is static or backstage",
+                    ));
+                }
+            },
+        };
+        let github_incident_label = match self.github_incidents {
+            None => None,
+            Some(g) => Some(
+                g.label
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| {
+                        Error::invalid("dora.github_incidents.label", None, "is required")
+                    })?,
+            ),
+        };
         Ok(Some(DoraConfig {
+            backstage,
+            failed_deployments_are_failures: self.failed_deployments_are_failures.unwrap_or(true),
+            github_incident_label,
+            four_keys_interval: crate::config::raw::duration(
+                "dora.four_keys_interval",
+                self.four_keys_interval.as_ref(),
+                std::time::Duration::from_secs(60),
+            )?
+            .max(std::time::Duration::from_secs(1)),
             deployments_api_token,
             teams: Teams(teams),
             jira,

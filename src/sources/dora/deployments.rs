@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::config::Teams;
+use super::log;
 use crate::metrics::{self, Labels, Op, Update};
 use crate::processors::Envelope;
 use crate::queue::{Delivery, Failure, Handler};
@@ -33,6 +33,19 @@ struct Deployment {
     id: Option<u64>,
     sha: Option<String>,
     environment: Option<String>,
+    /// Free-form, set by whoever created the deployment; dora-exporter's variant read its
+    /// `redeployment` flag.
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+/// The payload's own `redeployment` flag (a string or a boolean), when it sets one.
+fn redeployment_flag(payload: &serde_json::Value) -> Option<bool> {
+    match payload.get("redeployment")? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => s.trim().to_ascii_lowercase().parse().ok(),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +70,22 @@ pub struct StatusObservation {
     pub at: f64,
     /// The id a CD tool gave its deployment (`POST /api/deployments`), which keys it.
     pub client_id: Option<String>,
+    /// What the deployment's payload says of itself.
+    pub redeployment: Option<bool>,
+}
+
+impl StatusObservation {
+    /// The deployment's id in the event log.
+    pub fn log_id(&self) -> String {
+        match &self.client_id {
+            Some(id) => format!("d:api:{id}"),
+            None => format!(
+                "d:{}:{}",
+                self.repository.to_ascii_lowercase(),
+                self.deployment_id
+            ),
+        }
+    }
 }
 
 /// The envelope event of a deployment posted to `POST /api/deployments`.
@@ -77,6 +106,8 @@ pub struct ApiDeployment {
     pub status: Option<String>,
     /// When it finished (RFC 3339).
     pub finished_at: String,
+    #[serde(default)]
+    pub redeployment: Option<bool>,
 }
 
 impl ApiDeployment {
@@ -119,6 +150,7 @@ fn from_api(body: &[u8]) -> Result<StatusObservation, Rejected> {
         sha: d.sha,
         at: crate::timestamp::parse_rfc3339(&d.finished_at).ok_or(Rejected::BadDate)?,
         client_id: Some(d.id),
+        redeployment: d.redeployment,
     })
 }
 
@@ -170,6 +202,7 @@ pub fn observe(body: &[u8]) -> Result<StatusObservation, Rejected> {
         sha: d.sha.unwrap_or_default(),
         at: crate::timestamp::parse_rfc3339(at).ok_or(Rejected::BadDate)?,
         client_id: None,
+        redeployment: redeployment_flag(&d.payload),
     })
 }
 
@@ -180,16 +213,70 @@ pub const OUTCOMES: &[&str] = &[
     "chain_incomplete",
     "push",
     "push_ignored",
+    "deployment",
+    "pull_request",
+    "review",
+    "issue",
+    "ignored",
     "malformed",
     "incomplete",
     "bad_date",
 ];
 
+/// `dora_failed_changes_total{reason}`.
+pub const FAILED_BY_INCIDENT: &str = "incident";
+pub const FAILED_DEPLOYMENT: &str = "failed_deployment";
+
+/// Marks the deployment `log_id` of `team` as a failed change, once whatever marks it.
+pub fn failed_change(team: &str, log_id: &str, reason: &str) -> crate::store::Batch {
+    crate::store::Batch {
+        key: format!("failed:{log_id}"),
+        scope: SCOPE.to_string(),
+        updates: vec![Update {
+            family: metrics::DORA_FAILED_CHANGES_TOTAL,
+            labels: Labels::new(metrics::DORA_FAILED_CHANGES_TOTAL, &[team, reason])
+                .expect("two labels"),
+            op: Op::Inc(1.0),
+        }],
+    }
+}
+
+/// One failed-deployment recovery time, observed once under `key`.
+pub fn recovery(team: &str, key: &str, seconds: f64) -> crate::store::Batch {
+    crate::store::Batch {
+        key: key.to_string(),
+        scope: SCOPE.to_string(),
+        updates: vec![Update {
+            family: metrics::DORA_FAILED_DEPLOYMENT_RECOVERY_SECONDS,
+            labels: Labels::new(metrics::DORA_FAILED_DEPLOYMENT_RECOVERY_SECONDS, &[team])
+                .expect("one label"),
+            op: Op::Observe(seconds),
+        }],
+    }
+}
+
+fn change(team: &str, log_id: &str) -> crate::store::Batch {
+    crate::store::Batch {
+        key: format!("change:{log_id}"),
+        scope: SCOPE.to_string(),
+        updates: vec![Update {
+            family: metrics::DORA_CHANGES_TOTAL,
+            labels: Labels::new(metrics::DORA_CHANGES_TOTAL, &[team]).expect("one label"),
+            op: Op::Inc(1.0),
+        }],
+    }
+}
+
 pub struct Deployments {
     pub store: SharedStore,
-    pub teams: Teams,
+    pub teams: super::catalog::TeamOf,
     /// Globs naming production environments (without case).
     pub production: Vec<String>,
+    pub failed_deployments_are_failures: bool,
+    /// Incidents from GitHub issues carrying this label (without case), when set.
+    pub incident_label: Option<String>,
+    pub incidents: Arc<super::incidents::Incidents>,
+    pub prs: super::prs::PullRequests,
     pub stats: Arc<crate::telemetry::Outcomes>,
 }
 
@@ -202,14 +289,31 @@ impl Deployments {
     }
 
     pub async fn process(&self, env: &Envelope) -> Result<&'static str, crate::store::Error> {
-        if env.event == "push" {
-            return Ok(match super::changes::read_push(&env.body) {
-                Some((repo, after, push)) => {
-                    super::changes::record_push(&*self.store, &repo, &after, &push).await?;
-                    "push"
-                }
-                None => "push_ignored",
-            });
+        match env.event.as_str() {
+            "push" => {
+                return Ok(match super::changes::read_push(&env.body) {
+                    Some((repo, after, push)) => {
+                        super::changes::record_push(&*self.store, &repo, &after, &push).await?;
+                        "push"
+                    }
+                    None => "push_ignored",
+                });
+            }
+            "deployment" => {
+                return Ok(match super::changes::read_deployment(&env.body) {
+                    Some((repo, d)) => {
+                        super::changes::record_deployment(&*self.store, &repo, &d).await?;
+                        "deployment"
+                    }
+                    None => "incomplete",
+                });
+            }
+            "pull_request" | "pull_request_review" => {
+                return self.prs.record(&env.event, &env.body).await;
+            }
+            "issues" => return self.issue(&env.body).await,
+            "deployment_status" | API_EVENT => {}
+            _ => return Ok("ignored"),
         }
         let parsed = if env.event == API_EVENT {
             from_api(&env.body)
@@ -220,7 +324,21 @@ impl Deployments {
             Ok(o) => o,
             Err(r) => return Ok(r.as_str()),
         };
-        let team = self.teams.of_repository(&o.repository);
+        let team = self.teams.of_repository(&o.repository).await;
+        let team = team.as_str();
+        let redeployment = match o.redeployment {
+            Some(r) => r,
+            None => {
+                super::changes::deployed_before(
+                    &*self.store,
+                    &o.repository,
+                    &o.environment,
+                    &o.sha,
+                    o.at,
+                )
+                .await?
+            }
+        };
         let labels = Labels::new(
             metrics::GITHUB_DEPLOYMENTS_TOTAL,
             &[
@@ -228,33 +346,62 @@ impl Deployments {
                 o.environment.as_str(),
                 team,
                 o.state.as_str(),
+                if redeployment { "true" } else { "false" },
             ],
         )
-        .expect("four label values for four names");
+        .expect("five label values for five names");
         let mut outcome = "applied";
+        let production = self.is_production(&o.environment);
+        let success = o.state == "success";
+        let failure = matches!(o.state.as_str(), "failure" | "error");
+        let log_id = o.log_id();
+        let target = format!(
+            "{}@{}",
+            o.repository.to_ascii_lowercase(),
+            o.environment.to_ascii_lowercase()
+        );
         // What a successful production deployment ships, each commit's lead time once (by
         // its sha: a redeploy ships nothing new), applied before the deployment is recorded
         // as the latest, so a crash in between repeats the walk and the keys absorb it.
         let mut first_commit = None;
-        let production_success = o.state == "success" && self.is_production(&o.environment);
-        if production_success {
+        let mut previous_at = None;
+        let mut batches = Vec::new();
+        if success {
+            super::changes::mark_sha_deployed(
+                &*self.store,
+                &o.repository,
+                &o.environment,
+                &o.sha,
+                o.at,
+            )
+            .await?;
+        }
+        if production && success {
             let shipped =
                 super::changes::shipped(&*self.store, &o.repository, &o.environment, &o.sha)
                     .await?;
             if !shipped.complete {
                 outcome = "chain_incomplete";
             }
+            previous_at = shipped.previous_at;
             let lead_labels = Labels::new(metrics::DORA_CHANGE_LEAD_TIME_SECONDS, &[team])
                 .expect("one label value for one name");
-            let mut batches = Vec::new();
             for (sha, t) in &shipped.commits {
                 first_commit = Some(first_commit.map_or(*t, |f: f64| f.min(*t)));
                 let lead = o.at - t;
                 if lead < 0.0 {
                     continue;
                 }
+                let key = format!("{}:{sha}", o.repository.to_ascii_lowercase());
+                log::put(
+                    &*self.store,
+                    team,
+                    &format!("c:{key}"),
+                    &log::Entry::Change { at: o.at, lead },
+                )
+                .await?;
                 batches.push(crate::store::Batch {
-                    key: format!("lead:{}:{sha}", o.repository.to_ascii_lowercase()),
+                    key: format!("lead:{key}"),
                     scope: SCOPE.to_string(),
                     updates: vec![Update {
                         family: metrics::DORA_CHANGE_LEAD_TIME_SECONDS,
@@ -263,16 +410,57 @@ impl Deployments {
                     }],
                 });
             }
-            if !batches.is_empty() {
-                self.store.apply_each_once(batches).await?;
+            batches.extend(
+                self.prs
+                    .shipped(&o.repository, team, o.at, &shipped.commits, &o.sha)
+                    .await?,
+            );
+        }
+        if production && (success || failure) {
+            log::put(
+                &*self.store,
+                team,
+                &log_id,
+                &log::Entry::Deployment {
+                    at: o.at,
+                    success,
+                    target: target.clone(),
+                },
+            )
+            .await?;
+            if success {
+                batches.push(change(team, &log_id));
+                let ds = log::deployments(&*self.store, team).await?;
+                for f in log::recovered_by(&ds, &target, o.at) {
+                    batches.push(recovery(team, &format!("recovered:{}", f.id), o.at - f.at));
+                }
+            } else {
+                if self.failed_deployments_are_failures {
+                    batches.push(change(team, &log_id));
+                    batches.push(failed_change(team, &log_id, FAILED_DEPLOYMENT));
+                }
+                // A failure delivered after the deployment that fixed it.
+                let ds = log::deployments(&*self.store, team).await?;
+                if let Some(fix) = log::recovering(&ds, &target, o.at) {
+                    batches.push(recovery(
+                        team,
+                        &format!("recovered:{log_id}"),
+                        fix.at - o.at,
+                    ));
+                }
             }
+        }
+        if !batches.is_empty() {
+            self.store.apply_each_once(batches).await?;
+        }
+        if production && success {
             super::changes::mark_deployed(
                 &*self.store,
                 &o.repository,
                 &o.environment,
                 &o.sha,
                 o.at,
-                shipped.previous_at,
+                previous_at,
             )
             .await?;
         }
@@ -311,6 +499,21 @@ impl Deployments {
             Applied::Applied => outcome,
             Applied::Duplicate => "duplicate",
         })
+    }
+
+    /// An `issues` delivery: an incident while it carries the incident label.
+    async fn issue(&self, body: &[u8]) -> Result<&'static str, crate::store::Error> {
+        let Some(label) = &self.incident_label else {
+            return Ok("ignored");
+        };
+        let Some((repo, obs)) = super::changes::read_issue(body, label) else {
+            return Ok("ignored");
+        };
+        let team = self.teams.of_repository(&repo).await;
+        self.incidents
+            .observe(obs, super::incidents::GITHUB, &team)
+            .await?;
+        Ok("issue")
     }
 }
 

@@ -1,12 +1,17 @@
-//! DORA: deployments from GitHub's deployment statuses and incidents from Jira webhooks,
-//! per team (dora-exporter's families, each computed from the events' own times).
+//! DORA: deployments from GitHub's deployment statuses (and CD tools), changes from pushes
+//! and pull requests, incidents from Jira webhooks and labelled GitHub issues, per team
+//! (dora-exporter's families and the four keys, each computed from the events' own times).
 
 pub mod api;
+pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod deployments;
 pub mod incidents;
 pub mod jira;
+pub mod keys;
+pub mod log;
+pub mod prs;
 pub mod receiver;
 pub mod snapshot;
 
@@ -84,6 +89,17 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
+    let backstage = cfg.backstage.clone().map(|b| {
+        let b = catalog::Backstage::new(b, ctx.store.clone());
+        c.collectors.push(b.stats.clone());
+        b.clone().run(ctx.shutdown.clone());
+        b
+    });
+    let teams = catalog::TeamOf {
+        teams: cfg.teams.clone(),
+        backstage,
+    };
+    let incidents = Arc::new(incidents::Incidents::new(ctx.store.clone(), teams.clone()));
     // Deployment statuses arrive through the GitHub receiver (its secret verifies them),
     // which queues them on their own topic when this source is enabled.
     let stats = Arc::new(Outcomes::new(
@@ -96,13 +112,28 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         topic: topics::DORA_GITHUB.to_string(),
         handler: Arc::new(deployments::Deployments {
             store: ctx.store.clone(),
-            teams: cfg.teams.clone(),
+            teams: teams.clone(),
             production: cfg.production_environments.clone(),
+            failed_deployments_are_failures: cfg.failed_deployments_are_failures,
+            incident_label: cfg.github_incident_label.clone(),
+            incidents: incidents.clone(),
+            prs: prs::PullRequests {
+                store: ctx.store.clone(),
+            },
             stats,
         }),
         count: 1,
     });
     c.scopes.push(deployments::SCOPE.to_string());
+    c.scopes.push(incidents::SCOPE.to_string());
+    c.scopes.push(keys::SCOPE.to_string());
+    c.pollers.push(Arc::new(keys::FourKeys {
+        store: ctx.store.clone(),
+        teams: teams.names(),
+        interval: cfg.four_keys_interval,
+        clock: ctx.clock.clone(),
+        failed_deployments_are_failures: cfg.failed_deployments_are_failures,
+    }));
     if ctx.config.webhooks.github.is_none() {
         tracing::warn!(
             "dora is enabled without webhooks.github: deployment statuses arrive through the GitHub receiver, so none will be counted"
@@ -143,16 +174,13 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         c.collectors.push(stats.clone());
         c.consumers.push(Consumer {
             topic: topics::JIRA_WEBHOOKS.to_string(),
-            handler: Arc::new(incidents::Incidents {
-                store: ctx.store.clone(),
+            handler: Arc::new(incidents::JiraIncidents {
+                incidents: incidents.clone(),
                 config: jira.clone(),
-                teams: cfg.teams.clone(),
                 stats,
-                serial: tokio::sync::Mutex::new(()),
             }),
             count: 1,
         });
-        c.scopes.push(incidents::SCOPE.to_string());
     }
     Ok(Some(c))
 }

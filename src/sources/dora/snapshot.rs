@@ -88,19 +88,37 @@ pub fn updates(text: &str) -> (BTreeMap<&'static str, Vec<Update>>, BTreeMap<Str
             "github_deployments_total" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_TOTAL,
-                vec![get("repo"), get("environment"), get("team"), get("status")],
+                vec![
+                    get("repo"),
+                    get("environment"),
+                    get("team"),
+                    get("status"),
+                    get("redeployment"),
+                ],
                 Op::Inc(v),
             ),
             "github_deployments_duration" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_DURATION,
-                vec![get("repo"), get("environment"), get("team"), get("status")],
+                vec![
+                    get("repo"),
+                    get("environment"),
+                    get("team"),
+                    get("status"),
+                    get("redeployment"),
+                ],
                 Op::Set(v),
             ),
             "github_deployments_duration_sum" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_DURATION_SUM,
-                vec![get("repo"), get("environment"), get("team"), get("status")],
+                vec![
+                    get("repo"),
+                    get("environment"),
+                    get("team"),
+                    get("status"),
+                    get("redeployment"),
+                ],
                 Op::Add(v),
             ),
             "jira_incidents" => (

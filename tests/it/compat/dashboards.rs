@@ -8,14 +8,6 @@ use super::*;
 /// one of them appears (move it out) or when anything else is missing.
 const NOT_YET: &[(&str, &str)] = &[
     (
-        "github_deployments_total",
-        "served, but without the redeployment label DORA v2's panels filter on (dora-exporter's later variant)",
-    ),
-    (
-        "github_deployments_duration_sum",
-        "served, but without the redeployment label DORA v2's panels filter on (dora-exporter's later variant)",
-    ),
-    (
         "total_active_users",
         "the Copilot source is not part of this build",
     ),

@@ -139,15 +139,16 @@ async fn dora_exporter_command_serves_its_endpoints_families_and_snapshot() {
     check_exposition(tool(), &text, &om);
     check_get_endpoints(tool(), &base).await;
     let text = get(&format!("{base}/metrics"), None).await.unwrap().1;
-    // The snapshot's counters continue; new events add to them.
+    // The snapshot's counters continue (an empty redeployment label is Prometheus' absent
+    // one, so the old series go on); new events add to them.
     for line in [
-        "github_deployments_total{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"success\"} 2",
-        "github_deployments_total{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"in_progress\"} 2",
-        "github_deployments_total{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\"} 1",
+        "github_deployments_total{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"success\",redeployment=\"\"} 2",
+        "github_deployments_total{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"in_progress\",redeployment=\"\"} 2",
+        "github_deployments_total{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\",redeployment=\"false\"} 1",
         "jira_incidents{project=\"PLATFORM\",team=\"platform\"} 4",
         "jira_incidents_duration_sum{project=\"PLATFORM\",team=\"platform\"} 9000",
-        "github_deployments_duration{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"success\"} 2677.657175116",
-        "github_deployments_duration{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\"} 3600",
+        "github_deployments_duration{repo=\"adminka-core\",environment=\"production\",team=\"Platform\",status=\"success\",redeployment=\"\"} 2677.657175116",
+        "github_deployments_duration{repo=\"dora-exporter\",environment=\"production\",team=\"platform\",status=\"success\",redeployment=\"false\"} 3600",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }

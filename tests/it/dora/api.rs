@@ -52,7 +52,7 @@ async fn cd_tools_report_deployments_with_a_token_and_an_id() {
     assert!(body.contains("missing field"), "{body}");
     assert!(!body.contains(API_TOKEN));
 
-    let row = "{repo=\"pay\",environment=\"production\",team=\"Payments\",status=\"success\"}";
+    let row = "{repo=\"pay\",environment=\"production\",team=\"Payments\",status=\"success\",redeployment=\"false\"}";
     let got = app
         .series_when("github_deployments_total", |s| s.get(row) == Some(&1.0))
         .await;

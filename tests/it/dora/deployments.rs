@@ -63,11 +63,11 @@ async fn each_deployment_status_counts_once_per_repo_environment_team_and_state(
         .await,
         202
     );
-    // Not a status: the deployment itself is not read yet; a status without its deployment
-    // is counted as incomplete.
+    // A deployment without its commit and time, and a status without its deployment, are
+    // counted as incomplete.
     assert_eq!(
         send("deployment", br#"{"deployment":{"id":1}}"#.to_vec()).await,
-        200
+        202
     );
     assert_eq!(
         send(
@@ -79,7 +79,9 @@ async fn each_deployment_status_counts_once_per_repo_environment_team_and_state(
     );
 
     let row = |repo: &str, env: &str, team: &str, state: &str| {
-        format!("{{repo=\"{repo}\",environment=\"{env}\",team=\"{team}\",status=\"{state}\"}}")
+        format!(
+            "{{repo=\"{repo}\",environment=\"{env}\",team=\"{team}\",status=\"{state}\",redeployment=\"false\"}}"
+        )
     };
     let want: BTreeMap<String, f64> = [
         (row("pay", "production", "Payments", "queued"), 1.0),
@@ -96,7 +98,7 @@ async fn each_deployment_status_counts_once_per_repo_environment_team_and_state(
     let mut events = BTreeMap::new();
     for _ in 0..100 {
         events = series(&app.metrics(None).await, "devmetrics_dora_events_total");
-        if events.get("{source=\"github\",outcome=\"incomplete\"}") == Some(&1.0) {
+        if events.get("{source=\"github\",outcome=\"incomplete\"}") == Some(&2.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,7 +117,7 @@ async fn each_deployment_status_counts_once_per_repo_environment_team_and_state(
         "{events:?}"
     );
     assert_eq!(
-        events["{source=\"github\",outcome=\"incomplete\"}"], 1.0,
+        events["{source=\"github\",outcome=\"incomplete\"}"], 2.0,
         "{events:?}"
     );
     let om = app

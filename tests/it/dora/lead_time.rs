@@ -97,11 +97,17 @@ async fn successful_production_deployments_ship_their_pushed_commits_once() {
     )
     .await;
 
-    let row = |env: &str, state: &str| {
-        format!("{{repo=\"pay\",environment=\"{env}\",team=\"Payments\",status=\"{state}\"}}")
+    let row_of = |env: &str, state: &str, again: bool| {
+        format!(
+            "{{repo=\"pay\",environment=\"{env}\",team=\"Payments\",status=\"{state}\",redeployment=\"{again}\"}}"
+        )
     };
+    let row = |env: &str, state: &str| row_of(env, state, false);
+    // 104 deploys C to production again: a redeployment.
+    let again = row_of("production", "success", true);
     let want_total: BTreeMap<String, f64> = [
-        (row("production", "success"), 4.0),
+        (row("production", "success"), 3.0),
+        (again.clone(), 1.0),
         (row("production", "in_progress"), 1.0),
         (row("staging", "success"), 1.0),
     ]
@@ -116,13 +122,15 @@ async fn successful_production_deployments_ship_their_pushed_commits_once() {
     );
     let want_last: BTreeMap<String, f64> = [
         (row("production", "success"), 2000.0),
+        (again.clone(), 2000.0),
         (row("production", "in_progress"), 500.0),
         (row("staging", "success"), 800.0),
     ]
     .into();
     assert_eq!(series(&text, "github_deployments_duration"), want_last);
     let want_sum: BTreeMap<String, f64> = [
-        (row("production", "success"), 7200.0 + 2000.0 + 2000.0),
+        (row("production", "success"), 7200.0 + 2000.0),
+        (again.clone(), 2000.0),
         (row("production", "in_progress"), 500.0),
         (row("staging", "success"), 800.0),
     ]

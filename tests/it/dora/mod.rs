@@ -4,6 +4,7 @@ mod api;
 mod deployments;
 mod incidents;
 mod lead_time;
+mod scenario;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +21,9 @@ pub fn dora_section() -> serde_yaml::Value {
     serde_yaml::from_str(&format!(
         "teams:\n  - {{name: Payments, github_repositories: [acme/pay], jira_projects: [PAY]}}\n  - {{name: Platform, jira_projects: [OPS]}}\n\
          jira:\n  secret: {SECRET}\n  url_token: {TOKEN}\n  issue_types: [Incident]\n\
-         deployments_api: {{token: {API_TOKEN}}}\n"
+         deployments_api: {{token: {API_TOKEN}}}\n\
+         four_keys_interval: 1s\n\
+         github_incidents: {{label: incident}}\n"
     ))
     .unwrap()
 }
@@ -136,6 +139,7 @@ fn example_dora_section_is_valid_when_uncommented() {
             ("/run/secrets/jira-webhook", secret_path),
             ("/run/secrets/jira-url-token", secret_path),
             ("/run/secrets/deployments-api-token", secret_path),
+            ("/run/secrets/backstage-token", secret_path),
         ],
     );
     assert!(
@@ -152,6 +156,13 @@ fn example_dora_section_is_valid_when_uncommented() {
     assert_eq!(d.teams.of_project("NOPE"), "Unknown");
     assert_eq!(d.production_environments, ["production"]);
     assert_eq!(d.deployments_api_token.unwrap().expose(), "s3cret");
+    let b = d.backstage.unwrap();
+    assert_eq!(b.endpoint, "https://backstage.example.com");
+    assert_eq!(b.token.unwrap().expose(), "s3cret");
+    assert_eq!(b.refresh_interval, Duration::from_secs(300));
+    assert_eq!(d.github_incident_label.as_deref(), Some("incident"));
+    assert!(d.failed_deployments_are_failures);
+    assert_eq!(d.four_keys_interval, Duration::from_secs(60));
     let j = d.jira.unwrap();
     assert_eq!(j.filter.issue_types, ["Incident"]);
     // Neither a secret nor a URL token: refused, naming the key.
@@ -167,4 +178,10 @@ fn example_dora_section_is_valid_when_uncommented() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("secrett"), "{e}");
+    let mode = dir.path().join("mode.yaml");
+    std::fs::write(&mode, "dora:\n  catalog:\n    mode: ldap\n").unwrap();
+    let e = devmetrics::config::load(Some(&mode), &Default::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dora.catalog.mode"), "{e}");
 }

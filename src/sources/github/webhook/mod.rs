@@ -31,12 +31,23 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         return Ok(None);
     };
     let mut c = Component::default();
-    // DORA reads deployment statuses and pushes from the same signed deliveries.
-    let routes = if ctx.config.dora.is_some() {
-        vec![
-            ("deployment_status", topics::DORA_GITHUB),
-            ("push", topics::DORA_GITHUB),
-        ]
+    // DORA reads deployments, pushes, pull requests and incident issues from the same
+    // signed deliveries.
+    let routes = if let Some(dora) = &ctx.config.dora {
+        let mut events = vec![
+            "deployment",
+            "deployment_status",
+            "push",
+            "pull_request",
+            "pull_request_review",
+        ];
+        if dora.github_incident_label.is_some() {
+            events.push("issues");
+        }
+        events
+            .into_iter()
+            .map(|e| (e, topics::DORA_GITHUB))
+            .collect()
     } else {
         Vec::new()
     };
