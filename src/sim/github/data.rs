@@ -73,6 +73,10 @@ pub struct Pr {
     pub updated: i64,
     pub merged: Option<i64>,
     pub reviews: Vec<(String, i64)>,
+    /// The commit merging it into the default branch.
+    pub merge_sha: Option<String>,
+    /// Its own commits, oldest first.
+    pub commits: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +215,8 @@ pub(super) fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &Atom
                     updated,
                     merged,
                     reviews,
+                    merge_sha: None,
+                    commits: Vec::new(),
                 }
             } else {
                 let created = history_start
@@ -231,6 +237,8 @@ pub(super) fn gen_org(spec: &OrgSpec, now: i64, rng: &mut StdRng, next_id: &Atom
                     updated: updated.min(last_old),
                     merged: merged.map(|m| m.min(last_old)),
                     reviews,
+                    merge_sha: None,
+                    commits: Vec::new(),
                 }
             };
             r.prs.push(pr);

@@ -117,6 +117,18 @@ impl GithubSim {
             )
             .route("/repos/{owner}/{repo}/pulls", get(rest::pulls))
             .route(
+                "/repos/{owner}/{repo}/compare/{basehead}",
+                get(rest::compare),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{sha}/pulls",
+                get(rest::commit_pulls),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/commits",
+                get(rest::pull_commits),
+            )
+            .route(
                 "/repos/{owner}/{repo}/pulls/{number}/reviews",
                 get(rest::reviews),
             )
@@ -161,6 +173,52 @@ impl GithubSim {
                 r.stats_version += 1;
             }
         }
+    }
+
+    /// A pull request by `author` opened at `created` with `commits` (`(sha, time)`, oldest
+    /// first), merged at `merged` by the commit `merge_sha`; its commits and the merge land
+    /// on the default branch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_merged_pr(
+        &self,
+        org: &str,
+        repo: &str,
+        number: u64,
+        author: &str,
+        created: i64,
+        commits: &[(String, i64)],
+        merged: i64,
+        merge_sha: &str,
+    ) {
+        self.with_repo(org, repo, |r| {
+            for (sha, at) in commits
+                .iter()
+                .cloned()
+                .chain(std::iter::once((merge_sha.to_string(), merged)))
+            {
+                r.commits.push(data::Commit {
+                    sha,
+                    login: author.to_string(),
+                    at,
+                    authored: at,
+                    additions: 1,
+                    deletions: 0,
+                });
+            }
+            r.prs.push(data::Pr {
+                number,
+                author: author.to_string(),
+                created,
+                updated: merged,
+                merged: Some(merged),
+                reviews: Vec::new(),
+                merge_sha: Some(merge_sha.to_string()),
+                commits: commits.iter().map(|(s, _)| s.clone()).collect(),
+            });
+            r.touch(merged);
+            r.sort();
+        })
+        .expect("repo is generated");
     }
 
     pub fn add_commit(&self, org: &str, repo: &str, login: &str, at: i64, add: i64, del: i64) {

@@ -365,3 +365,95 @@ pub(super) async fn rate_limit(State(sim): S) -> Response {
         json!({"resources": {"core": core}, "rate": core}),
     )
 }
+
+/// `base...head` on the default branch's linear history: the commits after `base` up to
+/// `head`, oldest first, as GitHub lists them (at most 250).
+pub(super) async fn compare(
+    State(sim): S,
+    Path((org, repo, basehead)): Path<(String, String, String)>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let Some((base, head)) = basehead.split_once("...") else {
+        return not_found();
+    };
+    let found = sim
+        .with_repo(&org, &repo, |r| {
+            let at = |sha: &str| r.commits.iter().position(|c| c.sha == sha);
+            let (b, hd) = (at(base)?, at(head)?);
+            // Newest first: head comes before base.
+            let between: Vec<&Commit> = if hd <= b {
+                r.commits[hd..b].iter().rev().collect()
+            } else {
+                Vec::new()
+            };
+            let status = if hd == b {
+                "identical"
+            } else if hd < b {
+                "ahead"
+            } else {
+                "behind"
+            };
+            Some(json!({
+                "status": status,
+                "ahead_by": between.len(),
+                "behind_by": 0,
+                "total_commits": between.len(),
+                "commits": between.iter().take(250).map(|c| commit_json(c)).collect::<Vec<_>>(),
+            }))
+        })
+        .flatten();
+    match found {
+        Some(v) => sim.answer(&h, &uri, StatusCode::OK, v, None),
+        None => not_found(),
+    }
+}
+
+/// The pull requests a commit belongs to: merged by it, or one of its own commits.
+pub(super) async fn commit_pulls(
+    State(sim): S,
+    Path((org, repo, sha)): Path<(String, String, String)>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let found = sim.with_repo(&org, &repo, |r| {
+        r.prs
+            .iter()
+            .filter(|p| p.merge_sha.as_deref() == Some(sha.as_str()) || p.commits.contains(&sha))
+            .map(|p| {
+                let mut v = pr_json(p);
+                v["merge_commit_sha"] = json!(p.merge_sha);
+                v
+            })
+            .collect::<Vec<_>>()
+    });
+    match found {
+        Some(v) => sim.answer(&h, &uri, StatusCode::OK, json!(v), None),
+        None => not_found(),
+    }
+}
+
+/// A pull request's own commits, oldest first.
+pub(super) async fn pull_commits(
+    State(sim): S,
+    Path((org, repo, number)): Path<(String, String, u64)>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let found = sim
+        .with_repo(&org, &repo, |r| {
+            let p = r.prs.iter().find(|p| p.number == number)?;
+            Some(
+                p.commits
+                    .iter()
+                    .filter_map(|s| r.commits.iter().find(|c| &c.sha == s))
+                    .map(commit_json)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten();
+    match found {
+        Some(v) => sim.answer(&h, &uri, StatusCode::OK, json!(v), None),
+        None => not_found(),
+    }
+}

@@ -104,6 +104,8 @@ pub struct Shipped {
     pub complete: bool,
     /// When the previous successful deployment happened, for [`mark_deployed`].
     pub previous_at: Option<f64>,
+    /// The commit it deployed: where a comparison starts.
+    pub previous_sha: Option<String>,
 }
 
 /// The commits between the previous successful deployment of `repo` to `environment` and
@@ -148,7 +150,8 @@ pub async fn shipped(
     Ok(Shipped {
         commits,
         complete,
-        previous_at: prev.map(|p| p.at),
+        previous_at: prev.as_ref().map(|p| p.at),
+        previous_sha: prev.map(|p| p.sha),
     })
 }
 

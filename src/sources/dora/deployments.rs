@@ -213,6 +213,7 @@ pub const OUTCOMES: &[&str] = &[
     "chain_incomplete",
     "push",
     "push_ignored",
+    "api_failed",
     "deployment",
     "pull_request",
     "review",
@@ -277,6 +278,8 @@ pub struct Deployments {
     pub incident_label: Option<String>,
     pub incidents: Arc<super::incidents::Incidents>,
     pub prs: super::prs::PullRequests,
+    /// GitHub's answers where the pushes do not cover a deployment.
+    pub lookup: super::lookup::Lookup,
     pub stats: Arc<crate::telemetry::Outcomes>,
 }
 
@@ -377,11 +380,11 @@ impl Deployments {
             .await?;
         }
         if production && success {
-            let shipped =
+            let mut shipped =
                 super::changes::shipped(&*self.store, &o.repository, &o.environment, &o.sha)
                     .await?;
             if !shipped.complete {
-                outcome = "chain_incomplete";
+                outcome = self.look_up(&o, &mut shipped).await?;
             }
             previous_at = shipped.previous_at;
             let lead_labels = Labels::new(metrics::DORA_CHANGE_LEAD_TIME_SECONDS, &[team])
@@ -393,13 +396,22 @@ impl Deployments {
                     continue;
                 }
                 let key = format!("{}:{sha}", o.repository.to_ascii_lowercase());
-                log::put(
-                    &*self.store,
-                    team,
-                    &format!("c:{key}"),
-                    &log::Entry::Change { at: o.at, lead },
-                )
-                .await?;
+                // The earliest deployment shipping a commit is its lead time, whichever
+                // deployment's delivery arrived first.
+                let id = format!("c:{key}");
+                let earlier = matches!(
+                    log::get(&*self.store, team, &id).await?,
+                    Some(log::Entry::Change { at, .. }) if at <= o.at
+                );
+                if !earlier {
+                    log::put(
+                        &*self.store,
+                        team,
+                        &id,
+                        &log::Entry::Change { at: o.at, lead },
+                    )
+                    .await?;
+                }
                 batches.push(crate::store::Batch {
                     key: format!("lead:{key}"),
                     scope: SCOPE.to_string(),
@@ -499,6 +511,41 @@ impl Deployments {
             Applied::Applied => outcome,
             Applied::Duplicate => "duplicate",
         })
+    }
+
+    /// Completes what `shipped` lacks from GitHub: the comparison with the previous
+    /// deployment, or for a first deployment its pull request's commits. Returns the
+    /// outcome to count.
+    async fn look_up(
+        &self,
+        o: &StatusObservation,
+        shipped: &mut super::changes::Shipped,
+    ) -> Result<&'static str, crate::store::Error> {
+        let found = match &shipped.previous_sha {
+            Some(prev) => self.lookup.compare(&o.repository, prev, &o.sha).await,
+            None => {
+                self.lookup
+                    .pull_request_commits(&o.repository, &o.sha)
+                    .await
+            }
+        };
+        match found {
+            Ok(Some(list)) => {
+                for (sha, t) in list {
+                    if !shipped.commits.iter().any(|(s, _)| *s == sha) {
+                        shipped.commits.push((sha, t));
+                    }
+                }
+                shipped.complete = true;
+                Ok("applied")
+            }
+            Ok(None) => Ok("chain_incomplete"),
+            Err(super::lookup::Error::Store(e)) => Err(e),
+            Err(super::lookup::Error::Github(e)) => {
+                tracing::warn!(repository = %o.repository, error = %e, "the commits of a deployment could not be read from GitHub; its lead times are incomplete");
+                Ok("api_failed")
+            }
+        }
     }
 
     /// An `issues` delivery: an incident while it carries the incident label.

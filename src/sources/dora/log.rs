@@ -62,6 +62,17 @@ pub async fn put(
     store.kv_put(NS, &key(team, id), value, Some(KEEP)).await
 }
 
+pub async fn get(
+    store: &dyn Store,
+    team: &str,
+    id: &str,
+) -> Result<Option<Entry>, crate::store::Error> {
+    Ok(store
+        .kv_get(NS, &key(team, id))
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
 /// Every entry as `(team, id, entry)`; undecodable ones are skipped.
 pub async fn all(store: &dyn Store) -> Result<Vec<(String, String, Entry)>, crate::store::Error> {
     Ok(store

@@ -11,6 +11,7 @@ pub mod incidents;
 pub mod jira;
 pub mod keys;
 pub mod log;
+pub mod lookup;
 pub mod prs;
 pub mod receiver;
 pub mod snapshot;
@@ -118,6 +119,10 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             incident_label: cfg.github_incident_label.clone(),
             incidents: incidents.clone(),
             prs: prs::PullRequests {
+                store: ctx.store.clone(),
+            },
+            lookup: lookup::Lookup {
+                clients: ctx.github.clone(),
                 store: ctx.store.clone(),
             },
             stats,

@@ -30,7 +30,7 @@ pub use crate::clock::Clock;
 /// One client per configured org, built once and shared by every GitHub feature (activity,
 /// runners, missed-delivery recovery); orgs on one installation or token share one
 /// rate-limit budget.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Clients {
     by_org: BTreeMap<String, Arc<Client>>,
 }

@@ -5,6 +5,7 @@ mod deployments;
 mod incidents;
 mod lead_time;
 mod scenario;
+mod upstreams;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
