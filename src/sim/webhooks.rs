@@ -300,10 +300,57 @@ pub async fn drive(sender: Sender, seed: u64, every: Duration, shutdown: Cancell
             .insert(jobs[0].repo.clone(), sha.clone())
             .unwrap_or_else(|| "0".repeat(40));
         let written = crate::clock::now_unix() - 300.0 * (1 + n % 40) as f64;
+        // Each change is a pull request: its branch pushed, opened, reviewed, merged by the
+        // commit the run built.
+        let head = format!("{:040x}", jobs[0].run_id ^ 0xbeef);
+        let pr = PullRequest {
+            repo: jobs[0].repo.clone(),
+            number: n,
+            author: "octocat".into(),
+            head_sha: head.clone(),
+            opened_at: written + 60.0,
+            merged: None,
+        };
+        bodies.push((
+            "push",
+            push_to_branch(
+                &jobs[0].repo,
+                &format!("change-{n}"),
+                &"0".repeat(40),
+                &head,
+                &[(head.clone(), written)],
+            ),
+        ));
+        bodies.push(("pull_request", pull_request_payload(&pr)));
+        bodies.push((
+            "pull_request_review",
+            review_payload(&pr, "hubot", "approved", written + 120.0),
+        ));
+        let merged = PullRequest {
+            merged: Some((written + 240.0, sha.clone())),
+            ..pr
+        };
+        bodies.push(("pull_request", pull_request_payload(&merged)));
         bodies.push((
             "push",
             push_payload(&jobs[0].repo, &parent, &sha, &[(sha.clone(), written)]),
         ));
+        // Now and then an incident reported as a labelled issue, closed a run later.
+        if n % 7 == 3 {
+            let opened = crate::clock::now_unix() - 30.0;
+            let closed = n.is_multiple_of(2).then_some(opened + 20.0);
+            bodies.push((
+                "issues",
+                issue_payload(
+                    &jobs[0].repo,
+                    n,
+                    &["incident"],
+                    opened,
+                    closed,
+                    opened + 20.0,
+                ),
+            ));
+        }
         for (i, state) in [
             "in_progress",
             if n % 5 == 4 { "failure" } else { "success" },
