@@ -37,7 +37,7 @@ pub static TOOL: Tool = Tool {
         Mapping {
             old: "GITHUB_TOKEN",
             new: "",
-            note: "accepted; used once lead time reads the GitHub API",
+            note: "accepted; lead time learns commits from push deliveries, and from GitHub's API through a `github` section",
         },
         Mapping {
             old: "STORAGE_FILE_PATH",
@@ -79,7 +79,7 @@ pub static TOOL: Tool = Tool {
         Mapping {
             old: "github.owner, github.token",
             new: "",
-            note: "accepted; the owner comes from each delivery's repository",
+            note: "accepted; the owner comes from each delivery's repository. Lead time asks GitHub's compare and pull-request APIs (for deployments whose pushes were not seen) through a `github` section naming the org, which also polls its activity",
         },
         Mapping {
             old: "catalog.mode: static",

@@ -157,6 +157,8 @@ impl Backstage {
                         tracing::warn!(error = %e, "Backstage catalog not refreshed; the last answer stays")
                     }
                 }
+                // Tried once: webhooks stop waiting, even with no catalog to answer them.
+                self.loaded.send_replace(true);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(self.config.refresh_interval) => {}
