@@ -40,6 +40,19 @@ pub fn format_rfc3339_secs(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The UTC day (`YYYY-MM-DD`) of Unix time `t`, as GitHub's report APIs name days.
+pub fn format_day(t: i64) -> String {
+    format_rfc3339_secs(t)
+        .get(..10)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Midnight UTC of a `YYYY-MM-DD` day.
+pub fn parse_day(day: &str) -> Option<f64> {
+    parse_rfc3339(&format!("{}T00:00:00Z", day.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,11 @@ use serde_yaml::Value;
 use super::{Body, Endpoint, Error, Family, Kind, Launch, Mapping, Plan, Response, Status, Tool};
 
 const ACTIVITY: &[&str] = &["org", "repo", "user"];
-const COPILOT_PENDING: Status =
-    Status::Pending("the Copilot usage-reports source is not part of this build yet");
+/// Every `gh_copilot_usage_*` series carries the team and breakdown labels too (empty, as
+/// absent, unless broken down).
+const COPILOT: &[&str] = &[
+    "org", "repo", "user", "scope", "window", "team", "ide", "feature", "language", "model",
+];
 
 pub static TOOL: Tool = Tool {
     name: "github-stats-exporter",
@@ -114,8 +117,8 @@ pub static TOOL: Tool = Tool {
         },
         Mapping {
             old: "copilot.*",
-            new: "",
-            note: "accepted and ignored until the Copilot reports source is built",
+            new: "copilot.*",
+            note: "the same keys; user_label_mode hashed is HMAC-SHA256 under copilot.user_label_secret (a random key kept in the store when none is given), emit_day_label and refresh_if_report_unchanged have no effect (each window is summed and read every interval), enterprise reports go through the client of copilot.enterprise.via_org",
         },
     ],
     endpoints: &[
@@ -214,68 +217,68 @@ pub static TOOL: Tool = Tool {
         Family {
             name: "gh_copilot_usage_user_initiated_interaction_count",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_code_generation_activity_count",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_code_acceptance_activity_count",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_loc_suggested_to_add_sum",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_loc_suggested_to_delete_sum",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_loc_added_sum",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_loc_deleted_sum",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_pull_requests_total_created",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_pull_requests_total_reviewed",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_pull_requests_total_created_by_copilot",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
         Family {
             name: "gh_copilot_usage_pull_requests_total_reviewed_by_copilot",
             kind: Kind::Gauge,
-            labels: ACTIVITY,
-            status: COPILOT_PENDING,
+            labels: COPILOT,
+            status: Status::Served,
         },
     ],
     events: &[],

@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub webhooks: Option<crate::sources::github::webhook::config::RawWebhooks>,
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
     pub dora: Option<crate::sources::dora::config::RawDora>,
+    pub copilot: Option<crate::sources::copilot::config::RawCopilot>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -427,6 +428,7 @@ pub struct Config {
     pub webhooks: crate::sources::github::webhook::WebhooksConfig,
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
     pub dora: Option<crate::sources::dora::DoraConfig>,
+    pub copilot: Option<crate::sources::copilot::CopilotConfig>,
 }
 
 /// Leadership among replicas sharing a store.
@@ -781,6 +783,10 @@ impl RawConfig {
             Some(d) => d.resolve(base)?,
             None => None,
         };
+        let copilot = match self.copilot {
+            Some(c) => c.resolve(base)?,
+            None => None,
+        };
         let lease_ttl = duration(
             "ha.lease_ttl",
             self.ha.lease_ttl.as_ref(),
@@ -804,6 +810,7 @@ impl RawConfig {
             },
             spacelift,
             dora,
+            copilot,
             github,
             web: WebConfig {
                 listen_addresses,

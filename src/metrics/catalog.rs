@@ -98,6 +98,66 @@ const fn core_histogram(
 
 use Kind::{Counter, Gauge, Histogram, LegacyCounter};
 
+/// Labels of every `gh_copilot_usage_*` series: github-stats-exporter's, then the team and
+/// the opt-in breakdown dimensions (empty, Prometheus' absent, when not broken down).
+const COPILOT_LABELS: &[&str] = &[
+    "org", "repo", "user", "scope", "window", "team", "ide", "feature", "language", "model",
+];
+
+const fn gh_copilot(name: &'static str, help: &'static str) -> FamilyDef {
+    def(
+        "copilot",
+        Origin::GithubStatsExporter,
+        name,
+        Kind::Gauge,
+        None,
+        help,
+        COPILOT_LABELS,
+        &[],
+    )
+}
+
+const fn copilot(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    ours("copilot", name, kind, unit, help, labels)
+}
+
+/// copilot-metrics-exporter's unprefixed gauges, under `copilot.legacy_metrics`.
+const fn copilot_legacy(name: &'static str, help: &'static str) -> FamilyDef {
+    def(
+        "copilot",
+        Origin::CopilotMetricsExporter,
+        name,
+        Kind::Gauge,
+        None,
+        help,
+        &["editor", "language", "stream", "org"],
+        &[],
+    )
+}
+
+const fn copilot_exporter(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> FamilyDef {
+    def(
+        "copilot",
+        Origin::CopilotMetricsExporter,
+        name,
+        Kind::Counter,
+        None,
+        help,
+        labels,
+        &[],
+    )
+}
+
 const fn spacelift(
     name: &'static str,
     kind: Kind,
@@ -1083,5 +1143,160 @@ families! {
         "DORA deliveries processed, by source and outcome. jira: applied, unchanged (nothing to add), stale (older than the newest event of its issue; counted once if first), or why it is not an incident (malformed, no_issue, no_created, bad_date, filtered by dora.jira). github: applied, duplicate (a status counted before), or why it is not a deployment status (malformed, incomplete, bad_date).",
         &["source", "outcome"],
         Origin::Devmetrics,
+    ),
+    GH_COPILOT_USAGE_USER_INITIATED_INTERACTION_COUNT: gh_copilot(
+        "gh_copilot_usage_user_initiated_interaction_count",
+        "Prompts users sent to Copilot (chat, agent, CLI), summed over the window's days: per user (scope=\"users\"), per team, or the org's or enterprise's day totals (user=\"all\").",
+    ),
+    GH_COPILOT_USAGE_CODE_GENERATION_ACTIVITY_COUNT: gh_copilot(
+        "gh_copilot_usage_code_generation_activity_count",
+        "Code suggestions and generations Copilot made, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_CODE_ACCEPTANCE_ACTIVITY_COUNT: gh_copilot(
+        "gh_copilot_usage_code_acceptance_activity_count",
+        "Suggestions and generations users accepted, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_LOC_SUGGESTED_TO_ADD_SUM: gh_copilot(
+        "gh_copilot_usage_loc_suggested_to_add_sum",
+        "Lines Copilot suggested adding, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_LOC_SUGGESTED_TO_DELETE_SUM: gh_copilot(
+        "gh_copilot_usage_loc_suggested_to_delete_sum",
+        "Lines Copilot suggested deleting, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_LOC_ADDED_SUM: gh_copilot(
+        "gh_copilot_usage_loc_added_sum",
+        "Lines added from accepted suggestions, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_LOC_DELETED_SUM: gh_copilot(
+        "gh_copilot_usage_loc_deleted_sum",
+        "Lines deleted from accepted suggestions, summed over the window's days.",
+    ),
+    GH_COPILOT_USAGE_PULL_REQUESTS_TOTAL_CREATED: gh_copilot(
+        "gh_copilot_usage_pull_requests_total_created",
+        "Pull requests created, from the aggregate report's pull_requests.total_created summed over its days (org and enterprise scopes).",
+    ),
+    GH_COPILOT_USAGE_PULL_REQUESTS_TOTAL_REVIEWED: gh_copilot(
+        "gh_copilot_usage_pull_requests_total_reviewed",
+        "Pull requests reviewed, from pull_requests.total_reviewed summed over the report's days.",
+    ),
+    GH_COPILOT_USAGE_PULL_REQUESTS_TOTAL_CREATED_BY_COPILOT: gh_copilot(
+        "gh_copilot_usage_pull_requests_total_created_by_copilot",
+        "Pull requests Copilot created, from pull_requests.total_created_by_copilot summed over the report's days.",
+    ),
+    GH_COPILOT_USAGE_PULL_REQUESTS_TOTAL_REVIEWED_BY_COPILOT: gh_copilot(
+        "gh_copilot_usage_pull_requests_total_reviewed_by_copilot",
+        "Pull requests Copilot reviewed, from pull_requests.total_reviewed_by_copilot summed over the report's days.",
+    ),
+    DEVMETRICS_COPILOT_ACTIVE_USERS: copilot(
+        "devmetrics_copilot_active_users",
+        Gauge,
+        None,
+        "Daily, weekly and monthly active Copilot users of the org or enterprise, as the last day of the window's aggregate report states them.",
+        &["org", "scope", "window", "period"],
+    ),
+    DEVMETRICS_COPILOT_ENGAGED_USERS: copilot(
+        "devmetrics_copilot_engaged_users",
+        Gauge,
+        None,
+        "Users engaged with a feature (monthly chat and agent users, daily CLI users), from the last day of the aggregate report.",
+        &["org", "scope", "window", "feature", "period"],
+    ),
+    DEVMETRICS_COPILOT_USER_USED: copilot(
+        "devmetrics_copilot_user_used",
+        Gauge,
+        None,
+        "1 when the user used chat, agent mode or the CLI on any day of the window (the users report's used_* flags), else 0; user as copilot.user_label_mode names them.",
+        &["org", "user", "feature", "window"],
+    ),
+    DEVMETRICS_COPILOT_REPORT_STATE: copilot(
+        "devmetrics_copilot_report_state",
+        Gauge,
+        None,
+        "1 for each report's state at its last read, 0 for the others: ok, no_data (204: nothing for the day), disabled (422: the usage metrics policy is off), not_found (404: no access or no such org), error (anything else; see the logs).",
+        &["org", "report", "state"],
+    ),
+    DEVMETRICS_COPILOT_REPORT_LAST_DAY_TIMESTAMP_SECONDS: copilot(
+        "devmetrics_copilot_report_last_day_timestamp_seconds",
+        Gauge,
+        Some("seconds"),
+        "Midnight UTC of the last day the report read covers; time() minus it is the data's age.",
+        &["org", "report"],
+    ),
+    DEVMETRICS_COPILOT_RECORDS: copilot(
+        "devmetrics_copilot_records",
+        Gauge,
+        None,
+        "Records of the report's last read, by outcome: read, or left out (max_records_per_report, max_users_per_report, malformed, unknown_record, truncated when the file passed copilot.max_download_bytes).",
+        &["org", "report", "outcome"],
+    ),
+    DEVMETRICS_COPILOT_SEATS: copilot(
+        "devmetrics_copilot_seats",
+        Gauge,
+        None,
+        "Copilot seats of the org: total (GitHub's total_seats), assigned (with an assignee), pending_cancellation.",
+        &["org", "state"],
+    ),
+    DEVMETRICS_COPILOT_SEATS_ACTIVE: copilot(
+        "devmetrics_copilot_seats_active",
+        Gauge,
+        None,
+        "Seats whose last activity is within the period (1d, 7d, 28d), by the editor of that activity (the first part of last_activity_editor).",
+        &["org", "period", "editor"],
+    ),
+    DEVMETRICS_COPILOT_SEAT_LAST_ACTIVITY_TIMESTAMP_SECONDS: copilot(
+        "devmetrics_copilot_seat_last_activity_timestamp_seconds",
+        Gauge,
+        Some("seconds"),
+        "Each seat's last Copilot activity (opt-in: copilot.include_seat_activity_per_user), user as copilot.user_label_mode names them.",
+        &["org", "user"],
+    ),
+    COPILOT_EXPORTER_REQUESTS_TOTAL: copilot_exporter(
+        "copilot_exporter_requests_total",
+        "Requests to /metrics (copilot-metrics-exporter's counter).",
+        &[],
+    ),
+    COPILOT_EXPORTER_REQUESTS_FAILED_TOTAL: copilot_exporter(
+        "copilot_exporter_requests_failed_total",
+        "Failed or empty answers of GitHub's Copilot API, by HTTP status or error type (request_exception).",
+        &["status_code"],
+    ),
+    COPILOT_EXPORTER_GITHUB_API_REQUESTS_TOTAL: copilot_exporter(
+        "copilot_exporter_github_api_requests_total",
+        "Requests made to GitHub's Copilot API (report links and seats; the report files' downloads are not GitHub API requests).",
+        &[],
+    ),
+    COPILOT_EXPORTER_CACHE_HITS_TOTAL: copilot_exporter(
+        "copilot_exporter_cache_hits_total",
+        "Scrapes of /metrics answered from the Copilot figures already read (all of them: reports are read in the background every copilot.scrape_interval).",
+        &[],
+    ),
+    TOTAL_ACTIVE_USERS: copilot_legacy(
+        "total_active_users",
+        "copilot-metrics-exporter's gauge, under copilot.legacy_metrics: the daily active users of the latest complete day (stream=\"\").",
+    ),
+    TOTAL_ENGAGED_USERS: copilot_legacy(
+        "total_engaged_users",
+        "copilot-metrics-exporter's gauge: the day's engaged users where the new reports state them (the day's CLI users for stream copilot_cli; monthly chat users for copilot_ide_chat).",
+    ),
+    TOTAL_CODE_SUGGESTIONS: copilot_legacy(
+        "total_code_suggestions",
+        "copilot-metrics-exporter's gauge: the day's code completions' code_generation_activity_count by language (editor=\"\") and by IDE (language=\"\").",
+    ),
+    TOTAL_CODE_ACCEPTANCES: copilot_legacy(
+        "total_code_acceptances",
+        "copilot-metrics-exporter's gauge: the day's code completions' code_acceptance_activity_count, by language and by IDE.",
+    ),
+    TOTAL_CODE_LINES_SUGGESTED: copilot_legacy(
+        "total_code_lines_suggested",
+        "copilot-metrics-exporter's gauge: the day's code completions' loc_suggested_to_add_sum, by language and by IDE.",
+    ),
+    TOTAL_CODE_LINES_ACCEPTED: copilot_legacy(
+        "total_code_lines_accepted",
+        "copilot-metrics-exporter's gauge: the day's code completions' loc_added_sum, by language and by IDE.",
+    ),
+    TOTAL_CHATS: copilot_legacy(
+        "total_chats",
+        "copilot-metrics-exporter's gauge: the day's chat prompts (user_initiated_interaction_count of the chat features), stream copilot_ide_chat.",
     ),
 }

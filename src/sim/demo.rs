@@ -18,7 +18,7 @@ impl Demo {
     /// Starts every fake and points `config` at them.
     pub async fn start(config: &mut Config, seed: u64) -> std::io::Result<Demo> {
         let mut fakes: Vec<Arc<super::FakeServer>> = Vec::new();
-        fakes.push(super::github::demo(config, seed).await?);
+        fakes.extend(super::github::demo(config, seed).await?);
         let webhook_sender = Some(webhook_sender(config, seed));
         let jira_sender = Some(jira_sender(config, seed));
         {

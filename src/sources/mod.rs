@@ -5,6 +5,7 @@
 //! loop replaces those scopes in the store. A scope that failed keeps its last good values
 //! (their age shows in `devmetrics_source_last_success_timestamp_seconds`).
 
+pub mod copilot;
 pub mod dora;
 pub mod github;
 pub mod spacelift;
@@ -33,6 +34,11 @@ pub const COMPONENTS: &[Kind] = &[
         name: "webhooks",
         owns: &["webhooks/runners/", "webhooks/recovery/"],
         build: github::webhook::component,
+    },
+    Kind {
+        name: "copilot",
+        owns: &["copilot/"],
+        build: copilot::component,
     },
     Kind {
         name: "dora",

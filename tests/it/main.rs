@@ -4,6 +4,7 @@ mod backlog;
 mod cli;
 mod compat;
 mod contract;
+mod copilot;
 mod crash;
 mod demo;
 mod docs;

@@ -13,6 +13,7 @@
 //! - [`hooks`]: webhook delivery logs, redelivery and runners, served by a fake of its own.
 
 mod auth;
+pub mod copilot;
 mod data;
 mod gate;
 mod graphql;
@@ -63,6 +64,8 @@ pub struct Knobs {
 pub struct GithubSim {
     world: Mutex<BTreeMap<String, OrgData>>,
     clock: Clock,
+    /// Copilot's reports, seats and the signed-URL host's files.
+    pub copilot: copilot::CopilotSim,
     rng: Mutex<StdRng>,
     tokens: Mutex<HashMap<String, i64>>,
     /// A personal access token the fake accepts, if set.
@@ -99,6 +102,7 @@ impl GithubSim {
                 zero_stats_repos: Mutex::new(Default::default()),
             },
             tokens_issued: AtomicU64::new(0),
+            copilot: Default::default(),
             next_id,
         })
     }
@@ -135,6 +139,23 @@ impl GithubSim {
             .route("/repos/{owner}/{repo}/issues/comments", get(rest::comments))
             .route("/repos/{owner}/{repo}/stats/contributors", get(rest::stats))
             .route("/rate_limit", get(rest::rate_limit))
+            .route(
+                "/orgs/{owner}/copilot/metrics/reports/{report}",
+                get(copilot::report_link),
+            )
+            .route(
+                "/orgs/{owner}/copilot/metrics/reports/{report}/latest",
+                get(copilot::report_link),
+            )
+            .route(
+                "/enterprises/{owner}/copilot/metrics/reports/{report}",
+                get(copilot::report_link),
+            )
+            .route(
+                "/enterprises/{owner}/copilot/metrics/reports/{report}/latest",
+                get(copilot::report_link),
+            )
+            .route("/orgs/{org}/copilot/billing/seats", get(copilot::seats))
             .route("/graphql", post(graphql::graphql))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -445,7 +466,7 @@ fn not_found() -> Response {
 pub async fn demo(
     config: &mut crate::config::Config,
     seed: u64,
-) -> std::io::Result<Arc<super::FakeServer>> {
+) -> std::io::Result<Vec<Arc<super::FakeServer>>> {
     use crate::sources::github::config::{Auth, RawGithub};
     let clock = crate::clock::Clock::system();
     let mut acme = OrgSpec::small("acme");
@@ -474,6 +495,27 @@ pub async fn demo(
         };
     }
     config.github = Some(gh);
+    // Copilot: a month of reports for both orgs, their files on a signed-URL host.
+    let now = crate::clock::now_secs();
+    for (i, org) in ["acme", "globex"].into_iter().enumerate() {
+        let data = copilot::CopilotData::generate(seed + i as u64, now, 6 + 4 * i, 35);
+        sim.copilot.data.lock().insert(org.into(), data);
+    }
+    sim.copilot.files_per_report.store(2, Ordering::Relaxed);
+    let downloads = Arc::new(
+        super::FakeServer::start(
+            "copilot-downloads",
+            sim.copilot.downloads.router(),
+            super::Faults::new(seed),
+        )
+        .await?,
+    );
+    *sim.copilot.download_base.lock() = downloads.base_url();
+    let raw: crate::sources::copilot::config::RawCopilot = serde_yaml::from_str(
+        "{enabled: true, scrape_interval: 30s, include_org_users_28d: true, include_org_users_1d: true, include_teams: true, include_seats: true, legacy_metrics: true}",
+    )
+    .expect("demo copilot config is valid YAML");
+    config.copilot = raw.resolve(None).expect("demo copilot config resolves");
     let weak = Arc::downgrade(&fake);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -485,5 +527,5 @@ pub async fn demo(
             sim.live_tick();
         }
     });
-    Ok(fake)
+    Ok(vec![fake, downloads])
 }

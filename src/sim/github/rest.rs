@@ -21,7 +21,7 @@ type S = State<Arc<GithubSim>>;
 
 impl GithubSim {
     /// Everything a REST answer goes through: the gate, then ETags and the `core` budget.
-    fn answer(
+    pub(super) fn answer(
         &self,
         h: &HeaderMap,
         uri: &Uri,

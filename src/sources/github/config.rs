@@ -645,10 +645,6 @@ const REPLACED: &[(&str, &str)] = &[
         "telemetry",
         "OpenTelemetry tracing settings are not supported; logs and devmetrics_* metrics replace them",
     ),
-    (
-        "copilot",
-        "the Copilot reports source is not part of this build; this section is accepted and ignored",
-    ),
 ];
 
 /// github-stats-exporter's `store` section: a standalone Redis becomes our Redis store, unless

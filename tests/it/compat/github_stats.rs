@@ -60,9 +60,16 @@ loc:
   large_repo_zero_detection_windows: 2
   large_repo_cooldown: "7d"
 copilot:
-  enabled: false
+  enabled: true
   scrape_interval: "6h"
-  user_label_mode: "login"
+  include_org_28d: true
+  include_org_users_28d: true
+  include_pull_request_activity: true
+  user_label_mode: "hashed"
+  max_records_per_report: 0
+  max_users_per_report: 0
+  enterprise:
+    enabled: false
 backfill:
   enabled: true
   max_message_age: "24h"
@@ -97,15 +104,33 @@ telemetry:
     )
 }
 
-async fn github_fake() -> devmetrics::sim::FakeServer {
+/// The GitHub fake with Copilot reports for acme, and the signed-URL host serving them.
+async fn github_fake() -> (devmetrics::sim::FakeServer, devmetrics::sim::FakeServer) {
     let sim = GithubSim::new(
         5,
         devmetrics::clock::Clock::system(),
         &[OrgSpec::small("acme")],
     );
-    devmetrics::sim::FakeServer::start("github", sim.router(), devmetrics::sim::Faults::new(5))
-        .await
-        .unwrap()
+    let data = devmetrics::sim::github::copilot::CopilotData::generate(
+        3,
+        devmetrics::clock::now_secs(),
+        4,
+        30,
+    );
+    sim.copilot.data.lock().insert("acme".into(), data);
+    let downloads = devmetrics::sim::FakeServer::start(
+        "copilot-downloads",
+        sim.copilot.downloads.router(),
+        devmetrics::sim::Faults::new(5),
+    )
+    .await
+    .unwrap();
+    *sim.copilot.download_base.lock() = downloads.base_url();
+    let api =
+        devmetrics::sim::FakeServer::start("github", sim.router(), devmetrics::sim::Faults::new(5))
+            .await
+            .unwrap();
+    (api, downloads)
 }
 
 fn start(dir: &Path, args: &[&str]) -> (Proc, PathBuf) {
@@ -126,7 +151,7 @@ fn start(dir: &Path, args: &[&str]) -> (Proc, PathBuf) {
 /// port and `gh_activity_*` families with exactly `org`, `repo`, `user`, in both formats.
 #[tokio::test]
 async fn github_stats_exporter_serves_its_endpoints_and_families() {
-    let fake = github_fake().await;
+    let (fake, _downloads) = github_fake().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let file = dir.path().join("config.yaml");
@@ -164,7 +189,7 @@ async fn github_stats_exporter_listens_on_8080_by_default() {
     if !port_free(tool().default_port) {
         return;
     }
-    let fake = github_fake().await;
+    let (fake, _downloads) = github_fake().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("local.yaml");
     std::fs::write(&file, legacy_config(&fake.base_url(), None)).unwrap();
