@@ -470,3 +470,121 @@ fn every_research_example_parses_or_is_rejected_with_a_reason() {
     }
     assert!(read > 100, "{read}");
 }
+
+#[test]
+fn example_copilot_section_is_valid_when_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("s");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let out = crate::support::example_with_section(
+        "copilot",
+        &[(
+            "/run/secrets/copilot-label-secret",
+            secret.to_str().unwrap(),
+        )],
+    );
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, out).unwrap();
+    let c = devmetrics::config::load(Some(&path), &Default::default(), &Default::default())
+        .expect("uncommented example loads");
+    let cp = c.copilot.expect("copilot enabled");
+    assert_eq!(cp.orgs, ["my-org"]);
+    assert!(cp.reports.teams && cp.reports.seats && cp.reports.users_28d);
+    assert_eq!(
+        cp.user_label_mode,
+        devmetrics::sources::copilot::config::UserLabelMode::Hashed
+    );
+    assert_eq!(cp.user_label_secret.unwrap().expose(), "s3cret");
+    assert_eq!(cp.interval, Duration::from_secs(6 * 3600));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "copilot:\n  enabled: true\n  user_label_mode: email\n",
+    )
+    .unwrap();
+    let e = devmetrics::config::load(Some(&bad), &Default::default(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("copilot.user_label_mode"), "{e}");
+}
+
+/// The enterprise's aggregate and users reports through an org's client, labelled with the
+/// enterprise slug; the IDE breakdown beside the totals; a truncated file counted.
+#[tokio::test]
+async fn enterprise_reports_breakdowns_and_truncated_files() {
+    let env = Env::start().await;
+    let ent = CopilotData::generate(21, env.now, 5, 35);
+    env.sim
+        .copilot
+        .data
+        .lock()
+        .insert("acme-ent".into(), ent.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_app(
+        dir.path(),
+        &env.sections(
+            "{enabled: true, include_org_1d: false, include_breakdown_ide: true, include_enterprise_28d: true, include_enterprise_users_28d: true, enterprise: {enabled: true, slug: acme-ent, via_org: acme}}",
+        ),
+    )
+    .await;
+    let days28 = env.days28();
+    let ent_total = sum(ent.rows_of(&days28));
+    let l = |user: &str, scope: &str, ide: &str| {
+        format!(
+            "{{org=\"acme-ent\",repo=\"*\",user=\"{user}\",scope=\"{scope}\",window=\"28d\",team=\"\",ide=\"{ide}\",feature=\"\",language=\"\",model=\"\"}}"
+        )
+    };
+    let text = wait_for(&running.base, FAMILIES[5], |s| {
+        s.contains_key(&l("all", "enterprise", ""))
+    })
+    .await;
+    let s = series(&text, FAMILIES[5]);
+    assert_eq!(
+        s.get(&l("all", "enterprise", "")),
+        Some(&(ent_total[5] as f64))
+    );
+    // The fake's day totals carry every count under vscode.
+    assert_eq!(
+        s.get(&l("all", "enterprise", "vscode")),
+        Some(&(ent_total[5] as f64))
+    );
+    // Users: each user's rows, per IDE too (a user works in one IDE in the fake).
+    let first = ent.rows_of(&days28).next().unwrap().clone();
+    let mine = sum(ent.rows_of(&days28).filter(|r| r.login == first.login));
+    assert_eq!(
+        s.get(&l(&first.login, "users", "")),
+        Some(&(mine[5] as f64))
+    );
+    assert_eq!(
+        s.get(&l(&first.login, "users", first.ide)),
+        Some(&(mine[5] as f64))
+    );
+    running.stop().await;
+
+    // Truncated files: what was read counts, the cut line is counted malformed.
+    env.sim
+        .copilot
+        .downloads
+        .truncate
+        .store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_app(
+        dir.path(),
+        &env.sections("{enabled: true, include_org_28d: false, include_org_1d: false, include_org_users_28d: true}"),
+    )
+    .await;
+    let text = wait_for(&running.base, "devmetrics_copilot_records", |s| {
+        s.keys().any(|k| k.contains("outcome=\"malformed\""))
+    })
+    .await;
+    let r = series(&text, "devmetrics_copilot_records");
+    let read = r
+        .get(&format!(
+            "{{org=\"{ORG}\",report=\"users-28-day\",outcome=\"read\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0);
+    let all = env.data.rows_of(&days28).count() as f64;
+    assert!(read > 0.0 && read < all, "{read} of {all}: {r:?}");
+    running.stop().await;
+}
