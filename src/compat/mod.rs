@@ -4,6 +4,7 @@
 //! under the tool's name, or `devmetrics compat <tool> …`), prints its `--help` mapping,
 //! generates `docs/migrate/<tool>.md`, and drives the conformance tests.
 
+mod copilot_metrics;
 mod dora_exporter;
 mod github_stats;
 mod github_telemetry;
@@ -149,6 +150,7 @@ pub struct Event {
 pub static TOOLS: &[&Tool] = &[
     &spacelift::TOOL,
     &github_stats::TOOL,
+    &copilot_metrics::TOOL,
     &github_telemetry::TOOL,
     &dora_exporter::TOOL,
 ];

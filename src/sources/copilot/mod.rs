@@ -87,6 +87,8 @@ impl Report {
 pub struct ExporterCounters {
     pub api_requests: AtomicU64,
     pub scrapes: AtomicU64,
+    /// Requests to its `/test_metrics`.
+    pub tests: AtomicU64,
     pub failed: parking_lot::Mutex<BTreeMap<String, u64>>,
 }
 
@@ -101,7 +103,12 @@ impl Collect for ExporterCounters {
     async fn collect(&self, out: &mut Rows) {
         // Every scrape of /metrics is answered from what the background reads hold.
         let n = self.scrapes.fetch_add(1, Ordering::Relaxed) + 1;
-        out.number(metrics::COPILOT_EXPORTER_REQUESTS_TOTAL, &[], n as f64);
+        let tests = self.tests.load(Ordering::Relaxed);
+        out.number(
+            metrics::COPILOT_EXPORTER_REQUESTS_TOTAL,
+            &[],
+            (n + tests) as f64,
+        );
         out.number(metrics::COPILOT_EXPORTER_CACHE_HITS_TOTAL, &[], n as f64);
         out.number(
             metrics::COPILOT_EXPORTER_GITHUB_API_REQUESTS_TOTAL,
@@ -146,6 +153,8 @@ pub struct CopilotPoller {
     owner: String,
     client: Arc<Client>,
     download: reqwest::Client,
+    /// Report files over plain http only when the GitHub API itself is (a test fake).
+    allow_http: bool,
     cfg: Arc<CopilotConfig>,
     reports: Vec<Report>,
     seats: bool,
@@ -232,6 +241,11 @@ impl CopilotPoller {
         reader: &mut Reader,
         budget: &mut u64,
     ) -> Result<bool, ReadError> {
+        if !(url.starts_with("https://") || self.allow_http && url.starts_with("http://")) {
+            return Err(ReadError::Download(
+                "a report link that is not https is not followed".into(),
+            ));
+        }
         // A signed URL carries its own authorization: the GitHub token never goes with it.
         let mut resp = self
             .download
@@ -497,14 +511,29 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             "copilot is enabled but names no org: add orgs to the github section (their clients read the reports) or copilot.orgs",
         ));
     }
+    // Only the hosts GitHub's links name: a redirect elsewhere is not followed.
     let download = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| BuildError::new("copilot", e.to_string()))?;
     let counters = Arc::new(ExporterCounters::default());
     let mut c = Component::default();
     if cfg.legacy_metrics {
         c.collectors.push(counters.clone());
+        // copilot-metrics-exporter's route for checking the counters move.
+        let t = counters.clone();
+        c.routes = std::mem::take(&mut c.routes).route(
+            "/test_metrics",
+            axum::routing::get(move || {
+                let t = t.clone();
+                async move {
+                    t.tests.fetch_add(1, Ordering::Relaxed);
+                    t.failed("test");
+                    "Test metrics incremented"
+                }
+            }),
+        );
     }
     let r = &cfg.reports;
     let mut org_reports = Vec::new();
@@ -519,6 +548,13 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             org_reports.push(report);
         }
     }
+    let allow_http = |org: &str| {
+        ctx.config.github.as_ref().is_some_and(|g| {
+            g.orgs
+                .iter()
+                .any(|o| o.org.eq_ignore_ascii_case(org) && o.api_base_url.starts_with("http://"))
+        })
+    };
     for org in &orgs {
         let client = ctx.github.get(org).ok_or_else(|| {
             BuildError::new(
@@ -533,6 +569,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             owner: org.clone(),
             client,
             download: download.clone(),
+            allow_http: allow_http(org),
             cfg: cfg.clone(),
             reports: org_reports.clone(),
             seats: r.seats,
@@ -568,6 +605,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             owner: e.slug.clone(),
             client,
             download,
+            allow_http: allow_http(&via),
             cfg: cfg.clone(),
             reports,
             seats: false,

@@ -493,6 +493,7 @@ mod tests {
         let loc = Loc::from_stats(&stats, now);
         let acts = compute(&ev, Some(&loc), now - 86_400, now);
         let cfg = ActivityConfig {
+            enabled: true,
             include_archived: false,
             include_forks: false,
             include_bots: false,
@@ -540,6 +541,7 @@ mod tests {
     #[test]
     fn hashed_labels_are_stable_and_keyed() {
         let mut cfg = ActivityConfig {
+            enabled: true,
             include_archived: false,
             include_forks: false,
             include_bots: false,

@@ -65,6 +65,8 @@ pub struct RawOrg {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawActivity {
+    /// Off: the orgs' clients serve other features (Copilot, DORA's lookups) only.
+    pub enabled: Option<bool>,
     pub include_archived: Option<bool>,
     pub include_forks: Option<bool>,
     pub include_bots: Option<bool>,
@@ -211,6 +213,7 @@ pub enum UserLabelMode {
 
 #[derive(Clone, Debug)]
 pub struct ActivityConfig {
+    pub enabled: bool,
     pub include_archived: bool,
     pub include_forks: bool,
     pub include_bots: bool,
@@ -549,6 +552,7 @@ impl RawGithub {
             ca_file: self.ca_file.map(rel),
             graphql: self.graphql.unwrap_or(true),
             activity: ActivityConfig {
+                enabled: a.enabled.unwrap_or(true),
                 include_archived: a.include_archived.unwrap_or(false),
                 include_forks: a.include_forks.unwrap_or(false),
                 include_bots: a.include_bots.unwrap_or(false),

@@ -169,6 +169,9 @@ pub fn activity(ctx: &Context) -> Result<Option<Component>, BuildError> {
     for w in &cfg.compat_warnings {
         tracing::warn!("{w}");
     }
+    if !cfg.activity.enabled {
+        return Ok(None);
+    }
     let github = Github::new(
         cfg,
         &ctx.github,

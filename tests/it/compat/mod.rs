@@ -4,6 +4,7 @@
 //! against the table: flags, environment, endpoints with status and body, the default port,
 //! and every documented family's name, type and label set in both exposition formats.
 
+mod copilot_metrics;
 mod dashboards;
 mod dora_exporter;
 mod github_stats;

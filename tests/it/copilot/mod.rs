@@ -168,12 +168,11 @@ async fn every_report_sums_the_fakes_rows() {
         ),
     )
     .await;
-    let text = wait_for(&running.base, "devmetrics_copilot_seats", |s| !s.is_empty()).await;
-    let text = if series(&text, FAMILIES[0]).len() < USERS {
-        wait_for(&running.base, FAMILIES[0], |s| s.len() > USERS).await
-    } else {
-        text
-    };
+    // The state scope is written last of a poll: with it, every report's series are in.
+    let text = wait_for(&running.base, "devmetrics_copilot_report_state", |s| {
+        !s.is_empty()
+    })
+    .await;
     let d = &env.data;
     let days28 = env.days28();
     let yesterday: BTreeSet<String> = [env.yesterday()].into();
@@ -534,8 +533,10 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
             "{{org=\"acme-ent\",repo=\"*\",user=\"{user}\",scope=\"{scope}\",window=\"28d\",team=\"\",ide=\"{ide}\",feature=\"\",language=\"\",model=\"\"}}"
         )
     };
+    let first = ent.rows_of(&days28).next().unwrap().clone();
+    // Each report is its own scope, written one after the other: wait for both.
     let text = wait_for(&running.base, FAMILIES[5], |s| {
-        s.contains_key(&l("all", "enterprise", ""))
+        s.contains_key(&l("all", "enterprise", "")) && s.contains_key(&l(&first.login, "users", ""))
     })
     .await;
     let s = series(&text, FAMILIES[5]);
@@ -549,7 +550,6 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
         Some(&(ent_total[5] as f64))
     );
     // Users: each user's rows, per IDE too (a user works in one IDE in the fake).
-    let first = ent.rows_of(&days28).next().unwrap().clone();
     let mine = sum(ent.rows_of(&days28).filter(|r| r.login == first.login));
     assert_eq!(
         s.get(&l(&first.login, "users", "")),
