@@ -13,7 +13,7 @@ pub use raw::{
     Config, HaConfig, LogFormat, QueueBackend, QueueConfig, QueueRedisConfig, RabbitMqConfig,
     RedisConfig, SentinelConfig, StorageBackend, StorageConfig, WebConfig,
 };
-pub use secret::{Secret, SecretSource};
+pub use secret::{Secret, SecretSource, from_key as secret};
 
 use serde_yaml::{Mapping, Value};
 use std::collections::BTreeMap;

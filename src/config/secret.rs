@@ -46,3 +46,33 @@ impl SecretSource {
         }
     }
 }
+
+/// The secret a section gives as `key` or `key_file` (relative to `base`), read once; `None`
+/// when neither is set. Both set, an unreadable file or an empty value is an error naming
+/// the key.
+pub fn from_key(
+    key: &str,
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+    base: Option<&std::path::Path>,
+) -> Result<Option<Secret>, super::Error> {
+    let source = match (value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => {
+            return Err(super::Error::invalid(
+                key,
+                None,
+                format!("set {key} or {key}_file, not both"),
+            ));
+        }
+        (Some(v), None) => SecretSource::Value(Secret::new(v)),
+        (None, Some(f)) => SecretSource::File(base.map_or(f.clone(), |b| b.join(&f))),
+        (None, None) => return Ok(None),
+    };
+    let s = source.read().map_err(|e| {
+        super::Error::invalid(format!("{key}_file"), None, format!("cannot be read: {e}"))
+    })?;
+    if s.expose().is_empty() {
+        return Err(super::Error::invalid(key, None, "is empty"));
+    }
+    Ok(Some(s))
+}

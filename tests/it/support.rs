@@ -308,3 +308,18 @@ pub fn example_with_section(name: &str, replace: &[(&str, &str)]) -> String {
     }
     format!("{}\n{section}", devmetrics::config::EXAMPLE)
 }
+
+/// `family{labels} value` lines of `body` as labels → value.
+pub fn series(body: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (labels, v) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::raw::duration;
-use crate::config::{Error, Secret, SecretSource};
+use crate::config::{Error, Secret, secret};
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,8 @@ pub struct RawCopilot {
     pub include_teams: Option<bool>,
     pub include_enterprise_28d: Option<bool>,
     pub include_enterprise_users_28d: Option<bool>,
+    pub include_enterprise_1d: Option<bool>,
+    pub include_enterprise_users_1d: Option<bool>,
     pub include_breakdown_ide: Option<bool>,
     pub include_breakdown_feature: Option<bool>,
     pub include_breakdown_language: Option<bool>,
@@ -98,6 +100,8 @@ pub struct Reports {
     pub teams: bool,
     pub enterprise_28d: bool,
     pub enterprise_users_28d: bool,
+    pub enterprise_1d: bool,
+    pub enterprise_users_1d: bool,
     pub seats: bool,
 }
 
@@ -134,30 +138,6 @@ pub struct CopilotConfig {
     pub max_download_bytes: u64,
     pub legacy_metrics: bool,
     pub enterprise: Option<EnterpriseConfig>,
-}
-
-fn secret(
-    key: &str,
-    value: Option<String>,
-    file: Option<PathBuf>,
-    base: Option<&Path>,
-) -> Result<Option<Secret>, Error> {
-    let source = match (value.filter(|v| !v.is_empty()), file) {
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid(
-                key,
-                None,
-                format!("set {key} or {key}_file, not both"),
-            ));
-        }
-        (Some(v), None) => SecretSource::Value(Secret::new(v)),
-        (None, Some(f)) => SecretSource::File(base.map_or(f.clone(), |b| b.join(&f))),
-        (None, None) => return Ok(None),
-    };
-    let s = source
-        .read()
-        .map_err(|e| Error::invalid(format!("{key}_file"), None, format!("cannot be read: {e}")))?;
-    Ok(Some(s))
 }
 
 fn count(key: &str, v: Option<i64>) -> Result<u64, Error> {
@@ -265,6 +245,9 @@ impl RawCopilot {
                 enterprise_28d: enterprise.is_some() && on(self.include_enterprise_28d, false),
                 enterprise_users_28d: enterprise.is_some()
                     && on(self.include_enterprise_users_28d, false),
+                enterprise_1d: enterprise.is_some() && on(self.include_enterprise_1d, false),
+                enterprise_users_1d: enterprise.is_some()
+                    && on(self.include_enterprise_users_1d, false),
                 seats: on(self.include_seats, false),
             },
             breakdowns: Breakdowns {

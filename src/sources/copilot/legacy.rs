@@ -62,70 +62,35 @@ fn fill(d: &DayTotals, set: &mut impl FnMut(FamilyId, &str, &str, &'static str, 
         CHAT,
         d.monthly_active_chat_users,
     );
+    // The code-completion families and the count each takes.
+    let code = |c: &super::wire::Counts| {
+        [
+            (
+                metrics::TOTAL_CODE_SUGGESTIONS,
+                c.code_generation_activity_count,
+            ),
+            (
+                metrics::TOTAL_CODE_ACCEPTANCES,
+                c.code_acceptance_activity_count,
+            ),
+            (
+                metrics::TOTAL_CODE_LINES_SUGGESTED,
+                c.loc_suggested_to_add_sum,
+            ),
+            (metrics::TOTAL_CODE_LINES_ACCEPTED, c.loc_added_sum),
+        ]
+    };
     for l in &d.breakdown.totals_by_language_feature {
-        if l.feature != "code_completion" {
-            continue;
+        if l.feature == "code_completion" {
+            for (f, v) in code(&l.counts) {
+                set(f, "", &l.language, COMPLETIONS, v);
+            }
         }
-        let c = &l.counts;
-        set(
-            metrics::TOTAL_CODE_SUGGESTIONS,
-            "",
-            &l.language,
-            COMPLETIONS,
-            c.code_generation_activity_count,
-        );
-        set(
-            metrics::TOTAL_CODE_ACCEPTANCES,
-            "",
-            &l.language,
-            COMPLETIONS,
-            c.code_acceptance_activity_count,
-        );
-        set(
-            metrics::TOTAL_CODE_LINES_SUGGESTED,
-            "",
-            &l.language,
-            COMPLETIONS,
-            c.loc_suggested_to_add_sum,
-        );
-        set(
-            metrics::TOTAL_CODE_LINES_ACCEPTED,
-            "",
-            &l.language,
-            COMPLETIONS,
-            c.loc_added_sum,
-        );
     }
     for i in &d.breakdown.totals_by_ide {
-        let c = &i.counts;
-        set(
-            metrics::TOTAL_CODE_SUGGESTIONS,
-            &i.ide,
-            "",
-            COMPLETIONS,
-            c.code_generation_activity_count,
-        );
-        set(
-            metrics::TOTAL_CODE_ACCEPTANCES,
-            &i.ide,
-            "",
-            COMPLETIONS,
-            c.code_acceptance_activity_count,
-        );
-        set(
-            metrics::TOTAL_CODE_LINES_SUGGESTED,
-            &i.ide,
-            "",
-            COMPLETIONS,
-            c.loc_suggested_to_add_sum,
-        );
-        set(
-            metrics::TOTAL_CODE_LINES_ACCEPTED,
-            &i.ide,
-            "",
-            COMPLETIONS,
-            c.loc_added_sum,
-        );
+        for (f, v) in code(&i.counts) {
+            set(f, &i.ide, "", COMPLETIONS, v);
+        }
     }
     for f in &d.breakdown.totals_by_feature {
         if f.feature.starts_with("chat_panel") {

@@ -38,6 +38,8 @@ pub enum Report {
     Teams1,
     Enterprise28,
     EnterpriseUsers28,
+    Enterprise1,
+    EnterpriseUsers1,
 }
 
 impl Report {
@@ -46,7 +48,8 @@ impl Report {
             Report::Org28 => "organization-28-day",
             Report::Org1 => "organization-1-day",
             Report::Users28 | Report::EnterpriseUsers28 => "users-28-day",
-            Report::Users1 => "users-1-day",
+            Report::Users1 | Report::EnterpriseUsers1 => "users-1-day",
+            Report::Enterprise1 => "enterprise-1-day",
             Report::Teams1 => "user-teams-1-day",
             Report::Enterprise28 => "enterprise-28-day",
         }
@@ -55,6 +58,7 @@ impl Report {
     fn path(self, owner: &str, day: &str) -> String {
         let (kind, latest) = match self {
             Report::Enterprise28 | Report::EnterpriseUsers28 => ("enterprises", true),
+            Report::Enterprise1 | Report::EnterpriseUsers1 => ("enterprises", false),
             Report::Org28 | Report::Users28 => ("orgs", true),
             _ => ("orgs", false),
         };
@@ -336,10 +340,13 @@ impl CopilotPoller {
             Report::Org28 | Report::Org1 => {
                 aggregate::aggregate(&self.owner, Scope::Org, report.window(), records, o)
             }
-            Report::Enterprise28 => {
-                aggregate::aggregate(&self.owner, Scope::Enterprise, "28d", records, o)
+            Report::Enterprise28 | Report::Enterprise1 => {
+                aggregate::aggregate(&self.owner, Scope::Enterprise, report.window(), records, o)
             }
-            Report::Users28 | Report::Users1 | Report::EnterpriseUsers28 => {
+            Report::Users28
+            | Report::Users1
+            | Report::EnterpriseUsers28
+            | Report::EnterpriseUsers1 => {
                 aggregate::users(&self.owner, report.window(), records, o)
             }
             Report::Teams1 => Computed::default(),
@@ -597,6 +604,12 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         }
         if r.enterprise_users_28d {
             reports.push(Report::EnterpriseUsers28);
+        }
+        if r.enterprise_1d {
+            reports.push(Report::Enterprise1);
+        }
+        if r.enterprise_users_1d {
+            reports.push(Report::EnterpriseUsers1);
         }
         c.scopes
             .push(format!("copilot/{}/", e.slug.to_ascii_lowercase()));

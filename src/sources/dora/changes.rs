@@ -88,6 +88,18 @@ pub async fn record_push(
         .await
 }
 
+/// The push that moved a branch of `repo` (lower case) to `sha`, if it was seen.
+async fn push_to(
+    store: &dyn Store,
+    repo: &str,
+    sha: &str,
+) -> Result<Option<Push>, crate::store::Error> {
+    Ok(store
+        .kv_get(PUSHES, &format!("{repo}@{sha}"))
+        .await?
+        .and_then(|b| serde_json::from_slice::<Push>(&b).ok()))
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Deployed {
     sha: String,
@@ -137,11 +149,7 @@ pub async fn shipped(
             complete = true;
             break;
         }
-        let Some(push) = store
-            .kv_get(PUSHES, &format!("{repo}@{cur}"))
-            .await?
-            .and_then(|b| serde_json::from_slice::<Push>(&b).ok())
-        else {
+        let Some(push) = push_to(store, &repo, &cur).await? else {
             break;
         };
         commits.extend(push.commits.into_iter().rev());
@@ -189,11 +197,8 @@ pub async fn commit_time(
     repo: &str,
     sha: &str,
 ) -> Result<Option<f64>, crate::store::Error> {
-    let repo = repo.to_ascii_lowercase();
-    Ok(store
-        .kv_get(PUSHES, &format!("{repo}@{sha}"))
+    Ok(push_to(store, &repo.to_ascii_lowercase(), sha)
         .await?
-        .and_then(|b| serde_json::from_slice::<Push>(&b).ok())
         .and_then(|p| p.commits.iter().find(|(s, _)| s == sha).map(|(_, t)| *t)))
 }
 
@@ -380,11 +385,7 @@ pub async fn oldest_commit(
         if cur.bytes().all(|b| b == b'0') {
             break;
         }
-        let Some(push) = store
-            .kv_get(PUSHES, &format!("{repo}@{cur}"))
-            .await?
-            .and_then(|b| serde_json::from_slice::<Push>(&b).ok())
-        else {
+        let Some(push) = push_to(store, &repo, &cur).await? else {
             break;
         };
         for (_, t) in &push.commits {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Error, Secret, SecretSource};
+use crate::config::{Error, Secret, secret};
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,33 +167,6 @@ pub struct BackstageConfig {
     pub endpoint: String,
     pub token: Option<Secret>,
     pub refresh_interval: std::time::Duration,
-}
-
-fn secret(
-    key: &str,
-    value: Option<String>,
-    file: Option<PathBuf>,
-    base: Option<&Path>,
-) -> Result<Option<Secret>, Error> {
-    let source = match (value.filter(|v| !v.is_empty()), file) {
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid(
-                key,
-                None,
-                format!("set {key} or {key}_file, not both"),
-            ));
-        }
-        (Some(v), None) => SecretSource::Value(Secret::new(v)),
-        (None, Some(f)) => SecretSource::File(base.map_or(f.clone(), |b| b.join(&f))),
-        (None, None) => return Ok(None),
-    };
-    let s = source
-        .read()
-        .map_err(|e| Error::invalid(format!("{key}_file"), None, format!("cannot be read: {e}")))?;
-    if s.expose().is_empty() {
-        return Err(Error::invalid(key, None, "is empty"));
-    }
-    Ok(Some(s))
 }
 
 impl RawDora {

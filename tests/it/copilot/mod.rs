@@ -12,6 +12,8 @@ use devmetrics::sim::github::copilot::{CopilotData, Row, day_of};
 use devmetrics::sim::github::{APP_ID, GithubSim, INSTALLATION_ID, OrgSpec};
 use devmetrics::sim::{FakeServer, Faults};
 
+use crate::support::series;
+
 const ORG: &str = "acme";
 const USERS: usize = 8;
 const DAY: i64 = 86_400;
@@ -94,21 +96,6 @@ async fn metrics(base: &str) -> String {
         .text()
         .await
         .unwrap()
-}
-
-/// `family{labels} value` of `text`, labels as written.
-fn series(text: &str, family: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(family)?;
-            let (labels, v) = rest.rsplit_once(' ')?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            Some((labels.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 async fn wait_for(
@@ -522,7 +509,7 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
     let running = start_app(
         dir.path(),
         &env.sections(
-            "{enabled: true, include_org_1d: false, include_breakdown_ide: true, include_enterprise_28d: true, include_enterprise_users_28d: true, enterprise: {enabled: true, slug: acme-ent, via_org: acme}}",
+            "{enabled: true, include_org_1d: false, include_breakdown_ide: true, include_enterprise_28d: true, include_enterprise_users_28d: true, include_enterprise_1d: true, include_enterprise_users_1d: true, enterprise: {enabled: true, slug: acme-ent, via_org: acme}}",
         ),
     )
     .await;
@@ -534,15 +521,34 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
         )
     };
     let first = ent.rows_of(&days28).next().unwrap().clone();
-    // Each report is its own scope, written one after the other: wait for both.
-    let text = wait_for(&running.base, FAMILIES[5], |s| {
-        s.contains_key(&l("all", "enterprise", "")) && s.contains_key(&l(&first.login, "users", ""))
+    // The state scope is written last of a poll: with the enterprise's, every one of its
+    // reports' series are in.
+    let text = wait_for(&running.base, "devmetrics_copilot_report_state", |s| {
+        s.keys().any(|k| k.contains("org=\"acme-ent\""))
     })
     .await;
     let s = series(&text, FAMILIES[5]);
     assert_eq!(
         s.get(&l("all", "enterprise", "")),
         Some(&(ent_total[5] as f64))
+    );
+    // The latest complete day, from the enterprise's 1-day report.
+    let yesterday: BTreeSet<String> = [env.yesterday()].into();
+    let day = sum(ent.rows_of(&yesterday));
+    let l1 = |user: &str, scope: &str| {
+        format!(
+            "{{org=\"acme-ent\",repo=\"*\",user=\"{user}\",scope=\"{scope}\",window=\"1d\",team=\"\",ide=\"\",feature=\"\",language=\"\",model=\"\"}}"
+        )
+    };
+    assert_eq!(s.get(&l1("all", "enterprise")), Some(&(day[5] as f64)));
+    let users_1d: f64 = s
+        .iter()
+        .filter(|(k, _)| k.contains("scope=\"users\",window=\"1d\"") && k.contains("ide=\"\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        users_1d, day[5] as f64,
+        "the users' 1-day rows add up to the day"
     );
     // The fake's day totals carry every count under vscode.
     assert_eq!(

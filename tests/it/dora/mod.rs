@@ -91,20 +91,7 @@ impl App {
     }
 }
 
-/// `family{labels} value` lines of `body` as labels → value.
-pub fn series(body: &str, family: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(family)?;
-            let (labels, v) = rest.rsplit_once(' ')?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            Some((labels.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
+pub use crate::support::series;
 
 pub fn issue(key: &str, created: &str) -> Issue {
     Issue {
