@@ -28,6 +28,7 @@ pub struct RawCopilot {
     pub include_enterprise_users_28d: Option<bool>,
     pub include_enterprise_1d: Option<bool>,
     pub include_enterprise_users_1d: Option<bool>,
+    pub include_enterprise_teams: Option<bool>,
     pub include_breakdown_ide: Option<bool>,
     pub include_breakdown_feature: Option<bool>,
     pub include_breakdown_language: Option<bool>,
@@ -102,6 +103,7 @@ pub struct Reports {
     pub enterprise_users_28d: bool,
     pub enterprise_1d: bool,
     pub enterprise_users_1d: bool,
+    pub enterprise_teams: bool,
     pub seats: bool,
 }
 
@@ -248,6 +250,7 @@ impl RawCopilot {
                 enterprise_1d: enterprise.is_some() && on(self.include_enterprise_1d, false),
                 enterprise_users_1d: enterprise.is_some()
                     && on(self.include_enterprise_users_1d, false),
+                enterprise_teams: enterprise.is_some() && on(self.include_enterprise_teams, false),
                 seats: on(self.include_seats, false),
             },
             breakdowns: Breakdowns {

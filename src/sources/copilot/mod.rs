@@ -40,6 +40,7 @@ pub enum Report {
     EnterpriseUsers28,
     Enterprise1,
     EnterpriseUsers1,
+    EnterpriseTeams1,
 }
 
 impl Report {
@@ -50,7 +51,7 @@ impl Report {
             Report::Users28 | Report::EnterpriseUsers28 => "users-28-day",
             Report::Users1 | Report::EnterpriseUsers1 => "users-1-day",
             Report::Enterprise1 => "enterprise-1-day",
-            Report::Teams1 => "user-teams-1-day",
+            Report::Teams1 | Report::EnterpriseTeams1 => "user-teams-1-day",
             Report::Enterprise28 => "enterprise-28-day",
         }
     }
@@ -58,7 +59,9 @@ impl Report {
     fn path(self, owner: &str, day: &str) -> String {
         let (kind, latest) = match self {
             Report::Enterprise28 | Report::EnterpriseUsers28 => ("enterprises", true),
-            Report::Enterprise1 | Report::EnterpriseUsers1 => ("enterprises", false),
+            Report::Enterprise1 | Report::EnterpriseUsers1 | Report::EnterpriseTeams1 => {
+                ("enterprises", false)
+            }
             Report::Org28 | Report::Users28 => ("orgs", true),
             _ => ("orgs", false),
         };
@@ -349,7 +352,7 @@ impl CopilotPoller {
             | Report::EnterpriseUsers1 => {
                 aggregate::users(&self.owner, report.window(), records, o)
             }
-            Report::Teams1 => Computed::default(),
+            Report::Teams1 | Report::EnterpriseTeams1 => Computed::default(),
         }
     }
 }
@@ -397,9 +400,14 @@ impl Poller for CopilotPoller {
                     outcomes,
                 }) => {
                     self.state_samples(report, "ok", &mut state);
-                    let mut c = if report == Report::Teams1 {
+                    let mut c = if matches!(report, Report::Teams1 | Report::EnterpriseTeams1) {
+                        let users = if report == Report::Teams1 {
+                            Report::Users1
+                        } else {
+                            Report::EnterpriseUsers1
+                        };
                         if users_1d.is_none() {
-                            users_1d = match self.read(Report::Users1, &day).await {
+                            users_1d = match self.read(users, &day).await {
                                 Ok(Read::Records { records, .. }) => Some(records),
                                 _ => None,
                             };
@@ -420,7 +428,7 @@ impl Poller for CopilotPoller {
                     } else {
                         self.compute(report, &records, &o)
                     };
-                    if report == Report::Users1 {
+                    if matches!(report, Report::Users1 | Report::EnterpriseUsers1) {
                         users_1d = Some(records.clone());
                     }
                     if report == Report::Org1 && self.cfg.legacy_metrics {
@@ -610,6 +618,9 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         }
         if r.enterprise_users_1d {
             reports.push(Report::EnterpriseUsers1);
+        }
+        if r.enterprise_teams {
+            reports.push(Report::EnterpriseTeams1);
         }
         c.scopes
             .push(format!("copilot/{}/", e.slug.to_ascii_lowercase()));

@@ -509,7 +509,7 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
     let running = start_app(
         dir.path(),
         &env.sections(
-            "{enabled: true, include_org_1d: false, include_breakdown_ide: true, include_enterprise_28d: true, include_enterprise_users_28d: true, include_enterprise_1d: true, include_enterprise_users_1d: true, enterprise: {enabled: true, slug: acme-ent, via_org: acme}}",
+            "{enabled: true, include_org_1d: false, include_breakdown_ide: true, include_enterprise_28d: true, include_enterprise_users_28d: true, include_enterprise_1d: true, include_enterprise_users_1d: true, include_enterprise_teams: true, enterprise: {enabled: true, slug: acme-ent, via_org: acme}}",
         ),
     )
     .await;
@@ -550,6 +550,20 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
         users_1d, day[5] as f64,
         "the users' 1-day rows add up to the day"
     );
+    // The enterprise's teams: the day's memberships joined with its users' day.
+    let mut teams: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in ent.rows_of(&yesterday) {
+        for slug in &ent.teams[&(r.day.clone(), r.login.clone())] {
+            *teams.entry(slug).or_default() += r.counts[5];
+        }
+    }
+    assert!(!teams.is_empty());
+    for (slug, v) in teams {
+        let k = format!(
+            "{{org=\"acme-ent\",repo=\"*\",user=\"all\",scope=\"team\",window=\"1d\",team=\"{slug}\",ide=\"\",feature=\"\",language=\"\",model=\"\"}}"
+        );
+        assert_eq!(s.get(&k), Some(&(v as f64)), "{slug}");
+    }
     // The fake's day totals carry every count under vscode.
     assert_eq!(
         s.get(&l("all", "enterprise", "vscode")),
