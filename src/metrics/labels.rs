@@ -98,6 +98,16 @@ impl Labels {
     }
 }
 
+/// A user's label when logins must not show: the first 8 bytes of HMAC-SHA256 of `name`
+/// under `key`, in hex. Stable for a key, and not reversible by hashing a member list.
+pub fn hashed_label(key: &[u8], name: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(name.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
 /// Label-value escaping is identical in Prometheus text 0.0.4 and OpenMetrics 1.0:
 /// backslash, double quote and line feed.
 pub fn escape_label_value(value: &str, out: &mut String) {

@@ -355,13 +355,7 @@ pub(super) async fn report_link(
         );
     }
     let Some(data) = c.data.lock().get(&owner).cloned() else {
-        return sim.answer(
-            &h,
-            &uri,
-            StatusCode::NOT_FOUND,
-            json!({"message": "Not Found"}),
-            None,
-        );
+        return super::not_found();
     };
     let now = sim.clock.now();
     let yesterday = day_of(now - now.rem_euclid(DAY) - DAY);
@@ -455,13 +449,7 @@ pub(super) async fn seats(
     uri: Uri,
 ) -> Response {
     let Some(data) = sim.copilot.data.lock().get(&org).cloned() else {
-        return sim.answer(
-            &h,
-            &uri,
-            StatusCode::NOT_FOUND,
-            json!({"message": "Not Found"}),
-            None,
-        );
+        return super::not_found();
     };
     let per: usize = q
         .get("per_page")

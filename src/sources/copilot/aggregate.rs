@@ -197,7 +197,6 @@ pub fn user_label(
     login: Option<&str>,
     id: Option<u64>,
 ) -> String {
-    use hmac::{KeyInit, Mac};
     let id_text = id.map(|i| i.to_string());
     let name = login
         .filter(|l| !l.is_empty())
@@ -206,15 +205,10 @@ pub fn user_label(
     match mode {
         UserLabelMode::Login => name.unwrap_or_else(|| "unknown".into()),
         UserLabelMode::Id => id_text.or(name).unwrap_or_else(|| "unknown".into()),
-        UserLabelMode::Hashed => {
-            let Some(n) = name else {
-                return "unknown".into();
-            };
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
-                .expect("HMAC takes keys of any length");
-            mac.update(n.as_bytes());
-            hex::encode(&mac.finalize().into_bytes()[..8])
-        }
+        UserLabelMode::Hashed => name.map_or_else(
+            || "unknown".into(),
+            |n| crate::metrics::hashed_label(secret, &n),
+        ),
         UserLabelMode::None => "redacted".into(),
     }
 }

@@ -160,7 +160,6 @@ pub struct CopilotPoller {
     owner: String,
     client: Arc<Client>,
     download: reqwest::Client,
-    /// Report files over plain http only when the GitHub API itself is (a test fake).
     allow_http: bool,
     cfg: Arc<CopilotConfig>,
     reports: Vec<Report>,
@@ -428,9 +427,6 @@ impl Poller for CopilotPoller {
                     } else {
                         self.compute(report, &records, &o)
                     };
-                    if matches!(report, Report::Users1 | Report::EnterpriseUsers1) {
-                        users_1d = Some(records.clone());
-                    }
                     if report == Report::Org1 && self.cfg.legacy_metrics {
                         out.push(ScopeResult::new(
                             scope_of(&self.owner, "legacy"),
@@ -467,6 +463,10 @@ impl Poller for CopilotPoller {
                         ));
                     }
                     out.push(ScopeResult::new(scope, Ok(c.samples)));
+                    // A teams report later in this poll joins the day's users rows.
+                    if matches!(report, Report::Users1 | Report::EnterpriseUsers1) {
+                        users_1d = Some(records);
+                    }
                 }
                 Ok(Read::State(s)) => {
                     tracing::info!(org = %self.owner, report = report.name(), state = s, "Copilot report not available");
@@ -551,48 +551,54 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         );
     }
     let r = &cfg.reports;
-    let mut org_reports = Vec::new();
-    for (on, report) in [
+    let chosen = |table: &[(bool, Report)]| -> Vec<Report> {
+        table
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, rep)| *rep)
+            .collect()
+    };
+    let org_reports = chosen(&[
         (r.org_28d, Report::Org28),
         (r.org_1d || cfg.legacy_metrics, Report::Org1),
         (r.users_28d, Report::Users28),
         (r.users_1d, Report::Users1),
         (r.teams, Report::Teams1),
-    ] {
-        if on {
-            org_reports.push(report);
-        }
-    }
-    let allow_http = |org: &str| {
-        ctx.config.github.as_ref().is_some_and(|g| {
-            g.orgs
-                .iter()
-                .any(|o| o.org.eq_ignore_ascii_case(org) && o.api_base_url.starts_with("http://"))
-        })
-    };
-    for org in &orgs {
-        let client = ctx.github.get(org).ok_or_else(|| {
+    ]);
+    // One poller per org (and the enterprise), reading through the client of `via`.
+    let mut add = |owner: &str, via: &str, reports: Vec<Report>, seats: bool, what: &str| {
+        let client = ctx.github.get(via).ok_or_else(|| {
             BuildError::new(
                 "copilot",
-                format!("copilot.orgs names {org}, which is not an org of the github section (its client reads the reports)"),
+                format!("{what} {via}, which is not an org of the github section (its client reads the reports)"),
             )
         })?;
-        c.scopes
-            .push(format!("copilot/{}/", org.to_ascii_lowercase()));
-        c.pollers.push(Arc::new(CopilotPoller {
-            name: format!("copilot/{org}"),
-            owner: org.clone(),
+        // Report files over plain http only where the GitHub API itself is (a test fake).
+        let allow_http = ctx.config.github.as_ref().is_some_and(|g| {
+            g.orgs
+                .iter()
+                .any(|o| o.org.eq_ignore_ascii_case(via) && o.api_base_url.starts_with("http://"))
+        });
+        let poller = CopilotPoller {
+            name: format!("copilot/{owner}"),
+            owner: owner.to_string(),
             client,
             download: download.clone(),
-            allow_http: allow_http(org),
+            allow_http,
             cfg: cfg.clone(),
-            reports: org_reports.clone(),
-            seats: r.seats,
+            reports,
+            seats,
             clock: ctx.clock.clone(),
             counters: counters.clone(),
             store: ctx.store.clone(),
             secret: Default::default(),
-        }));
+        };
+        c.scopes.extend(poller.scopes());
+        c.pollers.push(Arc::new(poller));
+        Ok::<(), BuildError>(())
+    };
+    for org in &orgs {
+        add(org, org, org_reports.clone(), r.seats, "copilot.orgs names")?;
     }
     if let Some(e) = &cfg.enterprise {
         let via = e
@@ -600,44 +606,20 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             .clone()
             .or_else(|| orgs.first().cloned())
             .unwrap_or_default();
-        let client = ctx.github.get(&via).ok_or_else(|| {
-            BuildError::new(
-                "copilot",
-                format!("copilot.enterprise.via_org {via} is not an org of the github section"),
-            )
-        })?;
-        let mut reports = Vec::new();
-        if r.enterprise_28d {
-            reports.push(Report::Enterprise28);
-        }
-        if r.enterprise_users_28d {
-            reports.push(Report::EnterpriseUsers28);
-        }
-        if r.enterprise_1d {
-            reports.push(Report::Enterprise1);
-        }
-        if r.enterprise_users_1d {
-            reports.push(Report::EnterpriseUsers1);
-        }
-        if r.enterprise_teams {
-            reports.push(Report::EnterpriseTeams1);
-        }
-        c.scopes
-            .push(format!("copilot/{}/", e.slug.to_ascii_lowercase()));
-        c.pollers.push(Arc::new(CopilotPoller {
-            name: format!("copilot/{}", e.slug),
-            owner: e.slug.clone(),
-            client,
-            download,
-            allow_http: allow_http(&via),
-            cfg: cfg.clone(),
+        let reports = chosen(&[
+            (r.enterprise_28d, Report::Enterprise28),
+            (r.enterprise_users_28d, Report::EnterpriseUsers28),
+            (r.enterprise_1d, Report::Enterprise1),
+            (r.enterprise_users_1d, Report::EnterpriseUsers1),
+            (r.enterprise_teams, Report::EnterpriseTeams1),
+        ]);
+        add(
+            &e.slug,
+            &via,
             reports,
-            seats: false,
-            clock: ctx.clock.clone(),
-            counters,
-            store: ctx.store.clone(),
-            secret: Default::default(),
-        }));
+            false,
+            "copilot.enterprise.via_org is",
+        )?;
     }
     Ok(Some(c))
 }

@@ -202,22 +202,6 @@ pub async fn commit_time(
         .and_then(|p| p.commits.iter().find(|(s, _)| s == sha).map(|(_, t)| *t)))
 }
 
-/// Whether `sha` was deployed successfully to `environment` before `at`.
-pub async fn deployed_before(
-    store: &dyn Store,
-    repo: &str,
-    environment: &str,
-    sha: &str,
-    at: f64,
-) -> Result<bool, crate::store::Error> {
-    let key = sha_key(repo, environment, sha);
-    Ok(store
-        .kv_get(DEPLOYED_SHAS, &key)
-        .await?
-        .and_then(|b| serde_json::from_slice::<f64>(&b).ok())
-        .is_some_and(|first| first < at))
-}
-
 fn sha_key(repo: &str, environment: &str, sha: &str) -> String {
     format!(
         "{}@{}@{sha}",
@@ -226,26 +210,36 @@ fn sha_key(repo: &str, environment: &str, sha: &str) -> String {
     )
 }
 
-/// Records that `sha` was deployed successfully at `at` (the earliest time kept).
+/// When `sha` was first deployed successfully to `environment`, if it was.
+pub async fn first_deployed(
+    store: &dyn Store,
+    repo: &str,
+    environment: &str,
+    sha: &str,
+) -> Result<Option<f64>, crate::store::Error> {
+    Ok(store
+        .kv_get(DEPLOYED_SHAS, &sha_key(repo, environment, sha))
+        .await?
+        .and_then(|b| serde_json::from_slice::<f64>(&b).ok()))
+}
+
+/// Records that `sha` was deployed successfully at `at`, unless `first` (what
+/// [`first_deployed`] read) is as early.
 pub async fn mark_sha_deployed(
     store: &dyn Store,
     repo: &str,
     environment: &str,
     sha: &str,
     at: f64,
+    first: Option<f64>,
 ) -> Result<(), crate::store::Error> {
-    let key = sha_key(repo, environment, sha);
-    let first = store
-        .kv_get(DEPLOYED_SHAS, &key)
-        .await?
-        .and_then(|b| serde_json::from_slice::<f64>(&b).ok());
     if first.is_some_and(|f| f <= at) {
         return Ok(());
     }
     store
         .kv_put(
             DEPLOYED_SHAS,
-            &key,
+            &sha_key(repo, environment, sha),
             serde_json::to_vec(&at).expect("encodes"),
             Some(KEEP),
         )

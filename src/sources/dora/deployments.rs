@@ -329,19 +329,13 @@ impl Deployments {
         };
         let team = self.teams.of_repository(&o.repository).await;
         let team = team.as_str();
-        let redeployment = match o.redeployment {
-            Some(r) => r,
-            None => {
-                super::changes::deployed_before(
-                    &*self.store,
-                    &o.repository,
-                    &o.environment,
-                    &o.sha,
-                    o.at,
-                )
-                .await?
-            }
-        };
+        // One read serves the label and, for a success, the record of the commit.
+        let first =
+            super::changes::first_deployed(&*self.store, &o.repository, &o.environment, &o.sha)
+                .await?;
+        let redeployment = o
+            .redeployment
+            .unwrap_or_else(|| first.is_some_and(|f| f < o.at));
         let labels = Labels::new(
             metrics::GITHUB_DEPLOYMENTS_TOTAL,
             &[
@@ -376,6 +370,7 @@ impl Deployments {
                 &o.environment,
                 &o.sha,
                 o.at,
+                first,
             )
             .await?;
         }

@@ -84,41 +84,32 @@ pub fn updates(text: &str) -> (BTreeMap<&'static str, Vec<Update>>, BTreeMap<Str
             continue;
         }
         let get = |k: &str| l.get(k).map(String::as_str).unwrap_or("");
+        let deployment = || {
+            vec![
+                get("repo"),
+                get("environment"),
+                get("team"),
+                get("status"),
+                get("redeployment"),
+            ]
+        };
         let (scope, family, values, op) = match name {
             "github_deployments_total" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_TOTAL,
-                vec![
-                    get("repo"),
-                    get("environment"),
-                    get("team"),
-                    get("status"),
-                    get("redeployment"),
-                ],
+                deployment(),
                 Op::Inc(v),
             ),
             "github_deployments_duration" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_DURATION,
-                vec![
-                    get("repo"),
-                    get("environment"),
-                    get("team"),
-                    get("status"),
-                    get("redeployment"),
-                ],
+                deployment(),
                 Op::Set(v),
             ),
             "github_deployments_duration_sum" => (
                 super::deployments::SCOPE,
                 metrics::GITHUB_DEPLOYMENTS_DURATION_SUM,
-                vec![
-                    get("repo"),
-                    get("environment"),
-                    get("team"),
-                    get("status"),
-                    get("redeployment"),
-                ],
+                deployment(),
                 Op::Add(v),
             ),
             "jira_incidents" => (

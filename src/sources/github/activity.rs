@@ -1,7 +1,6 @@
 //! Contributor activity: wire payloads → per-user events of one repo → the eight
 //! `gh_activity_*` series of an exact window. Pure: no I/O here.
 
-use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -293,19 +292,14 @@ impl Users<'_> {
         match self.cfg.user_label_mode {
             UserLabelMode::Login => login.to_string(),
             UserLabelMode::None => "none".to_string(),
-            UserLabelMode::Hashed => {
-                let key = self
-                    .cfg
+            UserLabelMode::Hashed => crate::metrics::hashed_label(
+                self.cfg
                     .user_label_secret
                     .as_ref()
-                    .map(|s| s.expose().as_bytes().to_vec())
-                    .unwrap_or_default();
-                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)
-                    .expect("HMAC takes keys of any length");
-                mac.update(login.as_bytes());
-                let tag = mac.finalize().into_bytes();
-                hex::encode(&tag[..8])
-            }
+                    .map(|s| s.expose().as_bytes())
+                    .unwrap_or_default(),
+                login,
+            ),
         }
     }
 }
