@@ -127,6 +127,18 @@ const fn copilot(
     ours("copilot", name, kind, unit, help, labels)
 }
 
+/// A counter of the org's or enterprise's days, read once each from the 1-day reports.
+const fn copilot_day(name: &'static str, help: &'static str) -> FamilyDef {
+    ours(
+        "copilot",
+        name,
+        Kind::Counter,
+        None,
+        help,
+        &["org", "scope"],
+    )
+}
+
 /// copilot-metrics-exporter's unprefixed gauges, under `copilot.legacy_metrics`.
 const fn copilot_legacy(name: &'static str, help: &'static str) -> FamilyDef {
     def(
@@ -1250,6 +1262,64 @@ families! {
         Some("seconds"),
         "Each seat's last Copilot activity (opt-in: copilot.include_seat_activity_per_user), user as copilot.user_label_mode names them.",
         &["org", "user"],
+    ),
+    DEVMETRICS_COPILOT_USER_INITIATED_INTERACTIONS_TOTAL: copilot_day(
+        "devmetrics_copilot_user_initiated_interactions_total",
+        "Prompts users sent to Copilot, each complete day's 1-day aggregate report counted once (days missed while down are read later from the queue, so increase() over any range adds up).",
+    ),
+    DEVMETRICS_COPILOT_CODE_GENERATIONS_TOTAL: copilot_day(
+        "devmetrics_copilot_code_generations_total",
+        "Code suggestions and generations Copilot made, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_CODE_ACCEPTANCES_TOTAL: copilot_day(
+        "devmetrics_copilot_code_acceptances_total",
+        "Suggestions and generations users accepted, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_LOC_SUGGESTED_TO_ADD_TOTAL: copilot_day(
+        "devmetrics_copilot_loc_suggested_to_add_total",
+        "Lines Copilot suggested adding, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_LOC_SUGGESTED_TO_DELETE_TOTAL: copilot_day(
+        "devmetrics_copilot_loc_suggested_to_delete_total",
+        "Lines Copilot suggested deleting, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_LOC_ADDED_TOTAL: copilot_day(
+        "devmetrics_copilot_loc_added_total",
+        "Lines added from accepted suggestions, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_LOC_DELETED_TOTAL: copilot_day(
+        "devmetrics_copilot_loc_deleted_total",
+        "Lines deleted from accepted suggestions, each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_PULL_REQUESTS_CREATED_TOTAL: copilot_day(
+        "devmetrics_copilot_pull_requests_created_total",
+        "Pull requests created (pull_requests.total_created), each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_PULL_REQUESTS_REVIEWED_TOTAL: copilot_day(
+        "devmetrics_copilot_pull_requests_reviewed_total",
+        "Pull requests reviewed (pull_requests.total_reviewed), each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_PULL_REQUESTS_CREATED_BY_COPILOT_TOTAL: copilot_day(
+        "devmetrics_copilot_pull_requests_created_by_copilot_total",
+        "Pull requests Copilot created (pull_requests.total_created_by_copilot), each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_PULL_REQUESTS_REVIEWED_BY_COPILOT_TOTAL: copilot_day(
+        "devmetrics_copilot_pull_requests_reviewed_by_copilot_total",
+        "Pull requests Copilot reviewed (pull_requests.total_reviewed_by_copilot), each day's 1-day aggregate report counted once.",
+    ),
+    DEVMETRICS_COPILOT_DAYS_TOTAL: copilot(
+        "devmetrics_copilot_days_total",
+        Counter,
+        None,
+        "Days whose 1-day aggregate report was counted into the devmetrics_copilot_*_total counters, by result: counted, or no_data (GitHub answered 204: nothing for the day).",
+        &["org", "report", "result"],
+    ),
+    DEVMETRICS_COPILOT_DAYS_UNCOUNTED: copilot(
+        "devmetrics_copilot_days_uncounted",
+        Gauge,
+        None,
+        "Days of the copilot.backfill_days horizon (yesterday included) not yet counted when the poll last looked; each was queued for its 1-day report. Above 1 for long: a day keeps failing (see the queue's dead letters).",
+        &["org", "report"],
     ),
     COPILOT_EXPORTER_REQUESTS_TOTAL: copilot_exporter(
         "copilot_exporter_requests_total",

@@ -35,6 +35,8 @@ pub mod topics {
     pub const GITHUB_SCRAPE: &str = "github/scrape";
     /// Accepted GitHub deliveries DORA reads (deployment statuses).
     pub const DORA_GITHUB: &str = "webhooks/github-dora";
+    /// Days of Copilot's 1-day aggregate reports to count.
+    pub const COPILOT_DAYS: &str = "copilot/days";
     /// Accepted Jira webhook deliveries (incidents).
     pub const JIRA_WEBHOOKS: &str = "webhooks/jira";
 

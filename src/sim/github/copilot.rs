@@ -194,6 +194,8 @@ pub struct CopilotSim {
     pub files_per_report: AtomicU32,
     /// `day=` values asked of 1-day reports.
     pub days_asked: Mutex<Vec<String>>,
+    /// Day → the status every 1-day report link of that day answers instead (204, 500).
+    pub day_status: Mutex<BTreeMap<String, u16>>,
 }
 
 fn counts_json(c: &[u64; 7], interactions: bool) -> serde_json::Map<String, Value> {
@@ -383,6 +385,19 @@ pub(super) async fn report_link(
         c.days_asked.lock().push(day.clone());
         if day.as_str() > yesterday.as_str() {
             return StatusCode::NO_CONTENT.into_response();
+        }
+        match c.day_status.lock().get(&day).copied() {
+            Some(204) => return StatusCode::NO_CONTENT.into_response(),
+            Some(status) => {
+                return sim.answer(
+                    &h,
+                    &uri,
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    json!({"message": "Server Error"}),
+                    None,
+                );
+            }
+            None => {}
         }
         (vec![day], true)
     };

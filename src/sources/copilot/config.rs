@@ -50,6 +50,9 @@ pub struct RawCopilot {
     pub refresh_if_report_unchanged: Option<bool>,
     /// copilot-metrics-exporter's unprefixed gauges `{editor,language,stream,org}`.
     pub legacy_metrics: Option<bool>,
+    /// Days back the daily counters are kept whole: each day of this horizon not yet
+    /// counted is read from its 1-day report through the queue. 0: no daily counters.
+    pub backfill_days: Option<u32>,
     #[serde(default)]
     pub enterprise: RawEnterprise,
 }
@@ -122,6 +125,10 @@ pub struct EnterpriseConfig {
     pub via_org: Option<String>,
 }
 
+/// A day is counted once by an idempotency key kept `storage.idempotency_retention`; the
+/// component refuses a horizon that outlives those keys.
+pub const MAX_BACKFILL_DAYS: u32 = 90;
+
 #[derive(Clone, Debug)]
 pub struct CopilotConfig {
     pub orgs: Vec<String>,
@@ -139,6 +146,7 @@ pub struct CopilotConfig {
     pub max_users_per_report: u64,
     pub max_download_bytes: u64,
     pub legacy_metrics: bool,
+    pub backfill_days: u32,
     pub enterprise: Option<EnterpriseConfig>,
 }
 
@@ -270,6 +278,19 @@ impl RawCopilot {
             max_users_per_report: count("copilot.max_users_per_report", self.max_users_per_report)?,
             max_download_bytes: self.max_download_bytes.unwrap_or(512 * 1024 * 1024),
             legacy_metrics: on(self.legacy_metrics, false),
+            backfill_days: match self.backfill_days {
+                None => 28,
+                // GitHub keeps 1-day reports for a year; the idempotency keys that count a
+                // day once are what bound the horizon (checked against the storage section).
+                Some(n) if n <= MAX_BACKFILL_DAYS => n,
+                Some(n) => {
+                    return Err(Error::invalid(
+                        "copilot.backfill_days",
+                        Some(&n.to_string()),
+                        "must be at most 90",
+                    ));
+                }
+            },
             enterprise,
         }))
     }

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod days;
 pub mod legacy;
 pub mod seats;
 pub mod wire;
@@ -169,6 +170,7 @@ pub struct CopilotPoller {
     store: crate::store::SharedStore,
     /// The HMAC key of hashed user labels: configured, else made once and kept in the store.
     secret: tokio::sync::OnceCell<Vec<u8>>,
+    queue: crate::queue::SharedQueue,
 }
 
 pub fn scope_of(owner: &str, part: &str) -> String {
@@ -207,6 +209,48 @@ impl CopilotPoller {
             max_records: self.cfg.max_records_per_report,
             max_users: self.cfg.max_users_per_report,
         }
+    }
+
+    /// The aggregate 1-day reports whose days are counted (`copilot.backfill_days` > 0).
+    fn counted(&self) -> impl Iterator<Item = Report> + '_ {
+        self.reports.iter().copied().filter(|r| {
+            self.cfg.backfill_days > 0 && matches!(r, Report::Org1 | Report::Enterprise1)
+        })
+    }
+
+    /// Queues every day of the horizon not yet counted, yesterday included; answers how many
+    /// that is.
+    async fn queue_uncounted(&self, report: Report) -> Result<usize, String> {
+        let days = self.cfg.backfill_days;
+        let all = days::horizon(self.clock.now(), days);
+        let prefix = days::marker_prefix(&self.owner, report.name());
+        let counted: std::collections::BTreeSet<String> = self
+            .store
+            .kv_scan(days::NS, &prefix, days as usize * 2 + 8)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect();
+        let missing = days::uncounted(&all, &counted);
+        let today = all.last().cloned().unwrap_or_default();
+        for day in &missing {
+            let job = days::DayJob {
+                owner: self.owner.clone(),
+                report: report.name().to_string(),
+                day: day.clone(),
+            };
+            // One job per day and poll day: a job that failed for good is queued again
+            // tomorrow, while the day is still in the horizon.
+            let key = format!("{}@{today}", job.key());
+            let payload =
+                bytes::Bytes::from(serde_json::to_vec(&job).expect("a day job serializes"));
+            self.queue
+                .publish(crate::queue::topics::COPILOT_DAYS, Some(&key), payload)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(missing.len())
     }
 
     /// The latest complete day (UTC): reports cover days that have ended.
@@ -389,10 +433,15 @@ impl Poller for CopilotPoller {
         let mut out = Vec::new();
         let mut state = Vec::new();
         let mut users_1d: Option<Vec<Record>> = None;
+        let mut readable = Vec::new();
         for report in &self.reports {
             let report = *report;
             let scope = scope_of(&self.owner, report.name());
-            match self.read(report, &day).await {
+            let read = self.read(report, &day).await;
+            if matches!(read, Ok(Read::Records { .. } | Read::State("no_data"))) {
+                readable.push(report);
+            }
+            match read {
                 Ok(Read::Records {
                     records,
                     last_day,
@@ -483,6 +532,27 @@ impl Poller for CopilotPoller {
                 }
             }
         }
+        // Days are queued only while the report answers: a disabled policy or a missing
+        // permission would fail every day alike.
+        for report in self.counted().filter(|r| readable.contains(r)) {
+            match self.queue_uncounted(report).await {
+                Ok(n) => {
+                    let l = Labels::new(
+                        metrics::DEVMETRICS_COPILOT_DAYS_UNCOUNTED,
+                        &[&self.owner, report.name()],
+                    )
+                    .expect("two labels");
+                    state.push(Sample::number(
+                        metrics::DEVMETRICS_COPILOT_DAYS_UNCOUNTED,
+                        l,
+                        n as f64,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(org = %self.owner, report = report.name(), error = %e, "Copilot days not queued; the next poll tries again")
+                }
+            }
+        }
         if self.seats {
             self.counters.api_requests.fetch_add(1, Ordering::Relaxed);
             let r = seats::read(
@@ -565,6 +635,18 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
         (r.users_1d, Report::Users1),
         (r.teams, Report::Teams1),
     ]);
+    let retention = ctx.config.storage.idempotency_retention;
+    if days::marker_ttl(cfg.backfill_days) > retention {
+        return Err(BuildError::new(
+            "copilot",
+            format!(
+                "copilot.backfill_days ({}) must be at least 2 days shorter than storage.idempotency_retention ({} days): a day whose key is forgotten while it is still in the horizon would count twice",
+                cfg.backfill_days,
+                retention.as_secs() / 86_400
+            ),
+        ));
+    }
+    let mut counting = std::collections::HashMap::new();
     // One poller per org (and the enterprise), reading through the client of `via`.
     let mut add = |owner: &str, via: &str, reports: Vec<Report>, seats: bool, what: &str| {
         let client = ctx.github.get(via).ok_or_else(|| {
@@ -592,9 +674,14 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             counters: counters.clone(),
             store: ctx.store.clone(),
             secret: Default::default(),
+            queue: ctx.queue.clone(),
         };
         c.scopes.extend(poller.scopes());
-        c.pollers.push(Arc::new(poller));
+        let poller = Arc::new(poller);
+        if poller.counted().next().is_some() {
+            counting.insert(owner.to_ascii_lowercase(), poller.clone());
+        }
+        c.pollers.push(poller);
         Ok::<(), BuildError>(())
     };
     for org in &orgs {
@@ -620,6 +707,16 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             false,
             "copilot.enterprise.via_org is",
         )?;
+    }
+    if !counting.is_empty() {
+        c.consumers.push(crate::sources::Consumer {
+            topic: crate::queue::topics::COPILOT_DAYS.to_string(),
+            handler: Arc::new(days::Days {
+                pollers: counting,
+                store: ctx.store.clone(),
+            }),
+            count: 1,
+        });
     }
     Ok(Some(c))
 }

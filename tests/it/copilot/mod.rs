@@ -151,7 +151,7 @@ async fn every_report_sums_the_fakes_rows() {
     let running = start_app(
         dir.path(),
         &env.sections(
-            "{enabled: true, include_org_users_28d: true, include_org_users_1d: true, include_teams: true, include_seats: true, scrape_interval: 1h}",
+            "{enabled: true, include_org_users_28d: true, include_org_users_1d: true, include_teams: true, include_seats: true, scrape_interval: 1h, backfill_days: 0}",
         ),
     )
     .await;
@@ -608,3 +608,110 @@ async fn enterprise_reports_breakdowns_and_truncated_files() {
     assert!(read > 0.0 && read < all, "{read} of {all}: {r:?}");
     running.stop().await;
 }
+
+/// The daily counters: every day of the horizon counted once from its 1-day report, days
+/// that failed read again from the queue, a day with no data counted as such, and nothing
+/// counted twice across a restart.
+#[tokio::test]
+async fn missed_days_are_backfilled_and_counted_once() {
+    let env = Env::start().await;
+    let end = env.now - env.now.rem_euclid(DAY) - DAY;
+    let h: Vec<String> = (0..5).rev().map(|k| day_of(end - k * DAY)).collect();
+    {
+        let mut s = env.sim.copilot.day_status.lock();
+        s.insert(h[0].clone(), 500);
+        s.insert(h[1].clone(), 500);
+        s.insert(h[3].clone(), 204);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sections = env
+        .sections("{enabled: true, include_org_28d: false, backfill_days: 5, scrape_interval: 1h}");
+    let days = |text: &str, result: &str| {
+        series(text, "devmetrics_copilot_days_total")
+            .get(&format!(
+                "{{org=\"{ORG}\",report=\"organization-1-day\",result=\"{result}\"}}"
+            ))
+            .copied()
+    };
+    let counters = |text: &str| -> Vec<Option<f64>> {
+        COUNTERS
+            .iter()
+            .map(|f| {
+                series(text, f)
+                    .get(&format!("{{org=\"{ORG}\",scope=\"org\"}}"))
+                    .copied()
+            })
+            .collect()
+    };
+    let truth = |counted: &[&String]| -> Vec<Option<f64>> {
+        let set: BTreeSet<String> = counted.iter().map(|d| (*d).clone()).collect();
+        let s = sum(env.data.rows_of(&set));
+        let mut out: Vec<Option<f64>> = s.iter().map(|v| Some(*v as f64)).collect();
+        for i in 0..4 {
+            out.push(Some(
+                set.iter()
+                    .map(|d| env.data.pull_requests.get(d).map_or(0, |p| p[i]) as f64)
+                    .sum(),
+            ));
+        }
+        out
+    };
+    let running = start_app(dir.path(), &sections).await;
+    let text = wait_for(&running.base, "devmetrics_copilot_days_total", |_| true).await;
+    let mut text = text;
+    for _ in 0..200 {
+        text = metrics(&running.base).await;
+        if days(&text, "counted") == Some(2.0) && days(&text, "no_data") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(days(&text, "counted"), Some(2.0), "{text}");
+    assert_eq!(days(&text, "no_data"), Some(1.0));
+    assert_eq!(counters(&text), truth(&[&h[2], &h[4]]));
+    assert_eq!(
+        series(&text, "devmetrics_copilot_days_uncounted")
+            .get(&format!("{{org=\"{ORG}\",report=\"organization-1-day\"}}")),
+        Some(&5.0),
+        "the first poll found every day of the horizon uncounted"
+    );
+    // GitHub recovers: the failed days' jobs, retried with backoff, count them.
+    env.sim.copilot.day_status.lock().retain(|_, s| *s == 204);
+    for _ in 0..400 {
+        text = metrics(&running.base).await;
+        if days(&text, "counted") == Some(4.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(days(&text, "counted"), Some(4.0), "{text}");
+    assert_eq!(counters(&text), truth(&[&h[0], &h[1], &h[2], &h[4]]));
+    running.stop().await;
+
+    // After a restart the poll finds every day counted: none is read or counted again.
+    let asked = env.sim.copilot.days_asked.lock().len();
+    let running = start_app(dir.path(), &sections).await;
+    let text = wait_for(&running.base, "devmetrics_copilot_days_uncounted", |m| {
+        m.get(&format!("{{org=\"{ORG}\",report=\"organization-1-day\"}}")) == Some(&0.0)
+    })
+    .await;
+    assert_eq!(counters(&text), truth(&[&h[0], &h[1], &h[2], &h[4]]));
+    assert_eq!(days(&text, "counted"), Some(4.0));
+    // Only the poll's own read of yesterday for the 1d gauges.
+    assert_eq!(env.sim.copilot.days_asked.lock().len(), asked + 1);
+    running.stop().await;
+}
+
+const COUNTERS: [&str; 11] = [
+    "devmetrics_copilot_user_initiated_interactions_total",
+    "devmetrics_copilot_code_generations_total",
+    "devmetrics_copilot_code_acceptances_total",
+    "devmetrics_copilot_loc_suggested_to_add_total",
+    "devmetrics_copilot_loc_suggested_to_delete_total",
+    "devmetrics_copilot_loc_added_total",
+    "devmetrics_copilot_loc_deleted_total",
+    "devmetrics_copilot_pull_requests_created_total",
+    "devmetrics_copilot_pull_requests_reviewed_total",
+    "devmetrics_copilot_pull_requests_created_by_copilot_total",
+    "devmetrics_copilot_pull_requests_reviewed_by_copilot_total",
+];
