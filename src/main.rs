@@ -184,6 +184,8 @@ enum DocsCommand {
     Metrics,
     /// A replaced tool's migration page (docs/migrate/TOOL.md).
     Migrate { tool: String },
+    /// The configuration reference (docs/config-reference.md).
+    Config,
 }
 
 #[derive(Args, Clone, Default)]
@@ -409,6 +411,12 @@ fn main() -> ExitCode {
             what: DocsCommand::Metrics,
         } => {
             print!("{}", metrics::docs::markdown());
+            ExitCode::SUCCESS
+        }
+        Command::Docs {
+            what: DocsCommand::Config,
+        } => {
+            print!("{}", config::reference::markdown());
             ExitCode::SUCCESS
         }
         Command::Docs {

@@ -6,6 +6,7 @@
 
 mod duration;
 pub mod raw;
+pub mod reference;
 mod secret;
 
 pub use duration::{format_duration, parse_duration};

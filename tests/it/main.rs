@@ -7,6 +7,7 @@ mod contract;
 mod copilot;
 mod crash;
 mod demo;
+mod deploy;
 mod docs;
 mod dora;
 mod exposition;

@@ -38,7 +38,7 @@ fn instantiate(expr: &str) -> String {
 }
 
 /// Every (metric, labels) a dashboard's queries and `label_values` variables read.
-fn dashboard_needs(json: &serde_json::Value) -> Vec<(String, BTreeSet<String>)> {
+pub fn dashboard_needs(json: &serde_json::Value) -> Vec<(String, BTreeSet<String>)> {
     fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {

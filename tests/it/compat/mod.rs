@@ -5,11 +5,11 @@
 //! and every documented family's name, type and label set in both exposition formats.
 
 mod copilot_metrics;
-mod dashboards;
+pub mod dashboards;
 mod dora_exporter;
 mod github_stats;
 mod github_telemetry;
-mod rules;
+pub mod rules;
 mod spacelift;
 mod tables;
 

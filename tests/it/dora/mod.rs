@@ -80,7 +80,8 @@ impl App {
         pred: impl Fn(&BTreeMap<String, f64>) -> bool,
     ) -> BTreeMap<String, f64> {
         let mut last = BTreeMap::new();
-        for _ in 0..200 {
+        // Generous: the whole suite shares two cores.
+        for _ in 0..600 {
             last = series(&self.metrics(None).await, family);
             if pred(&last) {
                 break;

@@ -257,7 +257,6 @@ async fn a_month_of_one_team_gives_every_figure_worked_out_by_hand() {
         .series_when("dora_changes_total", |s| s.get(team) == Some(&6.0))
         .await;
     assert_eq!(changes[team], 6.0, "S1, F1, S2, S2b, S3, S4");
-    let text = app.metrics(None).await;
     let row = |state: &str, env: &str, again: bool| {
         format!(
             "{{repo=\"pay\",environment=\"{env}\",team=\"Payments\",status=\"{state}\",redeployment=\"{again}\"}}"
@@ -270,7 +269,12 @@ async fn a_month_of_one_team_gives_every_figure_worked_out_by_hand() {
         (row("success", "staging", false), 1.0),
     ]
     .into();
-    assert_eq!(series(&text, "github_deployments_total"), want, "{text}");
+    // Statuses are applied by their own consumers: wait for all of them, not for the changes.
+    let deployments = app
+        .series_when("github_deployments_total", |s| *s == want)
+        .await;
+    assert_eq!(deployments, want);
+    let text = app.metrics(None).await;
     assert_eq!(
         series(&text, "dora_failed_changes_total"),
         [
