@@ -35,6 +35,15 @@ enum Command {
     },
     /// Validate a configuration and exit (status 2 when invalid).
     CheckConfig(Common),
+    /// Probe this host's running service for a container HEALTHCHECK: exit 0 when its
+    /// /readyz answers 200 (or 401: serving, behind basic auth), 1 otherwise.
+    Healthcheck {
+        #[command(flatten)]
+        common: Common,
+        /// The URL to probe (default: /readyz on the first web.listen_addresses, loopback).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -448,6 +457,16 @@ fn main() -> ExitCode {
             }
             Err(e) => invalid(e),
         },
+        Command::Healthcheck { common, url } => {
+            let url = match url {
+                Some(u) => u,
+                None => match common.load() {
+                    Ok(cfg) => readyz_url(&cfg),
+                    Err(e) => return invalid(e),
+                },
+            };
+            run(healthcheck(url))
+        }
         Command::Serve(common) => {
             let cfg = match common.load() {
                 Ok(c) => c,
@@ -564,6 +583,56 @@ fn queue(what: QueueCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `/readyz` on the first listen address, reached over loopback when it listens on every
+/// address; https when the web config file is set (it may enable TLS).
+fn readyz_url(cfg: &config::Config) -> String {
+    let addr = cfg
+        .web
+        .listen_addresses
+        .first()
+        .copied()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 10477)));
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if cfg.web.config_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!(
+        "{scheme}://{}/readyz",
+        std::net::SocketAddr::new(ip, addr.port())
+    )
+}
+
+async fn healthcheck(url: String) -> anyhow::Result<()> {
+    // The probe reaches this host's own listener; its certificate names the service, not
+    // loopback.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .danger_accept_invalid_certs(true)
+        .build()?;
+    let mut answer = client.get(&url).send().await;
+    if answer.is_err() && url.starts_with("https://") {
+        // A web config file without TLS (basic auth only) serves plain http.
+        answer = client
+            .get(url.replacen("https://", "http://", 1))
+            .send()
+            .await;
+    }
+    let status = answer
+        .map_err(|e| anyhow::anyhow!("{url}: {}", e.without_url()))?
+        .status();
+    anyhow::ensure!(
+        status.is_success() || status == reqwest::StatusCode::UNAUTHORIZED,
+        "{url} answered {status}"
+    );
+    Ok(())
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
