@@ -3,6 +3,7 @@
 //! metric state except through the queue.
 
 mod pages;
+mod status;
 pub mod webconfig;
 
 use axum::Router;
@@ -50,7 +51,11 @@ pub fn router(state: Shared, extra: Router<Shared>) -> Router {
     let body_limit = state.config.web.max_request_body_bytes as usize;
     let timeout = state.config.web.request_timeout;
     Router::new()
-        .route("/", get(pages::landing))
+        .route("/", get(status::overview))
+        .route("/status/queue", get(status::queue))
+        .route("/status/ci", get(status::ci))
+        .route("/status/dora", get(status::dora))
+        .route("/status/copilot", get(status::copilot))
         .route(&telemetry_path, get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -176,6 +181,10 @@ async fn record(State(s): State<Shared>, req: Request, next: Next) -> Response {
 
 const KNOWN_ROUTES: &[&str] = &[
     "/",
+    "/status/queue",
+    "/status/ci",
+    "/status/dora",
+    "/status/copilot",
     "/livez",
     "/readyz",
     "/healthz",

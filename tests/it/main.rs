@@ -16,6 +16,7 @@ mod ha;
 mod secrets;
 mod server;
 mod spacelift;
+mod status;
 mod support;
 mod wal;
 mod webhooks;
