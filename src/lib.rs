@@ -6,6 +6,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod exposition;
 pub mod ha;
 pub mod metrics;

@@ -35,6 +35,10 @@ enum Command {
     },
     /// Validate a configuration and exit (status 2 when invalid).
     CheckConfig(Common),
+    /// Try each configured credential against its upstream and print what works, which
+    /// permission or scope a configured feature lacks, and the rate-limit budget against the
+    /// configured intervals; exit 0 only when everything configured can work.
+    Doctor(Common),
     /// Probe this host's running service for a container HEALTHCHECK: exit 0 when its
     /// /readyz answers 200 (or 401: serving, behind basic auth), 1 otherwise.
     Healthcheck {
@@ -457,6 +461,29 @@ fn main() -> ExitCode {
             }
             Err(e) => invalid(e),
         },
+        Command::Doctor(common) => {
+            let cfg = match common.load() {
+                Ok(c) => c,
+                Err(e) => return invalid(e),
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("devmetrics: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = rt.block_on(devmetrics::doctor::run(&cfg));
+            print!("{}", report.table());
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Healthcheck { common, url } => {
             let url = match url {
                 Some(u) => u,

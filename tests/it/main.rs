@@ -9,6 +9,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod docs;
+mod doctor;
 mod dora;
 mod exposition;
 mod github;

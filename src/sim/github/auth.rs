@@ -121,7 +121,7 @@ pub(super) async fn access_token(
     sim.tokens.lock().insert(token.clone(), expires);
     json_response(
         StatusCode::CREATED,
-        json!({"token": token, "expires_at": format_time(expires), "permissions": {"contents": "read", "pull_requests": "read", "issues": "read", "metadata": "read"}, "repository_selection": "all"}),
+        json!({"token": token, "expires_at": format_time(expires), "permissions": *sim.knobs.permissions.lock(), "repository_selection": "all"}),
     )
 }
 

@@ -336,6 +336,9 @@ pub(super) async fn report_link(
     if let Some(refused) = sim.refuse(&h, &uri) {
         return refused;
     }
+    if let Some(refused) = sim.not_granted(&h, &uri, "organization_copilot_metrics") {
+        return refused;
+    }
     let c = &sim.copilot;
     let latest = uri.path().ends_with("/latest");
     if let Some(status) = c.status.lock().get(&report).copied() {
@@ -463,6 +466,9 @@ pub(super) async fn seats(
     h: HeaderMap,
     uri: Uri,
 ) -> Response {
+    if let Some(refused) = sim.not_granted(&h, &uri, "organization_copilot_seat_management") {
+        return refused;
+    }
     let Some(data) = sim.copilot.data.lock().get(&org).cloned() else {
         return super::not_found();
     };

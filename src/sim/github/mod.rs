@@ -42,6 +42,9 @@ use data::{DAY, gen_org};
 
 /// Knobs beyond [`super::Faults`], specific to GitHub.
 pub struct Knobs {
+    /// The installation's permissions, as its tokens' answer lists them; endpoints needing
+    /// one that is absent answer 403 as GitHub does ("Resource not accessible by integration").
+    pub permissions: Mutex<BTreeMap<String, String>>,
     /// The next N API requests each open a one-second secondary-limit window: 403 with
     /// `Retry-After: 1` to every request until it ends, as GitHub does.
     pub secondary_next: AtomicU32,
@@ -93,6 +96,7 @@ impl GithubSim {
             pat: Mutex::new(None),
             rate: Mutex::new(gate::Rate::new()),
             knobs: Knobs {
+                permissions: Mutex::new(full_permissions()),
                 secondary_next: AtomicU32::new(0),
                 secondary_path: Mutex::new(None),
                 answer_delay_ms: AtomicU64::new(0),
@@ -113,6 +117,7 @@ impl GithubSim {
                 "/app/installations/{id}/access_tokens",
                 post(auth::access_token),
             )
+            .route("/orgs/{org}", get(rest::org))
             .route("/orgs/{org}/repos", get(rest::org_repos))
             .route("/repos/{owner}/{repo}/commits", get(rest::commits))
             .route(
@@ -452,6 +457,45 @@ fn json_response(status: StatusCode, v: Value) -> Response {
         v.to_string(),
     )
         .into_response()
+}
+
+/// What a fully granted devmetrics App holds: every feature's permission.
+pub fn full_permissions() -> BTreeMap<String, String> {
+    [
+        ("metadata", "read"),
+        ("contents", "read"),
+        ("pull_requests", "read"),
+        ("issues", "read"),
+        ("members", "read"),
+        ("organization_copilot_metrics", "read"),
+        ("organization_copilot_seat_management", "read"),
+        ("organization_self_hosted_runners", "read"),
+        ("organization_hooks", "write"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl GithubSim {
+    /// 403 as GitHub answers an installation lacking `permission`.
+    pub(super) fn not_granted(
+        &self,
+        h: &axum::http::HeaderMap,
+        uri: &axum::http::Uri,
+        permission: &str,
+    ) -> Option<Response> {
+        if self.knobs.permissions.lock().contains_key(permission) {
+            return None;
+        }
+        Some(self.answer(
+            h,
+            uri,
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"message": "Resource not accessible by integration", "documentation_url": "https://docs.github.com/rest"}),
+            None,
+        ))
+    }
 }
 
 fn not_found() -> Response {

@@ -150,6 +150,28 @@ fn user(login: &str) -> Value {
     json!({"login": login, "id": login.len(), "type": if login.ends_with("[bot]") { "Bot" } else { "User" }})
 }
 
+/// `GET /orgs/{org}`.
+pub(super) async fn org(
+    State(sim): S,
+    Path(org): Path<String>,
+    h: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if let Some(refused) = sim.refuse(&h, &uri) {
+        return refused;
+    }
+    if !sim.world.lock().contains_key(&org) {
+        return super::not_found();
+    }
+    sim.answer(
+        &h,
+        &uri,
+        StatusCode::OK,
+        json!({"login": org, "id": 100000001, "type": "Organization"}),
+        None,
+    )
+}
+
 pub(super) async fn org_repos(
     State(sim): S,
     Path(org): Path<String>,
