@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub spacelift: Option<crate::sources::spacelift::config::RawSpacelift>,
     pub dora: Option<crate::sources::dora::config::RawDora>,
     pub copilot: Option<crate::sources::copilot::config::RawCopilot>,
+    pub push: Option<crate::exposition::push::RawPush>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +430,7 @@ pub struct Config {
     pub spacelift: Option<crate::sources::spacelift::SpaceliftConfig>,
     pub dora: Option<crate::sources::dora::DoraConfig>,
     pub copilot: Option<crate::sources::copilot::CopilotConfig>,
+    pub push: Option<crate::exposition::push::PushConfig>,
 }
 
 /// Leadership among replicas sharing a store.
@@ -787,6 +789,10 @@ impl RawConfig {
             Some(c) => c.resolve(base)?,
             None => None,
         };
+        let push = match self.push {
+            Some(p) => p.resolve()?,
+            None => None,
+        };
         let lease_ttl = duration(
             "ha.lease_ttl",
             self.ha.lease_ttl.as_ref(),
@@ -811,6 +817,7 @@ impl RawConfig {
             spacelift,
             dora,
             copilot,
+            push,
             github,
             web: WebConfig {
                 listen_addresses,

@@ -10,6 +10,8 @@
 pub mod appinsights;
 mod negotiate;
 pub mod otlp;
+pub mod otlp_metrics;
+pub mod push;
 pub mod sink;
 
 pub use negotiate::{Format, negotiate};

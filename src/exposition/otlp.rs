@@ -40,40 +40,40 @@ pub fn step_span_id(job_id: u64, number: u32) -> [u8; 8] {
 
 // ── protobuf wire format ───────────────────────────────────────────────────────────────
 
-struct Pb(Vec<u8>);
+pub(super) struct Pb(pub(super) Vec<u8>);
 
 impl Pb {
-    fn new() -> Pb {
+    pub(super) fn new() -> Pb {
         Pb(Vec::new())
     }
-    fn varint(&mut self, mut v: u64) {
+    pub(super) fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.0.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.0.push(v as u8);
     }
-    fn tag(&mut self, field: u32, wire: u8) {
+    pub(super) fn tag(&mut self, field: u32, wire: u8) {
         self.varint(((field as u64) << 3) | wire as u64);
     }
-    fn bytes(&mut self, field: u32, b: &[u8]) {
+    pub(super) fn bytes(&mut self, field: u32, b: &[u8]) {
         self.tag(field, 2);
         self.varint(b.len() as u64);
         self.0.extend_from_slice(b);
     }
-    fn string(&mut self, field: u32, s: &str) {
+    pub(super) fn string(&mut self, field: u32, s: &str) {
         if !s.is_empty() {
             self.bytes(field, s.as_bytes());
         }
     }
-    fn message(&mut self, field: u32, m: Pb) {
+    pub(super) fn message(&mut self, field: u32, m: Pb) {
         self.bytes(field, &m.0);
     }
-    fn fixed64(&mut self, field: u32, v: u64) {
+    pub(super) fn fixed64(&mut self, field: u32, v: u64) {
         self.tag(field, 1);
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn uint(&mut self, field: u32, v: u64) {
+    pub(super) fn uint(&mut self, field: u32, v: u64) {
         if v != 0 {
             self.tag(field, 0);
             self.varint(v);
@@ -81,13 +81,13 @@ impl Pb {
     }
 }
 
-enum Attr<'a> {
+pub(super) enum Attr<'a> {
     Str(&'a str),
     Int(i64),
     Double(f64),
 }
 
-fn key_value(key: &str, v: Attr) -> Pb {
+pub(super) fn key_value(key: &str, v: Attr) -> Pb {
     let mut any = Pb::new();
     match v {
         Attr::Str(s) => any.bytes(1, s.as_bytes()),
@@ -267,7 +267,28 @@ pub enum Protocol {
     Grpc,
 }
 
-const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// What an exporter sends: spans or metrics, each to its own path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
 
 type GrpcClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -293,6 +314,16 @@ impl Otlp {
         headers: Vec<(String, String)>,
         service_name: String,
     ) -> Otlp {
+        Otlp::for_signal(endpoint, protocol, headers, service_name, Signal::Traces)
+    }
+
+    pub fn for_signal(
+        endpoint: &str,
+        protocol: Protocol,
+        headers: Vec<(String, String)>,
+        service_name: String,
+        signal: Signal,
+    ) -> Otlp {
         let base = endpoint.trim_end_matches('/');
         let (transport, url) = match protocol {
             Protocol::HttpProtobuf => (
@@ -302,10 +333,10 @@ impl Otlp {
                         .build()
                         .expect("client builds"),
                 ),
-                if base.ends_with("/v1/traces") {
+                if base.ends_with(signal.http_path()) {
                     base.to_string()
                 } else {
-                    format!("{base}/v1/traces")
+                    format!("{base}{}", signal.http_path())
                 },
             ),
             Protocol::Grpc => (
@@ -316,7 +347,7 @@ impl Otlp {
                     .http2_only(true)
                     .build_http(),
                 )),
-                format!("{base}{GRPC_PATH}"),
+                format!("{base}{}", signal.grpc_path()),
             ),
         };
         Otlp {
@@ -325,6 +356,18 @@ impl Otlp {
             headers,
             service_name,
         }
+    }
+
+    /// Sends one encoded export request over the configured transport.
+    pub async fn post(&self, body: Vec<u8>) -> Result<(), Error> {
+        match &self.transport {
+            Transport::Http(c) => self.send_http(c, body).await,
+            Transport::Grpc(c) => self.send_grpc(c, body).await,
+        }
+    }
+
+    pub fn service_name(&self) -> &str {
+        &self.service_name
     }
 
     async fn send_http(&self, client: &reqwest::Client, body: Vec<u8>) -> Result<(), Error> {
@@ -405,9 +448,6 @@ impl Sink for Otlp {
         let Some(body) = encode(item, &self.service_name) else {
             return Ok(());
         };
-        match &self.transport {
-            Transport::Http(c) => self.send_http(c, body).await,
-            Transport::Grpc(c) => self.send_grpc(c, body).await,
-        }
+        self.post(body).await
     }
 }

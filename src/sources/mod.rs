@@ -50,6 +50,11 @@ pub const COMPONENTS: &[Kind] = &[
         owns: &["spacelift/"],
         build: spacelift::component,
     },
+    Kind {
+        name: "push",
+        owns: &["push/"],
+        build: crate::exposition::push::component,
+    },
 ];
 
 /// A kind of component: how to build it from the configuration (`None` when its section is

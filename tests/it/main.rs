@@ -14,6 +14,7 @@ mod dora;
 mod exposition;
 mod github;
 mod ha;
+mod push;
 mod secrets;
 mod server;
 mod spacelift;

@@ -207,7 +207,10 @@ impl RawWebhooks {
             .transpose()?;
         let github = self.github.map(|g| g.resolve(rel)).transpose()?;
         let sinks = self.sinks.unwrap_or_default();
-        let otlp = sinks.otlp.map(|o| o.resolve()).transpose()?;
+        let otlp = sinks
+            .otlp
+            .map(|o| o.resolve("webhooks.sinks.otlp", "github-actions"))
+            .transpose()?;
         let appinsights = sinks.appinsights.map(|a| a.resolve(rel)).transpose()?;
         Ok(WebhooksConfig {
             listen_address,
@@ -218,17 +221,19 @@ impl RawWebhooks {
 }
 
 impl RawOtlp {
-    fn resolve(self) -> Result<OtlpConfig, Error> {
+    /// An OTLP exporter's keys under `at`; `service` is the default service name.
+    pub fn resolve(self, at: &str, service: &str) -> Result<OtlpConfig, Error> {
+        let key = |k: &str| format!("{at}.{k}");
         let endpoint = self.endpoint.ok_or_else(|| {
             Error::invalid(
-                "webhooks.sinks.otlp.endpoint",
+                key("endpoint"),
                 None,
                 "is required, e.g. http://otel-collector:4318",
             )
         })?;
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(Error::invalid(
-                "webhooks.sinks.otlp.endpoint",
+                key("endpoint"),
                 Some(&endpoint),
                 "must be an http:// or https:// URL",
             ));
@@ -238,7 +243,7 @@ impl RawOtlp {
             "http/protobuf" => Protocol::HttpProtobuf,
             "grpc" if endpoint.starts_with("https://") => {
                 return Err(Error::invalid(
-                    "webhooks.sinks.otlp.protocol",
+                    key("protocol"),
                     Some("grpc"),
                     "gRPC is supported over cleartext HTTP/2 (http://) only; use http/protobuf for https endpoints",
                 ));
@@ -246,7 +251,7 @@ impl RawOtlp {
             "grpc" => Protocol::Grpc,
             other => {
                 return Err(Error::invalid(
-                    "webhooks.sinks.otlp.protocol",
+                    key("protocol"),
                     Some(other),
                     "expected http/protobuf or grpc",
                 ));
@@ -261,7 +266,7 @@ impl RawOtlp {
                 .into_iter()
                 .map(|(k, v)| (k, Secret::new(v)))
                 .collect(),
-            service_name: self.service_name.unwrap_or_else(|| "github-actions".into()),
+            service_name: self.service_name.unwrap_or_else(|| service.into()),
         })
     }
 }
