@@ -247,7 +247,7 @@ fn check_config(text: &str, env: &[(&str, &str)]) -> Result<(), String> {
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
     let mut text = text.to_string();
-    for mount in ["/run/secrets/", "/etc/devmetrics-ha/"] {
+    for mount in ["/run/secrets/", "/etc/devmetrics-ha/", "/etc/devmetrics/"] {
         text = text.replace(mount, &format!("{}/", secrets.display()));
     }
     let prefix = format!("{}/", secrets.display());
@@ -258,6 +258,8 @@ fn check_config(text: &str, env: &[(&str, &str)]) -> Result<(), String> {
             .collect();
         let value = if name == "redis-url" {
             "redis://:pw@127.0.0.1:6379/0\n"
+        } else if name.contains("appinsights") {
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://example.invalid/\n"
         } else {
             "a-secret-value-for-the-test\n"
         };
@@ -588,4 +590,54 @@ async fn healthcheck_probes_the_running_service() {
             .unwrap();
     assert_eq!(down.status.code(), Some(1));
     running.stop().await;
+}
+
+/// The configuration examples in the docs (YAML blocks starting with one of our sections)
+/// pass `check-config` too.
+#[test]
+fn every_config_example_in_the_docs_passes_check_config() {
+    const SECTIONS: &[&str] = &[
+        "web:",
+        "log:",
+        "storage:",
+        "queue:",
+        "ha:",
+        "github:",
+        "webhooks:",
+        "spacelift:",
+        "dora:",
+        "copilot:",
+        "push:",
+    ];
+    let mut pages = vec![root().join("README.md")];
+    for dir in ["docs", "docs/sources", "docs/migrate"] {
+        pages.extend(files(dir, ".md"));
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for block in text.split("```yaml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or("");
+            let first = block
+                .lines()
+                .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .unwrap_or("");
+            if !SECTIONS.iter().any(|s| first.starts_with(s)) {
+                continue;
+            }
+            // A section's example may lean on the org of another (runners, recovery).
+            let mut full = block.to_string();
+            if !block.lines().any(|l| l.starts_with("github:")) {
+                full.push_str("\ngithub:\n  orgs:\n    - org: my-org\n      token_file: /run/secrets/github-token\n");
+            }
+            if let Err(e) = check_config(&full, &[RABBITMQ_URL]) {
+                panic!(
+                    "{}: this example fails check-config:\n{block}\n{e}",
+                    page.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} examples found");
 }
