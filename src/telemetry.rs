@@ -42,6 +42,9 @@ pub struct SourceHealth {
     pub scrapes: u64,
     pub last_duration_seconds: f64,
     pub last_success_timestamp: Option<f64>,
+    /// When the next poll is due on the leader.
+    #[serde(default)]
+    pub next_poll_timestamp: Option<f64>,
     pub last_error: Option<String>,
     /// Polls by result, for `devmetrics_source_scrapes_total`; shared with the other
     /// replicas, not shown on `/healthz`.
@@ -245,6 +248,15 @@ impl Telemetry {
         }
     }
 
+    /// When `source`'s next poll is due.
+    pub fn source_next_poll(&self, source: &str, at: f64) {
+        self.sources
+            .lock()
+            .entry(source.to_string())
+            .or_default()
+            .next_poll_timestamp = Some(at);
+    }
+
     /// A poll that fetched nothing on purpose; counted, but health and age are untouched.
     pub fn source_skipped(&self, source: &str) {
         let mut sources = self.sources.lock();
@@ -353,6 +365,13 @@ impl Telemetry {
             if let Some(t) = h.last_success_timestamp {
                 push(
                     metrics::DEVMETRICS_SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+                    &[name],
+                    n(t),
+                );
+            }
+            if let Some(t) = h.next_poll_timestamp {
+                push(
+                    metrics::DEVMETRICS_SOURCE_NEXT_POLL_TIMESTAMP_SECONDS,
                     &[name],
                     n(t),
                 );

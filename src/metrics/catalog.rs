@@ -321,6 +321,13 @@ families! {
         "Unix time of the last successful scrape of the source; the age of its values.",
         &["source"],
     ),
+    DEVMETRICS_SOURCE_NEXT_POLL_TIMESTAMP_SECONDS: core(
+        "devmetrics_source_next_poll_timestamp_seconds",
+        Gauge,
+        Some("seconds"),
+        "Unix time the source's next poll is due on the leader; in the past, polls fall behind their interval.",
+        &["source"],
+    ),
     DEVMETRICS_HTTP_REQUESTS_TOTAL: core(
         "devmetrics_http_requests_total",
         Counter,

@@ -373,6 +373,7 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
     let up = by_source(metrics::DEVMETRICS_SOURCE_UP);
     let last = by_source(metrics::DEVMETRICS_SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS);
     let took = by_source(metrics::DEVMETRICS_SOURCE_SCRAPE_DURATION_SECONDS);
+    let next = by_source(metrics::DEVMETRICS_SOURCE_NEXT_POLL_TIMESTAMP_SECONDS);
     let mut rows = Vec::new();
     for (source, n) in &up {
         let mut r = text(source);
@@ -392,6 +393,10 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
         });
         r.push_str(&match took.get(source) {
             Some(t) => Fig::one(t).td(&duration(t.value)),
+            None => text(""),
+        });
+        r.push_str(&match next.get(source) {
+            Some(t) => Fig::one(t).td(&ago(t.value)),
             None => text(""),
         });
         r.push_str(&text(
@@ -441,16 +446,6 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
         r.push_str(&cell(&remaining, &count));
         r.push_str(&cell(&reset, &ago));
         r.push_str(&cell(&interval, &duration));
-        // The next poll: the last success plus the interval it runs at.
-        let source = format!("github/{org}");
-        r.push_str(&match (last.get(&source), interval.get(org)) {
-            (Some(l), Some(i)) => {
-                let f = Fig::sum([(&l.key, l.value), (&i.key, i.value)]);
-                let when = ago(f.value);
-                f.td(&when)
-            }
-            _ => text(""),
-        });
         r.push_str(&cell(&over, &|x| {
             if x == 1.0 { "yes".into() } else { "no".into() }
         }));
@@ -466,7 +461,6 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
                 "requests left",
                 "budget resets",
                 "effective interval",
-                "next poll",
                 "overcommitted",
                 "cycle progress",
                 "cycle ETA",

@@ -279,6 +279,12 @@ pub async fn run_poller(
             }
         }
         if *leader.borrow() {
+            // The ticker's next tick is one interval after this one (later if this poll
+            // overruns it).
+            telemetry.source_next_poll(
+                poller.name(),
+                crate::clock::now_unix() + poller.interval().as_secs_f64(),
+            );
             poll_once(&*poller, &*store, &telemetry).await;
             share(&*poller, &telemetry, &leadership).await;
         }

@@ -16,7 +16,7 @@ const PAGES: &[&str] = &[
 ];
 
 fn chromium() -> Option<&'static str> {
-    for bin in ["chromium", "chromium-browser"] {
+    for bin in ["chromium", "chromium-browser", "google-chrome"] {
         if std::process::Command::new(bin)
             .arg("--version")
             .output()
