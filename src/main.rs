@@ -466,23 +466,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return invalid(e),
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("devmetrics: starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let report = rt.block_on(devmetrics::doctor::run(&cfg));
-            print!("{}", report.table());
-            if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            run(async move {
+                let report = devmetrics::doctor::run(&cfg).await;
+                print!("{}", report.table());
+                anyhow::ensure!(report.ok(), "something configured cannot work");
+                Ok(())
+            })
         }
         Command::Healthcheck { common, url } => {
             let url = match url {

@@ -276,6 +276,25 @@ pub fn users(org: &str, window: &str, records: &[Record], o: &Options) -> Comput
     c
 }
 
+/// `pull_requests.*` (created, reviewed, created and reviewed by Copilot) summed over days;
+/// `None` where no day carried the count.
+pub fn pull_requests(days: &[&DayTotals]) -> [Option<f64>; 4] {
+    let mut prs = [None::<f64>; 4];
+    for p in days.iter().filter_map(|d| d.pull_requests.as_ref()) {
+        for (s, v) in prs.iter_mut().zip([
+            p.total_created,
+            p.total_reviewed,
+            p.total_created_by_copilot,
+            p.total_reviewed_by_copilot,
+        ]) {
+            if let Some(v) = v {
+                *s = Some(s.unwrap_or(0.0) + v);
+            }
+        }
+    }
+    prs
+}
+
 /// An aggregate report (organization or enterprise): each count summed over `day_totals[]`,
 /// pull requests from `pull_requests.*`, and the active and engaged users of its last day.
 pub fn aggregate(
@@ -294,7 +313,6 @@ pub fn aggregate(
         })
         .collect();
     let mut groups = Groups::new();
-    let mut prs = [None::<f64>; 4];
     for d in &days {
         group(
             &mut groups,
@@ -304,19 +322,8 @@ pub fn aggregate(
             &d.breakdown,
             o.breakdowns,
         );
-        if let Some(p) = &d.pull_requests {
-            for (s, v) in prs.iter_mut().zip([
-                p.total_created,
-                p.total_reviewed,
-                p.total_created_by_copilot,
-                p.total_reviewed_by_copilot,
-            ]) {
-                if let Some(v) = v {
-                    *s = Some(s.unwrap_or(0.0) + v);
-                }
-            }
-        }
     }
+    let prs = pull_requests(&days);
     emit_groups(&mut c.samples, org, scope, window, &groups);
     if o.pull_requests {
         let values = labels(org, "all", scope, window, "", &None);

@@ -106,7 +106,7 @@ pub fn updates(
     let days: Vec<_> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Day(d) if d.day.as_deref().is_none_or(|d| d == day) => Some(d),
+            Record::Day(d) if d.day.as_deref().is_none_or(|d| d == day) => Some(d.as_ref()),
             _ => None,
         })
         .collect();
@@ -114,22 +114,10 @@ pub fn updates(
         return None;
     }
     let mut sums = super::aggregate::Sums::default();
-    let mut prs = [None::<f64>; 4];
     for d in &days {
         sums.add(&d.counts);
-        if let Some(p) = &d.pull_requests {
-            for (s, v) in prs.iter_mut().zip([
-                p.total_created,
-                p.total_reviewed,
-                p.total_created_by_copilot,
-                p.total_reviewed_by_copilot,
-            ]) {
-                if let Some(v) = v {
-                    *s = Some(s.unwrap_or(0.0) + v);
-                }
-            }
-        }
     }
+    let prs = super::aggregate::pull_requests(&days);
     let labels = [owner, scope.as_str()];
     let mut out: Vec<Update> = COUNTS
         .iter()
