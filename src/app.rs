@@ -153,6 +153,10 @@ pub async fn launch_with(
         shutdown.clone(),
     ));
 
+    let limits = server::ConnLimits {
+        read_header_timeout: config.web.read_header_timeout,
+        max_connections: config.web.max_connections,
+    };
     let mut webhook_addr = None;
     match config.webhooks.listen_address {
         Some(addr) => {
@@ -164,7 +168,7 @@ pub async fn launch_with(
                 listener,
                 server::webhook_router(state.clone(), webhook_routes),
                 web.clone(),
-                config.web.read_header_timeout,
+                limits,
                 shutdown.clone(),
                 DRAIN,
             ));
@@ -179,7 +183,7 @@ pub async fn launch_with(
             listener,
             router.clone(),
             web.clone(),
-            config.web.read_header_timeout,
+            limits,
             shutdown.clone(),
             DRAIN,
         ));

@@ -47,6 +47,7 @@ pub struct RawWeb {
     pub telemetry_path: Option<String>,
     pub config_file: Option<PathBuf>,
     pub max_request_body_bytes: Option<u64>,
+    pub max_connections: Option<usize>,
     pub read_header_timeout: Option<String>,
     pub request_timeout: Option<String>,
 }
@@ -309,6 +310,8 @@ pub struct WebConfig {
     pub telemetry_path: String,
     pub config_file: Option<PathBuf>,
     pub max_request_body_bytes: u64,
+    /// Connections served at once per listener; more are closed on accept.
+    pub max_connections: usize,
     pub read_header_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -824,6 +827,17 @@ impl RawConfig {
                 telemetry_path,
                 config_file: self.web.config_file.map(rel),
                 max_request_body_bytes: self.web.max_request_body_bytes.unwrap_or(25 * 1024 * 1024),
+                max_connections: match self.web.max_connections {
+                    None => 4096,
+                    Some(n) if n >= 1 => n,
+                    Some(n) => {
+                        return Err(Error::invalid(
+                            "web.max_connections",
+                            Some(&n.to_string()),
+                            "must be at least 1",
+                        ));
+                    }
+                },
                 read_header_timeout: duration(
                     "web.read_header_timeout",
                     self.web.read_header_timeout.as_ref(),

@@ -304,14 +304,25 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops accepting and waits up to
 /// `drain` for in-flight requests to finish.
+/// What every connection of a listener is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Time to send a request's headers, and the first byte of a new connection.
+    pub read_header_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: Arc<WebSettings>,
-    read_header_timeout: Duration,
+    limits: ConnLimits,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
+    let read_header_timeout = limits.read_header_timeout;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -342,6 +353,13 @@ pub async fn serve(
                 }
             },
         };
+        // Past the cap a connection is closed at once: held sockets, not requests, are what
+        // a flood of idle connections exhausts.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "connection refused: web.max_connections reached");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let mut builder = Builder::new(TokioExecutor::new());
@@ -362,6 +380,14 @@ pub async fn serve(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
+            // hyper's header timeout starts with the first byte: a connection that never sends
+            // one would be held forever.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(read_header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             match tls {
                 None => {
                     let conn =

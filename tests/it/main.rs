@@ -14,6 +14,7 @@ mod dora;
 mod exposition;
 mod github;
 mod ha;
+mod hostile;
 mod push;
 mod secrets;
 mod server;
