@@ -170,3 +170,156 @@ fn a_second_process_cannot_open_the_same_database() {
     // Released with the process.
     Db::open(&db).expect("lock released when the holder died");
 }
+
+/// The real service killed with SIGKILL at random points while webhooks arrive and Prometheus
+/// scrapes, fifty times over one SQLite file: after each kill the file passes
+/// `integrity_check`, and at the end, with GitHub's redelivery of what was never answered
+/// 202, every job is counted exactly once.
+#[tokio::test]
+async fn fifty_kills_under_webhook_load_lose_and_double_nothing() {
+    use rand::{Rng, SeedableRng};
+    use std::time::{Duration, Instant};
+
+    const SECRET: &str = "crash-loop-secret";
+    let kills: usize = std::env::var("DEVMETRICS_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.db");
+    let port = crate::compat::free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "web:\n  listen_addresses: ['127.0.0.1:{port}']\nstorage:\n  path: {}\nwebhooks:\n  github:\n    secrets: [{{value: {SECRET}}}]\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_devmetrics"))
+            .args(["serve", "--config.file"])
+            .arg(&config)
+            .env("DEVMETRICS_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let ready = |client: reqwest::Client, base: String| async move {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the service did not become ready");
+    };
+    let sender = std::sync::Arc::new(devmetrics::sim::webhooks::Sender::new(
+        format!("{base}/webhooks/github"),
+        SECRET,
+    ));
+    let mut g = devmetrics::sim::webhooks::Generator::new(9);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(50);
+    // (delivery id, body, answered 202)
+    let mut sent: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for round in 0..kills {
+        let mut child = start();
+        ready(client.clone(), base.clone()).await;
+        // Deliveries and scrapes in flight when the kill lands.
+        let mut tasks = Vec::new();
+        let plans = g.run_plan(1_700_000_000.0 + round as f64 * 600.0, 8);
+        for (i, p) in plans.iter().enumerate() {
+            let id = format!("r{round}-{i}");
+            let body = g.job_payload(p, "completed", true);
+            let s = sender.clone();
+            let b = body.clone();
+            let id2 = id.clone();
+            tasks.push(tokio::spawn(async move {
+                matches!(s.send("workflow_job", &id2, b).await, Ok(202))
+            }));
+            sent.push((id, body, false));
+        }
+        let c = client.clone();
+        let scrapes = tokio::spawn({
+            let base = base.clone();
+            async move {
+                for _ in 0..5 {
+                    let _ = c.get(format!("{base}/metrics")).send().await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..120))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let first = sent.len() - tasks.len();
+        for (k, t) in tasks.into_iter().enumerate() {
+            sent[first + k].2 = t.await.unwrap_or(false);
+        }
+        scrapes.abort();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "after kill {round}");
+    }
+    // A last start: GitHub redelivers what was never answered 202 (and the sender repeats
+    // some that were, which must count once).
+    let mut child = start();
+    ready(client.clone(), base.clone()).await;
+    for (id, body, accepted) in &sent {
+        if !*accepted || id.ends_with("-0") {
+            let status = sender.send("workflow_job", id, body.clone()).await.unwrap();
+            assert!(
+                status == 202 || status == 200,
+                "redelivery of {id}: {status}"
+            );
+        }
+    }
+    let want = sent.len() as f64;
+    let mut got = 0.0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        got = crate::support::series(&text, "devmetrics_workflow_jobs_total")
+            .values()
+            .sum();
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let accepted = sent.iter().filter(|s| s.2).count();
+    eprintln!(
+        "{kills} kills: {} deliveries, {accepted} answered 202 before a kill, all {got} counted once",
+        sent.len()
+    );
+    assert!(accepted > 0, "no delivery was accepted between kills");
+    assert_eq!(
+        got,
+        want,
+        "{kills} kills, {} deliveries ({accepted} answered 202 before a kill)",
+        sent.len()
+    );
+}
