@@ -19,6 +19,7 @@ mod hostile;
 mod push;
 mod secrets;
 mod server;
+mod soak;
 mod spacelift;
 mod status;
 mod support;
