@@ -191,28 +191,14 @@ fn client(timeout: Duration) -> reqwest::Client {
         .expect("a client with default TLS builds")
 }
 
-fn failure(e: &reqwest::Error) -> String {
+fn failure(e: reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
         "could not connect".into()
     } else {
-        e.without_url_ref()
-    }
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
         // reqwest's message names the URL, which may carry a query token.
-        let mut s = self.to_string();
-        if let Some(u) = self.url() {
-            s = s.replace(u.as_str(), "<url>");
-        }
-        s
+        e.without_url().to_string()
     }
 }
 
@@ -312,7 +298,7 @@ async fn authorize(
                         subject,
                         "App installation token",
                         Verdict::Failed,
-                        failure(&e),
+                        failure(e),
                     );
                     None
                 }
@@ -368,7 +354,7 @@ async fn github_org(cfg: &Config, org: &OrgConfig, report: &mut Report) {
             return;
         }
         Err(e) => {
-            report.add(&subject, "organization", Verdict::Failed, failure(&e));
+            report.add(&subject, "organization", Verdict::Failed, failure(e));
             return;
         }
     }
@@ -478,7 +464,7 @@ async fn github_org(cfg: &Config, org: &OrgConfig, report: &mut Report) {
                 ),
                 s => (Verdict::Failed, format!("answered {s}")),
             },
-            Err(e) => (Verdict::Failed, failure(&e)),
+            Err(e) => (Verdict::Failed, failure(e)),
         };
         report.add(
             &format!("copilot/{}", org.org),
@@ -572,7 +558,7 @@ async fn backstage(cfg: &crate::sources::dora::config::BackstageConfig, report: 
             format!("{}: the token is refused", r.status().as_u16()),
         ),
         Ok(r) => (Verdict::Failed, format!("answered {}", r.status().as_u16())),
-        Err(e) => (Verdict::Failed, failure(&e)),
+        Err(e) => (Verdict::Failed, failure(e)),
     };
     report.add("backstage", "catalog", verdict, detail);
 }

@@ -64,6 +64,14 @@ impl View {
             .collect()
     }
 
+    /// The series of `fid` by the value of their label `name` (one series per value).
+    fn by_label(&self, fid: FamilyId, name: &str) -> BTreeMap<String, Num> {
+        self.numbers(fid)
+            .into_iter()
+            .map(|n| (label(&n.labels, name), n))
+            .collect()
+    }
+
     fn histograms(&self, fid: FamilyId) -> Vec<Hist> {
         let name = metrics::family(fid).name;
         self.scopes
@@ -364,12 +372,7 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
             None => "unknown",
         }
     );
-    let by_source = |fid| -> BTreeMap<String, Num> {
-        v.numbers(fid)
-            .into_iter()
-            .map(|n| (label(&n.labels, "source"), n))
-            .collect()
-    };
+    let by_source = |fid| v.by_label(fid, "source");
     let up = by_source(metrics::DEVMETRICS_SOURCE_UP);
     let last = by_source(metrics::DEVMETRICS_SOURCE_LAST_SUCCESS_TIMESTAMP_SECONDS);
     let took = by_source(metrics::DEVMETRICS_SOURCE_SCRAPE_DURATION_SECONDS);
@@ -421,12 +424,7 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
     ));
 
     // GitHub's budget per org: what each poll may spend, and how far a cold start has come.
-    let by_org = |fid| -> BTreeMap<String, Num> {
-        v.numbers(fid)
-            .into_iter()
-            .map(|n| (label(&n.labels, "org"), n))
-            .collect()
-    };
+    let by_org = |fid| v.by_label(fid, "org");
     let interval = by_org(metrics::DEVMETRICS_GITHUB_EFFECTIVE_INTERVAL_SECONDS);
     let remaining = by_org(metrics::DEVMETRICS_GITHUB_RATE_LIMIT_REMAINING);
     let reset = by_org(metrics::DEVMETRICS_GITHUB_RATE_LIMIT_RESET_TIMESTAMP_SECONDS);
@@ -474,12 +472,7 @@ pub async fn overview(State(s): State<Shared>) -> Html<String> {
 
 pub async fn queue(State(s): State<Shared>) -> Html<String> {
     let v = View::load(&s).await;
-    let by_topic = |fid| -> BTreeMap<String, Num> {
-        v.numbers(fid)
-            .into_iter()
-            .map(|n| (label(&n.labels, "topic"), n))
-            .collect()
-    };
+    let by_topic = |fid| v.by_label(fid, "topic");
     let cols = [
         (metrics::DEVMETRICS_QUEUE_DEPTH, false),
         (metrics::DEVMETRICS_QUEUE_OLDEST_MESSAGE_AGE_SECONDS, true),
