@@ -1,9 +1,16 @@
 //! `/metrics` render time and peak RSS for 10k, 100k and 1M series with labels
 //! {org, repo, user}, in both formats, through the real HTTP server.
 //!
-//! Run: `cargo bench --bench render` (all sizes) or `cargo bench --bench render -- 1000000`.
+//! Run: `cargo bench --bench render` (all sizes) or `cargo bench --bench render -- 1000000`;
+//! `RENDER_FORMATS=text+gzip,startup` picks formats.
 //! Each (size, format) runs in a fresh child process so its peak RSS (VmHWM) is its own. The
 //! figure covers the whole exporter process: SQLite store, in-memory state and the scrape.
+//!
+//! Formats `text` and `openmetrics` are scraped without compression; `text+gzip` and
+//! `openmetrics+gzip` with `Accept-Encoding: gzip` as Prometheus scrapes: the first scrape is
+//! cold (every scope compressed), the next four reuse the kept parts, and a last one follows a
+//! change of 1 % of the scopes. `startup` writes the series into a store file in one child and
+//! times another child from launch to `/readyz` answering 200 on that file.
 //!
 //! `RENDER_STORE=redis` measures a replica of the Redis store on 127.0.0.1:6379 instead: one
 //! child process writes the series into a throwaway key prefix, then each (size, format)
@@ -40,6 +47,12 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
+    // `startup-fill <path>` writes the store a later `startup-open <path>` opens.
+    let db_path = match format {
+        "startup-fill" | "startup-open" => std::path::PathBuf::from(redis_prefix.unwrap()),
+        _ => dir.path().join("b.db"),
+    };
+    let redis_prefix = redis_prefix.filter(|_| !format.starts_with("startup"));
     let mut o = devmetrics::config::Overrides::default();
     if let Some(prefix) = redis_prefix {
         o.set("storage.backend", "redis".into(), "bench");
@@ -48,7 +61,7 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
     }
     o.set(
         "storage.path",
-        dir.path().join("b.db").display().to_string().into(),
+        db_path.display().to_string().into(),
         "bench",
     );
     o.set("web.listen_addresses", "127.0.0.1:0".into(), "bench");
@@ -61,6 +74,38 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
         .await
         .unwrap();
     let addr = launched.addrs[0];
+    if format == "startup-open" {
+        let client = reqwest::Client::new();
+        loop {
+            let ok = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = load_started.elapsed();
+        let held = launched
+            .state
+            .store
+            .snapshot()
+            .scopes
+            .iter()
+            .map(|s| s.series_count())
+            .sum::<usize>();
+        assert!(held >= series, "started with {held} of {series} series");
+        println!(
+            "{series:>9} series  start-up to ready {:>7.0} ms  peak RSS {:>6.1} MB",
+            ms(ready),
+            vm_hwm_kib() as f64 / 1024.0
+        );
+        shutdown.cancel();
+        launched.wait().await;
+        return;
+    }
     let store = launched.state.store.clone();
     if redis_prefix.is_some() && format != "load" {
         // A replica: its start-up loaded every series Redis holds.
@@ -110,10 +155,14 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
     }
     while tasks.join_next().await.is_some() {}
     let load_secs = load_started.elapsed().as_secs_f64();
-    if format != "load" {
-        scrape(addr, series, format, load_secs).await;
-    } else {
+    if format == "load" {
         println!("{series:>9} series written to Redis in {load_secs:.1} s");
+    } else if format == "startup-fill" {
+        println!("{series:>9} series written to the store file in {load_secs:.1} s");
+    } else if format.ends_with("+gzip") {
+        scrape_gzip(addr, series, format, load_secs, &store).await;
+    } else {
+        scrape(addr, series, format, load_secs).await;
     }
     shutdown.cancel();
     launched.wait().await;
@@ -148,6 +197,78 @@ async fn scrape(addr: std::net::SocketAddr, series: usize, format: &str, load_se
         ms(times[0]),
         ms(times[2]),
         bytes as f64 / 1e6,
+        vm_hwm_kib() as f64 / 1024.0,
+    );
+}
+
+/// Scrapes as Prometheus does (`Accept-Encoding: gzip`): cold, cached, then after 1 % of the
+/// scopes changed. The body is checked to inflate as one gzip member into every series.
+async fn scrape_gzip(
+    addr: std::net::SocketAddr,
+    series: usize,
+    format: &str,
+    load_secs: f64,
+    store: &Arc<dyn Store>,
+) {
+    let accept = match format {
+        "openmetrics+gzip" => "application/openmetrics-text;version=1.0.0",
+        _ => "text/plain;version=0.0.4",
+    };
+    let client = reqwest::Client::builder().no_gzip().build().unwrap();
+    let get = || async {
+        let started = Instant::now();
+        let body = client
+            .get(format!("http://{addr}/metrics"))
+            .header("accept", accept)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        (started.elapsed(), body)
+    };
+    let (cold, body) = get().await;
+    let mut lines = 0usize;
+    let mut reader = std::io::BufReader::new(flate2::read::GzDecoder::new(&body[..]));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0 {
+        if line.starts_with("gh_activity_commits_24h{") {
+            lines += 1;
+        }
+        line.clear();
+    }
+    assert_eq!(lines, series, "the gzip body inflates into every series");
+    let mut cached = Vec::new();
+    for _ in 0..4 {
+        cached.push(get().await.0);
+    }
+    cached.sort();
+    let fid = family();
+    let scopes = series.div_ceil(USERS_PER_SCOPE);
+    for s in (0..scopes).step_by(100) {
+        let org = format!("org-{:02}", s / REPOS_PER_ORG);
+        let repo = format!("repo-{:05}", s);
+        let samples = (0..USERS_PER_SCOPE)
+            .map(|u| {
+                let user = format!("user-{:06}", (s * 7 + u) % 200_000);
+                Sample::number(fid, Labels::new(fid, &[&org, &repo, &user]).unwrap(), 99.0)
+            })
+            .collect();
+        store
+            .replace_scope(&format!("bench/{org}/{repo}"), samples)
+            .await
+            .unwrap();
+    }
+    let (changed, _) = get().await;
+    println!(
+        "{series:>9} series  {format:<16}  cold {:>7.1} ms  cached min {:>6.1} ms  median {:>6.1} ms  1 % changed {:>6.1} ms  body {:>5.1} MB  peak RSS {:>6.1} MB  (load {load_secs:.1} s)",
+        ms(cold),
+        ms(cached[0]),
+        ms(cached[1]),
+        ms(changed),
+        body.len() as f64 / 1e6,
         vm_hwm_kib() as f64 / 1024.0,
     );
 }
@@ -192,14 +313,29 @@ fn main() {
     println!("family {}", metrics::family(family()).name);
     for size in sizes {
         let prefix = format!("devmetrics-bench-render-{}-{size}", std::process::id());
-        let mut formats = vec!["text", "openmetrics"];
+        let mut formats = vec![
+            "text",
+            "openmetrics",
+            "text+gzip",
+            "openmetrics+gzip",
+            "startup-fill",
+            "startup-open",
+        ];
+        if let Ok(only) = std::env::var("RENDER_FORMATS") {
+            formats.retain(|f| only.split(',').any(|o| o == *f || f.starts_with(o)));
+        }
         if redis {
+            formats.retain(|f| !f.starts_with("startup"));
             formats.insert(0, "load");
         }
+        let startup_dir = tempfile::tempdir().unwrap();
+        let startup_db = startup_dir.path().join("startup.db").display().to_string();
         for format in formats {
             let mut args = vec!["--child".to_string(), size.to_string(), format.to_string()];
             if redis {
                 args.push(prefix.clone());
+            } else if format.starts_with("startup") {
+                args.push(startup_db.clone());
             }
             let status = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(&args)

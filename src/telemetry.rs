@@ -146,6 +146,7 @@ pub struct Telemetry {
     upstream_latency: Mutex<HashMap<(&'static str, &'static str), HistogramValue>>,
     sources: Mutex<BTreeMap<String, SourceHealth>>,
     render: Mutex<BTreeMap<&'static str, f64>>,
+    gzip: crate::exposition::CacheTotals,
     budgets: Mutex<BTreeMap<&'static str, BudgetHealth>>,
     collectors: Mutex<Vec<Arc<dyn Collect>>>,
 }
@@ -161,6 +162,7 @@ impl Default for Telemetry {
             upstream_latency: Default::default(),
             sources: Default::default(),
             render: Default::default(),
+            gzip: Default::default(),
             budgets: Default::default(),
             collectors: Default::default(),
         }
@@ -289,6 +291,14 @@ impl Telemetry {
         self.render.lock().insert(format, elapsed.as_secs_f64());
     }
 
+    pub fn rendered_gzip(
+        &self,
+        format: crate::exposition::Format,
+        used: crate::exposition::CacheUse,
+    ) {
+        self.gzip.add(format, used);
+    }
+
     /// One update of `family` dropped because the family holds `limit` series.
     pub fn series_dropped(&self, family: &'static str, limit: usize) {
         let mut b = self.budgets.lock();
@@ -391,6 +401,13 @@ impl Telemetry {
                 n(*secs),
             );
         }
+        for (format, reused, encoded) in self.gzip.read() {
+            if reused + encoded > 0 {
+                let f = metrics::DEVMETRICS_EXPOSITION_GZIP_SCOPES_TOTAL;
+                push(f, &[format, "reused"], n(reused as f64));
+                push(f, &[format, "encoded"], n(encoded as f64));
+            }
+        }
         for (fam, b) in self.budgets.lock().iter() {
             push(
                 metrics::DEVMETRICS_SERIES_DROPPED_TOTAL,
@@ -407,6 +424,7 @@ impl Telemetry {
             updated_at: now_unix(),
             version: 0,
             families: BTreeMap::new(),
+            encoded: Default::default(),
         };
         for (fid, labels, v) in rows.0 {
             data.families.entry(fid).or_default().insert(labels, v);

@@ -8,12 +8,14 @@
 //! (docs/performance.md has the figures).
 
 pub mod appinsights;
+mod gzip;
 mod negotiate;
 pub mod otlp;
 pub mod otlp_metrics;
 pub mod push;
 pub mod sink;
 
+pub use gzip::{CacheTotals, CacheUse, Encoded, render_gzip};
 pub use negotiate::{Format, negotiate};
 
 use std::io::{self, Write};
@@ -184,6 +186,7 @@ mod tests {
             updated_at: 0.0,
             version: 0,
             families,
+            ..Default::default()
         })
     }
 

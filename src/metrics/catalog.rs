@@ -510,6 +510,13 @@ families! {
         "Duration of the last /metrics render, by format.",
         &["format"],
     ),
+    DEVMETRICS_EXPOSITION_GZIP_SCOPES_TOTAL: core(
+        "devmetrics_exposition_gzip_scopes_total",
+        Counter,
+        None,
+        "Scopes in gzip-compressed /metrics renders, by format: reused (compressed parts kept from an earlier scrape, the scope unchanged) or encoded (compressed for this scrape).",
+        &["format", "result"],
+    ),
     // ── source: github (activity) ──────────────────────────────────────────────
     //
     GH_ACTIVITY_COMMITS_24H: gh_activity(

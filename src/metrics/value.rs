@@ -141,6 +141,9 @@ pub struct ScopeData {
     /// scope only ever written unconditionally.
     pub version: i64,
     pub families: BTreeMap<FamilyId, BTreeMap<Labels, Value>>,
+    /// The scope's compressed exposition, kept until the scope changes. A clone starts
+    /// empty; whoever changes a scope in place resets it.
+    pub encoded: crate::exposition::Encoded,
 }
 
 impl ScopeData {

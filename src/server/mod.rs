@@ -265,10 +265,11 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
             rt: rt.clone(),
         };
         let result = if gzip {
-            let mut gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
-            exposition::render(&scopes, format, &mut gz)
-                .and_then(|()| gz.finish())
-                .and_then(|mut w| w.flush())
+            let mut sink = sink;
+            exposition::render_gzip(&scopes, format, &mut sink).and_then(|used| {
+                telemetry.rendered_gzip(format, used);
+                sink.flush()
+            })
         } else {
             let mut sink = sink;
             exposition::render(&scopes, format, &mut sink).and_then(|()| sink.flush())

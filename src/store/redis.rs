@@ -694,6 +694,7 @@ impl RedisStore {
             updated_at: upd.unwrap_or(0.0),
             version: ver.unwrap_or(0),
             families: BTreeMap::new(),
+            encoded: Default::default(),
         };
         for (f, v) in series {
             let Some((fid, labels)) = split_field(&f) else {
@@ -765,6 +766,7 @@ impl RedisStore {
             updated_at: now,
             version: 0,
             families: BTreeMap::new(),
+            encoded: Default::default(),
         };
         for s in samples {
             inv.arg(field(s.family, &s.labels)).arg(encode(&s.value));

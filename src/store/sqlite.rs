@@ -59,6 +59,7 @@ impl SqliteStore {
             updated_at: now_unix(),
             version: 0,
             families: BTreeMap::new(),
+            encoded: Default::default(),
         };
         for s in samples {
             data.families
@@ -144,6 +145,7 @@ fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
                 updated_at,
                 version,
                 families: BTreeMap::new(),
+                encoded: Default::default(),
             },
         );
     }

@@ -57,6 +57,7 @@ impl State {
             // Copies the scope only when a render still holds the old version; scopes are
             // kept small (one per repository for workflows) so the copy stays cheap.
             let data = Arc::make_mut(entry);
+            data.encoded = Default::default();
             data.updated_at = updated_at;
             data.families
                 .entry(family)

@@ -10,6 +10,8 @@ use crate::compat::dashboards::dashboard_needs;
 use crate::compat::promql_needs;
 use crate::compat::rules::rules;
 
+use crate::support;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -23,24 +25,6 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-/// A tool the test needs: `None` (skip) when absent, a failure under
-/// `DEVMETRICS_REQUIRE_SERVICES=1`.
-fn tool(name: &str, version_arg: &str, install: &str) -> Option<()> {
-    if std::process::Command::new(name)
-        .arg(version_arg)
-        .output()
-        .is_ok()
-    {
-        return Some(());
-    }
-    let msg = format!("{name} is not installed ({install})");
-    if std::env::var("DEVMETRICS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("{msg} and DEVMETRICS_REQUIRE_SERVICES=1");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
 }
 
 /// The catalog family a metric name of a query belongs to, and the labels it adds
@@ -146,7 +130,7 @@ fn our_rules_read_only_the_catalog_and_every_alert_has_its_runbook() {
 
 #[test]
 fn promtool_checks_every_rule_file_and_runs_its_unit_tests() {
-    let Some(()) = tool("promtool", "--version", "Debian: apt install prometheus") else {
+    let Some(()) = support::tool("promtool", "--version", "Debian: apt install prometheus") else {
         return;
     };
     let dir = root().join("deploy/prometheus");
@@ -361,7 +345,7 @@ fn the_image_and_the_unit_start_the_binary_with_flags_it_has() {
 
 #[test]
 fn systemd_verifies_the_unit() {
-    let Some(()) = tool("systemd-analyze", "--version", "Debian: systemd") else {
+    let Some(()) = support::tool("systemd-analyze", "--version", "Debian: systemd") else {
         return;
     };
     let unit = std::fs::read_to_string(root().join("deploy/systemd/devmetrics.service")).unwrap();
@@ -390,7 +374,7 @@ fn systemd_verifies_the_unit() {
 
 #[test]
 fn kustomize_renders_every_overlay_with_a_valid_config() {
-    let Some(()) = tool("kubectl", "version", "the Kubernetes client") else {
+    let Some(()) = support::tool("kubectl", "version", "the Kubernetes client") else {
         return;
     };
     for overlay in ["base", "overlays/single", "overlays/ha"] {

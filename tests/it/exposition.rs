@@ -63,6 +63,7 @@ fn scopes_with_every_family() -> Vec<Arc<ScopeData>> {
                 updated_at: 0.0,
                 version: 0,
                 families,
+                ..Default::default()
             })
         })
         .collect()
@@ -279,5 +280,163 @@ async fn own_telemetry_parses_and_counts_requests() {
     assert_eq!(count("/livez", "200"), Some(3.0));
     assert_eq!(count("other", "404"), Some(1.0));
     assert!(body.contains("devmetrics_build_info{version=\""));
+    running.stop().await;
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn prometheus_value(client: &reqwest::Client, base: &str, query: &str) -> Option<f64> {
+    let v: serde_json::Value = client
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// A real Prometheus scrapes with its own negotiation (OpenMetrics first, gzip) and stores
+/// every series of the compressed body, before and after a scope changes; its scrapes of
+/// unchanged scopes reuse their kept parts.
+#[tokio::test]
+async fn a_real_prometheus_ingests_the_compressed_scrape() {
+    let Some(()) = support::tool("prometheus", "--version", "Debian: apt install prometheus")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let running = support::start(support::config_with(dir.path(), &[]), "http").await;
+    let store = running.launched.as_ref().unwrap().state.store.clone();
+    let fid = devmetrics::metrics::GH_ACTIVITY_COMMITS_24H;
+    let write = |repo: usize, bump: f64| {
+        let store = store.clone();
+        async move {
+            let samples = (0..100)
+                .map(|u| {
+                    let labels =
+                        Labels::new(fid, &["org", &format!("r{repo}"), &format!("u{u}")]).unwrap();
+                    Sample::number(fid, labels, u as f64 + bump)
+                })
+                .collect();
+            store
+                .replace_scope(&format!("test/r{repo}"), samples)
+                .await
+                .unwrap();
+        }
+    };
+    for r in 0..200 {
+        write(r, 0.0).await;
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = running.base.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: devmetrics\n    static_configs: [{{targets: ['{target}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Child(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let wait_for = |query: &'static str, want: f64| {
+        let client = client.clone();
+        let prom = prom.clone();
+        async move {
+            let mut last = None;
+            for _ in 0..600 {
+                last = prometheus_value(&client, &prom, query).await;
+                if last == Some(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("Prometheus answers {query} = {last:?}, not {want}");
+        }
+    };
+    wait_for("count(gh_activity_commits_24h)", 20_000.0).await;
+    wait_for("sum(gh_activity_commits_24h)", 200.0 * 4950.0).await;
+    wait_for("min(up)", 1.0).await;
+    write(7, 1000.0).await;
+    wait_for(
+        "sum(gh_activity_commits_24h)",
+        200.0 * 4950.0 + 100.0 * 1000.0,
+    )
+    .await;
+    wait_for("count(gh_activity_commits_24h)", 20_000.0).await;
+    // Stopped first, so no scrape of its is half counted below.
+    drop(prometheus);
+
+    let own = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", running.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counts = support::series(&own, "devmetrics_exposition_gzip_scopes_total");
+    let reused = counts
+        .iter()
+        .find(|(k, _)| k.contains("format=\"openmetrics\"") && k.contains("result=\"reused\""))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    let encoded = counts
+        .iter()
+        .find(|(k, _)| k.contains("format=\"openmetrics\"") && k.contains("result=\"encoded\""))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    // This scrape's own request is counted after its telemetry was read, so the count is
+    // Prometheus' scrapes, all compressed. The first compressed the
+    // 200 scopes, each compressed the exporter's own scope, and the first after the change
+    // compressed the changed scope again; every other scope was reused.
+    let scrapes = support::series(&own, "devmetrics_http_requests_total")
+        .iter()
+        .find(|(k, _)| k.contains("route=\"/metrics\"") && k.contains("code=\"200\""))
+        .map(|(_, v)| *v)
+        .unwrap();
+    assert!(scrapes >= 2.0, "{scrapes}");
+    assert_eq!(
+        encoded,
+        200.0 + scrapes + 1.0,
+        "{counts:?} after {scrapes} scrapes"
+    );
+    assert_eq!(
+        reused,
+        200.0 * (scrapes - 1.0) - 1.0,
+        "{counts:?} after {scrapes} scrapes"
+    );
     running.stop().await;
 }

@@ -165,6 +165,24 @@ pub fn service(name: &str, addr: &str) -> bool {
     up
 }
 
+/// A tool the test needs: `None` (skip) when absent, a failure under
+/// `DEVMETRICS_REQUIRE_SERVICES=1`.
+pub fn tool(name: &str, version_arg: &str, install: &str) -> Option<()> {
+    if std::process::Command::new(name)
+        .arg(version_arg)
+        .output()
+        .is_ok()
+    {
+        return Some(());
+    }
+    let msg = format!("{name} is not installed ({install})");
+    if flag("DEVMETRICS_REQUIRE_SERVICES") {
+        panic!("{msg} and DEVMETRICS_REQUIRE_SERVICES=1");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
 pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 
 impl Backend {
