@@ -635,6 +635,27 @@ families! {
         "Repo fetches that fell back from GraphQL to REST because GraphQL failed (5xx, errors, timeouts, bad answers), by error kind; GraphQL then rests for 15 minutes.",
         &["org", "reason"],
     ),
+    DEVMETRICS_GITHUB_CHANGE_DETECTION_FALLBACKS_TOTAL: github(
+        "devmetrics_github_change_detection_fallbacks_total",
+        Counter,
+        None,
+        "Cycles whose org-wide change detection (the search of updated issues and pull requests) failed, so each repo was probed instead.",
+        &["org"],
+    ),
+    DEVMETRICS_GITHUB_CHANGED_REPOS: github(
+        "devmetrics_github_changed_repos",
+        Gauge,
+        None,
+        "Repos the org's last change detection found with an issue or pull request updated (opened, commented, reviewed, merged) since the detection before.",
+        &["org"],
+    ),
+    DEVMETRICS_GITHUB_SEARCH_REQUESTS_TOTAL: github(
+        "devmetrics_github_search_requests_total",
+        Counter,
+        None,
+        "Search API requests of the org's change detection; they spend search's own limit (30 a minute), not the REST budget.",
+        &["org"],
+    ),
     DEVMETRICS_GITHUB_LOC_FALLBACK_DEFERRED_TOTAL: github(
         "devmetrics_github_loc_fallback_deferred_total",
         Counter,

@@ -355,8 +355,10 @@ pub async fn poll_once(
             return;
         }
         Ok(results) => {
-            let mut first_error: Option<PollError> = None;
-            for r in results {
+            use futures_util::StreamExt;
+            // Written concurrently, so the store groups them into a few commits: a cycle of
+            // 10,000 repos is 10,000 scopes, and one durable commit each would take seconds.
+            let writes = results.into_iter().map(|r| async move {
                 match r.result {
                     Ok(samples) => {
                         let written = match r.version {
@@ -366,16 +368,19 @@ pub async fn poll_once(
                                 .map(|_| ()),
                             None => store.replace_scope(&r.scope, samples).await,
                         };
-                        if let Err(e) = written {
-                            first_error.get_or_insert(PollError::new("store", e.to_string()));
-                        }
+                        written.err().map(|e| PollError::new("store", e.to_string()))
                     }
                     Err(e) => {
                         tracing::warn!(source = poller.name(), scope = %r.scope, kind = e.kind, error = %e.message, "poll of scope failed; keeping its last values");
-                        first_error.get_or_insert(e);
+                        Some(e)
                     }
                 }
-            }
+            });
+            let errors: Vec<Option<PollError>> = futures_util::stream::iter(writes)
+                .buffered(64)
+                .collect()
+                .await;
+            let first_error = errors.into_iter().flatten().next();
             match first_error {
                 None => Ok(()),
                 Some(e) => Err((e.kind, e.message)),

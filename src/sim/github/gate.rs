@@ -21,15 +21,22 @@ pub(super) struct Budget {
     pub(super) reset_at: i64,
     /// Requests charged to it so far.
     spent: u64,
+    /// Seconds between refills: an hour, a minute for search.
+    window: i64,
 }
 
 impl Budget {
     fn new(limit: u64) -> Budget {
+        Budget::per(limit, 3600)
+    }
+
+    fn per(limit: u64, window: i64) -> Budget {
         Budget {
             limit,
             remaining: limit,
-            reset_at: crate::clock::now_secs() + 3600,
+            reset_at: crate::clock::now_secs() + window,
             spent: 0,
+            window,
         }
     }
 
@@ -39,7 +46,7 @@ impl Budget {
         let now = crate::clock::now_secs();
         if now >= self.reset_at {
             self.remaining = self.limit;
-            self.reset_at = now + 3600;
+            self.reset_at = now + self.window;
         }
         let exhausted = self.remaining == 0 && !free;
         if !free && !exhausted {
@@ -59,6 +66,8 @@ pub(super) struct Rate {
     pub(super) core: Budget,
     /// GraphQL queries spend their own budget (one point per query here).
     graphql: Budget,
+    /// Search spends its own: 30 requests a minute for an installation.
+    search: Budget,
     /// The current secondary-limit window: (started, ends). GitHub refuses every request of
     /// the installation until it ends.
     secondary: Option<(Instant, Instant)>,
@@ -71,6 +80,7 @@ impl Rate {
         Rate {
             core: Budget::new(5000),
             graphql: Budget::new(5000),
+            search: Budget::per(30, 60),
             secondary: None,
             secondary_ignored: 0,
         }
@@ -82,6 +92,7 @@ impl Rate {
 pub(super) enum Resource {
     Core,
     Graphql,
+    Search,
 }
 
 /// What a request left of its budget.
@@ -107,6 +118,7 @@ impl Spent {
             HeaderValue::from_static(match resource {
                 Resource::Core => "core",
                 Resource::Graphql => "graphql",
+                Resource::Search => "search",
             }),
         );
     }
@@ -140,6 +152,20 @@ impl GithubSim {
     /// Requests so far that counted against the primary limit (not 304s, not token exchange).
     pub fn counted(&self) -> u64 {
         self.rate.lock().core.spent
+    }
+
+    /// Search requests answered (they spend the separate search budget).
+    pub fn search_requests(&self) -> u64 {
+        self.rate.lock().search.spent
+    }
+
+    /// Sets search's budget (per minute) and refills it.
+    pub fn set_search_limit(&self, limit: u64) {
+        let search = &mut self.rate.lock().search;
+        *search = Budget {
+            spent: search.spent,
+            ..Budget::per(limit, 60)
+        };
     }
 
     /// GraphQL queries answered (they spend the separate GraphQL budget).
@@ -228,6 +254,7 @@ impl GithubSim {
         match resource {
             Resource::Core => r.core.spend(free),
             Resource::Graphql => r.graphql.spend(free),
+            Resource::Search => r.search.spend(free),
         }
     }
 }

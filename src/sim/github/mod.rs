@@ -9,7 +9,7 @@
 //!   every endpoint's credentials, the hook endpoints' included.
 //! - `gate`: what every API request passes before it is answered: credentials, the
 //!   fail-by-path knob, secondary limits, the REST and GraphQL budgets.
-//! - `rest` and `graphql`: the endpoints.
+//! - `rest`, `search` and `graphql`: the endpoints.
 //! - [`hooks`]: webhook delivery logs, redelivery and runners, served by a fake of its own.
 
 mod auth;
@@ -19,6 +19,7 @@ mod gate;
 mod graphql;
 pub mod hooks;
 mod rest;
+mod search;
 
 pub use auth::{APP_ID, Accepts, Credentials, INSTALLATION_ID, TEST_APP_KEY_PEM};
 pub use data::{Comment, Commit, OrgData, OrgSpec, Pr, RepoData};
@@ -119,6 +120,7 @@ impl GithubSim {
             )
             .route("/orgs/{org}", get(rest::org))
             .route("/orgs/{org}/repos", get(rest::org_repos))
+            .route("/search/issues", get(search::issues))
             .route("/repos/{owner}/{repo}/commits", get(rest::commits))
             .route(
                 "/repos/{owner}/{repo}/commits/{sha}",

@@ -29,6 +29,19 @@ impl GithubSim {
         body: Value,
         link: Option<String>,
     ) -> Response {
+        self.answer_spending(Resource::Core, h, uri, status, body, link)
+    }
+
+    /// [`Self::answer`], charged to `resource`'s budget.
+    pub(super) fn answer_spending(
+        &self,
+        resource: Resource,
+        h: &HeaderMap,
+        uri: &Uri,
+        status: StatusCode,
+        body: Value,
+        link: Option<String>,
+    ) -> Response {
         if let Some(refused) = self.refuse(h, uri).or_else(|| self.secondary_limit(uri)) {
             return refused;
         }
@@ -44,7 +57,7 @@ impl GithubSim {
         let etag = format!("W/\"{}\"", hex::encode(&hash.finalize()[..16]));
         let not_modified = status == StatusCode::OK
             && h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str());
-        let spent = self.spend(Resource::Core, not_modified);
+        let spent = self.spend(resource, not_modified);
         let mut resp = if spent.exhausted {
             json_response(
                 StatusCode::FORBIDDEN,
@@ -61,7 +74,7 @@ impl GithubSim {
             r
         };
         let hm = resp.headers_mut();
-        spent.headers(hm, Resource::Core);
+        spent.headers(hm, resource);
         if !spent.exhausted {
             hm.insert("etag", HeaderValue::from_str(&etag).expect("ascii"));
             if let Some(l) = link
@@ -90,7 +103,7 @@ impl GithubSim {
 }
 
 /// Cuts `items` to the requested page and builds the `Link` header.
-fn paginate(
+pub(super) fn paginate(
     items: Vec<Value>,
     q: &HashMap<String, String>,
     h: &HeaderMap,
@@ -141,7 +154,7 @@ fn paginate(
     )
 }
 
-fn time_param(q: &HashMap<String, String>, k: &str) -> Option<i64> {
+pub(super) fn time_param(q: &HashMap<String, String>, k: &str) -> Option<i64> {
     q.get(k)
         .and_then(|v| crate::sources::github::wire::parse_time(v))
 }
@@ -179,10 +192,27 @@ pub(super) async fn org_repos(
     h: HeaderMap,
     uri: Uri,
 ) -> Response {
+    // Only the requested page is rendered (the rest stay null until `paginate` cuts them):
+    // an org of 10,000 repos is listed a hundred times a cycle.
+    let per_page = q
+        .get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = q
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let shown = (page - 1) * per_page..page * per_page;
     let items = sim.world.lock().get(&org).map(|o| {
         o.repos
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                if !shown.contains(&i) {
+                    return Value::Null;
+                }
                 json!({"name": r.name, "full_name": format!("{org}/{}", r.name), "archived": r.archived,
                     "disabled": false, "fork": r.fork, "private": false, "default_branch": "main",
                     "pushed_at": format_time(r.pushed_at), "updated_at": format_time(r.updated_at)})

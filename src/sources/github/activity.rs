@@ -488,6 +488,7 @@ mod tests {
         let acts = compute(&ev, Some(&loc), now - 86_400, now);
         let cfg = ActivityConfig {
             enabled: true,
+            search: true,
             include_archived: false,
             include_forks: false,
             include_bots: false,
@@ -536,6 +537,7 @@ mod tests {
     fn hashed_labels_are_stable_and_keyed() {
         let mut cfg = ActivityConfig {
             enabled: true,
+            search: true,
             include_archived: false,
             include_forks: false,
             include_bots: false,

@@ -70,6 +70,7 @@ pub struct RawActivity {
     pub include_archived: Option<bool>,
     pub include_forks: Option<bool>,
     pub include_bots: Option<bool>,
+    pub search: Option<bool>,
     #[serde(default, deserialize_with = "string_or_seq")]
     pub user_include: Option<Vec<String>>,
     #[serde(default, deserialize_with = "string_or_seq")]
@@ -217,6 +218,10 @@ pub struct ActivityConfig {
     pub include_archived: bool,
     pub include_forks: bool,
     pub include_bots: bool,
+    /// Org-wide change detection: one search of issues and pull requests updated since the
+    /// last cycle finds the repos with new conversations, instead of two conditional probes
+    /// per repo (which cost again each time the installation token is renewed).
+    pub search: bool,
     pub user_include: Vec<String>,
     pub user_exclude: Vec<String>,
     pub user_label_mode: UserLabelMode,
@@ -556,6 +561,7 @@ impl RawGithub {
                 include_archived: a.include_archived.unwrap_or(false),
                 include_forks: a.include_forks.unwrap_or(false),
                 include_bots: a.include_bots.unwrap_or(false),
+                search: a.search.unwrap_or(true),
                 user_include: a.user_include.unwrap_or_default(),
                 user_exclude: a.user_exclude.unwrap_or_default(),
                 user_label_mode,

@@ -305,6 +305,24 @@ impl Collect for Collector {
                 &[org],
                 live.loc_fallback_deferred as f64,
             );
+            push(
+                metrics::DEVMETRICS_GITHUB_CHANGE_DETECTION_FALLBACKS_TOTAL,
+                &[org],
+                live.detection_fallbacks as f64,
+            );
+            push(
+                metrics::DEVMETRICS_GITHUB_CHANGED_REPOS,
+                &[org],
+                live.detected_repos as f64,
+            );
+            push(
+                metrics::DEVMETRICS_GITHUB_SEARCH_REQUESTS_TOTAL,
+                &[org],
+                p.client
+                    .counts
+                    .search
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
+            );
             for (reason, n) in &live.graphql_fallbacks {
                 push(
                     metrics::DEVMETRICS_GITHUB_GRAPHQL_FALLBACKS_TOTAL,

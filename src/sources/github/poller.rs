@@ -37,6 +37,11 @@ const KV_TTL: Duration = Duration::from_secs(35 * 86_400);
 /// How long an org uses REST alone after GraphQL failed.
 const GRAPHQL_REST: Duration = Duration::from_secs(15 * 60);
 
+/// The time each org's last change detection reached, so the next one searches from there.
+const DETECT_NS: &str = "github.detect";
+/// How far before the last detection each one looks again: search's index trails writes.
+const DETECT_OVERLAP: i64 = 300;
+
 /// Where a cycle's schedule and its jobs' outcomes are kept.
 const SCHEDULE_NS: &str = "github.schedule";
 const JOBS_NS: &str = "github.jobs";
@@ -63,6 +68,34 @@ pub struct ScrapeJob {
     /// Series this batch may write: its share of the org's budget.
     pub series_budget: u64,
     pub repos: Vec<wire::Repo>,
+    /// The cycle's org-wide change detection, for this batch's repos; none: probe each repo.
+    #[serde(default)]
+    pub detected: Option<Detected>,
+}
+
+/// What org-wide change detection found for a cycle. Repos it names had their kept events
+/// dropped before the detection was recorded, so they are fetched again whatever happens to
+/// the cycle; the others keep theirs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Detected {
+    /// The search began at the window's start: a repo not named had no conversation in it.
+    pub covers_window: bool,
+    /// Repos with an issue or pull request updated (opened, commented, reviewed, merged)
+    /// since the detection began.
+    pub conversations: BTreeSet<String>,
+}
+
+impl Detected {
+    fn for_repos(&self, repos: &[wire::Repo]) -> Detected {
+        Detected {
+            covers_window: self.covers_window,
+            conversations: repos
+                .iter()
+                .filter(|r| self.conversations.contains(&r.name))
+                .map(|r| r.name.clone())
+                .collect(),
+        }
+    }
 }
 
 impl ScrapeJob {
@@ -109,6 +142,10 @@ pub struct OrgLive {
     pub loc_fallback_deferred: u64,
     /// Repo fetches that fell back from GraphQL to REST, by error kind.
     pub graphql_fallbacks: std::collections::BTreeMap<&'static str, u64>,
+    /// Cycles whose org-wide change detection failed and probed each repo instead.
+    pub detection_fallbacks: u64,
+    /// Repos the last change detection found with new conversations.
+    pub detected_repos: u64,
     pub backfill: HashMap<&'static str, u64>,
 }
 
@@ -161,10 +198,14 @@ struct Want {
     graphql: bool,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct CachedEvents {
     marker: (Option<String>, Option<String>),
     events: RepoEvents,
+    /// Change detection found new conversations: fetch again (the repo stays warm, so its
+    /// unchanged pull requests' reviews can still answer 304).
+    #[serde(default)]
+    stale: bool,
 }
 
 pub struct OrgPoller {
@@ -278,12 +319,14 @@ impl OrgPoller {
     }
 
     /// Scrapes one repo's window `[end − 24h, end]`. `fresh` forbids serving it from the
-    /// event cache (backfills of past windows).
+    /// event cache (backfills of past windows). With `detected`, the org-wide detection says
+    /// which repos have new conversations; without it each repo is probed.
     async fn scrape_repo(
         &self,
         repo: &wire::Repo,
         end: i64,
         fresh: bool,
+        detected: Option<&Detected>,
     ) -> Result<Vec<Sample>, Error> {
         let start = end - WINDOW;
         let name = &repo.name;
@@ -292,22 +335,26 @@ impl OrgPoller {
         let pushed = t(&repo.pushed_at);
         let marker = (repo.pushed_at.clone(), repo.updated_at.clone());
         // Only pushes move `pushed_at`; reviews and comments move neither it nor `updated_at`,
-        // so the probes run for every repo (their 304s are free) and tell what changed.
-        let cached: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
-        let cold = cached.is_none();
-        let cached = cached.filter(|c| c.marker == marker && c.events.since <= start);
+        // so conversations are found by the org-wide search, or by probing every repo (their
+        // 304s are free until the token is renewed).
+        let kept: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
+        let cold = kept.is_none();
         // Probe before fetching, so a change landing in between is seen next cycle rather
         // than hidden behind a fresh ETag.
-        let probe = if fresh {
+        let probe = if fresh || detected.is_some() {
             None
         } else {
             Some(self.probe(name).await?)
         };
-        let reuse =
-            matches!((&cached, probe), (Some(c), Some(p)) if c.events.until <= end && !p.changed);
+        let talked = detected.map(|d| d.conversations.contains(name));
+        let unchanged = probe.is_some_and(|p| !p.changed) || talked == Some(false);
+        let usable = |c: &CachedEvents| c.events.since <= start && c.events.until <= end;
+        let cached = kept
+            .as_ref()
+            .filter(|c| !fresh && !c.stale && c.marker == marker && usable(c) && unchanged);
         let events = match cached {
-            Some(c) if reuse => c.events,
-            _ => {
+            Some(c) => c.events.clone(),
+            None => {
                 if !fresh {
                     // The probes' ETags have moved on: if the fetch below fails, the old
                     // events must not be reused behind their 304s next cycle.
@@ -316,18 +363,34 @@ impl OrgPoller {
                         .await
                         .map_err(|e| Error::Store(e.to_string()))?;
                 }
+                // Only a push changed a repo the detection did not name: its kept
+                // conversations are still all there are.
+                let keep_conversations = kept
+                    .as_ref()
+                    .filter(|c| !fresh && !c.stale && talked == Some(false) && usable(c));
                 let want = Want {
                     commits: pushed >= start,
                     // No PR or comment updated since the window began: none was opened,
                     // merged, reviewed or written in it.
-                    conversations: probe.is_none_or(|p| p.newest >= start),
+                    conversations: keep_conversations.is_none()
+                        && match (detected, probe) {
+                            (Some(d), _) => talked == Some(true) || !d.covers_window,
+                            (None, Some(p)) => p.newest >= start,
+                            (None, None) => true,
+                        },
                     graphql: cold && self.gh.graphql && self.graphql_usable(),
                 };
-                let ev = self.fetch_events(name, start, end, want).await?;
+                let mut ev = self.fetch_events(name, start, end, want).await?;
+                if let Some(c) = keep_conversations {
+                    ev.prs = c.events.prs.clone();
+                    ev.reviews = c.events.reviews.clone();
+                    ev.comments = c.events.comments.clone();
+                }
                 if !fresh {
                     let c = CachedEvents {
                         marker,
                         events: ev.clone(),
+                        stale: false,
                     };
                     self.kv_put_json(EVENTS_NS, &key, &c).await?;
                 }
@@ -344,6 +407,75 @@ impl OrgPoller {
                 cfg: &self.gh.activity,
             },
         ))
+    }
+
+    /// Org-wide change detection: one search (a page per 100 results, in search's own
+    /// budget) of the issues and pull requests updated since the last detection, instead of
+    /// two probes per repo. The repos it names have their kept events marked stale before
+    /// the detection is recorded, so a cycle that stops midway cannot leave them stale. `None` (probe each
+    /// repo instead) when search is off or fails.
+    async fn detect(&self, now: i64, repos: &[wire::Repo]) -> Option<Detected> {
+        if !self.gh.activity.search {
+            return None;
+        }
+        let org = &self.org.org;
+        let start = now - WINDOW;
+        let last: Option<i64> = self.kv_json(DETECT_NS, org).await.ok()?;
+        let since = last.map_or(start, |w| (w - DETECT_OVERLAP).max(start));
+        let found = match self.client.repos_with_conversations(since, now).await {
+            Ok(f) => f,
+            Err(e @ Error::Cancelled) => {
+                tracing::debug!(org = %org, error = %e, "change detection cancelled");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(org = %org, kind = e.kind(), error = %e, "org-wide change detection failed; probing each repo this cycle");
+                self.state.lock().live.detection_fallbacks += 1;
+                return None;
+            }
+        };
+        let listed: BTreeSet<&str> = repos.iter().map(|r| r.name.as_str()).collect();
+        let stale = CachedEvents {
+            stale: true,
+            ..Default::default()
+        };
+        let mut conversations = BTreeSet::new();
+        for (repo, newest) in found {
+            if !listed.contains(repo.as_str()) {
+                continue;
+            }
+            let key = format!("{org}/{repo}");
+            let marked = match self.kv_json::<CachedEvents>(EVENTS_NS, &key).await {
+                // Nothing kept: fetched anyway, and cold (over GraphQL).
+                Ok(None) => Ok(true),
+                // Fetched after this update (the overlap finds it again): nothing new.
+                Ok(Some(c)) if !c.stale && c.events.until > newest => Ok(false),
+                Ok(Some(_)) => self
+                    .kv_put_json(EVENTS_NS, &key, &stale)
+                    .await
+                    .map(|()| true),
+                Err(e) => Err(e),
+            };
+            match marked {
+                Ok(true) => {
+                    conversations.insert(repo);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(org = %org, error = %e, "could not record the change detection; probing each repo this cycle");
+                    return None;
+                }
+            }
+        }
+        if let Err(e) = self.kv_put_json(DETECT_NS, org, &now).await {
+            tracing::warn!(org = %org, error = %e, "could not record the change detection; probing each repo this cycle");
+            return None;
+        }
+        self.state.lock().live.detected_repos = conversations.len() as u64;
+        Some(Detected {
+            covers_window: since <= start,
+            conversations,
+        })
     }
 
     /// Conditional probes of the newest PR page and the newest comment: two 304s (free)
@@ -606,7 +738,7 @@ impl OrgPoller {
                 self.count_backfill("superseded");
                 continue;
             }
-            match self.scrape_repo(r, job.window_end, true).await {
+            match self.scrape_repo(r, job.window_end, true, None).await {
                 Ok(samples) => {
                     let written = self
                         .store
@@ -638,6 +770,7 @@ impl OrgPoller {
         &'a self,
         repos: &'a [wire::Repo],
         end: i64,
+        detected: Option<&'a Detected>,
     ) -> impl futures_util::Stream<Item = (String, Result<Vec<Sample>, Error>)> + Send + 'a {
         // Boxed: the futures borrow `self` and their repo, which an unboxed closure's
         // higher-ranked lifetimes cannot express.
@@ -647,7 +780,12 @@ impl OrgPoller {
         let futs: Vec<Scrape<'a>> = repos
             .iter()
             .map(|r| -> Scrape<'a> {
-                Box::pin(async move { (r.name.clone(), self.scrape_repo(r, end, false).await) })
+                Box::pin(async move {
+                    (
+                        r.name.clone(),
+                        self.scrape_repo(r, end, false, detected).await,
+                    )
+                })
             })
             .collect();
         futures_util::stream::iter(futs).buffer_unordered(self.org.concurrency)
@@ -698,7 +836,9 @@ impl OrgPoller {
         d: &Distribution,
         now: i64,
         repos: Vec<wire::Repo>,
+        detected: Option<Detected>,
         spent_before: u64,
+        searches_before: u64,
     ) -> Vec<ScopeResult> {
         let org = &self.org.org;
         let org_scope = format!("github/{org}");
@@ -743,6 +883,7 @@ impl OrgPoller {
                 fence: d.leadership.fence(),
                 series_budget: budget.saturating_mul(batch.len() as u64) / total.max(1) as u64,
                 repos: batch.to_vec(),
+                detected: detected.as_ref().map(|d| d.for_repos(batch)),
             };
             let payload = Bytes::from(serde_json::to_vec(&job).expect("a job serializes"));
             let key = format!("github:scrape:{}", job.key());
@@ -813,7 +954,11 @@ impl OrgPoller {
             self.state.lock().consecutive_failures = 0;
         }
         let listing = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
-        self.stretch(now, listing + requests);
+        self.stretch(
+            now,
+            listing + requests,
+            self.searches_since(searches_before),
+        );
         // The jobs wrote the repos' scopes; the org's own (empty) scope records the cycle, so
         // that its time is the source's last success after a restart.
         out.push(ScopeResult::new(org_scope, Ok(Vec::new())));
@@ -837,7 +982,7 @@ impl OrgPoller {
         }
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
         let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = self
-            .scrape_repos(&job.repos, job.window_end)
+            .scrape_repos(&job.repos, job.window_end, job.detected.as_ref())
             .collect()
             .await;
         results.sort_by(|a, b| a.0.cmp(&b.0));
@@ -881,10 +1026,15 @@ impl OrgPoller {
             .map_err(|e| Error::Store(e.to_string()))
     }
 
-    /// Compares the cycle's cost with the org's share of the hourly budget: when the
-    /// configured interval cannot fit, warns and spaces cycles out rather than running dry
-    /// mid-cycle. The first (cold) cycle only records its cost.
-    fn stretch(&self, started: i64, requests: u64) {
+    fn searches_since(&self, before: u64) -> u64 {
+        self.client.counts.search.load(Ordering::Relaxed) - before
+    }
+
+    /// Compares the cycle's cost with the org's share of the hourly budgets, REST's (with
+    /// GraphQL fallbacks) and search's apart: when the configured interval cannot fit either,
+    /// warns and spaces cycles out rather than running dry mid-cycle. The first (cold) cycle
+    /// only records its cost.
+    fn stretch(&self, started: i64, requests: u64, searches: u64) {
         let interval = self.org.scrape_interval.as_secs_f64();
         let b = self.client.budget().snapshot();
         let limit = if b.known && b.limit > 0 {
@@ -892,9 +1042,16 @@ impl OrgPoller {
         } else {
             5000
         };
-        let per_hour = (limit.saturating_sub(u64::from(self.gh.rate_limit.reserve)) as f64
-            / f64::from(self.budget_share))
-        .max(1.0);
+        let share = f64::from(self.budget_share);
+        let per_hour =
+            (limit.saturating_sub(u64::from(self.gh.rate_limit.reserve)) as f64 / share).max(1.0);
+        // Search's limit is per minute.
+        let search_limit = if b.search.known && b.search.limit > 0 {
+            b.search.limit
+        } else {
+            30
+        };
+        let search_per_hour = (search_limit * 60) as f64 / share;
         let mut s = self.state.lock();
         s.cycles += 1;
         s.live.cycle_requests = requests;
@@ -902,13 +1059,16 @@ impl OrgPoller {
             return;
         }
         let needed = requests as f64 * 3600.0 / interval;
-        let over = needed > per_hour;
+        let needed_search = searches as f64 * 3600.0 / interval;
+        let over = needed > per_hour || needed_search > search_per_hour;
         if over && !s.live.overcommitted {
-            tracing::warn!(org = %self.org.org, requests_per_cycle = requests, needed_per_hour = needed as u64, budget_per_hour = per_hour as u64, interval = ?self.org.scrape_interval, "the org's scrape interval does not fit its rate-limit budget; stretching the interval");
+            tracing::warn!(org = %self.org.org, requests_per_cycle = requests, needed_per_hour = needed as u64, budget_per_hour = per_hour as u64, searches_per_cycle = searches, search_budget_per_hour = search_per_hour as u64, interval = ?self.org.scrape_interval, "the org's scrape interval does not fit its rate-limit budget; stretching the interval");
         }
         s.live.overcommitted = over;
         let effective = if over {
-            requests as f64 * 3600.0 / per_hour
+            (requests as f64 * 3600.0 / per_hour)
+                .max(searches as f64 * 3600.0 / search_per_hour)
+                .max(interval)
         } else {
             interval
         };
@@ -1005,6 +1165,7 @@ impl Poller for OrgPoller {
         if stretched {
             return Vec::new();
         }
+        let searches_before = self.client.counts.search.load(Ordering::Relaxed);
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
         let repos = match self.client.org_repos().await {
             Ok(r) => r,
@@ -1019,15 +1180,18 @@ impl Poller for OrgPoller {
             }
         };
         let repos: Vec<wire::Repo> = repos.into_iter().filter(|r| self.wanted(r)).collect();
+        let detected = self.detect(now, &repos).await;
         if let Some(d) = self.distribution.get() {
-            return self.dispatch(d, now, repos, spent_before).await;
+            return self
+                .dispatch(d, now, repos, detected, spent_before, searches_before)
+                .await;
         }
         let total = repos.len();
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut done = 0usize;
         let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = Vec::with_capacity(total);
-        let mut stream = self.scrape_repos(&repos, now);
+        let mut stream = self.scrape_repos(&repos, now, detected.as_ref());
         while let Some(r) = stream.next().await {
             done += 1;
             results.push(r);
@@ -1086,7 +1250,7 @@ impl Poller for OrgPoller {
             self.state.lock().consecutive_failures = 0;
         }
         let spent = self.client.counts.spent.load(Ordering::Relaxed) - spent_before;
-        self.stretch(now, spent);
+        self.stretch(now, spent, self.searches_since(searches_before));
         out
     }
 }

@@ -232,3 +232,20 @@ mod tests {
             serde_json::from_slice(&read("app-installations-access-tokens.201.json")).unwrap();
     }
 }
+
+/// A page of `GET /search/issues`.
+#[derive(Debug, Deserialize)]
+pub struct SearchPage {
+    pub total_count: u64,
+    /// The search timed out and some matches may be missing.
+    #[serde(default)]
+    pub incomplete_results: bool,
+    pub items: Vec<SearchItem>,
+}
+
+/// An issue or pull request found by search: only where and when it changed are read.
+#[derive(Debug, Deserialize)]
+pub struct SearchItem {
+    pub repository_url: String,
+    pub updated_at: String,
+}

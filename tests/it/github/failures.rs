@@ -246,3 +246,66 @@ async fn a_backfill_racing_a_newer_cycle_never_wins() {
         assert_same(&exported(&store), &env.sim.truth(ORG, t2));
     }
 }
+
+/// The org-wide search is an optimisation: while it fails, each repo is probed (and still
+/// found with its new review or comment); when it answers again, what changed meanwhile is
+/// found by the search from the last detection that succeeded.
+#[tokio::test]
+async fn a_failing_search_falls_back_to_probes_and_misses_nothing() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
+    let p = gh.pollers[0].clone();
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(
+        env.fake.requests.count("GET /repos/{owner}/{repo}/pulls"),
+        0
+    );
+
+    // Search answers 500 (three attempts a cycle) for two cycles.
+    env.sim.fail_path_with("/search/issues", 6, 500);
+    for (repo, user) in [("repo-006", "user001"), ("repo-007", "user002")] {
+        let t = env.advance(300);
+        env.sim.add_review(ORG, repo, user, t - 20);
+        env.sim.add_comment(ORG, repo, user, t - 10);
+        poll(&*p, &store).await;
+        assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    }
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_change_detection_fallbacks_total").await,
+        2.0
+    );
+    assert!(env.fake.requests.count("GET /repos/{owner}/{repo}/pulls") > 0);
+
+    // Search again: a comment in a repo without a push, found by it alone.
+    let probes = env.fake.requests.count("GET /repos/{owner}/{repo}/pulls");
+    let t = env.advance(300);
+    env.sim.add_comment(ORG, "repo-005", "user003", t - 10);
+    poll(&*p, &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert_eq!(gauge(&gh, "devmetrics_github_changed_repos").await, 1.0);
+    let fetched = env.fake.requests.count("GET /repos/{owner}/{repo}/pulls") - probes;
+    assert!(fetched <= 1, "{fetched} pull listings: only repo-005's");
+}
+
+/// Search serves 1,000 results of a query at most: a window holding more is split by time
+/// until each part fits, and nothing beyond the cap is lost.
+#[tokio::test]
+async fn more_than_a_thousand_search_results_are_split_by_time() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let now = env.now();
+    for i in 0..1_200i64 {
+        let repo = format!("repo-{:03}", 5 + i % 3);
+        env.sim
+            .add_comment(ORG, &repo, &format!("user{:03}", i % 6), now - 60 - i * 60);
+    }
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
+    poll(&*gh.pollers[0], &store).await;
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    // At least: the refused first page, two halves, and 13 pages of results.
+    assert!(
+        env.sim.search_requests() >= 15,
+        "{}",
+        env.sim.search_requests()
+    );
+}

@@ -23,6 +23,8 @@ pub struct BudgetState {
     pub secondary_hits: u64,
     /// GraphQL's own primary limit (`x-ratelimit-resource: graphql`).
     pub graphql: Resource,
+    /// Search's own limit, per minute (`x-ratelimit-resource: search`).
+    pub search: Resource,
     /// Until when every worker of the installation pauses after a secondary limit: GitHub
     /// keeps refusing the others' requests too, and counts them against the installation.
     pub secondary_until: Option<Instant>,
@@ -146,8 +148,12 @@ impl Budget {
                     s.limit = l;
                 }
             }
-            "graphql" => {
-                let g = &mut s.graphql;
+            "graphql" | "search" => {
+                let g = if resource == "graphql" {
+                    &mut s.graphql
+                } else {
+                    &mut s.search
+                };
                 g.known = true;
                 g.remaining = rem.max(0) as u64;
                 g.reset_at = reset;

@@ -57,6 +57,68 @@ impl Client {
         }
     }
 
+    /// Repos of the org with an issue or pull request updated in `[since, until]`, each with
+    /// its newest such update. A comment, review or merge moves its issue's or pull
+    /// request's `updated_at`, so this finds conversations in repos without a push. One
+    /// search request per 100 results (search has its own budget); a range holding more
+    /// than the 1,000 results search serves is halved until each part fits.
+    pub async fn repos_with_conversations(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        const SERVED: u64 = 1000;
+        let mut out = std::collections::BTreeMap::new();
+        let mut ranges = vec![(since, until)];
+        while let Some((from, to)) = ranges.pop() {
+            // Spaces as `+`: the query holds only the org's name, qualifiers and times.
+            let path = format!(
+                "/search/issues?q=org:{}+updated:{}..{}&sort=updated&order=desc&per_page=100",
+                self.org,
+                wire::format_time(from),
+                wire::format_time(to)
+            );
+            let mut next = Some(path);
+            let mut first = true;
+            while let Some(p) = next.take() {
+                let (page, raw): (wire::SearchPage, Page) =
+                    self.get_json(&p, "search_issues", false).await?;
+                if page.incomplete_results {
+                    return Err(Error::Decode {
+                        endpoint: "search_issues",
+                        message: "the search timed out and its results are incomplete".into(),
+                    });
+                }
+                if first && page.total_count > SERVED {
+                    if to <= from {
+                        return Err(Error::Decode {
+                            endpoint: "search_issues",
+                            message: format!(
+                                "{} results updated within one second; search serves {SERVED}",
+                                page.total_count
+                            ),
+                        });
+                    }
+                    let mid = from + (to - from) / 2;
+                    ranges.push((from, mid));
+                    ranges.push((mid + 1, to));
+                    break;
+                }
+                first = false;
+                for item in page.items {
+                    let Some(repo) = item.repository_url.rsplit('/').next() else {
+                        continue;
+                    };
+                    let t = wire::parse_time(&item.updated_at).unwrap_or(until);
+                    let e = out.entry(repo.to_string()).or_insert(t);
+                    *e = (*e).max(t);
+                }
+                next = raw.next;
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn commits(
         &self,
         repo: &str,

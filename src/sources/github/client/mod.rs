@@ -116,8 +116,11 @@ pub struct Page {
 #[derive(Debug, Default)]
 pub struct Counts {
     pub sent: AtomicU64,
-    /// Answers that spent primary rate limit (everything but 304s).
+    /// Answers that spent REST's or GraphQL's primary limit (everything but 304s and
+    /// searches).
     pub spent: AtomicU64,
+    /// Answers that spent search's own limit.
+    pub search: AtomicU64,
     pub not_modified: AtomicU64,
 }
 
@@ -307,7 +310,12 @@ impl Client {
             let status = r.status().as_u16();
             let headers = r.headers().clone();
             self.budget.observe(&headers, status != 304);
-            if status != 304 {
+            let search = headers
+                .get("x-ratelimit-resource")
+                .is_some_and(|v| v.as_bytes() == b"search");
+            if search {
+                self.counts.search.fetch_add(1, Ordering::Relaxed);
+            } else if status != 304 {
                 self.counts.spent.fetch_add(1, Ordering::Relaxed);
             }
             let body = match r.bytes().await {
