@@ -237,6 +237,11 @@ impl Write for ChunkWriter {
     }
 }
 
+/// HTTP/2 streams one connection may have open at once.
+const HTTP2_MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams a client may reset before they were served, before its connection is cut.
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+
 async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let (format, gzip) = exposition::negotiate(h(header::ACCEPT), h(header::ACCEPT_ENCODING));
@@ -369,10 +374,14 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(read_header_timeout)
             .max_buf_size(64 * 1024);
+        // Explicit HTTP/2 limits: streams at once per connection, and streams a client may
+        // reset before they are served (rapid reset) before the connection is cut.
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(64 * 1024);
+            .max_header_list_size(64 * 1024)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS));
         let builder = if settings.http2 {
             builder
         } else {

@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::Shared;
@@ -35,11 +36,35 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
     // Dropped series are data not shown: degraded until the budget or the filters change.
     let budgets = s.telemetry.series_budgets();
     let store_health = s.store.health();
+    // Orgs whose configured interval asks more than their rate-limit budget allows: their
+    // cycles are spaced out to the interval the budget sustains.
+    let own = s.telemetry.scope().await;
+    let gauge = |fid| {
+        own.families
+            .get(&fid)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter_map(|(l, v)| Some((l.get("org")?.to_string(), v.as_f64()?)))
+            .collect::<BTreeMap<String, f64>>()
+    };
+    let intervals = gauge(crate::metrics::DEVMETRICS_GITHUB_EFFECTIVE_INTERVAL_SECONDS);
+    let overcommitted: BTreeMap<String, serde_json::Value> =
+        gauge(crate::metrics::DEVMETRICS_GITHUB_BUDGET_OVERCOMMITTED)
+            .into_iter()
+            .filter(|(_, v)| *v >= 1.0)
+            .map(|(org, _)| {
+                let effective = intervals.get(&org).copied();
+                (
+                    org,
+                    serde_json::json!({"effective_interval_seconds": effective}),
+                )
+            })
+            .collect();
     let status = if !ready {
         "starting"
     } else if store_health.is_err() {
         "failing"
-    } else if any_down || !budgets.is_empty() {
+    } else if any_down || !budgets.is_empty() || !overcommitted.is_empty() {
         "degraded"
     } else {
         "ok"
@@ -71,6 +96,7 @@ pub async fn healthz(State(s): State<Shared>) -> Response {
             },
             "queue": {"state": "ok", "topics": queue},
             "sources": sources,
+            "github_budget_overcommitted": overcommitted,
             "ha": s.leadership.health(),
         },
     });

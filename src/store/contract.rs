@@ -432,8 +432,9 @@ pub async fn lease_is_exclusive_renewable_and_fenced(lease: &dyn Lease) {
             .is_none(),
         "an expired grant cannot be renewed"
     );
+    // Long enough that a loaded machine cannot let it lapse before its release below.
     let b = lease
-        .acquire(name, "b", ttl)
+        .acquire(name, "b", Duration::from_secs(30))
         .await
         .expect("acquire")
         .expect("an expired lease is free");

@@ -256,3 +256,242 @@ fn config_files() {
     });
     eprintln!("config files: {n} inputs");
 }
+
+/// Spacelift's GraphQL answers, each decoded as every query's data and turned into samples;
+/// GitHub's REST lists turned into a repo's events and its window's activity; GitHub's search
+/// pages and GraphQL pull-request answers decoded.
+#[test]
+fn graphql_and_rest_answers() {
+    use devmetrics::sources::github::{activity, wire as gh};
+    use devmetrics::sources::spacelift::{self as sl, wire};
+    let spacelift: Vec<Vec<u8>> = [
+        r#"{"data":{"publicWorkerPool":{"parallelism":10,"busyWorkers":3,"pendingRuns":2}}}"#,
+        r#"{"data":{"workerPools":[{"id":"01A","name":"pool-a","pendingRuns":1,"busyWorkers":2,"workers":[{"id":"w1","drained":false},{"id":"w2","drained":true}]}]}}"#,
+        r#"{"data":{"usage":{"billingPeriodStart":1754000000,"billingPeriodEnd":1756678400,"usedPrivateMinutes":120,"usedPublicMinutes":30,"usedSeats":7}}}"#,
+        r#"{"data":{"metrics":{"stacksCountByState":[{"value":3,"labels":["FINISHED"]}],"resourcesCountByDrift":[{"value":2,"labels":["drifted"]}],"needsApprovalRuns":[{"id":"r1"}],"runsRequiringAttention":[]}}}"#,
+        r#"{"data":{"searchStacks":{"edges":[{"node":{"id":"s1","name":"Stack 1","space":"root","state":"FINISHED","runs":[{"type":"TRACKED","state":"FINISHED"}],"entities":[{"drifted":1754000000},{"drifted":null}]}}],"pageInfo":{"hasNextPage":false,"endCursor":null}}}}"#,
+        r#"{"data":null,"errors":[{"message":"unauthorized"}]}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let stacks = devmetrics::sources::spacelift::config::StacksConfig {
+        enabled: true,
+        include_spaces: vec![],
+        exclude_spaces: vec![],
+        include_stacks: vec![],
+        exclude_stacks: vec![],
+        series_budget: 1000,
+        page_size: 50,
+    };
+    let n = fuzz("spacelift_graphql", &spacelift, iterations(), |b| {
+        type R<T> = wire::Response<T>;
+        if let Ok(R { data: Some(d), .. }) =
+            serde_json::from_slice::<R<wire::PublicWorkerPoolData>>(b)
+        {
+            sl::public_worker_pool_samples(&d.public_worker_pool);
+        }
+        if let Ok(R { data: Some(d), .. }) = serde_json::from_slice::<R<wire::WorkerPoolsData>>(b) {
+            sl::worker_pool_samples(&d.worker_pools);
+        }
+        if let Ok(R { data: Some(d), .. }) = serde_json::from_slice::<R<wire::UsageData>>(b) {
+            sl::usage_samples(&d.usage);
+        }
+        if let Ok(R { data: Some(d), .. }) = serde_json::from_slice::<R<wire::AggregatesData>>(b)
+            && let Some(m) = d.metrics
+        {
+            sl::aggregate_samples(&m);
+        }
+        if let Ok(R { data: Some(d), .. }) = serde_json::from_slice::<R<wire::AttentionData>>(b)
+            && let Some(m) = d.metrics
+        {
+            sl::attention_samples(&m);
+        }
+        if let Ok(R { data: Some(d), .. }) = serde_json::from_slice::<R<wire::StacksData>>(b) {
+            let nodes: Vec<wire::StackNode> =
+                d.search_stacks.edges.into_iter().map(|e| e.node).collect();
+            sl::per_stack_counts(&nodes);
+            sl::stack_samples(nodes, &stacks);
+        }
+    });
+
+    let mut github = research("github-rest", &[".json"]);
+    github.push(
+        br#"{"total_count":2,"incomplete_results":false,"items":[{"repository_url":"https://api.github.com/repos/acme/a","updated_at":"2026-12-04T10:00:00Z"}]}"#.to_vec(),
+    );
+    github.push(
+        br#"{"repository":{"pullRequests":{"pageInfo":{"hasNextPage":false,"endCursor":null},"nodes":[{"number":1,"createdAt":"2026-12-04T09:00:00Z","updatedAt":"2026-12-04T10:00:00Z","mergedAt":null,"author":{"__typename":"User","login":"a"},"reviews":{"pageInfo":{"hasNextPage":false},"nodes":[{"author":{"__typename":"Bot","login":"b"},"submittedAt":"2026-12-04T09:30:00Z","state":"APPROVED"}]}}]}}}"#.to_vec(),
+    );
+    let m = fuzz("github_answers", &github, iterations(), |b| {
+        let list = |b: &[u8]| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok();
+        let commits: Vec<gh::Commit> = serde_json::from_slice(b).unwrap_or_default();
+        let pulls: Vec<gh::Pull> = serde_json::from_slice(b).unwrap_or_default();
+        let reviews: Vec<gh::Review> = serde_json::from_slice(b).unwrap_or_default();
+        let comments: Vec<gh::IssueComment> = serde_json::from_slice(b).unwrap_or_default();
+        let _ = list(b);
+        let ev = activity::RepoEvents::from_wire(
+            0,
+            4_000_000_000,
+            &commits,
+            &pulls,
+            &reviews,
+            &comments,
+        );
+        activity::compute(&ev, None, 0, 4_000_000_000);
+        let _ = serde_json::from_slice::<gh::SearchPage>(b);
+        let _ = serde_json::from_slice::<gh::GqlRepoData>(b);
+        let _ = serde_json::from_slice::<Vec<gh::Repo>>(b);
+    });
+    eprintln!("Spacelift GraphQL answers: {n} inputs; GitHub answers: {m} inputs");
+}
+
+/// `POST /api/deployments` (dora-exporter's API): every body is answered with a status, and
+/// only a valid deployment is queued.
+#[test]
+fn deployments_api_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let queue = rt.block_on(async {
+        let b = crate::support::Backend::Sqlite
+            .open(dir.path(), &devmetrics::queue::RetryPolicy::default())
+            .await;
+        b.queue
+    });
+    let api = devmetrics::sources::dora::api::DeploymentsApi::new(
+        devmetrics::config::Secret::new("fuzz-token"),
+        queue,
+    );
+    let seeds = vec![
+        br#"{"id":"d-1","repo":"acme/pay","environment":"production","status":"success","sha":"abc123","team":"payments","created_at":"2026-12-04T10:00:00Z"}"#.to_vec(),
+        br#"{"id":"d-2","repo":"acme/pay","environment":"staging","status":"failure"}"#.to_vec(),
+    ];
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("authorization", "Bearer fuzz-token".parse().unwrap());
+    // Each valid body is a durable publish: fewer, costlier runs.
+    let n = fuzz("deployments_api", &seeds, iterations() / 3, |b| {
+        let resp = rt.block_on(api.handle(&headers, bytes::Bytes::copy_from_slice(b)));
+        let s = resp.status().as_u16();
+        assert!(matches!(s, 200..=299 | 400..=499), "answered {s}");
+    });
+    eprintln!("deployments API bodies: {n} inputs");
+}
+
+/// The exporter-toolkit web config file (TLS, basic auth, HTTP/2, headers).
+#[test]
+fn web_config_files() {
+    let seeds = vec![
+        b"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS12\nhttp_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\nbasic_auth_users:\n  prometheus: $2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG\n".to_vec(),
+        b"basic_auth_users:\n  alice: $2b$12$hNf2lSsxfm0.i4a.1kVpSOVyBCfIB51VRjgBUyv6kdnyTlgWj81Ay\n".to_vec(),
+        b"".to_vec(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.yml");
+    let n = fuzz("web_config", &seeds, iterations() / 3, |b| {
+        std::fs::write(&path, b).unwrap();
+        let _ = devmetrics::server::webconfig::load(&path);
+    });
+    eprintln!("web config files: {n} inputs");
+}
+
+/// Series as persisted in the embedded store, damaged: a store whose rows were altered (a
+/// family renamed away, labels cut, histogram buckets garbled, values NaN) opens and serves
+/// or refuses, never panics.
+#[test]
+fn persisted_store_records() {
+    use devmetrics::metrics::{self, HistogramValue, Labels, Sample, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let policy = devmetrics::queue::RetryPolicy::default();
+    rt.block_on(async {
+        let b = crate::support::Backend::Sqlite
+            .open(dir.path(), &policy)
+            .await;
+        let h = metrics::DEVMETRICS_HTTP_REQUEST_DURATION_SECONDS;
+        let mut hv = HistogramValue::new(metrics::family(h).buckets);
+        hv.observe(metrics::family(h).buckets, 0.2);
+        let c = metrics::GH_ACTIVITY_COMMITS_24H;
+        b.store
+            .replace_scope(
+                "fuzz/a",
+                vec![
+                    Sample {
+                        family: h,
+                        labels: Labels::new(h, &["/x"]).unwrap(),
+                        value: Value::Histogram(Box::new(hv)),
+                    },
+                    Sample::number(c, Labels::new(c, &["o", "r", "u\"\\n"]).unwrap(), 3.0),
+                ],
+            )
+            .await
+            .unwrap();
+    });
+    // The store's threads finish their last commit after it is dropped.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let db = dir.path().join("devmetrics.db");
+    let rows: Vec<Vec<u8>> = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let mut st = c
+            .prepare("SELECT family || char(31) || labels || char(31) || coalesce(buckets, '') FROM series")
+            .unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| r.unwrap().into_bytes())
+            .collect()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let opened = std::sync::atomic::AtomicUsize::new(0);
+    use std::sync::atomic::Ordering;
+    let n = fuzz("store_records", &rows, iterations() / 10, |b| {
+        let text = String::from_utf8_lossy(b);
+        let mut parts = text.splitn(3, '\u{1f}');
+        let (family, labels, buckets) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        // A directory per input: the last input's store may still hold its lock.
+        let here = work
+            .path()
+            .join(format!("{}", runs.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&here).unwrap();
+        for f in ["devmetrics.db", "devmetrics.db-wal", "devmetrics.db-shm"] {
+            let _ = std::fs::copy(dir.path().join(f), here.join(f));
+        }
+        let copy = here.join("devmetrics.db");
+        {
+            let c = rusqlite::Connection::open(&copy).unwrap();
+            c.execute(
+                "INSERT OR REPLACE INTO series (scope, family, labels, value, buckets) VALUES ('fuzz/b', ?1, ?2, ?3, nullif(?4, ''))",
+                rusqlite::params![family, labels, (b.len() as f64).sqrt() - 3.0, buckets],
+            )
+            .unwrap();
+        }
+        rt.block_on(async {
+            // Refusing to open is an answer; a panic is not.
+            let config = crate::support::config_with(&here, &[]);
+            let Ok(b) = devmetrics::storage::open(&config).await else {
+                return;
+            };
+            opened.fetch_add(1, Ordering::Relaxed);
+            let snap = b.store.snapshot();
+            let mut out = Vec::new();
+            devmetrics::exposition::render(
+                &snap.scopes,
+                devmetrics::exposition::Format::Text,
+                &mut out,
+            )
+            .unwrap();
+        });
+    });
+    let opened = opened.load(Ordering::Relaxed);
+    eprintln!("persisted store records: {n} inputs, {opened} stores opened");
+    // Damaged rows are skipped, not fatal: most inputs still open.
+    assert!(opened * 2 > n, "{opened} of {n} stores opened");
+}

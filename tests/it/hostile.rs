@@ -276,3 +276,72 @@ async fn wrong_methods_types_and_paths_get_4xx() {
     scrape_ok(base).await;
     running.stop().await;
 }
+
+/// HTTP/2 (cleartext, prior knowledge) floods: rapid reset (streams opened and cancelled at
+/// once, CVE-2023-44487) and streams opened and never finished. The flooding connection is
+/// cut or held to its stream limit, and other clients are served throughout.
+#[tokio::test]
+async fn http2_floods_are_contained() {
+    let (running, addr) = app(&[]).await;
+
+    // Rapid reset: 5,000 streams, each cancelled as soon as it is sent.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut sent = 0u32;
+    for _ in 0..5_000 {
+        let Ok(c) = client.clone().ready().await else {
+            break;
+        };
+        client = c;
+        let req = axum::http::Request::get(format!("http://{addr}/metrics"))
+            .body(())
+            .unwrap();
+        let Ok((_resp, mut stream)) = client.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        if sent.is_multiple_of(500) {
+            scrape_ok(&running.base).await;
+        }
+    }
+    drop(client);
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the flooding connection ends");
+    eprintln!("rapid reset: {sent} streams sent; connection ended with {closed:?}");
+    assert!(sent < 5_000, "the server let {sent} reset streams through");
+    scrape_ok(&running.base).await;
+
+    // Streams opened and never finished: the server advertises its stream limit, and other
+    // clients are served while a thousand wait behind it.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // Driven until the server's SETTINGS arrive (it never completes while the client lives).
+    let _ = tokio::time::timeout(Duration::from_millis(500), &mut conn).await;
+    assert_eq!(conn.max_concurrent_send_streams(), 100);
+    let conn = tokio::spawn(conn);
+    let mut open = Vec::new();
+    while open.len() < 1_000 {
+        let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_millis(200), client.clone().ready()).await
+        else {
+            break;
+        };
+        client = c;
+        let req = axum::http::Request::post(format!("http://{addr}/webhooks/github"))
+            .body(())
+            .unwrap();
+        match client.send_request(req, false) {
+            Ok(s) => open.push(s),
+            Err(_) => break,
+        }
+    }
+    scrape_ok(&running.base).await;
+    drop(open);
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    scrape_ok(&running.base).await;
+    running.stop().await;
+}

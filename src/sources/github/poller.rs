@@ -1179,8 +1179,18 @@ impl Poller for OrgPoller {
                 }];
             }
         };
-        let repos: Vec<wire::Repo> = repos.into_iter().filter(|r| self.wanted(r)).collect();
+        let mut repos: Vec<wire::Repo> = repos.into_iter().filter(|r| self.wanted(r)).collect();
         let detected = self.detect(now, &repos).await;
+        // Newest activity first: a cycle that waits for the rate limit's reset midway (a cold
+        // start of a huge org) has shown the busiest repos by then.
+        let talked = |r: &wire::Repo| {
+            detected
+                .as_ref()
+                .is_some_and(|d| d.conversations.contains(&r.name))
+        };
+        repos.sort_by_cached_key(|r| {
+            std::cmp::Reverse((talked(r), r.pushed_at.as_deref().and_then(wire::parse_time)))
+        });
         if let Some(d) = self.distribution.get() {
             return self
                 .dispatch(d, now, repos, detected, spent_before, searches_before)
