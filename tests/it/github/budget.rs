@@ -258,12 +258,18 @@ async fn hourly_cost(repos: usize, graphql: bool) -> HourlyCost {
 /// figures for 500 and 2,000 repos are printed beside it (docs/performance.md).
 #[tokio::test]
 async fn ten_thousand_repos_fit_one_installation_at_fifteen_minutes() {
-    let mut runs = vec![(10_000, false)];
-    // The other sizes and GraphQL are figures for the docs; the other storage backends run
-    // the one that makes the claim.
-    if Backend::from_env() == Backend::Sqlite {
-        runs.extend([(500, false), (2_000, false), (10_000, true)]);
-    }
+    // Request counts do not depend on the storage backend: the other backends (CI runs the
+    // GitHub tests on each) check exactness on the mid-sized org only, to keep CI short.
+    let runs = if Backend::from_env() == Backend::Sqlite {
+        vec![
+            (10_000, false),
+            (500, false),
+            (2_000, false),
+            (10_000, true),
+        ]
+    } else {
+        vec![(2_000, false)]
+    };
     for (repos, graphql) in runs {
         let c = hourly_cost(repos, graphql).await;
         eprintln!(
@@ -282,6 +288,7 @@ async fn ten_thousand_repos_fit_one_installation_at_fifteen_minutes() {
             assert!(*h < 5_000, "{repos} repos: {h} requests in an hour");
         }
         if repos == 10_000 {
+            assert!(c.per_hour.iter().all(|h| *h < 500), "{:?}", c.per_hour);
             // Search's own budget is 30 a minute: a few per cycle is far inside it.
             assert!(c.searches < 13 * 4, "{} searches", c.searches);
         }
