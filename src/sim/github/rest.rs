@@ -102,13 +102,8 @@ impl GithubSim {
     }
 }
 
-/// Cuts `items` to the requested page and builds the `Link` header.
-pub(super) fn paginate(
-    items: Vec<Value>,
-    q: &HashMap<String, String>,
-    h: &HeaderMap,
-    uri: &Uri,
-) -> (Value, Option<String>) {
+/// `per_page` (GitHub's default 30, at most 100) and `page` (from 1) of a listing request.
+pub(super) fn page_params(q: &HashMap<String, String>) -> (usize, usize) {
     let per_page = q
         .get("per_page")
         .and_then(|v| v.parse::<usize>().ok())
@@ -119,6 +114,17 @@ pub(super) fn paginate(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
+    (per_page, page)
+}
+
+/// Cuts `items` to the requested page and builds the `Link` header.
+pub(super) fn paginate(
+    items: Vec<Value>,
+    q: &HashMap<String, String>,
+    h: &HeaderMap,
+    uri: &Uri,
+) -> (Value, Option<String>) {
+    let (per_page, page) = page_params(q);
     let last = items.len().div_ceil(per_page).max(1);
     let chunk: Vec<Value> = items
         .into_iter()
@@ -194,16 +200,7 @@ pub(super) async fn org_repos(
 ) -> Response {
     // Only the requested page is rendered (the rest stay null until `paginate` cuts them):
     // an org of 10,000 repos is listed a hundred times a cycle.
-    let per_page = q
-        .get("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100);
-    let page = q
-        .get("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let (per_page, page) = page_params(&q);
     let shown = (page - 1) * per_page..page * per_page;
     let items = sim.world.lock().get(&org).map(|o| {
         o.repos

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::gate::Resource;
-use super::rest::paginate;
+use super::rest::{page_params, paginate};
 use super::{GithubSim, json_response};
 use crate::sources::github::wire::{format_time, parse_time};
 
@@ -106,16 +106,7 @@ pub(super) async fn issues(
     let asc = q.get("order").map(String::as_str) == Some("asc");
     items.sort_by_key(|(t, _)| if asc { *t } else { -*t });
     let total = items.len();
-    let per_page = q
-        .get("per_page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100);
-    let page = q
-        .get("page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let (per_page, page) = page_params(&q);
     if (page - 1) * per_page >= MAX_RESULTS && total > 0 {
         return json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
