@@ -263,20 +263,18 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let started = Instant::now();
-        let sink = ChunkWriter {
+        let mut sink = ChunkWriter {
             buf: Vec::with_capacity(CHUNK),
             tx: tx.clone(),
             send_timeout,
             rt: rt.clone(),
         };
         let result = if gzip {
-            let mut sink = sink;
             exposition::render_gzip(&scopes, format, &mut sink).and_then(|used| {
                 telemetry.rendered_gzip(format, used);
                 sink.flush()
             })
         } else {
-            let mut sink = sink;
             exposition::render(&scopes, format, &mut sink).and_then(|()| sink.flush())
         };
         match result {

@@ -407,26 +407,26 @@ async fn a_real_prometheus_ingests_the_compressed_scrape() {
         .text()
         .await
         .unwrap();
-    let counts = support::series(&own, "devmetrics_exposition_gzip_scopes_total");
-    let reused = counts
-        .iter()
-        .find(|(k, _)| k.contains("format=\"openmetrics\"") && k.contains("result=\"reused\""))
-        .map(|(_, v)| *v)
-        .unwrap_or(0.0);
-    let encoded = counts
-        .iter()
-        .find(|(k, _)| k.contains("format=\"openmetrics\"") && k.contains("result=\"encoded\""))
-        .map(|(_, v)| *v)
-        .unwrap_or(0.0);
+    // The series of `family` whose labels hold every one of `labels`.
+    let value = |family: &str, labels: [&str; 2]| {
+        support::series(&own, family)
+            .into_iter()
+            .find(|(k, _)| labels.iter().all(|l| k.contains(l)))
+            .map(|(_, v)| v)
+    };
+    let gzip = "devmetrics_exposition_gzip_scopes_total";
+    let counts = support::series(&own, gzip);
+    let reused = value(gzip, ["format=\"openmetrics\"", "result=\"reused\""]).unwrap_or(0.0);
+    let encoded = value(gzip, ["format=\"openmetrics\"", "result=\"encoded\""]).unwrap_or(0.0);
     // This scrape's own request is counted after its telemetry was read, so the count is
-    // Prometheus' scrapes, all compressed. The first compressed the
-    // 200 scopes, each compressed the exporter's own scope, and the first after the change
-    // compressed the changed scope again; every other scope was reused.
-    let scrapes = support::series(&own, "devmetrics_http_requests_total")
-        .iter()
-        .find(|(k, _)| k.contains("route=\"/metrics\"") && k.contains("code=\"200\""))
-        .map(|(_, v)| *v)
-        .unwrap();
+    // Prometheus' scrapes, all compressed. The first compressed the 200 scopes, each
+    // compressed the exporter's own scope, and the first after the change compressed the
+    // changed scope again; every other scope was reused.
+    let scrapes = value(
+        "devmetrics_http_requests_total",
+        ["route=\"/metrics\"", "code=\"200\""],
+    )
+    .unwrap();
     assert!(scrapes >= 2.0, "{scrapes}");
     assert_eq!(
         encoded,

@@ -1,6 +1,6 @@
 //! The gate every API request passes before it is answered: credentials, the fail-by-path
-//! knob, secondary limits, and the primary budgets, REST's `core` and GraphQL's apart, as
-//! GitHub counts them.
+//! knob, secondary limits, and the primary budgets, REST's `core`, GraphQL's and search's
+//! apart, as GitHub counts them.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -157,15 +157,6 @@ impl GithubSim {
     /// Search requests answered (they spend the separate search budget).
     pub fn search_requests(&self) -> u64 {
         self.rate.lock().search.spent
-    }
-
-    /// Sets search's budget (per minute) and refills it.
-    pub fn set_search_limit(&self, limit: u64) {
-        let search = &mut self.rate.lock().search;
-        *search = Budget {
-            spent: search.spent,
-            ..Budget::per(limit, 60)
-        };
     }
 
     /// GraphQL queries answered (they spend the separate GraphQL budget).

@@ -8,7 +8,7 @@
 //! - `auth`: the App's JWT, installation tokens, and [`Credentials::check`], which judges
 //!   every endpoint's credentials, the hook endpoints' included.
 //! - `gate`: what every API request passes before it is answered: credentials, the
-//!   fail-by-path knob, secondary limits, the REST and GraphQL budgets.
+//!   fail-by-path knob, secondary limits, the REST, GraphQL and search budgets.
 //! - `rest`, `search` and `graphql`: the endpoints.
 //! - [`hooks`]: webhook delivery logs, redelivery and runners, served by a fake of its own.
 

@@ -160,7 +160,7 @@ pub(super) fn paginate(
     )
 }
 
-pub(super) fn time_param(q: &HashMap<String, String>, k: &str) -> Option<i64> {
+fn time_param(q: &HashMap<String, String>, k: &str) -> Option<i64> {
     q.get(k)
         .and_then(|v| crate::sources::github::wire::parse_time(v))
 }

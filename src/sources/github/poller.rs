@@ -74,8 +74,8 @@ pub struct ScrapeJob {
 }
 
 /// What org-wide change detection found for a cycle. Repos it names had their kept events
-/// dropped before the detection was recorded, so they are fetched again whatever happens to
-/// the cycle; the others keep theirs.
+/// marked stale before the detection was recorded, so they are fetched again whatever
+/// happens to the cycle; the others keep theirs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Detected {
     /// The search began at the window's start: a repo not named had no conversation in it.
@@ -412,8 +412,8 @@ impl OrgPoller {
     /// Org-wide change detection: one search (a page per 100 results, in search's own
     /// budget) of the issues and pull requests updated since the last detection, instead of
     /// two probes per repo. The repos it names have their kept events marked stale before
-    /// the detection is recorded, so a cycle that stops midway cannot leave them stale. `None` (probe each
-    /// repo instead) when search is off or fails.
+    /// the detection is recorded, so a cycle that stops midway cannot leave them unfetched.
+    /// `None` (probe each repo instead) when search is off or fails.
     async fn detect(&self, now: i64, repos: &[wire::Repo]) -> Option<Detected> {
         if !self.gh.activity.search {
             return None;
@@ -1066,9 +1066,7 @@ impl OrgPoller {
         }
         s.live.overcommitted = over;
         let effective = if over {
-            (requests as f64 * 3600.0 / per_hour)
-                .max(searches as f64 * 3600.0 / search_per_hour)
-                .max(interval)
+            (requests as f64 * 3600.0 / per_hour).max(searches as f64 * 3600.0 / search_per_hour)
         } else {
             interval
         };

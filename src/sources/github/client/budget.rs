@@ -149,10 +149,9 @@ impl Budget {
                 }
             }
             "graphql" | "search" => {
-                let g = if resource == "graphql" {
-                    &mut s.graphql
-                } else {
-                    &mut s.search
+                let g = match resource {
+                    "graphql" => &mut s.graphql,
+                    _ => &mut s.search,
                 };
                 g.known = true;
                 g.remaining = rem.max(0) as u64;
