@@ -7,7 +7,8 @@
 //! `INGEST_DIR` for the database (default a temp dir; put it on the disk you measure),
 //! `INGEST_CONSUMERS` (default 4; 0 measures receiving without processing), `INGEST_STORE=redis`
 //! for the Redis store on 127.0.0.1:6379 (the queue stays in the local file),
-//! `INGEST_QUEUE=rabbitmq` for the queue on the RabbitMQ at 127.0.0.1:5672 (guest/guest) or
+//! `INGEST_PIN=0` lets the service and the load generator share every core (pinned by
+//! default: service on core 0, generator on core 1), `INGEST_QUEUE=rabbitmq` for the queue on the RabbitMQ at 127.0.0.1:5672 (guest/guest) or
 //! `INGEST_QUEUE=redis` for Redis streams, each under a throwaway prefix. After the
 //! levels it waits for the queue to drain and prints the processing rate over the whole run.
 
@@ -20,7 +21,13 @@ use tokio_util::sync::CancellationToken;
 const SECRET: &str = "bench-secret";
 
 fn main() {
-    // The service gets the runtime `serve` would have: one worker per core.
+    // `INGEST_PIN=1` (the default on a machine with two cores or more) pins the service —
+    // every thread it starts inherits this one's affinity — to core 0 and the load generator
+    // to core 1, so one core's worth of service is measured, as with `taskset` and `wrk`.
+    if pinned() {
+        pin_to(0);
+    }
+    // The service gets the runtime `serve` would have: one worker per core it may use.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,9 +117,15 @@ async fn run() {
     let bodies = Arc::new(bodies);
     println!("payload: {avg} bytes on average (signed workflow_job, completed)");
     println!(
-        "| connections | accepted/s | p50 ms | p99 ms | non-202 | service CPU µs/delivery | load generator CPU µs/delivery |"
+        "service on {}, load generator on {}",
+        if pinned() { "core 0" } else { "every core" },
+        if pinned() { "core 1" } else { "every core" }
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| connections | accepted/s | processed/s | backlog at end | p50 ms | p99 ms | non-202 | service CPU µs/delivery | load generator CPU µs/delivery |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let queue = launched.state.queue.clone();
     let addr = launched.addrs[0];
     let run_started = Instant::now();
     let mut seq = 0u64;
@@ -125,9 +138,13 @@ async fn run() {
         // minimal HTTP/1.1 client (pre-rendered requests on keep-alive connections) so the
         // generator costs little next to the service.
         let cpu_before = cpu_seconds();
+        let before = topic_stats(&queue).await;
         let (lat, bad, elapsed, loadgen_cpu) = std::thread::Builder::new()
             .name("loadgen".into())
             .spawn(move || {
+                if pinned() {
+                    pin_to(1);
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -155,31 +172,31 @@ async fn run() {
             .join()
             .unwrap();
         let cpu_after = cpu_seconds();
+        let after = topic_stats(&queue).await;
         let mut lat = lat;
         lat.sort_by(|a, b| a.total_cmp(b));
         let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] * 1000.0;
         let n = lat.len() as f64;
+        // Work done over the level: what was accepted, or what was processed when the
+        // consumers fell behind (their catch-up after the level is not counted here).
+        let work = n.max((after.acked - before.acked) as f64);
         println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {bad} | {:.0} | {:.0} |",
+            "| {c} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {bad} | {:.0} | {:.0} |",
             n / elapsed,
+            (after.acked - before.acked) as f64 / elapsed,
+            after.depth,
             q(0.50),
             q(0.99),
-            (cpu_after - cpu_before) / n * 1e6,
+            (cpu_after - cpu_before) / work * 1e6,
             loadgen_cpu / n * 1e6,
         );
     }
     if std::env::var("INGEST_CONSUMERS").as_deref() != Ok("0") {
-        let queue = launched.state.queue.clone();
-        let topic = devmetrics::queue::topics::GITHUB_WEBHOOKS;
+        // The backlog left by the levels is drained with nothing else running: the CPU it
+        // takes is processing's cost alone.
+        let (drain_cpu, drain_from) = (cpu_seconds(), topic_stats(&queue).await.acked);
         loop {
-            let st = queue
-                .stats()
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|(t, _)| t == topic)
-                .map(|(_, s)| s)
-                .unwrap_or_default();
+            let st = topic_stats(&queue).await;
             if st.depth == 0 && st.acked == st.published {
                 println!(
                     "processed: {} deliveries drained {:.1} s after the first, {:.0}/s",
@@ -187,6 +204,13 @@ async fn run() {
                     run_started.elapsed().as_secs_f64(),
                     st.acked as f64 / run_started.elapsed().as_secs_f64()
                 );
+                if st.acked > drain_from + 1000 {
+                    println!(
+                        "draining the backlog alone: {} deliveries, service CPU {:.0} µs per delivery",
+                        st.acked - drain_from,
+                        (cpu_seconds() - drain_cpu) / (st.acked - drain_from) as f64 * 1e6
+                    );
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -292,6 +316,44 @@ async fn connection(
         i += 1;
     }
     (lat, bad)
+}
+
+/// The webhook topic's counts.
+async fn topic_stats(queue: &devmetrics::queue::SharedQueue) -> devmetrics::queue::TopicStats {
+    let topic = devmetrics::queue::topics::GITHUB_WEBHOOKS;
+    queue
+        .stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(t, _)| t == topic)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
+/// Decided once, before pinning narrows what `available_parallelism` sees.
+fn pinned() -> bool {
+    static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| match std::env::var("INGEST_PIN").as_deref() {
+        Ok("0") => false,
+        Ok(_) => true,
+        Err(_) => std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+    })
+}
+
+/// Pins the calling thread (and every thread it starts afterwards) to one core.
+fn pin_to(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it, and
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to core {core}"
+        );
+    }
 }
 
 fn ticks(stat: &str) -> f64 {

@@ -194,7 +194,9 @@ pub fn open_sqlite(
 ) -> Result<Backends, Error> {
     let db = Db::open(path)?;
     let store = Arc::new(SqliteStore::open(db.clone())?);
-    let queue: SharedQueue = Arc::new(SqliteQueue::open_with_depth(db, policy, max_depth)?);
+    // One database, one writer: a message's handling can commit with its publish.
+    let queue: SharedQueue =
+        Arc::new(SqliteQueue::open_with_depth(db, policy, max_depth)?.handling_into(store.clone()));
     Ok(Backends {
         store: store.clone(),
         lease: store.clone(),

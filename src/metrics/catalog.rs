@@ -398,6 +398,13 @@ families! {
         "Messages acknowledged (processed) and removed from the queue.",
         &["topic"],
     ),
+    DEVMETRICS_QUEUE_HANDLED_AT_PUBLISH_TOTAL: core(
+        "devmetrics_queue_handled_at_publish_total",
+        Counter,
+        None,
+        "Messages handled in their publish's own commit, never waiting in the queue (also counted as published and acked).",
+        &["topic"],
+    ),
     DEVMETRICS_QUEUE_RETRIED_TOTAL: core(
         "devmetrics_queue_retried_total",
         Counter,

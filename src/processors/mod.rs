@@ -89,23 +89,31 @@ impl Error {
     }
 }
 
-/// Applies one delivery's keyed batches in one store transaction (each key still applied at
-/// most once, so a retry after a crash repeats nothing), within the series budget.
-async fn apply_envelope(
-    store: &dyn crate::store::Store,
+/// A delivery's handling, computed without touching the store: its keyed batches within
+/// the series budget and, when it finishes a run or job, that item for each sink's topic,
+/// keyed by the completion so each sink gets each run attempt and job once.
+pub fn handling(
     env: &Envelope,
     opts: &workflows::Options,
-    budget: Option<&budget::SeriesBudget>,
-) -> Result<usize, Error> {
+    budget: &budget::SeriesBudget,
+    sink_topics: &[String],
+) -> Result<crate::queue::Handled, Error> {
     let mut batches = workflows::process(&env.event, &env.body, opts)?;
-    if let Some(b) = budget {
-        b.admit(&mut batches);
+    budget.admit(&mut batches);
+    let mut forward = Vec::new();
+    if !sink_topics.is_empty()
+        && let Some(item) = workflows::item(&env.event, &env.body)?
+    {
+        let (key, payload) = (item.key(), env.encode());
+        for t in sink_topics {
+            forward.push(crate::queue::Forward {
+                topic: t.clone(),
+                key: key.clone(),
+                payload: payload.clone(),
+            });
+        }
     }
-    let n = batches.len();
-    if n > 0 {
-        store.apply_each_once(batches).await?;
-    }
-    Ok(n)
+    Ok(crate::queue::Handled { batches, forward })
 }
 
 /// Applies a delivery and hands finished runs and jobs to the sinks' topics, keyed by the
@@ -119,15 +127,15 @@ pub async fn apply_and_forward(
     sink_topics: &[String],
 ) -> Result<usize, Error> {
     let env = Envelope::decode(payload).ok_or(Error::Envelope)?;
-    let n = apply_envelope(store, &env, opts, Some(budget)).await?;
-    if sink_topics.is_empty() {
-        return Ok(n);
+    let handled = handling(&env, opts, budget, sink_topics)?;
+    let n = handled.batches.len();
+    if n > 0 {
+        // One store transaction; each key is still applied at most once, so a retry after a
+        // crash repeats nothing.
+        store.apply_each_once(handled.batches).await?;
     }
-    if let Some(item) = workflows::item(&env.event, &env.body)? {
-        let key = item.key();
-        for t in sink_topics {
-            queue.publish(t, Some(&key), payload.clone()).await?;
-        }
+    for f in handled.forward {
+        queue.publish(&f.topic, Some(&f.key), f.payload).await?;
     }
     Ok(n)
 }
@@ -140,6 +148,13 @@ pub struct Deliveries {
     pub opts: Arc<workflows::Options>,
     pub budget: Arc<budget::SeriesBudget>,
     pub sink_topics: Arc<Vec<String>>,
+}
+
+impl Deliveries {
+    /// [`handling`] with this consumer's options, budget and sinks.
+    pub fn handling(&self, env: &Envelope) -> Result<crate::queue::Handled, Error> {
+        handling(env, &self.opts, &self.budget, &self.sink_topics)
+    }
 }
 
 #[async_trait::async_trait]

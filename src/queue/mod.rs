@@ -89,11 +89,30 @@ pub struct Dedupe<'a> {
     pub fingerprint: Option<i64>,
 }
 
-/// A fingerprint of `content` for [`Dedupe`]: the first 8 bytes of its SHA-256.
+/// A message's handling, computed before it is published, for [`Queue::publish_handled`].
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Applied with `Store::apply_each_once`'s guarantees.
+    pub batches: Vec<crate::store::Batch>,
+    /// Published with their deduplication keys.
+    pub forward: Vec<Forward>,
+}
+
+/// A message a handled one hands on to another topic.
+#[derive(Debug)]
+pub struct Forward {
+    pub topic: String,
+    pub key: String,
+    pub payload: Bytes,
+}
+
+/// A fingerprint of `content` for [`Dedupe`]: its CRC-32 beside its length. It only has to
+/// tell a reused key from a repeat, not resist forgery (whoever may publish may publish
+/// anything), so a checksum costing about a microsecond for a 10 KB body does; SHA-256 cost
+/// as much as verifying the delivery's signature.
 pub fn fingerprint(content: &[u8]) -> i64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(content);
-    i64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"))
+    let crc = u64::from(crc32fast::hash(content));
+    ((crc << 32) | (content.len() as u64 & 0xffff_ffff)) as i64
 }
 
 /// How long failed messages are retried. A transient failure is retried with capped
@@ -169,6 +188,8 @@ pub struct TopicStats {
     /// Publishes refused because their key was seen with a different fingerprint.
     pub conflicts: u64,
     pub acked: u64,
+    /// Messages handled in their publish's commit ([`Queue::publish_handled`]).
+    pub handled_at_publish: u64,
     pub retried: u64,
     pub dead_lettered: u64,
     pub dead_letters: u64,
@@ -297,6 +318,31 @@ pub trait Queue: Send + Sync {
         self.publish_with(topic, dedupe, payload).await
     }
 
+    /// Whether [`Queue::publish_handled`] is available: the backend commits the store's
+    /// writes in its own transactions.
+    fn handles_in_publish(&self) -> bool {
+        false
+    }
+
+    /// Records `dedupe` as [`Queue::publish_with`] does but, instead of queuing a message
+    /// for a consumer, commits its handling — the store's keyed batches and the messages it
+    /// forwards — in the same transaction. The message is handled the moment it is durable
+    /// and counts as published and acked. Only a backend that
+    /// [`handles_in_publish`](Queue::handles_in_publish) is asked; any error means nothing
+    /// was written, and the caller publishes the message instead.
+    async fn publish_handled(
+        &self,
+        topic: &str,
+        dedupe: Dedupe<'_>,
+        handled: Handled,
+    ) -> Result<Published, Error> {
+        let _ = (topic, dedupe, handled);
+        Err(Error::Unavailable {
+            kind: "unsupported",
+            message: "this queue backend cannot handle a message in its publish".into(),
+        })
+    }
+
     /// Waits for the next message of `topic` that is due.
     async fn receive(&self, topic: &str) -> Result<Delivery, Error>;
 
@@ -343,6 +389,10 @@ impl crate::telemetry::Collect for Collector {
                     s.conflicts as f64,
                 ),
                 (metrics::DEVMETRICS_QUEUE_ACKED_TOTAL, s.acked as f64),
+                (
+                    metrics::DEVMETRICS_QUEUE_HANDLED_AT_PUBLISH_TOTAL,
+                    s.handled_at_publish as f64,
+                ),
                 (metrics::DEVMETRICS_QUEUE_RETRIED_TOTAL, s.retried as f64),
                 (
                     metrics::DEVMETRICS_QUEUE_DEAD_LETTERED_TOTAL,

@@ -13,11 +13,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    Dedupe, Delivery, Error, MAX_UNSETTLED_DELIVERIES, Published, Queue, Retry, RetryPolicy,
-    Settle, TopicStats,
+    Dedupe, Delivery, Error, Handled, MAX_UNSETTLED_DELIVERIES, Published, Queue, Retry,
+    RetryPolicy, Settle, TopicStats,
 };
 use crate::clock::now_unix;
 use crate::db::{Db, Finish, Job};
+use crate::store::sqlite::{SeriesWrite, SqliteStore};
 
 /// Payloads at least this large are stored LZ4-compressed: webhook bodies are JSON that
 /// shrinks 4–6×, and durable ingest is bound by bytes written (design.md §7).
@@ -146,6 +147,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 #[derive(Clone)]
 pub struct SqliteQueue {
     inner: Arc<Inner>,
+    /// The store in the same database, whose writes a handled publish commits with its own.
+    store: Option<Arc<SqliteStore>>,
 }
 
 impl SqliteQueue {
@@ -198,7 +201,7 @@ impl SqliteQueue {
             Ok(topics)
         })?;
         *inner.topics.lock() = topics;
-        let queue = SqliteQueue { inner };
+        let queue = SqliteQueue { inner, store: None };
         queue.maintain_blocking()?;
         let weak = Arc::downgrade(&queue.inner);
         std::thread::Builder::new()
@@ -206,6 +209,15 @@ impl SqliteQueue {
             .spawn(move || maintenance_loop(weak))
             .expect("spawning the queue maintenance thread");
         Ok(queue)
+    }
+
+    /// Lets [`Queue::publish_handled`] commit `store`'s writes with the publish; `store` must
+    /// write to this queue's database, or it is ignored.
+    pub fn handling_into(mut self, store: Arc<SqliteStore>) -> SqliteQueue {
+        if store.writes_to(&self.inner.db) {
+            self.store = Some(store);
+        }
+        self
     }
 
     /// Runs `run` on the writer (waiting asynchronously for room) and returns once it is
@@ -310,7 +322,7 @@ fn maintenance_loop(inner: Weak<Inner>) {
     loop {
         std::thread::sleep(MAINTENANCE_EVERY);
         let Some(inner) = inner.upgrade() else { return };
-        let queue = SqliteQueue { inner };
+        let queue = SqliteQueue { inner, store: None };
         let (tx, rx) = std::sync::mpsc::channel();
         let job = queue.maintenance(move |r| {
             let _ = tx.send(r);
@@ -453,6 +465,45 @@ enum Outcome {
     Conflict,
 }
 
+/// Records a deduplication key in the open transaction; when it was recorded before, says
+/// whether this is a duplicate or a conflict, and nothing is recorded.
+fn record_key(
+    c: &rusqlite::Connection,
+    topic: &str,
+    key: &str,
+    fingerprint: Option<i64>,
+    now: f64,
+) -> rusqlite::Result<Option<Outcome>> {
+    let fresh = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at, fingerprint) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![topic, key, now as i64, fingerprint])?;
+    if fresh > 0 {
+        return Ok(None);
+    }
+    // Read in the same job as the insert, so no publish of the key can come in between.
+    let seen: Option<i64> = c
+        .prepare_cached("SELECT fingerprint FROM queue_dedupe WHERE topic = ?1 AND key = ?2")?
+        .query_row(params![topic, key], |r| r.get(0))?;
+    Ok(Some(match (seen, fingerprint) {
+        (Some(seen), Some(this)) if seen != this => Outcome::Conflict,
+        _ => Outcome::Duplicate,
+    }))
+}
+
+/// What a handled publish did, and what memory takes once it is committed.
+enum HandledOutcome {
+    Seen(Outcome),
+    Handled {
+        /// The store's series, for its mirror.
+        values: std::cell::Cell<Vec<SeriesWrite>>,
+        applied: Vec<crate::store::Applied>,
+        /// Forwarded messages queued: (topic, id); those already forwarded are absent.
+        forwarded: Vec<(Arc<str>, i64)>,
+    },
+}
+
 /// A row fetched for delivery: its payload as stored and its counts after this delivery.
 struct Fetched {
     payload: Vec<u8>,
@@ -485,25 +536,10 @@ impl Queue for SqliteQueue {
         let t = topic_name.clone();
         let outcome = self.write(
             move |c| {
-                if let Some((key, fingerprint)) = &dedupe {
-                    let fresh = c
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO queue_dedupe (topic, key, seen_at, fingerprint) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![&*t, key, now as i64, fingerprint])?;
-                    if fresh == 0 {
-                        // Read in the same job as the insert, so no publish of the key can
-                        // come in between.
-                        let seen: Option<i64> = c
-                            .prepare_cached(
-                                "SELECT fingerprint FROM queue_dedupe WHERE topic = ?1 AND key = ?2",
-                            )?
-                            .query_row(params![&*t, key], |r| r.get(0))?;
-                        return Ok(match (seen, fingerprint) {
-                            (Some(seen), Some(this)) if seen != *this => Outcome::Conflict,
-                            _ => Outcome::Duplicate,
-                        });
-                    }
+                if let Some((key, fingerprint)) = &dedupe
+                    && let Some(seen) = record_key(c, &t, key, *fingerprint, now)?
+                {
+                    return Ok(seen);
                 }
                 c.prepare_cached(
                     "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
@@ -529,6 +565,101 @@ impl Queue for SqliteQueue {
             Outcome::Queued(_) => Published::Published,
             Outcome::Duplicate => Published::Duplicate,
             Outcome::Conflict => Published::Conflict,
+        })
+    }
+
+    fn handles_in_publish(&self) -> bool {
+        self.store.is_some()
+    }
+
+    async fn publish_handled(
+        &self,
+        topic: &str,
+        dedupe: Dedupe<'_>,
+        handled: Handled,
+    ) -> Result<Published, Error> {
+        let Some(store) = self.store.clone() else {
+            return Err(Error::Unavailable {
+                kind: "unsupported",
+                message: "the store is not in the queue's database".into(),
+            });
+        };
+        crate::store::sqlite::validate(&handled.batches).map_err(|e| Error::Unavailable {
+            kind: "invalid",
+            message: e.to_string(),
+        })?;
+        let mut forward = Vec::with_capacity(handled.forward.len());
+        for f in handled.forward {
+            let name = self.inner.topic_name(&f.topic);
+            let depth = self.inner.with_topic(&name, |t| t.live.len() as u64);
+            if depth >= self.inner.max_depth {
+                return Err(Error::Full { topic: f.topic });
+            }
+            forward.push((name, f.key, encode_payload(&f.payload)));
+        }
+        let topic_name = self.inner.topic_name(topic);
+        let (key, fingerprint) = (dedupe.key.to_string(), dedupe.fingerprint);
+        let batches = handled.batches;
+        let now = now_unix();
+        let (inner, t) = (self.inner.clone(), topic_name.clone());
+        let effect_store = store.clone();
+        let outcome = self
+            .write(
+                move |c| {
+                    if let Some(seen) = record_key(c, &t, &key, fingerprint, now)? {
+                        return Ok(HandledOutcome::Seen(seen));
+                    }
+                    let (applied, values) = crate::store::sqlite::apply_in(c, batches)?;
+                    let mut forwarded = Vec::with_capacity(forward.len());
+                    for (topic, key, stored) in forward {
+                        if record_key(c, &topic, &key, None, now)?.is_some() {
+                            continue;
+                        }
+                        c.prepare_cached(
+                            "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
+                        )?
+                        .execute(params![&*topic, stored, now])?;
+                        forwarded.push((topic, c.last_insert_rowid()));
+                    }
+                    Ok(HandledOutcome::Handled {
+                        values: std::cell::Cell::new(values),
+                        applied,
+                        forwarded,
+                    })
+                },
+                move |outcome| match outcome {
+                    HandledOutcome::Seen(seen) => inner.with_topic(&topic_name, |t| match seen {
+                        Outcome::Conflict => t.stats.conflicts += 1,
+                        _ => t.stats.duplicates += 1,
+                    }),
+                    HandledOutcome::Handled {
+                        values, forwarded, ..
+                    } => {
+                        effect_store.mirror(values.take());
+                        inner.with_topic(&topic_name, |t| {
+                            t.stats.published += 1;
+                            t.stats.acked += 1;
+                            t.stats.handled_at_publish += 1;
+                        });
+                        for (topic, id) in forwarded {
+                            inner.with_topic(topic, |t| {
+                                t.stats.published += 1;
+                                t.live.insert(*id, now);
+                                t.ready.push_back(Msg { id: *id, attempts: 0 });
+                                t.notify.notify_one();
+                            });
+                        }
+                    }
+                },
+            )
+            .await?;
+        Ok(match outcome {
+            HandledOutcome::Seen(Outcome::Conflict) => Published::Conflict,
+            HandledOutcome::Seen(_) => Published::Duplicate,
+            HandledOutcome::Handled { applied, .. } => {
+                store.count_duplicates(&applied);
+                Published::Published
+            }
         })
     }
 
@@ -800,6 +931,111 @@ mod tests {
             max_backoff: Duration::from_millis(40),
             horizon: Duration::from_secs(3600),
         }
+    }
+
+    /// A handled publish commits the key, the store's batches and its forwards at once;
+    /// the key is shared with plain publishes, and nothing waits in the topic.
+    #[tokio::test]
+    async fn a_handled_publish_applies_forwards_and_dedupes_in_one_commit() {
+        use crate::metrics::{self, Labels, Op, Update, Value};
+        use crate::store::{Batch, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("q.db")).unwrap();
+        let store = Arc::new(SqliteStore::open(db.clone()).unwrap());
+        let plain = SqliteQueue::open(db.clone(), fast()).unwrap();
+        assert!(!plain.handles_in_publish());
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Db::open(&other_dir.path().join("o.db")).unwrap();
+        assert!(
+            !SqliteQueue::open(other, fast())
+                .unwrap()
+                .handling_into(store.clone())
+                .handles_in_publish(),
+            "a store in another database cannot commit with this queue"
+        );
+        let q = plain.handling_into(store.clone());
+        assert!(q.handles_in_publish());
+        let labels = Labels::new(metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &["/x", "200"]).unwrap();
+        let handled = |key: &str| Handled {
+            batches: vec![Batch {
+                key: key.into(),
+                scope: "s".into(),
+                updates: vec![Update {
+                    family: metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL,
+                    labels: labels.clone(),
+                    op: Op::Inc(1.0),
+                }],
+            }],
+            forward: vec![super::super::Forward {
+                topic: "sink".into(),
+                key: "item-1".into(),
+                payload: Bytes::from_static(b"item"),
+            }],
+        };
+        let dedupe = |key, fp| Dedupe {
+            key,
+            fingerprint: Some(fp),
+        };
+        let value = || {
+            store
+                .snapshot()
+                .get("s", metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &labels)
+                .cloned()
+        };
+        assert_eq!(
+            q.publish_handled("t", dedupe("d1", 1), handled("k1"))
+                .await
+                .unwrap(),
+            Published::Published
+        );
+        assert_eq!(
+            value(),
+            Some(Value::Number(1.0)),
+            "in the mirror when it returns"
+        );
+        // The same key: a redelivery or a reuse, whichever way it comes.
+        assert_eq!(
+            q.publish_handled("t", dedupe("d1", 1), handled("k2"))
+                .await
+                .unwrap(),
+            Published::Duplicate
+        );
+        assert_eq!(
+            q.publish_with("t", Some(dedupe("d1", 2)), Bytes::from_static(b"x"))
+                .await
+                .unwrap(),
+            Published::Conflict
+        );
+        // Another delivery of the same item: applied under its own key, forwarded once.
+        assert_eq!(
+            q.publish_handled("t", dedupe("d2", 3), handled("k1"))
+                .await
+                .unwrap(),
+            Published::Published
+        );
+        assert_eq!(
+            value(),
+            Some(Value::Number(1.0)),
+            "batch key k1 applied once"
+        );
+        let stats: HashMap<_, _> = q.stats().await.unwrap().into_iter().collect();
+        let t = &stats["t"];
+        assert_eq!(
+            (t.depth, t.published, t.acked, t.handled_at_publish),
+            (0, 2, 2, 2)
+        );
+        assert_eq!((t.duplicates, t.conflicts), (1, 1));
+        assert_eq!((stats["sink"].depth, stats["sink"].published), (1, 1));
+        let d = q.receive("sink").await.unwrap();
+        assert_eq!(&d.payload[..], b"item");
+        d.ack().await.unwrap();
+        // Reopened, the forward is gone (acked) and nothing of the handled ones is queued.
+        drop(q);
+        let stored: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM queue", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(stored, 0);
     }
 
     #[tokio::test]

@@ -269,6 +269,63 @@ fn apply_op(fid: FamilyId, current: Option<Value>, op: &Op) -> Value {
     }
 }
 
+/// Refuses a batch holding an update the catalog refuses, before anything is written.
+pub(crate) fn validate(batches: &[Batch]) -> Result<(), Error> {
+    for b in batches {
+        for u in &b.updates {
+            u.validate()?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies each batch whose key is new, in the writer's open transaction; returns what each
+/// batch did and the series the mirror takes once the transaction commits.
+pub(crate) fn apply_in(
+    conn: &Connection,
+    batches: Vec<Batch>,
+) -> rusqlite::Result<(Vec<Applied>, Vec<SeriesWrite>)> {
+    let now = now_unix();
+    let mut applied = Vec::with_capacity(batches.len());
+    let mut values = Vec::new();
+    for b in batches {
+        let fresh = conn
+            .prepare_cached("INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)")?
+            .execute(params![b.key, now as i64])?;
+        if fresh == 0 {
+            applied.push(Applied::Duplicate);
+            continue;
+        }
+        applied.push(Applied::Applied);
+        for u in b.updates {
+            if let Some(w) = apply_update(conn, &b.scope, u, now)? {
+                values.push(w);
+            }
+        }
+    }
+    touch_scopes(conn, &values, now)?;
+    Ok((applied, values))
+}
+
+impl SqliteStore {
+    /// Whether `db` is the database this store writes to.
+    pub(crate) fn writes_to(&self, db: &Db) -> bool {
+        self.db.path() == db.path()
+    }
+
+    /// Takes series written by [`apply_in`] into the mirror; only after their commit.
+    pub(crate) fn mirror(&self, values: Vec<SeriesWrite>) {
+        if !values.is_empty() {
+            self.state.set_values(now_unix(), values)
+        }
+    }
+
+    pub(crate) fn count_duplicates(&self, applied: &[Applied]) {
+        let dups = applied.iter().filter(|a| **a == Applied::Duplicate).count();
+        self.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
+    }
+}
+
 fn reply<T: Send + 'static>(
     tx: oneshot::Sender<Result<T, Error>>,
     value: T,
@@ -325,52 +382,21 @@ impl Store for SqliteStore {
     }
 
     async fn apply_each_once(&self, batches: Vec<Batch>) -> Result<Vec<Applied>, Error> {
-        for b in &batches {
-            for u in &b.updates {
-                u.validate()?;
-            }
-        }
+        validate(&batches)?;
         let (tx, rx) = oneshot::channel();
         let state = self.state.clone();
         self.db
-            .submit(Box::new(move |conn| {
-                let run = || -> rusqlite::Result<(Vec<Applied>, Vec<SeriesWrite>)> {
-                    let now = now_unix();
-                    let mut applied = Vec::with_capacity(batches.len());
-                    let mut values = Vec::new();
-                    for b in batches {
-                        let fresh = conn
-                            .prepare_cached(
-                                "INSERT OR IGNORE INTO applied_keys (key, applied_at) VALUES (?1, ?2)",
-                            )?
-                            .execute(params![b.key, now as i64])?;
-                        if fresh == 0 {
-                            applied.push(Applied::Duplicate);
-                            continue;
-                        }
-                        applied.push(Applied::Applied);
-                        for u in b.updates {
-                            if let Some(w) = apply_update(conn, &b.scope, u, now)? {
-                                values.push(w);
-                            }
-                        }
+            .submit(Box::new(move |conn| match apply_in(conn, batches) {
+                Ok((applied, values)) => Ok(reply(tx, applied, move || {
+                    if !values.is_empty() {
+                        state.set_values(now_unix(), values)
                     }
-                    touch_scopes(conn, &values, now)?;
-                    Ok((applied, values))
-                };
-                match run() {
-                    Ok((applied, values)) => Ok(reply(tx, applied, move || {
-                        if !values.is_empty() {
-                            state.set_values(now_unix(), values)
-                        }
-                    })),
-                    Err(e) => Err(fail(tx, e)),
-                }
+                })),
+                Err(e) => Err(fail(tx, e)),
             }))
             .await?;
         let applied = recv(rx).await?;
-        let dups = applied.iter().filter(|a| **a == Applied::Duplicate).count();
-        self.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
+        self.count_duplicates(&applied);
         Ok(applied)
     }
 
@@ -540,7 +566,7 @@ impl SqliteStore {
 }
 
 /// A series' new value, in its scope, as written.
-type SeriesWrite = (String, FamilyId, Labels, Value);
+pub(crate) type SeriesWrite = (String, FamilyId, Labels, Value);
 
 /// Applies one update in the open transaction; returns the series written, if any.
 fn apply_update(

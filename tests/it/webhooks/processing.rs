@@ -352,3 +352,66 @@ async fn flood_over_three_replicas(queue: SharedQueue) {
         a.stop().await;
     }
 }
+
+/// On the embedded database a workflow delivery is handled in the commit that accepts it:
+/// counted by the time its 202 arrives and never queued. A payload the processor cannot read
+/// is queued as before and dead-lettered by the consumer; with `consumers: 0` deliveries
+/// wait in the queue, as that setting asks.
+#[tokio::test]
+async fn the_embedded_database_handles_a_delivery_in_the_commit_that_accepts_it() {
+    async fn post(app: &App, id: &str, body: &[u8]) -> u16 {
+        client()
+            .post(&app.url)
+            .header("x-github-event", "workflow_job")
+            .header("x-github-delivery", id)
+            .header("x-hub-signature-256", signature(SECRET, body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    let mut g = Generator::new(77);
+    let body = job_body(&mut g);
+    let app = App::start(&[]).await;
+    assert_eq!(post(&app, "h-1", &body).await, 202);
+    // Read at once, no waiting for a consumer.
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 1.0);
+    let s = app.stats().await;
+    assert_eq!(
+        (s.published, s.acked, s.handled_at_publish, s.depth),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(post(&app, "h-1", &body).await, 200, "a redelivery");
+    let unreadable = br#"{"action": "completed", "workflow_job": "not an object"}"#;
+    assert_eq!(post(&app, "h-2", unreadable).await, 202);
+    for _ in 0..500 {
+        if app.stats().await.dead_lettered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = app.stats().await;
+    assert_eq!(
+        (s.published, s.handled_at_publish, s.dead_lettered, s.depth),
+        (2, 1, 1, 0)
+    );
+    let page = app.page("/metrics").await;
+    assert!(
+        page.contains("devmetrics_queue_handled_at_publish_total{topic=\"webhooks/github\"} 1"),
+        "{}",
+        page.lines()
+            .filter(|l| l.contains("devmetrics_queue_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.stop().await;
+
+    let app = App::start(&[("DEVMETRICS_WEBHOOKS__GITHUB__CONSUMERS", "0")]).await;
+    assert_eq!(post(&app, "q-1", &body).await, 202);
+    let s = app.stats().await;
+    assert_eq!((s.published, s.handled_at_publish, s.depth), (1, 0, 1));
+    assert_eq!(app.sum("devmetrics_workflow_jobs_total", &[]), 0.0);
+    app.stop().await;
+}

@@ -1,7 +1,8 @@
-//! GitHub webhooks: the receiver (verifies, durably queues and answers; never processes),
-//! the payloads' wire types, and the component that hangs the workflow consumers, the push
-//! sinks, the runner inventory and missed-delivery recovery off it. Processing happens in
-//! `crate::processors`, fed from the queue.
+//! GitHub webhooks: the receiver (verifies, durably queues and answers), the payloads' wire
+//! types, and the component that hangs the workflow consumers, the push sinks, the runner
+//! inventory and missed-delivery recovery off it. Processing happens in `crate::processors`:
+//! fed from the queue, or, where the queue commits a message's handling with its publish
+//! (the embedded database), computed by the receiver and committed with the publish.
 
 pub mod config;
 pub mod receiver;
@@ -53,7 +54,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     };
     let receiver = Receiver::with_routes(gh, ctx.queue.clone(), routes);
     c.collectors.push(receiver.stats.clone());
-    c.webhook_routes = receiver::routes(receiver);
+    c.webhook_routes = receiver::routes(receiver.clone());
     // github-telemetry's frontend answered its probe at `/health` with JSON; the Spacelift
     // exporter's `/health` (plain text) keeps the main listener when both sources share it.
     if ctx.config.webhooks.listen_address.is_some() || ctx.config.spacelift.is_none() {
@@ -88,20 +89,25 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
             count: 1,
         });
     }
+    let deliveries = Arc::new(Deliveries {
+        store: ctx.store.clone(),
+        queue: ctx.queue.clone(),
+        opts: Arc::new(gh.workflows.clone()),
+        budget: Arc::new(SeriesBudget::new(
+            gh.series_budget,
+            &ctx.store.snapshot(),
+            workflows::SCOPE,
+            ctx.telemetry.clone(),
+        )),
+        sink_topics,
+    });
+    // With no consumers configured the receiver only queues, as asked.
+    if gh.consumers > 0 {
+        receiver.handle_with(deliveries.clone());
+    }
     c.consumers.push(Consumer {
         topic: topics::GITHUB_WEBHOOKS.to_string(),
-        handler: Arc::new(Deliveries {
-            store: ctx.store.clone(),
-            queue: ctx.queue.clone(),
-            opts: Arc::new(gh.workflows.clone()),
-            budget: Arc::new(SeriesBudget::new(
-                gh.series_budget,
-                &ctx.store.snapshot(),
-                workflows::SCOPE,
-                ctx.telemetry.clone(),
-            )),
-            sink_topics,
-        }),
+        handler: deliveries,
         count: gh.consumers,
     });
 

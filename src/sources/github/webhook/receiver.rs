@@ -19,7 +19,7 @@ use super::{HookConfig, wire};
 use crate::clock::now_unix;
 use crate::config::{Secret, SecretSource};
 use crate::metrics;
-use crate::processors::{Envelope, workflows};
+use crate::processors::{Deliveries, Envelope, workflows};
 use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
 use crate::telemetry::Outcomes;
 
@@ -165,6 +165,9 @@ pub struct Receiver {
     routes: Vec<(&'static str, &'static str)>,
     /// `devmetrics_webhook_deliveries_total{source="github",outcome}`.
     pub stats: Arc<Outcomes>,
+    /// The workflow deliveries' consumer, when the queue can commit its handling with the
+    /// publish: those deliveries are then handled as they are accepted, in the same commit.
+    handler: std::sync::OnceLock<Arc<Deliveries>>,
 }
 
 impl Receiver {
@@ -210,7 +213,16 @@ impl Receiver {
                 "github",
                 OUTCOMES,
             )),
+            handler: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Handles workflow deliveries with `deliveries` as they are published, when the queue
+    /// can commit both at once; otherwise leaves them to the queue's consumers.
+    pub fn handle_with(&self, deliveries: Arc<Deliveries>) {
+        if self.queue.handles_in_publish() {
+            let _ = self.handler.set(deliveries);
+        }
     }
 
     /// Constant-time check of `sha256=<hex>` against every configured secret. Every secret is
@@ -331,15 +343,15 @@ impl Receiver {
                 delivery,
             ));
         };
-        // Validates without building a tree; the processor decodes the fields it needs later.
-        let object = body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
-        if !object || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Error::Json);
         }
         if !self.repos.is_open() {
-            let repo = serde_json::from_slice::<OnlyRepository>(&body)
-                .ok()
-                .and_then(|o| o.repository);
+            let repo = match serde_json::from_slice::<OnlyRepository>(&body) {
+                Ok(o) => o.repository,
+                Err(e) if e.is_syntax() || e.is_eof() => return Err(Error::Json),
+                Err(_) => None,
+            };
             if !repo.is_some_and(|r| self.repos.admits(&r.full_name)) {
                 return Ok(done(
                     StatusCode::OK,
@@ -363,41 +375,62 @@ impl Receiver {
             received_at: now_unix(),
             body,
         };
+        if topic == topics::GITHUB_WEBHOOKS
+            && let Some(deliveries) = self.handler.get()
+            // A payload the processor cannot read is queued as any other, for the consumer
+            // to dead-letter where it can be inspected and replayed.
+            && let Ok(handled) = deliveries.handling(&envelope)
+        {
+            let publish = self.queue.publish_handled(topic, dedupe, handled);
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+                Ok(Ok(published)) => return Ok(answer(published, event, delivery)),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, delivery, "handling with the publish failed; queuing the delivery")
+                }
+                Err(_) => return Err(Error::Queue("publish timed out".into())),
+            }
+        }
+        // Validates without building a tree; the processor decodes the fields it needs later.
+        // (A delivery handled above was decoded whole, which validated it.)
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.body).is_err() {
+            return Err(Error::Json);
+        }
         let publish = self
             .queue
             .publish_with(topic, Some(dedupe), envelope.encode());
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(Published::Published)) => Ok(done(
-                StatusCode::ACCEPTED,
-                "queued",
-                "accepted",
-                event,
-                delivery,
-            )),
-            Ok(Ok(Published::Duplicate)) => Ok(done(
-                StatusCode::OK,
-                "duplicate delivery",
-                "duplicate",
-                event,
-                delivery,
-            )),
-            // 200, not an error status: GitHub would only retry it, to the same answer.
-            Ok(Ok(Published::Conflict)) => {
-                tracing::warn!(
-                    delivery,
-                    event,
-                    "a GitHub delivery id seen before came with a different body; not queued"
-                );
-                Ok(done(
-                    StatusCode::OK,
-                    "conflicting delivery",
-                    "conflict",
-                    event,
-                    delivery,
-                ))
-            }
+            Ok(Ok(published)) => Ok(answer(published, event, delivery)),
             Ok(Err(e)) => Err(Error::Queue(e.to_string())),
             Err(_) => Err(Error::Queue("publish timed out".into())),
+        }
+    }
+}
+
+/// The answer to a delivery the queue took, or recognised.
+fn answer(published: Published, event: &str, delivery: &str) -> Response {
+    match published {
+        Published::Published => done(StatusCode::ACCEPTED, "queued", "accepted", event, delivery),
+        Published::Duplicate => done(
+            StatusCode::OK,
+            "duplicate delivery",
+            "duplicate",
+            event,
+            delivery,
+        ),
+        // 200, not an error status: GitHub would only retry it, to the same answer.
+        Published::Conflict => {
+            tracing::warn!(
+                delivery,
+                event,
+                "a GitHub delivery id seen before came with a different body; not queued"
+            );
+            done(
+                StatusCode::OK,
+                "conflicting delivery",
+                "conflict",
+                event,
+                delivery,
+            )
         }
     }
 }
