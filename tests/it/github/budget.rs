@@ -22,6 +22,15 @@ async fn an_interval_that_cannot_fit_the_budget_is_stretched() {
     );
     let stretched = gauge(&gh, "devmetrics_github_effective_interval_seconds").await;
     assert!(stretched > 60.0, "{stretched}");
+    // `/healthz` names the org, with the interval its budget sustains, and is degraded.
+    let health = healthz(&gh, &store, &_queue, env.dir.path()).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        health["components"]["github_budget_overcommitted"][ORG]["effective_interval_seconds"]
+            .as_f64(),
+        Some(stretched),
+        "{health}"
+    );
     // The next tick comes before the stretched interval: skipped, nothing spent.
     let before = env.sim.counted();
     env.advance(60);
@@ -293,4 +302,43 @@ async fn ten_thousand_repos_fit_one_installation_at_fifteen_minutes() {
             assert!(c.searches < 13 * 4, "{} searches", c.searches);
         }
     }
+}
+
+/// `/healthz` of a service holding `gh`'s pollers, through the real router.
+async fn healthz(
+    gh: &Github,
+    store: &SharedStore,
+    queue: &SharedQueue,
+    dir: &std::path::Path,
+) -> serde_json::Value {
+    use tower::ServiceExt;
+    let config = devmetrics::config::load(None, &Default::default(), &Default::default()).unwrap();
+    let lease = crate::support::Backend::Sqlite
+        .open(&dir.join("lease"), &devmetrics::queue::RetryPolicy::default())
+        .await
+        .lease;
+    let telemetry = Arc::new(Telemetry::default());
+    telemetry.add_collector(Arc::new(devmetrics::sources::github::Collector(
+        gh.pollers.clone(),
+    )));
+    let state = Arc::new(devmetrics::server::AppState {
+        config: Arc::new(config),
+        store: store.clone(),
+        queue: queue.clone(),
+        telemetry,
+        leadership: devmetrics::ha::Leadership::new("r".into(), Duration::from_secs(30), lease),
+        ready: true.into(),
+        renders: Arc::new(tokio::sync::Semaphore::new(1)),
+        basic_auth: None,
+    });
+    let resp = devmetrics::server::router(state, Default::default())
+        .oneshot(
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
 }
