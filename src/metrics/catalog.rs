@@ -600,6 +600,13 @@ families! {
         "1 when the org's scrape interval cannot fit its rate-limit budget and the interval is being stretched.",
         &["org"],
     ),
+    DEVMETRICS_GITHUB_COLD_START_PENDING_REPOS: github(
+        "devmetrics_github_cold_start_pending_repos",
+        Gauge,
+        None,
+        "Repos never fetched yet that the last cycle left for later ones because the rate-limit budget was running low (a cold start spread over cycles, newest activity first); 0 once the org is fully shown.",
+        &["org"],
+    ),
     DEVMETRICS_GITHUB_EFFECTIVE_INTERVAL_SECONDS: github(
         "devmetrics_github_effective_interval_seconds",
         Gauge,

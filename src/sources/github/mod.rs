@@ -281,6 +281,11 @@ impl Collect for Collector {
                 live.effective_interval,
             );
             push(
+                metrics::DEVMETRICS_GITHUB_COLD_START_PENDING_REPOS,
+                &[org],
+                live.cold_pending as f64,
+            );
+            push(
                 metrics::DEVMETRICS_GITHUB_ORG_COOLDOWN,
                 &[org],
                 f64::from(u8::from(live.cooldown)),

@@ -108,10 +108,17 @@ fn job_key(org: &str, window_end: i64, batch: usize) -> String {
     format!("{org}:{window_end}:{batch}")
 }
 
+/// A repo's scrape: its series, or none when it was never fetched and waits for a later
+/// cycle (the budget is running low).
+type Scraped = Result<Option<Vec<Sample>>, Error>;
+
 /// What a job did, for the leader that waits for the cycle.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobOutcome {
     repos: usize,
+    /// Cold repos left for a later cycle: the budget was running low.
+    #[serde(default)]
+    deferred: usize,
     /// Repos that failed: name, error kind, message.
     failed: Vec<(String, String, String)>,
     requests: u64,
@@ -137,6 +144,8 @@ pub struct OrgLive {
     pub cooldown: bool,
     pub progress: f64,
     pub eta: f64,
+    /// Repos never fetched that the last cycle left for later ones, its budget running low.
+    pub cold_pending: u64,
     pub series_budget_exceeded: bool,
     /// Repos whose LOC fallback waited for the next hour's commit-detail budget.
     pub loc_fallback_deferred: u64,
@@ -163,6 +172,8 @@ struct SharedOrg {
     cooldown: bool,
     progress: f64,
     eta: f64,
+    #[serde(default)]
+    cold_pending: u64,
     series_budget_exceeded: bool,
     /// REST budget: (limit, remaining, reset_at), when known.
     budget: Option<(u64, u64, i64)>,
@@ -174,6 +185,9 @@ struct OrgState {
     cooldown_until: i64,
     /// Full cycles done; the first (cold) one is not a measure of the steady cost.
     cycles: u64,
+    /// Whether the previous cycle left cold repos for this one, whose cost is then not a
+    /// measure of the steady cost either.
+    spreading: bool,
     next_start: i64,
     /// Backfill jobs published in the current minute: (unix minute, count).
     enqueued_minute: (i64, u32),
@@ -327,7 +341,7 @@ impl OrgPoller {
         end: i64,
         fresh: bool,
         detected: Option<&Detected>,
-    ) -> Result<Vec<Sample>, Error> {
+    ) -> Scraped {
         let start = end - WINDOW;
         let name = &repo.name;
         let key = format!("{}/{name}", self.org.org);
@@ -339,6 +353,12 @@ impl OrgPoller {
         // 304s are free until the token is renewed).
         let kept: Option<CachedEvents> = self.kv_json(EVENTS_NS, &key).await?;
         let cold = kept.is_none();
+        // A repo never fetched waits for a later cycle rather than spend what is left of the
+        // hour: a cold start too big for one budget is spread over cycles, newest activity
+        // first, while the repos already shown stay exact.
+        if cold && !fresh && self.budget_running_low() {
+            return Ok(None);
+        }
         // Probe before fetching, so a change landing in between is seen next cycle rather
         // than hidden behind a fresh ETag.
         let probe = if fresh || detected.is_some() {
@@ -399,14 +419,36 @@ impl OrgPoller {
         };
         let loc = self.loc(name, pushed, end).await?;
         let acts = activity::compute(&events, loc.as_ref(), start, end);
-        Ok(activity::samples(
+        Ok(Some(activity::samples(
             &self.org.org,
             name,
             &acts,
             &Users {
                 cfg: &self.gh.activity,
             },
-        ))
+        )))
+    }
+
+    /// Whether the installation's REST budget (or GraphQL's, when cold fetches use it) is
+    /// down to its last fifth before its reset: what is left is kept for the repos already
+    /// shown, whose changes must not wait. A fifth, twice the tenth below which the client
+    /// starts spacing requests out, so fetches already under way finish at full speed.
+    fn budget_running_low(&self) -> bool {
+        let b = self.client.budget().snapshot();
+        let now = crate::clock::now_secs();
+        let reserve = u64::from(self.gh.rate_limit.reserve);
+        let low = |known: bool, limit: u64, remaining: u64, reset_at: i64| {
+            known && reset_at > now && remaining.saturating_sub(reserve) < limit / 5
+        };
+        low(b.known, b.limit, b.remaining, b.reset_at)
+            || (self.gh.graphql
+                && self.graphql_usable()
+                && low(
+                    b.graphql.known,
+                    b.graphql.limit,
+                    b.graphql.remaining,
+                    b.graphql.reset_at,
+                ))
     }
 
     /// Org-wide change detection: one search (a page per 100 results, in search's own
@@ -740,6 +782,7 @@ impl OrgPoller {
             }
             match self.scrape_repo(r, job.window_end, true, None).await {
                 Ok(samples) => {
+                    let samples = samples.unwrap_or_default();
                     let written = self
                         .store
                         .replace_scope_if_newer(&self.scope(&r.name), job.window_end, samples)
@@ -771,12 +814,11 @@ impl OrgPoller {
         repos: &'a [wire::Repo],
         end: i64,
         detected: Option<&'a Detected>,
-    ) -> impl futures_util::Stream<Item = (String, Result<Vec<Sample>, Error>)> + Send + 'a {
+    ) -> impl futures_util::Stream<Item = (String, Scraped)> + Send + 'a {
         // Boxed: the futures borrow `self` and their repo, which an unboxed closure's
         // higher-ranked lifetimes cannot express.
-        type Scrape<'a> = std::pin::Pin<
-            Box<dyn std::future::Future<Output = (String, Result<Vec<Sample>, Error>)> + Send + 'a>,
-        >;
+        type Scrape<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = (String, Scraped)> + Send + 'a>>;
         let futs: Vec<Scrape<'a>> = repos
             .iter()
             .map(|r| -> Scrape<'a> {
@@ -810,6 +852,17 @@ impl OrgPoller {
         s.live.progress = done as f64 / total.max(1) as f64;
         s.live.eta = eta;
         (rate, eta)
+    }
+
+    /// Records the cold repos a cycle left for later ones: the cycle's progress then shows
+    /// how much of the org is shown, and the start is logged while it is spread.
+    fn cold_deferred(&self, deferred: usize, total: usize) {
+        let mut s = self.state.lock();
+        s.live.cold_pending = deferred as u64;
+        if deferred > 0 {
+            s.live.progress = (total - deferred) as f64 / total.max(1) as f64;
+            tracing::info!(org = %self.org.org, shown = total - deferred, total, deferred, "cold start spread over cycles: the rate-limit budget is running low, the remaining repos follow in the next cycles");
+        }
     }
 
     /// The scopes of repos no longer listed (deleted, archived, excluded), emptied.
@@ -910,6 +963,7 @@ impl OrgPoller {
         }
         let started = Instant::now();
         let mut done_repos = 0usize;
+        let mut deferred = 0usize;
         let mut requests = 0u64;
         let mut exceeded = false;
         while !pending.is_empty() {
@@ -932,6 +986,7 @@ impl OrgPoller {
                 };
                 pending.remove(&i);
                 done_repos += outcome.repos;
+                deferred += outcome.deferred;
                 requests += outcome.requests;
                 exceeded |= outcome.budget_exceeded;
                 for (repo, kind, message) in outcome.failed {
@@ -944,6 +999,7 @@ impl OrgPoller {
             }
             self.show_progress(done_repos, total, started, pending.is_empty());
         }
+        self.cold_deferred(deferred, total);
         if exceeded {
             tracing::warn!(org = %org, budget, "series budget reached; some series were dropped");
         }
@@ -981,7 +1037,7 @@ impl OrgPoller {
             return Ok(());
         }
         let spent_before = self.client.counts.spent.load(Ordering::Relaxed);
-        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = self
+        let mut results: Vec<(String, Scraped)> = self
             .scrape_repos(&job.repos, job.window_end, job.detected.as_ref())
             .collect()
             .await;
@@ -992,7 +1048,8 @@ impl OrgPoller {
         };
         for (repo, r) in results {
             match r {
-                Ok(mut samples) => {
+                Ok(None) => outcome.deferred += 1,
+                Ok(Some(mut samples)) => {
                     let room = job.series_budget.saturating_sub(outcome.series) as usize;
                     if samples.len() > room {
                         samples.truncate(room);
@@ -1055,7 +1112,10 @@ impl OrgPoller {
         let mut s = self.state.lock();
         s.cycles += 1;
         s.live.cycle_requests = requests;
-        if s.cycles < 2 {
+        // A cold start, whole or spread over cycles, costs more than the steady state.
+        let cold = s.cycles < 2 || s.spreading || s.live.cold_pending > 0;
+        s.spreading = s.live.cold_pending > 0;
+        if cold {
             return;
         }
         let needed = requests as f64 * 3600.0 / interval;
@@ -1108,6 +1168,7 @@ impl Poller for OrgPoller {
             cooldown: s.live.cooldown,
             progress: s.live.progress,
             eta: s.live.eta,
+            cold_pending: s.live.cold_pending,
             series_budget_exceeded: s.live.series_budget_exceeded,
             budget: b.known.then_some((b.limit, b.remaining, b.reset_at)),
         };
@@ -1134,6 +1195,7 @@ impl Poller for OrgPoller {
         s.live.cooldown = o.cooldown;
         s.live.progress = o.progress;
         s.live.eta = o.eta;
+        s.live.cold_pending = o.cold_pending;
         s.live.series_budget_exceeded = o.series_budget_exceeded;
     }
 
@@ -1198,7 +1260,7 @@ impl Poller for OrgPoller {
         let started = Instant::now();
         let mut last_log = Instant::now();
         let mut done = 0usize;
-        let mut results: Vec<(String, Result<Vec<Sample>, Error>)> = Vec::with_capacity(total);
+        let mut results: Vec<(String, Scraped)> = Vec::with_capacity(total);
         let mut stream = self.scrape_repos(&repos, now, detected.as_ref());
         while let Some(r) = stream.next().await {
             done += 1;
@@ -1216,11 +1278,14 @@ impl Poller for OrgPoller {
         let budget = self.gh.activity.series_budget_per_org;
         let mut exceeded = false;
         let mut failed = 0usize;
+        let mut deferred = 0usize;
         results.sort_by(|a, b| a.0.cmp(&b.0));
         for (repo, r) in results {
             let scope = self.scope(&repo);
             match r {
-                Ok(mut samples) => {
+                // Never fetched and left for a later cycle: nothing to show yet.
+                Ok(None) => deferred += 1,
+                Ok(Some(mut samples)) => {
                     let room = budget.saturating_sub(series) as usize;
                     if samples.len() > room {
                         samples.truncate(room);
@@ -1248,6 +1313,7 @@ impl Poller for OrgPoller {
                 }
             }
         }
+        self.cold_deferred(deferred, total);
         if exceeded {
             tracing::warn!(org = %self.org.org, budget, "series budget reached; some series were dropped");
         }

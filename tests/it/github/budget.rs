@@ -314,7 +314,10 @@ async fn healthz(
     use tower::ServiceExt;
     let config = devmetrics::config::load(None, &Default::default(), &Default::default()).unwrap();
     let lease = crate::support::Backend::Sqlite
-        .open(&dir.join("lease"), &devmetrics::queue::RetryPolicy::default())
+        .open(
+            &dir.join("lease"),
+            &devmetrics::queue::RetryPolicy::default(),
+        )
         .await
         .lease;
     let telemetry = Arc::new(Telemetry::default());
@@ -339,6 +342,87 @@ async fn healthz(
         )
         .await
         .unwrap();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     serde_json::from_slice(&body).unwrap()
+}
+
+/// A cold start needing more than the hour's budget is spread over cycles: each fetches
+/// repos, newest activity first, until a fifth of the budget is left, shows those exactly and
+/// says how many are still to come; with the budget renewed the next cycles fetch the rest,
+/// and the whole org ends equal to its ground truth.
+#[tokio::test]
+async fn a_cold_start_bigger_than_the_budget_is_spread_over_cycles() {
+    const LIMIT: u64 = 600;
+    let env = Env::start(OrgSpec {
+        name: ORG.into(),
+        repos: 300,
+        active: 300,
+        users: 40,
+        prs_min: 1,
+        prs_max: 3,
+        with_excluded: false,
+        with_bot: false,
+    })
+    .await;
+    env.sim.set_rate_limit(LIMIT);
+    let (_cfg, store, _queue, _stop, gh) = env.rig("graphql: false\n").await;
+    let p = gh.pollers[0].clone();
+    let newest = env.sim.with_org(ORG, |o| {
+        o.repos
+            .iter()
+            .max_by_key(|r| r.pushed_at)
+            .map(|r| r.name.clone())
+            .unwrap()
+    });
+    let mut pending = Vec::new();
+    for cycle in 0..8 {
+        let before = env.sim.counted();
+        poll(&*p, &store).await;
+        let spent = env.sim.counted() - before;
+        assert!(spent < LIMIT, "cycle {cycle} spent {spent} of {LIMIT}");
+        let left = gauge(&gh, "devmetrics_github_cold_start_pending_repos").await;
+        let progress = gauge(&gh, "devmetrics_github_scrape_progress_ratio").await;
+        assert!(
+            (progress - (300.0 - left) / 300.0).abs() < 1e-9,
+            "{progress} {left}"
+        );
+        pending.push(left);
+        // What is shown is exact: each shown repo has every series of its ground truth.
+        let got = exported(&store);
+        let truth = env.sim.truth(ORG, env.now());
+        let shown: std::collections::BTreeSet<&String> =
+            got.keys().map(|(_, repo, _)| repo).collect();
+        let want: Series = truth
+            .iter()
+            .filter(|((_, repo, _), _)| shown.contains(repo))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        assert_same(&got, &want);
+        if cycle == 0 {
+            assert!(shown.contains(&newest), "the newest repo is shown first");
+        }
+        if left == 0.0 {
+            assert_same(&got, &truth);
+            break;
+        }
+        // The hour is over: a new budget.
+        env.sim.set_rate_limit(LIMIT);
+        env.advance(900);
+    }
+    eprintln!("cold repos left after each cycle: {pending:?}");
+    assert!(
+        pending.len() >= 3 && pending[0] > 0.0,
+        "the cold start did not need several budgets: {pending:?}"
+    );
+    assert!(
+        pending.windows(2).all(|w| w[1] < w[0]),
+        "each cycle shows more: {pending:?}"
+    );
+    assert_eq!(
+        gauge(&gh, "devmetrics_github_budget_overcommitted").await,
+        0.0,
+        "a cold start is not an overcommitted interval"
+    );
 }
