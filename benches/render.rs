@@ -2,7 +2,8 @@
 //! {org, repo, user}, in both formats, through the real HTTP server.
 //!
 //! Run: `cargo bench --bench render` (all sizes) or `cargo bench --bench render -- 1000000`;
-//! `RENDER_FORMATS=text+gzip,startup` picks formats.
+//! `RENDER_FORMATS=text+gzip,startup` picks formats; `RENDER_SHAPE=activity` shapes the
+//! series as GitHub activity does (a user's label set shared by four families).
 //! Each (size, format) runs in a fresh child process so its peak RSS (VmHWM) is its own. The
 //! figure covers the whole exporter process: SQLite store, in-memory state and the scrape.
 //!
@@ -26,6 +27,38 @@ use devmetrics::store::Store;
 
 const REPOS_PER_ORG: usize = 100;
 const USERS_PER_SCOPE: usize = 100;
+
+/// The 100 series of scope `s`. `RENDER_SHAPE=activity` makes them as GitHub activity does:
+/// 25 users, each in four families (commits, last event, lines added and removed) sharing
+/// one label set; otherwise (the default) 100 users in one family, every label set distinct.
+fn scope_samples(org: &str, repo: &str, s: usize, value: impl Fn(usize) -> f64) -> Vec<Sample> {
+    let user = |u: usize| format!("user-{:06}", (s * 7 + u) % 200_000);
+    if std::env::var("RENDER_SHAPE").as_deref() == Ok("activity") {
+        let fids = [
+            metrics::GH_ACTIVITY_COMMITS_24H,
+            metrics::GH_ACTIVITY_LAST_EVENT_UNIXTIME,
+            metrics::GH_ACTIVITY_LOC_ADDED_WEEKLY,
+            metrics::GH_ACTIVITY_LOC_REMOVED_WEEKLY,
+        ];
+        return (0..USERS_PER_SCOPE / fids.len())
+            .flat_map(|u| {
+                let labels = Labels::new(fids[0], &[org, repo, &user(u)]).unwrap();
+                let v = value(u);
+                fids.map(|fid| Sample::number(fid, labels.clone(), v))
+            })
+            .collect();
+    }
+    let fid = family();
+    (0..USERS_PER_SCOPE)
+        .map(|u| {
+            Sample::number(
+                fid,
+                Labels::new(fid, &[org, repo, &user(u)]).unwrap(),
+                value(u),
+            )
+        })
+        .collect()
+}
 
 fn family() -> metrics::FamilyId {
     metrics::GH_ACTIVITY_COMMITS_24H
@@ -124,7 +157,6 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
         launched.wait().await;
         return;
     }
-    let fid = family();
     let scopes = series.div_ceil(USERS_PER_SCOPE);
     let load_started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -134,16 +166,7 @@ async fn child(series: usize, format: &str, redis_prefix: Option<&str>) {
         tasks.spawn(async move {
             let org = format!("org-{:02}", s / REPOS_PER_ORG);
             let repo = format!("repo-{:05}", s);
-            let samples = (0..USERS_PER_SCOPE)
-                .map(|u| {
-                    let user = format!("user-{:06}", (s * 7 + u) % 200_000);
-                    Sample::number(
-                        fid,
-                        Labels::new(fid, &[&org, &repo, &user]).unwrap(),
-                        (u % 17) as f64,
-                    )
-                })
-                .collect();
+            let samples = scope_samples(&org, &repo, s, |u| (u % 17) as f64);
             store
                 .replace_scope(&format!("bench/{org}/{repo}"), samples)
                 .await
@@ -234,7 +257,7 @@ async fn scrape_gzip(
     let mut reader = std::io::BufReader::new(flate2::read::GzDecoder::new(&body[..]));
     let mut line = String::new();
     while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0 {
-        if line.starts_with("gh_activity_commits_24h{") {
+        if line.starts_with("gh_activity_") && line.contains('{') {
             lines += 1;
         }
         line.clear();
@@ -245,17 +268,11 @@ async fn scrape_gzip(
         cached.push(get().await.0);
     }
     cached.sort();
-    let fid = family();
     let scopes = series.div_ceil(USERS_PER_SCOPE);
     for s in (0..scopes).step_by(100) {
         let org = format!("org-{:02}", s / REPOS_PER_ORG);
         let repo = format!("repo-{:05}", s);
-        let samples = (0..USERS_PER_SCOPE)
-            .map(|u| {
-                let user = format!("user-{:06}", (s * 7 + u) % 200_000);
-                Sample::number(fid, Labels::new(fid, &[&org, &repo, &user]).unwrap(), 99.0)
-            })
-            .collect();
+        let samples = scope_samples(&org, &repo, s, |_| 99.0);
         store
             .replace_scope(&format!("bench/{org}/{repo}"), samples)
             .await

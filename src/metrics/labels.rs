@@ -1,12 +1,44 @@
+use std::sync::Arc;
+
 use super::{FamilyDef, FamilyId, family};
 
 /// A series' label set, kept pre-rendered as `a="x",b="y"` (no braces) in the family's
 /// declared label order, with values escaped once for both exposition formats.
 ///
 /// Rendering a million series is then a copy, and the string doubles as the series key in
-/// memory and in SQLite.
+/// memory and in SQLite. Shared, not copied, by clones: the series of one entity in several
+/// families (a user's commits, reviews and last event) hold one string ([`Interner`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Box<str>);
+pub struct Labels(Arc<str>);
+
+// Hash, Eq and Ord are the string's, so a set of labels can be searched by `&str`.
+impl std::borrow::Borrow<str> for Labels {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Hands out one shared copy of equal label sets. Used where series arrive as text (loading
+/// a store), so a label set repeated across a scope's families is held once.
+#[derive(Default)]
+pub struct Interner(std::collections::HashSet<Labels>);
+
+impl Interner {
+    /// The shared copy of `rendered` (a string [`Labels::new`] produced).
+    pub fn rendered(&mut self, rendered: &str) -> Labels {
+        if let Some(l) = self.0.get(rendered) {
+            return l.clone();
+        }
+        let l = Labels::from_rendered(rendered);
+        self.0.insert(l.clone());
+        l
+    }
+
+    /// Forgets every label set, keeping the memory of the set itself.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LabelError {
@@ -20,7 +52,7 @@ pub enum LabelError {
 
 impl Labels {
     pub fn empty() -> Self {
-        Labels(Box::from(""))
+        Labels(Arc::from(""))
     }
 
     pub fn new<S: AsRef<str>>(id: FamilyId, values: &[S]) -> Result<Self, LabelError> {
@@ -45,16 +77,21 @@ impl Labels {
             escape_label_value(value.as_ref(), &mut out);
             out.push('"');
         }
-        Ok(Labels(out.into_boxed_str()))
+        Ok(Labels(Arc::from(out)))
     }
 
     /// Wraps a string read back from the store, which was produced by [`Labels::new`].
     pub fn from_rendered(s: &str) -> Self {
-        Labels(Box::from(s))
+        Labels(Arc::from(s))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether both hold the one shared string (not merely equal ones).
+    pub fn shares(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,6 +166,22 @@ pub fn escape_label_value(value: &str, out: &mut String) {
 mod tests {
     use super::*;
     use crate::metrics;
+
+    #[test]
+    fn the_interner_hands_out_one_copy_per_label_set() {
+        let mut i = Interner::default();
+        let a = i.rendered(r#"org="o",repo="r",user="u""#);
+        let b = i.rendered(r#"org="o",repo="r",user="u""#);
+        let c = i.rendered(r#"org="o",repo="r",user="v""#);
+        assert!(a.shares(&b) && a == b);
+        assert!(!a.shares(&c));
+        assert!(
+            !a.shares(&Labels::from_rendered(a.as_str())),
+            "a copy is not shared"
+        );
+        i.clear();
+        assert!(!a.shares(&i.rendered(a.as_str())));
+    }
 
     #[test]
     fn renders_and_parses_back_escaped_values() {

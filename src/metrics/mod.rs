@@ -9,7 +9,7 @@ mod labels;
 mod value;
 
 pub use catalog::*;
-pub use labels::{LabelError, Labels, hashed_label};
+pub use labels::{Interner, LabelError, Labels, hashed_label};
 pub use value::{HistogramValue, Op, Sample, ScopeData, Snapshot, Update, Value, WrongKind};
 
 /// Index of a family in [`FAMILIES`]; stable within one build, never persisted

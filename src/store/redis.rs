@@ -428,9 +428,11 @@ fn decode(fid: FamilyId, s: &str) -> Option<Value> {
     }
 }
 
-fn split_field(f: &str) -> Option<(FamilyId, Labels)> {
+/// A hash field's family and labels; a label set repeated across the scope's families comes
+/// out of `interner` once.
+fn split_field(f: &str, interner: &mut metrics::Interner) -> Option<(FamilyId, Labels)> {
     let (name, labels) = f.split_once('\n')?;
-    Some((metrics::lookup(name)?, Labels::from_rendered(labels)))
+    Some((metrics::lookup(name)?, interner.rendered(labels)))
 }
 
 fn key_id(key: &str) -> Vec<u8> {
@@ -696,8 +698,9 @@ impl RedisStore {
             families: BTreeMap::new(),
             encoded: Default::default(),
         };
+        let mut interner = metrics::Interner::default();
         for (f, v) in series {
-            let Some((fid, labels)) = split_field(&f) else {
+            let Some((fid, labels)) = split_field(&f, &mut interner) else {
                 continue;
             };
             if let Some(v) = decode(fid, &v) {
@@ -726,6 +729,7 @@ impl RedisStore {
             }
         }
         let mut values = Vec::new();
+        let mut interner = metrics::Interner::default();
         let mut held = self.gens.lock();
         for w in writes.chunks_exact(3) {
             let scope = &w[0];
@@ -733,7 +737,7 @@ impl RedisStore {
             if held.get(scope).is_some_and(|h| h >= g) {
                 continue;
             }
-            let Some((fid, labels)) = split_field(&w[1]) else {
+            let Some((fid, labels)) = split_field(&w[1], &mut interner) else {
                 continue;
             };
             if let Some(v) = decode(fid, &w[2]) {

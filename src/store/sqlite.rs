@@ -150,10 +150,18 @@ fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
         );
     }
     let mut skipped = 0;
+    // Rows come in key order, so a scope's series are together: a label set repeated across
+    // its families is held once.
+    let mut interner = crate::metrics::Interner::default();
+    let mut last_scope = String::new();
     let mut stmt = conn.prepare("SELECT scope, family, labels, value, buckets FROM series")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let scope: String = r.get(0)?;
+        if scope != last_scope {
+            interner.clear();
+            last_scope.clone_from(&scope);
+        }
         let fam: String = r.get(1)?;
         let Some(fid) = metrics::lookup(&fam) else {
             skipped += 1;
@@ -164,7 +172,7 @@ fn load(conn: &Connection) -> rusqlite::Result<(Vec<ScopeData>, usize)> {
             r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
             r.get::<_, Option<String>>(4)?.as_deref(),
         );
-        let labels = Labels::from_rendered(&r.get::<_, String>(2)?);
+        let labels = interner.rendered(r.get_ref(2)?.as_str()?);
         scopes
             .entry(scope.clone())
             .or_insert_with(|| ScopeData {
@@ -841,6 +849,45 @@ mod tests {
 
     fn labels(route: &str) -> Labels {
         Labels::new(metrics::DEVMETRICS_HTTP_REQUESTS_TOTAL, &[route, "200"]).unwrap()
+    }
+
+    /// A label set repeated across a scope's families is held once after a restart, as the
+    /// source that wrote it held it; other scopes have their own.
+    #[tokio::test]
+    async fn a_reopened_store_shares_label_sets_across_a_scopes_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commits, last) = (
+            metrics::GH_ACTIVITY_COMMITS_24H,
+            metrics::GH_ACTIVITY_LAST_EVENT_UNIXTIME,
+        );
+        let user = |u: &str| Labels::new(commits, &["o", "o/r", u]).unwrap();
+        {
+            let store = open(&dir);
+            for scope in ["s1", "s2"] {
+                let samples = ["a", "b"]
+                    .iter()
+                    .flat_map(|u| {
+                        [
+                            Sample::number(commits, user(u), 1.0),
+                            Sample::number(last, user(u), 2.0),
+                        ]
+                    })
+                    .collect();
+                store.replace_scope(scope, samples).await.unwrap();
+            }
+        }
+        let snap = open(&dir).snapshot();
+        let held = |scope: &str, fid, u: &str| {
+            snap.scope(scope).unwrap().families[&fid]
+                .keys()
+                .find(|l| **l == user(u))
+                .unwrap()
+                .clone()
+        };
+        assert!(held("s1", commits, "a").shares(&held("s1", last, "a")));
+        assert!(held("s2", commits, "b").shares(&held("s2", last, "b")));
+        assert!(!held("s1", commits, "a").shares(&held("s1", commits, "b")));
+        assert!(!held("s1", commits, "a").shares(&held("s2", commits, "a")));
     }
 
     #[tokio::test]

@@ -360,8 +360,16 @@ pub fn samples(
     }
     let mut out = Vec::new();
     for (user, a) in &merged {
-        let labels = |fid| Labels::new(fid, &[org, repo, user.as_str()]).expect("three labels");
-        let mut push = |fid, v: f64| out.push(Sample::number(fid, labels(fid), v));
+        // Every activity family is labelled {org, repo, user}: the user's series share one
+        // label set rather than hold a copy each.
+        let labels = Labels::new(f.commits, &[org, repo, user.as_str()]).expect("three labels");
+        let mut push = |fid, v: f64| {
+            debug_assert_eq!(
+                metrics::family(fid).labels,
+                metrics::family(f.commits).labels
+            );
+            out.push(Sample::number(fid, labels.clone(), v))
+        };
         for (fid, v) in [
             (f.commits, a.commits),
             (f.prs_opened, a.prs_opened),
@@ -498,19 +506,25 @@ mod tests {
             user_label_secret: None,
             series_budget_per_org: 100,
         };
-        let got: BTreeMap<(String, String), f64> =
-            samples("cam3ron2", "repo-a", &acts, &Users { cfg: &cfg })
-                .iter()
-                .map(|s| {
+        let all = samples("cam3ron2", "repo-a", &acts, &Users { cfg: &cfg });
+        // A user's series share one label set.
+        for a in &all {
+            for b in &all {
+                assert_eq!(a.labels == b.labels, a.labels.shares(&b.labels));
+            }
+        }
+        let got: BTreeMap<(String, String), f64> = all
+            .iter()
+            .map(|s| {
+                (
                     (
-                        (
-                            metrics::family(s.family).name.to_string(),
-                            s.labels.as_str().to_string(),
-                        ),
-                        s.value.as_f64().unwrap(),
-                    )
-                })
-                .collect();
+                        metrics::family(s.family).name.to_string(),
+                        s.labels.as_str().to_string(),
+                    ),
+                    s.value.as_f64().unwrap(),
+                )
+            })
+            .collect();
         let want: serde_json::Value = serde_json::from_slice(
             &std::fs::read(dir.join("expected/leader_cycle_cam3ron2_repo-a_alice.json")).unwrap(),
         )
