@@ -373,6 +373,9 @@ pub struct Sim {
     pub query_missing_client_type: AtomicBool,
     /// Root field → GraphQL error message answered instead of data.
     pub field_errors: Mutex<BTreeMap<String, String>>,
+    /// `searchStacks` answers every page with the first page's cursor and more to come, as
+    /// a broken API might: pagination that never ends.
+    pub looping_cursor: AtomicBool,
     /// Whether `searchStacks` is refused to machine sessions (every session here), as
     /// Spacelift does. On by default.
     pub stacks_gated_for_machine_sessions: AtomicBool,
@@ -397,6 +400,7 @@ impl Sim {
             exchange_had_headers: AtomicBool::new(false),
             query_missing_client_type: AtomicBool::new(false),
             field_errors: Mutex::new(BTreeMap::new()),
+            looping_cursor: AtomicBool::new(false),
             stacks_gated_for_machine_sessions: AtomicBool::new(true),
             field_delay_ms: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(Vec::new()),
@@ -594,7 +598,14 @@ async fn graphql(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -
                     "runsRequiringAttention": ids(account.runs_requiring_attention(), "attend"),
                 })
             }
-            "searchStacks" => search_stacks(&account, req.pointer("/variables/input")),
+            "searchStacks" => {
+                let mut v = search_stacks(&account, req.pointer("/variables/input"));
+                if sim.looping_cursor.load(Ordering::Relaxed) {
+                    let first = account.stacks.first().map(|s| s.id.clone());
+                    v["pageInfo"] = json!({"endCursor": first, "hasNextPage": true});
+                }
+                v
+            }
             _ => Value::Null,
         };
         data.insert(root(f), v);

@@ -63,6 +63,9 @@ pub struct Knobs {
     /// Repos whose `/stats/contributors` carries commit counts but zero line counts, as
     /// GitHub answers for repositories with 10,000+ commits.
     pub zero_stats_repos: Mutex<std::collections::HashSet<String>>,
+    /// Listings whose path contains this text give their last page a `next` link back to
+    /// the first, as a broken proxy or API might: pagination that never ends.
+    pub looping_pages: Mutex<Option<String>>,
 }
 
 pub struct GithubSim {
@@ -105,6 +108,7 @@ impl GithubSim {
                 stats_202: AtomicU32::new(1),
                 token_ttl: AtomicU64::new(3600),
                 zero_stats_repos: Mutex::new(Default::default()),
+                looping_pages: Mutex::new(None),
             },
             tokens_issued: AtomicU64::new(0),
             copilot: Default::default(),

@@ -97,7 +97,28 @@ impl GithubSim {
         let Some(items) = items else {
             return not_found();
         };
-        let (body, link) = paginate(items, q, h, uri);
+        let looping = self
+            .knobs
+            .looping_pages
+            .lock()
+            .as_deref()
+            .is_some_and(|p| uri.path().contains(p));
+        let (body, mut link) = paginate(items, q, h, uri);
+        if looping && !link.as_deref().is_some_and(|l| l.contains("rel=\"next\"")) {
+            let host = h
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let per_page = page_params(q).0;
+            let first = format!(
+                "<http://{host}{}?per_page={per_page}&page=1>; rel=\"next\"",
+                uri.path()
+            );
+            link = Some(match link {
+                Some(l) => format!("{first}, {l}"),
+                None => first,
+            });
+        }
         self.answer(h, uri, StatusCode::OK, body, link)
     }
 }

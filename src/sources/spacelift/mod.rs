@@ -332,10 +332,12 @@ impl Source {
     }
 
     async fn stacks(&self) -> Result<Fetched, Error> {
+        /// Far beyond any account's stacks at any page size.
+        const MAX_STACK_PAGES: usize = 10_000;
         let mut nodes = Vec::new();
         let mut after: Option<String> = None;
-        // A cursor that never ends would otherwise loop until the deadline.
-        for _ in 0..10_000 {
+        let mut seen = std::collections::HashSet::new();
+        loop {
             let mut input = serde_json::json!({ "first": self.config.stacks.page_size });
             if let Some(c) = &after {
                 input["after"] = serde_json::Value::String(c.clone());
@@ -345,9 +347,20 @@ impl Source {
                 .await?;
             let conn = page.search_stacks;
             nodes.extend(conn.edges.into_iter().map(|e| e.node));
-            match (conn.page_info.has_next_page, conn.page_info.end_cursor) {
-                (true, Some(c)) if after.as_deref() != Some(c.as_str()) => after = Some(c),
-                _ => break,
+            if !conn.page_info.has_next_page {
+                break;
+            }
+            // A cursor missing or already followed would read the same pages until the
+            // deadline; stopping there would show part of the stacks as all of them.
+            match conn.page_info.end_cursor {
+                Some(c) if seen.insert(c.clone()) && seen.len() <= MAX_STACK_PAGES => {
+                    after = Some(c)
+                }
+                _ => {
+                    return Err(Error::Decode {
+                        message: "stacks pagination cursor missing or repeated".into(),
+                    });
+                }
             }
         }
         let total = nodes.len();

@@ -309,3 +309,50 @@ async fn more_than_a_thousand_search_results_are_split_by_time() {
         env.sim.search_requests()
     );
 }
+
+/// A listing whose last page links back to the first is an error after one pass, not a
+/// loop spending the budget until the cycle's deadline: the org's source is down with the
+/// reason, every repo keeps its last values, and once GitHub behaves the next cycle is
+/// exact again.
+#[tokio::test]
+async fn pagination_that_loops_fails_at_once_and_keeps_the_last_values() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
+    let p = gh.pollers[0].clone();
+    let telemetry = Telemetry::default();
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    let shown = exported(&store);
+    assert_same(&shown, &env.sim.truth(ORG, env.now()));
+
+    *env.sim.knobs.looping_pages.lock() = Some(format!("/orgs/{ORG}/repos"));
+    let t = env.advance(120);
+    env.sim.add_commit(ORG, "repo-001", "user003", t - 30, 4, 1);
+    let before = env.sim.counted();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sources::poll_once(&*p, &*store, &telemetry),
+    )
+    .await
+    .expect("a looping listing ends the cycle");
+    let health = &telemetry.sources()["github/acme"];
+    assert!(!health.up);
+    assert!(
+        health
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("pagination links back")),
+        "{health:?}"
+    );
+    assert!(
+        env.sim.counted() - before <= 3,
+        "{} requests",
+        env.sim.counted() - before
+    );
+    assert_same(&exported(&store), &shown);
+
+    *env.sim.knobs.looping_pages.lock() = None;
+    env.advance(60);
+    sources::poll_once(&*p, &*store, &telemetry).await;
+    assert!(telemetry.sources()["github/acme"].up);
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+}

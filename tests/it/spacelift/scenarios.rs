@@ -590,3 +590,33 @@ async fn counts_by_state_are_per_stack_when_every_stack_is_listed() {
     assert!(!per_stack);
     assert_eq!(states, filtered.fake.sim.account().stacks_count_by_state());
 }
+
+/// A stacks cursor that never ends fails the stacks group at once (the pages already read
+/// are not shown as all the stacks): the other groups are unaffected, the stacks keep their
+/// last values, and once Spacelift behaves the next poll matches the account again.
+#[tokio::test]
+async fn a_looping_stacks_cursor_fails_the_group_and_keeps_the_last_values() {
+    let rig = Rig::new(40, |c| c.stacks.page_size = 7).await;
+    let s = rig.poll().await;
+    assert_matches(&s, &rig.fake.sim.account());
+    let stacks = count(&s, "spacelift_stack_state");
+    assert!(stacks > 7, "{stacks} stacks fill more than one page");
+    rig.fake.sim.looping_cursor.store(true, Ordering::Relaxed);
+    let s = tokio::time::timeout(Duration::from_secs(30), rig.poll())
+        .await
+        .expect("a looping cursor ends the poll");
+    for g in spacelift::Group::ALL {
+        let ok = collector(&s, "spacelift_scrape_collector_success", g.collector());
+        let want = if g == spacelift::Group::Stacks {
+            0.0
+        } else {
+            1.0
+        };
+        assert_eq!(ok, Some(want), "{}", g.collector());
+    }
+    assert_eq!(count(&s, "spacelift_stack_state"), stacks);
+    rig.fake.sim.looping_cursor.store(false, Ordering::Relaxed);
+    let s = rig.poll().await;
+    assert!(rig.source_up());
+    assert_matches(&s, &rig.fake.sim.account());
+}

@@ -24,7 +24,9 @@ impl Client {
     }
 
     /// Follows `Link: rel="next"` from `path`. `more` sees each page's items and returns
-    /// false to stop early (e.g. once a list sorted by time passes the window).
+    /// false to stop early (e.g. once a list sorted by time passes the window). A `next`
+    /// link back to a page already read, or a listing longer than [`MAX_PAGES`], is an
+    /// error: a broken upstream must not spend the budget on an endless listing.
     pub async fn paginate<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -33,9 +35,26 @@ impl Client {
         mut more: impl FnMut(&[T]) -> bool,
     ) -> Result<Vec<T>, Error> {
         let mut out = Vec::new();
+        let mut read = std::collections::HashSet::new();
+        let mut urls: Vec<String> = Vec::new();
         let mut next = Some(path.to_string());
         while let Some(p) = next.take() {
+            let looped = !read.insert(page_of(&p));
+            if looped || read.len() > MAX_PAGES {
+                // Their cached copies carry the broken links, which a 304 would replay.
+                for u in &urls {
+                    let _ = self.forget_cached(u).await;
+                }
+                return Err(Error::Decode {
+                    endpoint,
+                    message: match looped {
+                        true => "pagination links back to a page already read".into(),
+                        false => format!("pagination runs past {MAX_PAGES} pages"),
+                    },
+                });
+            }
             let page = self.get(&p, endpoint, conditional).await?;
+            urls.push(p);
             let items: Vec<T> = decode(&page.body, endpoint)?;
             let go_on = more(&items);
             out.extend(items);
@@ -175,6 +194,7 @@ impl Client {
         const QUERY: &str = "query($owner: String!, $name: String!, $cursor: String) { repository(owner: $owner, name: $name) { pullRequests(first: 50, after: $cursor, orderBy: {field: UPDATED_AT, direction: DESC}) { pageInfo { hasNextPage endCursor } nodes { number createdAt updatedAt mergedAt author { __typename login } reviews(first: 100) { pageInfo { hasNextPage } nodes { author { __typename login } submittedAt state } } } } } }";
         let (mut pulls, mut reviews) = (Vec::new(), Vec::new());
         let mut cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let d: wire::GqlRepoData = self
                 .graphql(
@@ -218,7 +238,16 @@ impl Client {
             if past || !conn.page_info.has_next_page {
                 return Ok((pulls, reviews));
             }
-            cursor = conn.page_info.end_cursor;
+            // No cursor, or one already followed, would read the same pages forever.
+            match conn.page_info.end_cursor {
+                Some(c) if seen.insert(c.clone()) && seen.len() <= MAX_PAGES => cursor = Some(c),
+                _ => {
+                    return Err(Error::Decode {
+                        endpoint: "graphql_pulls",
+                        message: "pagination cursor missing or repeated".into(),
+                    });
+                }
+            }
         }
     }
 
@@ -427,6 +456,21 @@ pub fn graphql_url(base: &str) -> String {
 }
 
 /// The `rel="next"` target of a `Link` header.
+/// Pages one listing follows at most: 1,000,000 items at 100 a page, beyond any org's.
+pub const MAX_PAGES: usize = 10_000;
+
+/// A page's identity for loop detection: its path and query, whatever host spelled it (a
+/// `next` link is absolute, the first request relative).
+fn page_of(url: &str) -> String {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r.find('/').map_or("", |i| &r[i..]));
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    format!("{path}?{}", pairs.join("&"))
+}
+
 pub fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
     let link = h.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
@@ -469,6 +513,15 @@ mod tests {
             "<https://a/x?page=1>; rel=\"prev\"".parse().unwrap(),
         );
         assert_eq!(next_link(&h), None);
+        // The first request is relative, the links absolute, their parameters in any order.
+        assert_eq!(
+            page_of("/orgs/o/repos?type=all&per_page=100"),
+            page_of("https://api.github.com/orgs/o/repos?per_page=100&type=all")
+        );
+        assert_ne!(
+            page_of("/orgs/o/repos?per_page=100&page=2"),
+            page_of("/orgs/o/repos?per_page=100&page=1")
+        );
     }
 
     #[test]

@@ -43,6 +43,13 @@ impl<'a> EtagCache<'a> {
             .and_then(|v| split_cached(&v)))
     }
 
+    pub async fn forget(&self) -> Result<(), Error> {
+        self.store
+            .kv_delete(ETAG_NS, &self.key)
+            .await
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
     pub async fn save(&self, etag: &str, next: Option<&str>, body: &[u8]) -> Result<(), Error> {
         self.store
             .kv_put(ETAG_NS, &self.key, encode(etag, next, body), Some(TTL))

@@ -237,6 +237,13 @@ impl Client {
         }
     }
 
+    /// Drops the cached page of `path_or_url`, so its next request is unconditional.
+    pub(super) async fn forget_cached(&self, path_or_url: &str) -> Result<(), Error> {
+        EtagCache::new(&self.store, &self.org, &self.url(path_or_url))
+            .forget()
+            .await
+    }
+
     /// The request loop: waits on the budget, sends, and does what `classify` makes of the
     /// answer. A `post` body is a GraphQL query: GraphQL is all that posts through here, and
     /// it has a budget of its own.
