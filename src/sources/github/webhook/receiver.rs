@@ -2,7 +2,8 @@
 //!
 //! Order of checks: size → signature → headers → ping / unwanted event → JSON → queue.
 //! The signature comes before everything that reads the body, so an unauthenticated caller
-//! learns nothing but 401 (or 413). 202 means the delivery is durable in the queue.
+//! learns nothing but 401 (or 413). 202 means the delivery is durable: in the queue, or,
+//! where the queue can commit a delivery's handling with its publish, already applied.
 
 use axum::Router;
 use axum::body::Body;
