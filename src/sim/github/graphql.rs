@@ -84,8 +84,13 @@ pub(super) async fn graphql(
                         "nodes": rv.iter().take(100).map(|(u, t)| json!({"author": actor(u), "submittedAt": format_time(*t), "state": "APPROVED"})).collect::<Vec<_>>()}})
             })
             .collect();
-        let more = offset + 50 < r.prs.len();
-        json!({"repository": {"pullRequests": {"pageInfo": {"hasNextPage": more, "endCursor": (offset + 50).to_string()}, "nodes": nodes}}})
+        let looping = sim
+            .knobs
+            .looping_graphql_cursor
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let more = looping || offset + 50 < r.prs.len();
+        let cursor = if looping { 0 } else { offset + 50 };
+        json!({"repository": {"pullRequests": {"pageInfo": {"hasNextPage": more, "endCursor": cursor.to_string()}, "nodes": nodes}}})
     });
     sim.answer_graphql(&h, &uri, data.unwrap_or(json!({"repository": null})))
 }

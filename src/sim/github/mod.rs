@@ -66,6 +66,8 @@ pub struct Knobs {
     /// Listings whose path contains this text give their last page a `next` link back to
     /// the first, as a broken proxy or API might: pagination that never ends.
     pub looping_pages: Mutex<Option<String>>,
+    /// GraphQL's pull-request pages all say there is more, and point back to the first.
+    pub looping_graphql_cursor: std::sync::atomic::AtomicBool,
 }
 
 pub struct GithubSim {
@@ -109,6 +111,7 @@ impl GithubSim {
                 token_ttl: AtomicU64::new(3600),
                 zero_stats_repos: Mutex::new(Default::default()),
                 looping_pages: Mutex::new(None),
+                looping_graphql_cursor: Default::default(),
             },
             tokens_issued: AtomicU64::new(0),
             copilot: Default::default(),

@@ -426,3 +426,43 @@ async fn a_cold_start_bigger_than_the_budget_is_spread_over_cycles() {
         "a cold start is not an overcommitted interval"
     );
 }
+
+/// GraphQL pull-request pages that never end (every page says there is more and points
+/// back to the first) fail the GraphQL fetch after one repeat, and the repo is fetched over
+/// REST in the same cycle: the export equals the ground truth.
+#[tokio::test]
+async fn a_looping_graphql_cursor_falls_back_to_rest() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    // Sixty pull requests merged in the window: the first GraphQL page is all recent, so
+    // only the cursor decides whether to go on.
+    let t = env.now();
+    for i in 0..60u64 {
+        let at = t - 3_600 - i as i64 * 60;
+        env.sim.add_merged_pr(
+            ORG,
+            "repo-001",
+            9_000 + i,
+            "user001",
+            at - 600,
+            &[(format!("loop-{i}"), at - 300)],
+            at,
+            &format!("merge-{i}"),
+        );
+    }
+    env.sim
+        .knobs
+        .looping_graphql_cursor
+        .store(true, Ordering::Relaxed);
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
+    let p = gh.pollers[0].clone();
+    tokio::time::timeout(Duration::from_secs(30), poll(&*p, &store))
+        .await
+        .expect("a looping cursor ends the fetch");
+    assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    assert!(
+        p.live().graphql_fallbacks.contains_key("decode"),
+        "{:?}",
+        p.live().graphql_fallbacks
+    );
+    assert!(env.fake.requests.count("POST /graphql") < 20);
+}
