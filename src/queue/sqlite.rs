@@ -96,6 +96,22 @@ impl Topic {
         self.inflight.remove(&id);
         self.live.remove(&id);
     }
+
+    /// A message published at `at` (committed as row `id`) is ready for a consumer.
+    fn published(&mut self, id: i64, at: f64) {
+        self.stats.published += 1;
+        self.live.insert(id, at);
+        self.ready.push_back(Msg { id, attempts: 0 });
+        self.notify.notify_one();
+    }
+
+    /// A publish [`record_key`] refused.
+    fn refused(&mut self, seen: &Outcome) {
+        match seen {
+            Outcome::Conflict => self.stats.conflicts += 1,
+            _ => self.stats.duplicates += 1,
+        }
+    }
 }
 
 struct Inner {
@@ -492,6 +508,20 @@ fn record_key(
     }))
 }
 
+/// Inserts a message (its payload as stored) in the open transaction; returns its row id.
+fn insert_message(
+    c: &rusqlite::Connection,
+    topic: &str,
+    stored: &[u8],
+    now: f64,
+) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
+    )?
+    .execute(params![topic, stored, now])?;
+    Ok(c.last_insert_rowid())
+}
+
 /// What a handled publish did, and what memory takes once it is committed.
 enum HandledOutcome {
     Seen(Outcome),
@@ -534,33 +564,24 @@ impl Queue for SqliteQueue {
         let now = now_unix();
         let inner = self.inner.clone();
         let t = topic_name.clone();
-        let outcome = self.write(
-            move |c| {
-                if let Some((key, fingerprint)) = &dedupe
-                    && let Some(seen) = record_key(c, &t, key, *fingerprint, now)?
-                {
-                    return Ok(seen);
-                }
-                c.prepare_cached(
-                    "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
-                )?
-                .execute(params![&*t, stored, now])?;
-                Ok(Outcome::Queued(c.last_insert_rowid()))
-            },
-            move |outcome| {
-                inner.with_topic(&topic_name, |t| match *outcome {
-                    Outcome::Queued(id) => {
-                        t.stats.published += 1;
-                        t.live.insert(id, now);
-                        t.ready.push_back(Msg { id, attempts: 0 });
-                        t.notify.notify_one();
+        let outcome = self
+            .write(
+                move |c| {
+                    if let Some((key, fingerprint)) = &dedupe
+                        && let Some(seen) = record_key(c, &t, key, *fingerprint, now)?
+                    {
+                        return Ok(seen);
                     }
-                    Outcome::Duplicate => t.stats.duplicates += 1,
-                    Outcome::Conflict => t.stats.conflicts += 1,
-                })
-            },
-        )
-        .await?;
+                    Ok(Outcome::Queued(insert_message(c, &t, &stored, now)?))
+                },
+                move |outcome| {
+                    inner.with_topic(&topic_name, |t| match *outcome {
+                        Outcome::Queued(id) => t.published(id, now),
+                        ref seen => t.refused(seen),
+                    })
+                },
+            )
+            .await?;
         Ok(match outcome {
             Outcome::Queued(_) => Published::Published,
             Outcome::Duplicate => Published::Duplicate,
@@ -615,11 +636,8 @@ impl Queue for SqliteQueue {
                         if record_key(c, &topic, &key, None, now)?.is_some() {
                             continue;
                         }
-                        c.prepare_cached(
-                            "INSERT INTO queue (topic, payload, attempts, available_at, published_at) VALUES (?1, ?2, 0, ?3, ?3)",
-                        )?
-                        .execute(params![&*topic, stored, now])?;
-                        forwarded.push((topic, c.last_insert_rowid()));
+                        let id = insert_message(c, &topic, &stored, now)?;
+                        forwarded.push((topic, id));
                     }
                     Ok(HandledOutcome::Handled {
                         values: std::cell::Cell::new(values),
@@ -628,10 +646,9 @@ impl Queue for SqliteQueue {
                     })
                 },
                 move |outcome| match outcome {
-                    HandledOutcome::Seen(seen) => inner.with_topic(&topic_name, |t| match seen {
-                        Outcome::Conflict => t.stats.conflicts += 1,
-                        _ => t.stats.duplicates += 1,
-                    }),
+                    HandledOutcome::Seen(seen) => {
+                        inner.with_topic(&topic_name, |t| t.refused(seen))
+                    }
                     HandledOutcome::Handled {
                         values, forwarded, ..
                     } => {
@@ -642,12 +659,7 @@ impl Queue for SqliteQueue {
                             t.stats.handled_at_publish += 1;
                         });
                         for (topic, id) in forwarded {
-                            inner.with_topic(topic, |t| {
-                                t.stats.published += 1;
-                                t.live.insert(*id, now);
-                                t.ready.push_back(Msg { id: *id, attempts: 0 });
-                                t.notify.notify_one();
-                            });
+                            inner.with_topic(topic, |t| t.published(*id, now));
                         }
                     }
                 },

@@ -277,6 +277,12 @@ fn apply_op(fid: FamilyId, current: Option<Value>, op: &Op) -> Value {
     }
 }
 
+fn mirror(state: &State, values: Vec<SeriesWrite>) {
+    if !values.is_empty() {
+        state.set_values(now_unix(), values)
+    }
+}
+
 /// Refuses a batch holding an update the catalog refuses, before anything is written.
 pub(crate) fn validate(batches: &[Batch]) -> Result<(), Error> {
     for b in batches {
@@ -323,9 +329,7 @@ impl SqliteStore {
 
     /// Takes series written by [`apply_in`] into the mirror; only after their commit.
     pub(crate) fn mirror(&self, values: Vec<SeriesWrite>) {
-        if !values.is_empty() {
-            self.state.set_values(now_unix(), values)
-        }
+        mirror(&self.state, values)
     }
 
     pub(crate) fn count_duplicates(&self, applied: &[Applied]) {
@@ -395,11 +399,7 @@ impl Store for SqliteStore {
         let state = self.state.clone();
         self.db
             .submit(Box::new(move |conn| match apply_in(conn, batches) {
-                Ok((applied, values)) => Ok(reply(tx, applied, move || {
-                    if !values.is_empty() {
-                        state.set_values(now_unix(), values)
-                    }
-                })),
+                Ok((applied, values)) => Ok(reply(tx, applied, move || mirror(&state, values))),
                 Err(e) => Err(fail(tx, e)),
             }))
             .await?;

@@ -103,22 +103,7 @@ impl GithubSim {
             .lock()
             .as_deref()
             .is_some_and(|p| uri.path().contains(p));
-        let (body, mut link) = paginate(items, q, h, uri);
-        if looping && !link.as_deref().is_some_and(|l| l.contains("rel=\"next\"")) {
-            let host = h
-                .get("host")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("127.0.0.1");
-            let per_page = page_params(q).0;
-            let first = format!(
-                "<http://{host}{}?per_page={per_page}&page=1>; rel=\"next\"",
-                uri.path()
-            );
-            link = Some(match link {
-                Some(l) => format!("{first}, {l}"),
-                None => first,
-            });
-        }
+        let (body, link) = paginate(items, q, h, uri, looping);
         self.answer(h, uri, StatusCode::OK, body, link)
     }
 }
@@ -138,12 +123,14 @@ pub(super) fn page_params(q: &HashMap<String, String>) -> (usize, usize) {
     (per_page, page)
 }
 
-/// Cuts `items` to the requested page and builds the `Link` header.
+/// Cuts `items` to the requested page and builds the `Link` header; `looping` gives the last
+/// page a `next` link back to the first.
 pub(super) fn paginate(
     items: Vec<Value>,
     q: &HashMap<String, String>,
     h: &HeaderMap,
     uri: &Uri,
+    looping: bool,
 ) -> (Value, Option<String>) {
     let (per_page, page) = page_params(q);
     let last = items.len().div_ceil(per_page).max(1);
@@ -170,6 +157,8 @@ pub(super) fn paginate(
     if page < last {
         links.push(format!("{}; rel=\"next\"", url_for(page + 1)));
         links.push(format!("{}; rel=\"last\"", url_for(last)));
+    } else if looping {
+        links.push(format!("{}; rel=\"next\"", url_for(1)));
     }
     if page > 1 {
         links.push(format!("{}; rel=\"prev\"", url_for(page - 1)));

@@ -118,7 +118,7 @@ pub(super) async fn issues(
         .take(MAX_RESULTS)
         .map(|(_, v)| v)
         .collect();
-    let (page_items, link) = paginate(served, &q, &h, &uri);
+    let (page_items, link) = paginate(served, &q, &h, &uri, false);
     sim.answer_spending(
         Resource::Search,
         &h,

@@ -455,7 +455,6 @@ pub fn graphql_url(base: &str) -> String {
     }
 }
 
-/// The `rel="next"` target of a `Link` header.
 /// Pages one listing follows at most: 1,000,000 items at 100 a page, beyond any org's.
 pub const MAX_PAGES: usize = 10_000;
 
@@ -471,6 +470,7 @@ fn page_of(url: &str) -> String {
     format!("{path}?{}", pairs.join("&"))
 }
 
+/// The `rel="next"` target of a `Link` header.
 pub fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
     let link = h.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
