@@ -21,6 +21,8 @@ struct Links {
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Connections reset or refused by `cut`.
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
     links: Arc<Mutex<Links>>,
     stop: CancellationToken,
 }
@@ -32,7 +34,8 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let links = Arc::new(Mutex::new(Links::default()));
         let stop = CancellationToken::new();
-        let (l, s) = (links.clone(), stop.clone());
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (l, s, r) = (links.clone(), stop.clone(), refused.clone());
         tokio::spawn(async move {
             loop {
                 let (client, _) = tokio::select! {
@@ -47,13 +50,19 @@ impl Proxy {
                     (g.cut, g.delay, g.open.clone())
                 };
                 if cut {
+                    r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     drop(client);
                     continue;
                 }
                 tokio::spawn(forward(client, upstream, delay, open));
             }
         });
-        Ok(Proxy { addr, links, stop })
+        Ok(Proxy {
+            addr,
+            refused,
+            links,
+            stop,
+        })
     }
 
     /// Resets every open connection and refuses new ones.

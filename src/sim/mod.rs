@@ -20,6 +20,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -42,6 +43,13 @@ pub struct Faults {
     pub delay_ms: AtomicU64,
     /// How long a "timeout" request hangs before answering.
     pub hang_ms: AtomicU64,
+    /// Answers that promise their whole body (status, headers, `Content-Length`) and then
+    /// break the connection halfway through it.
+    pub truncate_per_mille: AtomicU32,
+    /// Every body trickles in eight pieces spread over this many milliseconds.
+    pub slow_body_ms: AtomicU64,
+    /// Requests a fault was applied to (an error, a limit, a hang, a damaged or slow body).
+    pub injected: AtomicU64,
     rng: Mutex<StdRng>,
 }
 
@@ -55,6 +63,9 @@ impl Faults {
             fail_next: AtomicU32::new(0),
             delay_ms: AtomicU64::new(0),
             hang_ms: AtomicU64::new(30_000),
+            truncate_per_mille: AtomicU32::new(0),
+            slow_body_ms: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
         })
     }
@@ -65,16 +76,22 @@ impl Faults {
             &self.timeout_per_mille,
             &self.malformed_per_mille,
             &self.rate_limit_per_mille,
+            &self.truncate_per_mille,
             &self.fail_next,
         ] {
             a.store(0, Ordering::Relaxed);
         }
         self.delay_ms.store(0, Ordering::Relaxed);
+        self.slow_body_ms.store(0, Ordering::Relaxed);
     }
 
     fn roll(&self, per_mille: &AtomicU32) -> bool {
         let p = per_mille.load(Ordering::Relaxed);
-        p > 0 && self.rng.lock().random_range(0..1000) < p
+        let hit = p > 0 && self.rng.lock().random_range(0..1000) < p;
+        if hit {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 }
 
@@ -183,6 +200,9 @@ async fn fault_layer(log: Arc<RequestLog>, f: Arc<Faults>, req: Request, next: N
         .fail_next
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
         .is_ok();
+    if forced {
+        f.injected.fetch_add(1, Ordering::Relaxed);
+    }
     if forced || f.roll(&f.error_5xx_per_mille) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -202,17 +222,47 @@ async fn fault_layer(log: Arc<RequestLog>, f: Arc<Faults>, req: Request, next: N
         tokio::time::sleep(Duration::from_millis(f.hang_ms.load(Ordering::Relaxed))).await;
     }
     let malformed = f.roll(&f.malformed_per_mille);
+    let truncated = f.roll(&f.truncate_per_mille);
+    let slow = Duration::from_millis(f.slow_body_ms.load(Ordering::Relaxed));
     let resp = next.run(req).await;
-    if !malformed {
+    if !malformed && !truncated && slow.is_zero() {
         return resp;
+    }
+    if !slow.is_zero() {
+        f.injected.fetch_add(1, Ordering::Relaxed);
     }
     let (mut parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
-    let cut = bytes.slice(..bytes.len() / 2);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(cut))
+    if malformed {
+        // Well framed, but half a document.
+        let cut = bytes.slice(..bytes.len() / 2);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(cut));
+    }
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, bytes.len().into());
+    let pieces = if truncated { 2 } else { 8 };
+    let step = bytes.len().div_ceil(pieces).max(1);
+    let chunks: Vec<bytes::Bytes> = (0..bytes.len())
+        .step_by(step)
+        .map(|i| bytes.slice(i..(i + step).min(bytes.len())))
+        .collect();
+    let pause = slow / pieces as u32;
+    let stream =
+        futures_util::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            if truncated && i > 0 {
+                // The error makes the server abort the connection short of Content-Length.
+                return Err(std::io::Error::other("simulated broken connection"));
+            }
+            Ok(c)
+        });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 /// `<shared>/research-data/<sub>`: the real payloads the fakes and parsers are checked

@@ -12,6 +12,7 @@ mod docs;
 mod doctor;
 mod dora;
 mod exposition;
+mod faults;
 mod fuzz;
 mod github;
 mod ha;

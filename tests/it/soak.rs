@@ -1,7 +1,10 @@
-//! Soak: `demo` (every fake upstream, its own live CI, DORA and Copilot) under extra webhook
-//! load and scrapes every 200 ms, sampled every few seconds: resident memory, open file
-//! descriptors, the WAL's size and scrape latency must stay flat. `DEVMETRICS_SOAK_SECS`
-//! (default 90) sets the length; longer runs are recorded in `docs/reliability.md`.
+//! Soak, under webhook load and scrapes every 200 ms, sampled every few seconds: resident
+//! memory, open file descriptors, the WAL's size and scrape latency must stay flat. Two
+//! runs: `demo` (every fake upstream in the process, with its live CI, DORA and Copilot),
+//! and `devmetrics serve` alone against live fakes in the test's process, which measures
+//! the service without the simulators' growing worlds. `DEVMETRICS_SOAK_SECS` (default 90)
+//! and `DEVMETRICS_SERVE_SOAK_SECS` (default 60) set their lengths; longer runs are recorded
+//! in `docs/reliability.md`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,10 +41,7 @@ async fn demo_under_load_stays_flat() {
         eprintln!("SKIPPED: no /proc to sample");
         return;
     }
-    let secs: u64 = std::env::var("DEVMETRICS_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(90);
+    let secs = secs("DEVMETRICS_SOAK_SECS", 90);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("soak.db");
     let port = crate::compat::free_port();
@@ -55,25 +55,124 @@ async fn demo_under_load_stays_flat() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let t = Instant::now();
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
+    while reqwest::get(format!("{base}/readyz"))
         .await
         .map_or(true, |r| r.status() != 200)
     {
         assert!(t.elapsed() < Duration::from_secs(60), "demo did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Extra deliveries at about 50 a second, on demo's own receiver and secret.
+    // Extra deliveries on demo's own receiver and secret.
     let sender =
         devmetrics::sim::webhooks::Sender::new(format!("{base}/webhooks/github"), "demo-secret-1");
+    let run = soak(
+        child.id(),
+        &base,
+        &db.with_extension("db-wal"),
+        secs,
+        sender,
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    run.check("demo", secs);
+}
+
+/// The service alone: GitHub activity and Copilot, Spacelift, DORA with its Backstage
+/// catalog, and both sinks, each fake live in this process, and the same load as above.
+#[tokio::test]
+async fn serve_under_load_stays_flat() {
+    use devmetrics::sim::{backstage, sinks, spacelift::SpaceliftFake};
+    if !std::path::Path::new("/proc/self/status").exists() {
+        eprintln!("SKIPPED: no /proc to sample");
+        return;
+    }
+    let secs = secs("DEVMETRICS_SERVE_SOAK_SECS", 60);
+    let github = crate::faults::GithubRig::start(41).await;
+    let live = github.sim.clone();
+    let ticking = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            live.live_tick();
+        }
+    });
+    let spacelift = SpaceliftFake::start(42, 24).await.unwrap();
+    spacelift.sim.gate_stacks(false);
+    spacelift.animate(Duration::from_secs(2));
+    let catalog = backstage::start("", None, &[("acme/repo-000", "group:payments")])
+        .await
+        .unwrap();
+    let (otlp, _spans) = sinks::otlp_receiver(43).await.unwrap();
+    let (ai, _events) = sinks::appinsights_receiver(44).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("spacelift-secret");
+    std::fs::write(&secret, devmetrics::sim::spacelift::KEY_SECRET).unwrap();
+    let db = dir.path().join("state.db");
+    let config = format!(
+        "{github}\
+         spacelift:\n  api_endpoint: {spacelift}\n  api_key_id: {key}\n  api_key_secret_file: {secret}\n  interval: 5s\n\
+         dora:\n  teams: [{{name: Payments, github_repositories: [acme/repo-001]}}]\n  four_keys_interval: 5s\n  \
+         catalog: {{mode: backstage, endpoint: '{catalog}', refresh_interval: 30s}}\n\
+         webhooks:\n  github:\n    secrets: [{{value: soak-secret}}]\n  sinks:\n    otlp: {{endpoint: '{otlp}'}}\n    \
+         appinsights: {{connection_string: 'InstrumentationKey=soak;IngestionEndpoint={ai}/'}}\n",
+        github = github
+            .config(dir.path())
+            .replace("scrape_interval: 1s", "scrape_interval: 15s"),
+        spacelift = spacelift.base_url(),
+        key = devmetrics::sim::spacelift::KEY_ID,
+        secret = secret.display(),
+        catalog = catalog.endpoint,
+        otlp = otlp.base_url(),
+        ai = ai.base_url(),
+    );
+    let service = crate::faults::Service::start(dir, &config).await;
+    let sender = devmetrics::sim::webhooks::Sender::new(
+        format!("{}/webhooks/github", service.base),
+        "soak-secret",
+    );
+    let run = soak(
+        service.pid(),
+        &service.base,
+        &db.with_extension("db-wal"),
+        secs,
+        sender,
+    )
+    .await;
+    service.alive();
+    ticking.abort();
+    run.check("serve", secs);
+}
+
+fn secs(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Run {
+    samples: Vec<Sample>,
+    latencies: Vec<Vec<f64>>,
+    sent: u64,
+    accepted: u64,
+}
+
+/// About 40 workflow_job deliveries a second through `sender`, a scrape of `base` every
+/// 200 ms, and the process `pid` sampled every 5 s, for `secs`.
+async fn soak(
+    pid: u32,
+    base: &str,
+    wal: &std::path::Path,
+    secs: u64,
+    sender: devmetrics::sim::webhooks::Sender,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let load = tokio::spawn({
         let stop = stop.clone();
@@ -99,7 +198,6 @@ async fn demo_under_load_stays_flat() {
             (sent, accepted)
         }
     });
-    let wal = db.with_extension("db-wal");
     let mut samples = Vec::new();
     let mut latencies: Vec<Vec<f64>> = Vec::new();
     let started = Instant::now();
@@ -112,7 +210,7 @@ async fn demo_under_load_stays_flat() {
         let _ = r.bytes().await.unwrap();
         window.push(t.elapsed().as_secs_f64());
         if Instant::now() >= next_sample {
-            samples.push(sample(pid, &wal));
+            samples.push(sample(pid, wal));
             latencies.push(std::mem::take(&mut window));
             next_sample += Duration::from_secs(5);
         }
@@ -120,46 +218,58 @@ async fn demo_under_load_stays_flat() {
     }
     stop.cancel();
     let (sent, accepted) = load.await.unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(samples.len() >= 6, "{} samples", samples.len());
-    let third = samples.len() / 3;
-    let (early, late) = (&samples[third..2 * third], &samples[2 * third..]);
-    let max_rss = |s: &[Sample]| s.iter().map(|x| x.rss_kb).max().unwrap_or(0);
-    let max_fds = |s: &[Sample]| s.iter().map(|x| x.fds).max().unwrap_or(0);
-    let lat = |ls: &[Vec<f64>]| p99(&mut ls.concat());
-    let (lat_early, lat_late) = (
-        lat(&latencies[..third.max(1)]),
-        lat(&latencies[2 * third..]),
-    );
-    let wal_max = samples.iter().map(|s| s.wal).max().unwrap_or(0);
-    eprintln!(
-        "soak {secs}s: {sent} deliveries ({accepted} accepted); RSS {} → {} → {} KiB; fds {} → {}; WAL max {} KiB; scrape p99 {:.1} → {:.1} ms",
-        samples[0].rss_kb,
-        max_rss(early),
-        max_rss(late),
-        max_fds(early),
-        max_fds(late),
-        wal_max / 1024,
-        lat_early * 1e3,
-        lat_late * 1e3
-    );
-    assert!(accepted > sent / 2, "the load was mostly refused");
-    // Flat: the last third grows no more than a tenth (plus 16 MiB of slack) over the middle.
-    assert!(
-        max_rss(late) <= max_rss(early) + max_rss(early) / 10 + 16 * 1024,
-        "memory grows"
-    );
-    assert!(
-        max_fds(late) <= max_fds(early) + 16,
-        "file descriptors leak"
-    );
-    assert!(
-        wal_max < 64 * 1024 * 1024,
-        "the WAL grew to {wal_max} bytes"
-    );
-    assert!(
-        lat_late <= lat_early * 4.0 + 0.1,
-        "scrape latency grew: p99 {lat_early} → {lat_late} s"
-    );
+    Run {
+        samples,
+        latencies,
+        sent,
+        accepted,
+    }
+}
+
+impl Run {
+    fn check(&self, what: &str, secs: u64) {
+        let (samples, latencies) = (&self.samples, &self.latencies);
+        assert!(samples.len() >= 6, "{} samples", samples.len());
+        let third = samples.len() / 3;
+        let (early, late) = (&samples[third..2 * third], &samples[2 * third..]);
+        let max_rss = |s: &[Sample]| s.iter().map(|x| x.rss_kb).max().unwrap_or(0);
+        let max_fds = |s: &[Sample]| s.iter().map(|x| x.fds).max().unwrap_or(0);
+        let lat = |ls: &[Vec<f64>]| p99(&mut ls.concat());
+        let (lat_early, lat_late) = (
+            lat(&latencies[..third.max(1)]),
+            lat(&latencies[2 * third..]),
+        );
+        let wal_max = samples.iter().map(|s| s.wal).max().unwrap_or(0);
+        eprintln!(
+            "soak of {what}, {secs}s: {} deliveries ({} accepted); RSS {} → {} → {} KiB; fds {} → {}; WAL max {} KiB; scrape p99 {:.1} → {:.1} ms",
+            self.sent,
+            self.accepted,
+            samples[0].rss_kb,
+            max_rss(early),
+            max_rss(late),
+            max_fds(early),
+            max_fds(late),
+            wal_max / 1024,
+            lat_early * 1e3,
+            lat_late * 1e3
+        );
+        assert!(self.accepted > self.sent / 2, "the load was mostly refused");
+        // Flat: the last third grows no more than a tenth (plus 16 MiB of slack) over the middle.
+        assert!(
+            max_rss(late) <= max_rss(early) + max_rss(early) / 10 + 16 * 1024,
+            "memory grows"
+        );
+        assert!(
+            max_fds(late) <= max_fds(early) + 16,
+            "file descriptors leak"
+        );
+        assert!(
+            wal_max < 64 * 1024 * 1024,
+            "the WAL grew to {wal_max} bytes"
+        );
+        assert!(
+            lat_late <= lat_early * 4.0 + 0.1,
+            "scrape latency grew: p99 {lat_early} → {lat_late} s"
+        );
+    }
 }

@@ -37,6 +37,11 @@ pub trait Credentials {
     /// Whether `token` is current: asked only for endpoints that take [`Accepts::Token`].
     fn honours(&self, token: &str) -> bool;
 
+    /// Now by this server's clock, which App JWTs are judged by.
+    fn now(&self) -> i64 {
+        crate::clock::now_secs()
+    }
+
     /// Judges the request's `Authorization` header: the 401 to answer with, if refused.
     fn check(&self, h: &HeaderMap, accepts: Accepts) -> Option<Response> {
         let v = h
@@ -51,29 +56,41 @@ pub trait Credentials {
                     .unwrap_or("");
                 (!self.honours(tok)).then_some("Bad credentials")
             }
-            Accepts::AppJwt => verify_app_jwt(v.strip_prefix("Bearer ").unwrap_or("")).err(),
+            Accepts::AppJwt => {
+                verify_app_jwt(v.strip_prefix("Bearer ").unwrap_or(""), self.now()).err()
+            }
         };
         refused
             .map(|message| json_response(StatusCode::UNAUTHORIZED, json!({ "message": message })))
     }
 }
 
-/// Verifies an App JWT; `Err` is GitHub's message for why it is refused.
-fn verify_app_jwt(jwt: &str) -> Result<(), &'static str> {
+/// Verifies an App JWT at `now` by GitHub's clock; `Err` is GitHub's message for why it is
+/// refused.
+fn verify_app_jwt(jwt: &str, now: i64) -> Result<(), &'static str> {
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(TEST_APP_PUBLIC_PEM.as_bytes())
         .expect("the committed test public key parses");
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_required_spec_claims(&["exp", "iat", "iss"]);
     v.set_issuer(&[APP_ID.to_string()]);
-    v.leeway = 60;
+    // Time is judged below, by GitHub's clock rather than the host's.
+    v.validate_exp = false;
     let Ok(claims) = jsonwebtoken::decode::<Value>(jwt, &key, &v) else {
         return Err("A JSON web token could not be decoded");
     };
-    // GitHub refuses App JWTs meant to live longer than ten minutes.
     let (iat, exp) = (
         claims.claims["iat"].as_i64().unwrap_or(0),
         claims.claims["exp"].as_i64().unwrap_or(i64::MAX),
     );
+    if iat > now {
+        return Err("'Issued at' claim ('iat') must be an Integer representing a time in the past");
+    }
+    if exp <= now {
+        return Err(
+            "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+        );
+    }
+    // GitHub refuses App JWTs meant to live longer than ten minutes.
     if exp.saturating_sub(iat) > 600 {
         return Err("'Expiration time' claim ('exp') is too far in the future");
     }
@@ -81,9 +98,13 @@ fn verify_app_jwt(jwt: &str) -> Result<(), &'static str> {
 }
 
 impl Credentials for GithubSim {
+    fn now(&self) -> i64 {
+        self.github_now()
+    }
+
     /// An installation token it issued and that has not expired, or its personal access token.
     fn honours(&self, tok: &str) -> bool {
-        let now = crate::clock::now_secs();
+        let now = self.github_now();
         if self.tokens.lock().get(tok).is_some_and(|exp| *exp > now) {
             return true;
         }
@@ -92,6 +113,11 @@ impl Credentials for GithubSim {
 }
 
 impl GithubSim {
+    /// Now by GitHub's clock: the host's, moved by the `clock_skew_secs` knob.
+    pub fn github_now(&self) -> i64 {
+        crate::clock::now_secs() + self.knobs.clock_skew_secs.load(Ordering::Relaxed)
+    }
+
     /// Revokes every installation token issued so far (as their expiry would).
     pub fn revoke_tokens(&self) {
         self.tokens.lock().clear();
@@ -106,6 +132,7 @@ pub(super) async fn access_token(
     uri: Uri,
 ) -> Response {
     if let Some(refused) = sim.check(&h, Accepts::AppJwt) {
+        sim.jwts_refused.fetch_add(1, Ordering::Relaxed);
         return refused;
     }
     if let Some(failed) = sim.fail_by_path(&uri) {
@@ -117,7 +144,7 @@ pub(super) async fn access_token(
     let n = sim.tokens_issued.fetch_add(1, Ordering::Relaxed);
     let token = format!("ghs_sim{n:020}");
     let ttl = sim.knobs.token_ttl.load(Ordering::Relaxed) as i64;
-    let expires = crate::clock::now_secs() + ttl;
+    let expires = sim.github_now() + ttl;
     sim.tokens.lock().insert(token.clone(), expires);
     json_response(
         StatusCode::CREATED,

@@ -68,6 +68,9 @@ pub struct Knobs {
     pub looping_pages: Mutex<Option<String>>,
     /// GraphQL's pull-request pages all say there is more, and point back to the first.
     pub looping_graphql_cursor: std::sync::atomic::AtomicBool,
+    /// GitHub's clock minus the host's, in seconds: App JWTs, installation tokens' expiry
+    /// and every answer's `Date` follow it.
+    pub clock_skew_secs: std::sync::atomic::AtomicI64,
 }
 
 pub struct GithubSim {
@@ -82,6 +85,8 @@ pub struct GithubSim {
     rate: Mutex<gate::Rate>,
     pub knobs: Knobs,
     pub tokens_issued: AtomicU64,
+    /// App JWTs the token exchange refused.
+    pub jwts_refused: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -112,8 +117,10 @@ impl GithubSim {
                 zero_stats_repos: Mutex::new(Default::default()),
                 looping_pages: Mutex::new(None),
                 looping_graphql_cursor: Default::default(),
+                clock_skew_secs: Default::default(),
             },
             tokens_issued: AtomicU64::new(0),
+            jwts_refused: AtomicU64::new(0),
             copilot: Default::default(),
             next_id,
         })
@@ -171,6 +178,7 @@ impl GithubSim {
             )
             .route("/orgs/{org}/copilot/billing/seats", get(copilot::seats))
             .route("/graphql", post(graphql::graphql))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), dated))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 gate::slow_answers,
@@ -205,6 +213,39 @@ impl GithubSim {
                 for c in &mut r.comments {
                     c.created -= secs;
                 }
+                r.stats_version += 1;
+            }
+        }
+    }
+
+    /// Moves every event less than `margin` seconds from the day window's start further into
+    /// the past, so a test on the real clock that lasts less than `margin` sees no event
+    /// leave its windows while it runs.
+    pub fn settle(&self, margin: i64) {
+        let edge = self.clock.now() - DAY;
+        let shift = |t: &mut i64| {
+            if (edge - margin..edge + margin).contains(t) {
+                *t -= 2 * margin;
+            }
+        };
+        for o in self.world.lock().values_mut() {
+            for r in &mut o.repos {
+                for c in &mut r.commits {
+                    shift(&mut c.at);
+                }
+                for p in &mut r.prs {
+                    shift(&mut p.created);
+                    if let Some(m) = &mut p.merged {
+                        shift(m);
+                    }
+                    for rv in &mut p.reviews {
+                        shift(&mut rv.1);
+                    }
+                }
+                for c in &mut r.comments {
+                    shift(&mut c.created);
+                }
+                r.sort();
                 r.stats_version += 1;
             }
         }
@@ -505,6 +546,20 @@ impl GithubSim {
             None,
         ))
     }
+}
+
+/// Every answer's `Date`, by GitHub's clock (hyper would otherwise stamp the host's).
+async fn dated(
+    axum::extract::State(sim): axum::extract::State<Arc<GithubSim>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(sim.github_now().max(0) as u64);
+    if let Ok(v) = httpdate::fmt_http_date(at).parse() {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
 }
 
 fn not_found() -> Response {

@@ -25,7 +25,7 @@ use crate::sources::github::client::{self, Client};
 use crate::sources::{BuildError, Component, Context, PollError, Poller, ScopeResult};
 use crate::telemetry::{Collect, Rows};
 use aggregate::{Computed, Options, Scope};
-use wire::{Links, Reader, Record};
+use wire::{Links, Reader, Record, Rejected};
 
 pub const STATES: &[&str] = &["ok", "no_data", "disabled", "not_found", "error"];
 
@@ -352,6 +352,15 @@ impl CopilotPoller {
             for r in reader.finish() {
                 match r {
                     Ok(r) => records.push(r),
+                    // Cut by our own byte budget: counted as truncated above.
+                    Err(Rejected::Unreadable) if !whole => {}
+                    // A file that came whole yet ends mid-record (or is no JSON document)
+                    // would show a part of the report as all of it: the read fails instead.
+                    Err(Rejected::Unreadable) => {
+                        return Err(ReadError::Download(
+                            "a report file ends inside a record or is not JSON".into(),
+                        ));
+                    }
                     Err(why) => *outcomes.entry(why.as_str()).or_default() += 1,
                 }
             }

@@ -176,6 +176,9 @@ pub enum Rejected {
     Malformed,
     /// JSON that is none of the known records.
     Unknown,
+    /// A file that ends inside a record, or a document that is not JSON: the file is cut
+    /// short or is not a report, so none of it can be trusted to be the whole report.
+    Unreadable,
 }
 
 impl Rejected {
@@ -183,6 +186,7 @@ impl Rejected {
         match self {
             Rejected::Malformed => "malformed",
             Rejected::Unknown => "unknown_record",
+            Rejected::Unreadable => "unreadable",
         }
     }
 }
@@ -285,16 +289,18 @@ impl Reader {
         }
     }
 
-    /// The records of the whole file.
+    /// The records of the whole file. A damaged line inside NDJSON is one rejected record;
+    /// a last line or a whole document that does not parse is [`Rejected::Unreadable`].
     pub fn finish(mut self) -> Vec<Result<Record, Rejected>> {
-        match self.mode {
-            Mode::Whole => match serde_json::from_slice::<serde_json::Value>(&self.whole) {
+        let rest = match self.mode {
+            Mode::Whole => std::mem::take(&mut self.whole),
+            _ => std::mem::take(&mut self.pending),
+        };
+        let t = rest.trim_ascii();
+        if !t.is_empty() {
+            match serde_json::from_slice::<serde_json::Value>(t) {
                 Ok(v) => records(v, &mut self.out),
-                Err(_) => self.out.push(Err(Rejected::Malformed)),
-            },
-            _ => {
-                let rest = std::mem::take(&mut self.pending);
-                self.line(&rest);
+                Err(_) => self.out.push(Err(Rejected::Unreadable)),
             }
         }
         self.out
@@ -323,9 +329,18 @@ not json
         assert_eq!(got.len(), 3);
         assert!(matches!(&got[0], Ok(Record::User(u)) if u.counts.loc_added_sum == Some(5.0)));
         assert_eq!(got[2].as_ref().err(), Some(&Rejected::Malformed));
+        // Cut inside its last record, or a document cut anywhere: unreadable, not short.
+        let cut = &rows[..rows.find("\"day\": \"2026-04-01\"}").unwrap()];
+        let got = read(cut, 7);
+        assert!(
+            matches!(&got[..], [Ok(_), Err(Rejected::Unreadable)]),
+            "{got:?}"
+        );
         let pretty = "{\n  \"day_totals\": [\n    {\"day\": \"2026-04-01\", \"daily_active_users\": 3}\n  ]\n}\n";
         let got = read(pretty, 5);
         assert!(matches!(&got[..], [Ok(Record::Day(d))] if d.daily_active_users == Some(3.0)));
+        let got = read(&pretty[..pretty.len() / 2], 5);
+        assert!(matches!(&got[..], [Err(Rejected::Unreadable)]), "{got:?}");
         let array =
             r#"[{"user_id": 1, "team_id": 4, "slug": "web", "day": "2026-04-01"}, {"x": 1}]"#;
         let got = read(array, 100);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::config::{BackstageConfig, Teams, UNKNOWN_TEAM};
 use crate::store::SharedStore;
-use crate::telemetry::Outcomes;
+use crate::telemetry::{Outcomes, Telemetry};
 
 const NS: &str = "dora.catalog";
 const PAGE: usize = 500;
@@ -19,6 +19,10 @@ const MAX_ENTITIES: usize = 200_000;
 /// How long a webhook waits for the first catalog load after a start.
 const FIRST_LOAD: Duration = Duration::from_secs(10);
 pub const OUTCOMES: &[&str] = &["refreshed", "failed"];
+/// Its health in `devmetrics_source_up` and `/healthz`, like a poller's.
+pub const SOURCE: &str = "dora/backstage";
+/// A failed refresh is tried again after this, doubling up to the refresh interval.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,6 +32,19 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("Backstage answer is not a list of entities: {0}")]
     Body(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The bounded `result` label of `devmetrics_source_scrapes_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Status(s) if *s >= 500 => "http_5xx",
+            Error::Status(_) => "http_4xx",
+            Error::Http(e) if e.is_timeout() => "timeout",
+            Error::Http(_) => "network",
+            Error::Body(_) => "decode",
+        }
+    }
 }
 
 // Backstage answers in camelCase; dora-exporter's test stub capitalised the fields.
@@ -58,16 +75,21 @@ pub struct Backstage {
     owners: parking_lot::RwLock<HashMap<String, String>>,
     loaded: tokio::sync::watch::Sender<bool>,
     pub stats: Arc<Outcomes>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Backstage {
-    pub fn new(config: BackstageConfig, store: SharedStore) -> Arc<Backstage> {
+    pub fn new(
+        config: BackstageConfig,
+        store: SharedStore,
+        telemetry: Arc<Telemetry>,
+    ) -> Arc<Backstage> {
         Arc::new(Backstage {
-            config,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
+                .timeout(config.request_timeout)
                 .build()
                 .expect("client builds"),
+            config,
             store,
             owners: Default::default(),
             loaded: tokio::sync::watch::channel(false).0,
@@ -76,6 +98,7 @@ impl Backstage {
                 "backstage",
                 OUTCOMES,
             )),
+            telemetry,
         })
     }
 
@@ -124,7 +147,15 @@ impl Backstage {
 
     /// Refreshes now; on failure the last answer stays.
     pub async fn refresh(&self) -> Result<usize, Error> {
-        match self.fetch().await {
+        let started = std::time::Instant::now();
+        let fetched = self.fetch().await;
+        let health = match &fetched {
+            Ok(_) => Ok(()),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        self.telemetry
+            .source_scraped(SOURCE, started.elapsed(), health);
+        match fetched {
             Ok(owners) => {
                 let n = owners.len();
                 let saved = serde_json::to_vec(&owners).expect("owners encode");
@@ -150,18 +181,26 @@ impl Backstage {
             {
                 self.adopt(owners);
             }
+            let mut retry = RETRY_AFTER;
             loop {
-                match self.refresh().await {
-                    Ok(n) => tracing::debug!(repositories = n, "Backstage catalog refreshed"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Backstage catalog not refreshed; the last answer stays")
+                let wait = match self.refresh().await {
+                    Ok(n) => {
+                        tracing::debug!(repositories = n, "Backstage catalog refreshed");
+                        retry = RETRY_AFTER;
+                        self.config.refresh_interval
                     }
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?retry, "Backstage catalog not refreshed; the last answer stays");
+                        let wait = retry.min(self.config.refresh_interval);
+                        retry = (retry * 2).min(self.config.refresh_interval);
+                        wait
+                    }
+                };
                 // Tried once: webhooks stop waiting, even with no catalog to answer them.
                 self.loaded.send_replace(true);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(self.config.refresh_interval) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         });

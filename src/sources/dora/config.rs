@@ -37,6 +37,7 @@ pub struct RawCatalog {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub refresh_interval: Option<String>,
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -167,6 +168,8 @@ pub struct BackstageConfig {
     pub endpoint: String,
     pub token: Option<Secret>,
     pub refresh_interval: std::time::Duration,
+    /// Deadline for each page of the catalog, its body included.
+    pub request_timeout: std::time::Duration,
 }
 
 impl RawDora {
@@ -269,6 +272,12 @@ impl RawDora {
                             std::time::Duration::from_secs(300),
                         )?
                         .max(std::time::Duration::from_secs(1)),
+                        request_timeout: crate::config::raw::duration(
+                            "dora.catalog.request_timeout",
+                            c.request_timeout.as_ref(),
+                            std::time::Duration::from_secs(15),
+                        )?
+                        .max(std::time::Duration::from_millis(100)),
                     })
                 }
                 other => {

@@ -91,7 +91,7 @@ pub fn component(ctx: &Context) -> Result<Option<Component>, BuildError> {
     };
     let mut c = Component::default();
     let backstage = cfg.backstage.clone().map(|b| {
-        let b = catalog::Backstage::new(b, ctx.store.clone());
+        let b = catalog::Backstage::new(b, ctx.store.clone(), ctx.telemetry.clone());
         c.collectors.push(b.stats.clone());
         b.clone().run(ctx.shutdown.clone());
         b

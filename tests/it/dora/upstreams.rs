@@ -155,17 +155,29 @@ async fn backstage_owners_name_teams_without_a_call_per_webhook() {
     let backends = crate::support::Backend::from_env()
         .open(dir.path(), &devmetrics::queue::RetryPolicy::default())
         .await;
+    let telemetry = std::sync::Arc::new(devmetrics::telemetry::Telemetry::default());
     let b = devmetrics::sources::dora::catalog::Backstage::new(
         devmetrics::sources::dora::config::BackstageConfig {
             endpoint: fake.endpoint.clone(),
             token: Some(devmetrics::config::Secret::new("wrong")),
             refresh_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
         },
         backends.store.clone(),
+        telemetry.clone(),
     );
     let e = b.refresh().await.unwrap_err().to_string();
     assert!(e.contains("401") && !e.contains("wrong"), "{e}");
     assert_eq!(b.stats.get("failed"), 1);
+    // Shown like a poller's health, with its reason.
+    let health = &telemetry.sources()[devmetrics::sources::dora::catalog::SOURCE];
+    assert!(
+        !health.up
+            && health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("401"))
+    );
 }
 
 fn sha(c: char) -> String {

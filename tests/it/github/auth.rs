@@ -102,6 +102,35 @@ async fn installation_tokens_are_renewed_before_expiry() {
     assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
 }
 
+/// A host clock minutes away from GitHub's makes GitHub refuse the App JWT (issued "in the
+/// future", or already expired by its clock). The refusal's `Date` gives GitHub's clock;
+/// the exchange is tried once more on it, and the cycle is exact.
+#[tokio::test]
+async fn a_clock_off_from_githubs_is_corrected_from_its_date() {
+    let env = Env::start(OrgSpec::small(ORG)).await;
+    let (_cfg, store, _queue, _stop, gh) = env.rig("").await;
+    for skew in [-600, 900, 0] {
+        env.sim.knobs.clock_skew_secs.store(skew, Ordering::Relaxed);
+        env.sim.revoke_tokens();
+        let issued = env.sim.tokens_issued.load(Ordering::Relaxed);
+        let refused = env.sim.jwts_refused.load(Ordering::Relaxed);
+        env.advance(60);
+        poll(&*gh.pollers[0], &store).await;
+        assert_eq!(
+            env.sim.tokens_issued.load(Ordering::Relaxed),
+            issued + 1,
+            "GitHub {skew:+}s from us: one new token"
+        );
+        if skew != 0 {
+            assert!(
+                env.sim.jwts_refused.load(Ordering::Relaxed) > refused,
+                "the first JWT was refused"
+            );
+        }
+        assert_same(&exported(&store), &env.sim.truth(ORG, env.now()));
+    }
+}
+
 /// GitHub refuses an App JWT meant to live over ten minutes; ours lives exactly ten.
 #[tokio::test]
 async fn app_jwts_longer_than_ten_minutes_are_refused() {

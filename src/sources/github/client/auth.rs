@@ -1,6 +1,7 @@
 //! Credentials: a personal or fine-grained token as it is, or a GitHub App's installation
 //! token, exchanged with an App JWT, renewed before it expires, and kept in the store's kv.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::classify::message_of;
@@ -14,6 +15,8 @@ use crate::sources::github::wire;
 const TOKEN_NS: &str = "github.token";
 /// A token is renewed this long before GitHub says it expires.
 const TOKEN_MARGIN: i64 = 300;
+/// A clock this far from GitHub's is corrected; the JWT's own minute of slack covers less.
+const SKEW_TOLERANCE: i64 = 30;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct CachedToken {
@@ -67,7 +70,7 @@ impl Client {
                 key,
             } => {
                 let mut cached = self.token.lock().await;
-                let now = crate::clock::now_secs();
+                let now = self.github_now();
                 let fresh = |t: &CachedToken| t.expires_at - TOKEN_MARGIN > now;
                 if let Some(t) = cached.as_ref()
                     && fresh(t)
@@ -87,8 +90,10 @@ impl Client {
                     *cached = Some(t);
                     return Ok(header);
                 }
-                let jwt = signed_jwt(*app_id, key, now)?;
-                let tok = self.exchange(*installation_id, &jwt).await?;
+                let tok = self
+                    .exchange(*installation_id, |now| signed_jwt(*app_id, key, now))
+                    .await?;
+                let now = self.github_now();
                 let ttl = (tok.expires_at - now).max(1) as u64;
                 self.store
                     .kv_put(
@@ -114,8 +119,38 @@ impl Client {
                 "the App's own webhook needs App credentials (app_id and a private key)".into(),
             ));
         };
-        let jwt = signed_jwt(*app_id, key, crate::clock::now_secs())?;
+        let jwt = signed_jwt(*app_id, key, self.github_now())?;
         Ok(format!("Bearer {jwt}"))
+    }
+
+    /// Now by GitHub's clock, as far as a refused exchange has told us.
+    fn github_now(&self) -> i64 {
+        crate::clock::now_secs() + self.skew.load(Ordering::Relaxed)
+    }
+
+    /// Learns GitHub's clock from the `Date` of an answer refusing a JWT. True when it moved
+    /// by more than the tolerance, so that a JWT signed again may now be accepted.
+    fn learn_skew(&self, headers: &reqwest::header::HeaderMap) -> bool {
+        let Some(theirs) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        else {
+            return false;
+        };
+        let skew = theirs.as_secs() as i64 - crate::clock::now_secs();
+        let known = self.skew.load(Ordering::Relaxed);
+        if (skew - known).abs() <= SKEW_TOLERANCE {
+            return false;
+        }
+        tracing::warn!(
+            org = %self.org,
+            skew_seconds = skew,
+            "this host's clock differs from GitHub's; App JWTs follow GitHub's clock from now on"
+        );
+        self.skew.store(skew, Ordering::Relaxed);
+        true
     }
 
     /// Drops a token GitHub refused (revoked or expired early), here and in the kv, so the
@@ -142,7 +177,14 @@ impl Client {
 
     /// `POST {base}/app/installations/{id}/access_tokens`, on the org's own base URL so GHES
     /// and GHE.com exchange tokens with their own server.
-    async fn exchange(&self, installation_id: u64, jwt: &str) -> Result<CachedToken, Error> {
+    /// `jwt` signs an App JWT for a time by GitHub's clock: a 401 whose `Date` shows this
+    /// host's clock off by more than [`SKEW_TOLERANCE`] is tried once more with the clock
+    /// corrected (a JWT issued "in the future" or already expired by GitHub's clock).
+    async fn exchange(
+        &self,
+        installation_id: u64,
+        jwt: impl Fn(i64) -> Result<String, Error>,
+    ) -> Result<CachedToken, Error> {
         let url = format!(
             "{}/app/installations/{installation_id}/access_tokens",
             self.base
@@ -150,8 +192,10 @@ impl Client {
         // Retried like any request: a 5xx or a dropped connection says nothing about the
         // credentials. A 4xx does.
         let mut attempt = 0u32;
+        let mut resynced = false;
         loop {
             attempt += 1;
+            let jwt = jwt(self.github_now())?;
             let started = Instant::now();
             let r = self
                 .http
@@ -183,6 +227,10 @@ impl Client {
                 &status.to_string(),
                 started.elapsed(),
             );
+            if status == 401 && !resynced && self.learn_skew(r.headers()) {
+                resynced = true;
+                continue;
+            }
             let body = r.bytes().await.unwrap_or_default();
             if status >= 500 && attempt < self.retry.max_attempts {
                 self.wait(self.backoff(attempt)).await?;
@@ -197,8 +245,7 @@ impl Client {
             let t: wire::InstallationToken = serde_json::from_slice(&body)
                 .map_err(|e| Error::Auth(format!("token exchange body: {e}")))?;
             return Ok(CachedToken {
-                expires_at: wire::parse_time(&t.expires_at)
-                    .unwrap_or(crate::clock::now_secs() + 600),
+                expires_at: wire::parse_time(&t.expires_at).unwrap_or(self.github_now() + 600),
                 token: t.token,
             });
         }

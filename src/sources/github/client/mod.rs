@@ -130,6 +130,9 @@ pub struct Client {
     http: reqwest::Client,
     auth: Auth,
     token: tokio::sync::Mutex<Option<CachedToken>>,
+    /// GitHub's clock minus ours, in seconds, learned from the `Date` of a refused token
+    /// exchange: App JWTs and token expiry are judged by GitHub's clock.
+    skew: std::sync::atomic::AtomicI64,
     store: SharedStore,
     telemetry: Arc<Telemetry>,
     budget: Arc<Budget>,
@@ -188,6 +191,7 @@ impl Client {
             http,
             auth: org.auth.clone(),
             token: tokio::sync::Mutex::new(None),
+            skew: Default::default(),
             store,
             telemetry,
             budget: budgets.get(&org.auth.budget_key()),
