@@ -74,9 +74,9 @@ enum Expect {
 }
 
 /// One upstream's fake as the matrix drives it.
-struct Upstream {
+pub(crate) struct Upstream {
     name: &'static str,
-    faults: Arc<Faults>,
+    pub(crate) faults: Arc<Faults>,
     proxy: Proxy,
     /// The sources it feeds (`devmetrics_source_up{source}`).
     sources: Vec<&'static str>,
@@ -134,6 +134,14 @@ type Series = BTreeMap<String, f64>;
 
 impl Service {
     pub(crate) async fn start(dir: tempfile::TempDir, config: &str) -> Service {
+        Service::start_logging(dir, config, "info").await
+    }
+
+    pub(crate) async fn start_logging(
+        dir: tempfile::TempDir,
+        config: &str,
+        level: &str,
+    ) -> Service {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, config).unwrap();
         let port = crate::compat::free_port();
@@ -144,7 +152,7 @@ impl Service {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--storage.path")
             .arg(dir.path().join("state.db"))
-            .env("DEVMETRICS_LOG__LEVEL", "info")
+            .env("DEVMETRICS_LOG__LEVEL", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -472,7 +480,7 @@ impl Matrix {
 /// exchange) with one org, and Copilot's signed-URL file host.
 pub(crate) struct GithubRig {
     pub(crate) sim: Arc<GithubSim>,
-    github: Upstream,
+    pub(crate) github: Upstream,
     downloads: Upstream,
     _fakes: Vec<FakeServer>,
 }

@@ -345,3 +345,76 @@ async fn http2_floods_are_contained() {
     scrape_ok(&running.base).await;
     running.stop().await;
 }
+
+/// The separate webhook listener (`webhooks.listen_address`) holds the same limits as the
+/// main one: silent connections closed, huge headers 431, oversized bodies 413 unread,
+/// trickled bodies cut, unknown paths 404, and the main listener serves throughout.
+#[tokio::test]
+async fn the_webhook_listener_holds_the_same_limits() {
+    let port = crate::compat::free_port();
+    let (running, _) = app(&[(
+        "webhooks.listen_address",
+        format!("127.0.0.1:{port}").into(),
+    )])
+    .await;
+    let hook = format!("127.0.0.1:{port}");
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(&hook).await.unwrap());
+    }
+    for s in idle.iter_mut().take(10) {
+        let (_, closed) = until_closed(s, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "a silent connection was held open");
+    }
+    let mut s = TcpStream::connect(&hook).await.unwrap();
+    let big = "a".repeat(200 * 1024);
+    let _ = s
+        .write_all(
+            format!("POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let (buf, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(status(&buf), Some(431));
+    let mut s = TcpStream::connect(&hook).await.unwrap();
+    s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big-2\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(status(&buf[..n]), Some(413));
+    // A body trickled after complete headers: cut by web.request_timeout (2 s here).
+    let mut s = TcpStream::connect(&hook).await.unwrap();
+    s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: ping\r\nX-GitHub-Delivery: slow-2\r\nContent-Length: 60000\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if s.write_all(b" ").await.is_err() {
+                return;
+            }
+            let mut b = [0u8; 256];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await
+            {
+                if n > 0 {
+                    let code = status(&b[..n]).unwrap_or(0);
+                    assert!((400..500).contains(&code), "slow body answered {code}");
+                }
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the trickled body was never cut");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    for path in ["/metrics", "/../etc/passwd", "/webhooks/%2e%2e/github"] {
+        let r = reqwest::get(format!("http://{hook}{path}")).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    scrape_ok(&running.base).await;
+    running.stop().await;
+}
