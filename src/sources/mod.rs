@@ -8,6 +8,7 @@
 pub mod copilot;
 pub mod dora;
 pub mod github;
+pub mod signature;
 pub mod spacelift;
 
 use async_trait::async_trait;

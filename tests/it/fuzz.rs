@@ -174,6 +174,33 @@ fn workflow_payloads() {
     eprintln!("workflow payloads: {total} inputs");
 }
 
+/// `sha256=<hex>` headers (GitHub's and Jira's) parsed and checked against a body: a header
+/// either parses to a tag or is refused, and a mutated one never matches.
+#[test]
+fn webhook_signatures() {
+    use devmetrics::sources::signature;
+    use hmac::KeyInit;
+    let key = signature::Key::new_from_slice(b"fuzz-secret").unwrap();
+    let body = b"{\"action\":\"completed\"}";
+    let good = devmetrics::sim::webhooks::signature("fuzz-secret", body);
+    let seeds = vec![
+        good.clone().into_bytes(),
+        b"sha256=".to_vec(),
+        format!("{good}{good}").into_bytes(),
+    ];
+    let total = fuzz("webhook signatures", &seeds, iterations() * 10, |h| {
+        if let Some(tag) = signature::parse(h) {
+            let matched = bool::from(signature::matches(&key, body, &tag));
+            assert_eq!(
+                matched,
+                h.to_ascii_lowercase() == good.as_bytes(),
+                "a forged signature matched"
+            );
+        }
+    });
+    eprintln!("webhook signatures: {total} inputs");
+}
+
 #[test]
 fn jira_deliveries() {
     let mut seeds = research("jira-webhooks", &[".json"]);

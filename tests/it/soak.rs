@@ -81,7 +81,8 @@ async fn demo_under_load_stays_flat() {
 }
 
 /// The service alone: GitHub activity and Copilot, Spacelift, DORA with its Backstage
-/// catalog, and both sinks, each fake live in this process, and the same load as above.
+/// catalog, and both sinks, each fake live in this process; demo's live CI (runs, pushes,
+/// pull requests, deployments) and Jira incidents; and the same extra load as above.
 #[tokio::test]
 async fn serve_under_load_stays_flat() {
     use devmetrics::sim::{backstage, sinks, spacelift::SpaceliftFake};
@@ -114,7 +115,8 @@ async fn serve_under_load_stays_flat() {
     let config = format!(
         "{github}\
          spacelift:\n  api_endpoint: {spacelift}\n  api_key_id: {key}\n  api_key_secret_file: {secret}\n  interval: 5s\n\
-         dora:\n  teams: [{{name: Payments, github_repositories: [acme/repo-001]}}]\n  four_keys_interval: 5s\n  \
+         dora:\n  teams: [{{name: Payments, github_repositories: [acme/api, acme/web], jira_projects: [PAY]}}, {{name: Platform, github_repositories: [acme/infra], jira_projects: [OPS]}}]\n  \
+         four_keys_interval: 5s\n  jira: {{secret: soak-jira-secret, issue_types: [Incident]}}\n  \
          catalog: {{mode: backstage, endpoint: '{catalog}', refresh_interval: 30s}}\n\
          webhooks:\n  github:\n    secrets: [{{value: soak-secret}}]\n  sinks:\n    otlp: {{endpoint: '{otlp}'}}\n    \
          appinsights: {{connection_string: 'InstrumentationKey=soak;IngestionEndpoint={ai}/'}}\n",
@@ -133,6 +135,22 @@ async fn serve_under_load_stays_flat() {
         format!("{}/webhooks/github", service.base),
         "soak-secret",
     );
+    let live = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(devmetrics::sim::webhooks::drive(
+        sender.clone(),
+        45,
+        Duration::from_secs(4),
+        live.clone(),
+    ));
+    tokio::spawn(devmetrics::sim::jira::drive(
+        devmetrics::sim::jira::Sender::new(
+            format!("{}/webhooks/jira", service.base),
+            "soak-jira-secret",
+        ),
+        vec!["PAY".into(), "OPS".into()],
+        Duration::from_secs(5),
+        live.clone(),
+    ));
     let run = soak(
         service.pid(),
         &service.base,
@@ -142,6 +160,7 @@ async fn serve_under_load_stays_flat() {
     )
     .await;
     service.alive();
+    live.cancel();
     ticking.abort();
     run.check("serve", secs);
 }

@@ -144,8 +144,13 @@ pub(super) async fn access_token(
     let n = sim.tokens_issued.fetch_add(1, Ordering::Relaxed);
     let token = format!("ghs_sim{n:020}");
     let ttl = sim.knobs.token_ttl.load(Ordering::Relaxed) as i64;
-    let expires = sim.github_now() + ttl;
-    sim.tokens.lock().insert(token.clone(), expires);
+    let now = sim.github_now();
+    let expires = now + ttl;
+    let mut tokens = sim.tokens.lock();
+    // Expired tokens are refused anyway: forgetting them keeps a long demo's fake small.
+    tokens.retain(|_, exp| *exp > now);
+    tokens.insert(token.clone(), expires);
+    drop(tokens);
     json_response(
         StatusCode::CREATED,
         json!({"token": token, "expires_at": format_time(expires), "permissions": *sim.knobs.permissions.lock(), "repository_selection": "all"}),

@@ -123,10 +123,15 @@ impl CopilotData {
     }
 }
 
+/// How long a signed link's file is kept: a reader follows a link as soon as it gets it,
+/// and every read of a report gets new links, so a host keeping every file forever grows
+/// with each read (a long `demo` did, by megabytes a minute).
+const LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The signed-URL host's files, and what it saw.
 #[derive(Default)]
 pub struct Downloads {
-    files: Mutex<HashMap<String, Vec<u8>>>,
+    files: Mutex<HashMap<String, (std::time::Instant, Vec<u8>)>>,
     next: AtomicU64,
     /// Requests that carried an `Authorization` header (refused).
     pub with_authorization: AtomicU64,
@@ -143,7 +148,10 @@ impl Downloads {
             self.next.fetch_add(1, Ordering::Relaxed),
             rand::random::<u64>()
         );
-        self.files.lock().insert(id.clone(), body);
+        let now = std::time::Instant::now();
+        let mut files = self.files.lock();
+        files.retain(|_, (made, _)| now.duration_since(*made) < LINK_LIFETIME);
+        files.insert(id.clone(), (now, body));
         id
     }
 
@@ -175,8 +183,10 @@ async fn download(
             .into_response();
     }
     match d.files.lock().get(&id) {
-        Some(b) if d.truncate.load(Ordering::Relaxed) => b[..b.len() / 2].to_vec().into_response(),
-        Some(b) => b.clone().into_response(),
+        Some((_, b)) if d.truncate.load(Ordering::Relaxed) => {
+            b[..b.len() / 2].to_vec().into_response()
+        }
+        Some((_, b)) => b.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

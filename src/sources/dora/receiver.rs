@@ -8,8 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use hmac::KeyInit;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use crate::clock::now_unix;
 use crate::metrics;
 use crate::processors::Envelope;
 use crate::queue::{self, SharedQueue, topics};
+use crate::sources::signature;
 use crate::telemetry::Outcomes;
 
 pub const PATHS: &[&str] = &["/webhooks/jira", "/api/jira"];
@@ -62,16 +62,13 @@ impl JiraReceiver {
     fn verified(&self, headers: &HeaderMap, token: Option<&str>, body: &[u8]) -> bool {
         let mut ok = subtle::Choice::from(0u8);
         if let Some(secret) = &self.config.secret {
-            let sig = headers
+            let tag = headers
                 .get("x-hub-signature")
-                .and_then(|v| v.as_bytes().strip_prefix(b"sha256="))
-                .and_then(|h| hex::decode(h).ok());
-            if let Some(sig) = sig.filter(|s| s.len() == 32) {
-                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+                .and_then(|v| signature::parse(v.as_bytes()));
+            if let Some(tag) = tag {
+                let key = signature::Key::new_from_slice(secret.expose().as_bytes())
                     .expect("HMAC takes any key length");
-                mac.update(body);
-                let tag = mac.finalize().into_bytes();
-                ok |= subtle::ConstantTimeEq::ct_eq(tag.as_slice(), sig.as_slice());
+                ok |= signature::matches(&key, body, &tag);
             }
         }
         if let (Some(want), Some(got)) = (&self.config.url_token, token) {
