@@ -251,7 +251,8 @@ fn zombie(pid: i32) -> bool {
 /// The series the upstreams' data gives: the sources' own families, without the ones that
 /// describe the scrape itself (its time, its duration, its health).
 fn data(all: &Series) -> Series {
-    all.iter()
+    let mut out: Series = all
+        .iter()
         .filter(|(k, _)| {
             let family = k.split('{').next().unwrap_or(k);
             let sourced = family.starts_with("gh_activity_")
@@ -269,7 +270,31 @@ fn data(all: &Series) -> Series {
                 && family != "spacelift_build_info"
         })
         .map(|(k, v)| (k.clone(), *v))
-        .collect()
+        .collect();
+    // Spacelift's counts by state and by drift are per stack while the stacks group answers
+    // and account-wide (the aggregates' form) while it fails, never both: their sums by
+    // state are what must hold.
+    for family in [
+        "spacelift_current_stacks_count_by_state",
+        "spacelift_current_resources_count_by_drift",
+    ] {
+        let series: Vec<String> = out
+            .keys()
+            .filter(|k| k.starts_with(&format!("{family}{{")))
+            .cloned()
+            .collect();
+        for k in series {
+            let v = out.remove(&k).unwrap_or_default();
+            let state = k
+                .split("state=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("");
+            *out.entry(format!("{family}{{state=\"{state}\"}} (summed)"))
+                .or_default() += v;
+        }
+    }
+    out
 }
 
 fn value(all: &Series, series: &str) -> f64 {
@@ -670,6 +695,17 @@ async fn spacelift_faults_keep_values_and_recover() {
         Expect::Either,
         || sim.revoke_tokens(),
         || {},
+    )
+    .await;
+    // The stacks group failing alone: the counts by state and drift take their
+    // account-wide form, with the same sums.
+    m.phase(
+        "spacelift stacks failing alone",
+        &|| up.injected(),
+        &["spacelift"],
+        Expect::Either,
+        || sim.fail_field("searchStacks", "internal error"),
+        || sim.clear_knobs(),
     )
     .await;
     m.report("Spacelift");

@@ -46,6 +46,20 @@ async fn scrape_ok(base: &str) {
     assert_eq!(r.status(), 200);
 }
 
+/// Declares a 100 MB webhook body and sends none of it: the status of the answer.
+async fn declare_a_huge_body(addr: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big-1\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    status(&buf[..n])
+}
+
 fn status(buf: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(buf);
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
@@ -126,16 +140,7 @@ async fn huge_headers_and_bodies_are_refused_without_reading_them() {
     let (buf, _) = until_closed(&mut s, Duration::from_secs(5)).await;
     assert_eq!(status(&buf), Some(431), "{}", String::from_utf8_lossy(&buf));
     // A declared body past web.max_request_body_bytes: 413 before it is sent.
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big-1\r\nContent-Length: 100000000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("answered without the body")
-        .unwrap();
-    assert_eq!(status(&buf[..n]), Some(413));
+    assert_eq!(declare_a_huge_body(&addr).await, Some(413));
     // An endless chunked body: refused once past the limit, the connection closed.
     let mut s = TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: endless-1\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -375,16 +380,7 @@ async fn the_webhook_listener_holds_the_same_limits() {
         .await;
     let (buf, _) = until_closed(&mut s, Duration::from_secs(5)).await;
     assert_eq!(status(&buf), Some(431));
-    let mut s = TcpStream::connect(&hook).await.unwrap();
-    s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big-2\r\nContent-Length: 100000000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("answered without the body")
-        .unwrap();
-    assert_eq!(status(&buf[..n]), Some(413));
+    assert_eq!(declare_a_huge_body(&hook).await, Some(413));
     // A body trickled after complete headers: cut by web.request_timeout (2 s here).
     let mut s = TcpStream::connect(&hook).await.unwrap();
     s.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: ping\r\nX-GitHub-Delivery: slow-2\r\nContent-Length: 60000\r\n\r\n{")
