@@ -139,10 +139,12 @@ async fn backstage_owners_name_teams_without_a_call_per_webhook() {
         Some(&2.0),
         "{got:?}"
     );
+    // Counted, and tried again within seconds (1 s, doubling), not after the interval.
     let events = series(&app.metrics(None).await, "devmetrics_dora_events_total");
-    assert_eq!(
-        events.get("{source=\"backstage\",outcome=\"failed\"}"),
-        Some(&1.0),
+    assert!(
+        events
+            .get("{source=\"backstage\",outcome=\"failed\"}")
+            .is_some_and(|n| *n >= 1.0),
         "{events:?}"
     );
     app.running.stop().await;
