@@ -188,8 +188,8 @@ async fn every_page_loads_cleanly_and_shows_what_metrics_says() {
             assert!(console.is_empty(), "{page}: console said {console:?}");
             assert!(dom.contains("<h1"), "{page} did not render: {dom}");
             let after = get(&format!("{base}/metrics"), None).await.unwrap().1;
-            let agreed = compare(&dom, &exposition(&before))
-                .or_else(|_| compare(&dom, &exposition(&after)));
+            let agreed =
+                compare(&dom, &exposition(&before)).or_else(|_| compare(&dom, &exposition(&after)));
             match agreed {
                 Ok(n) => {
                     shown = n;
