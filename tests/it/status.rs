@@ -143,6 +143,27 @@ fn compare(dom: &str, metrics: &BTreeMap<String, f64>) -> Result<usize, String> 
     Ok(figs.len())
 }
 
+/// Like [`compare`], for a page rendered between two scrapes: each figure must lie between
+/// what the scrape before and the scrape after give (a counter that moved meanwhile shows a
+/// value in that range).
+fn compare_between(
+    dom: &str,
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> Result<usize, String> {
+    let figs = figures(dom);
+    for f in &figs {
+        let shown: f64 = f["data-value"].parse().map_err(|_| format!("{f:?}"))?;
+        let want = |m| expected(f, m).map_err(|k| format!("{k} is not in /metrics ({f:?})"));
+        let (a, b) = (want(before)?, want(after)?);
+        let eps = 1e-9 * a.abs().max(b.abs()).max(1.0);
+        if shown < a.min(b) - eps || shown > a.max(b) + eps {
+            return Err(format!("shows {shown}, /metrics gave {a} then {b}: {f:?}"));
+        }
+    }
+    Ok(figs.len())
+}
+
 #[tokio::test]
 async fn every_page_loads_cleanly_and_shows_what_metrics_says() {
     let Some(bin) = chromium() else { return };
@@ -179,18 +200,16 @@ async fn every_page_loads_cleanly_and_shows_what_metrics_says() {
         let url = format!("{base}{page}");
         let mut last = String::new();
         let mut shown = 0;
-        // The demo keeps moving: a page agrees with the /metrics just before or just after
-        // it unless a poll or a delivery landed in between, so tries find a still moment
-        // (more of them on a busy machine, where the browser takes longer to load).
+        // The demo keeps moving: each figure of a page lies between the /metrics just before
+        // and just after it, unless something moved both ways meanwhile (a gauge, a ratio),
+        // so tries find a still moment (more of them on a busy machine).
         for _ in 0..40 {
             let before = get(&format!("{base}/metrics"), None).await.unwrap().1;
             let (dom, console) = load(bin, url.clone()).await;
             assert!(console.is_empty(), "{page}: console said {console:?}");
             assert!(dom.contains("<h1"), "{page} did not render: {dom}");
             let after = get(&format!("{base}/metrics"), None).await.unwrap().1;
-            let agreed =
-                compare(&dom, &exposition(&before)).or_else(|_| compare(&dom, &exposition(&after)));
-            match agreed {
+            match compare_between(&dom, &exposition(&before), &exposition(&after)) {
                 Ok(n) => {
                     shown = n;
                     last.clear();
@@ -237,6 +256,14 @@ fn a_figure_that_disagrees_is_caught() {
     let dom = dom.as_str();
     let mut m = BTreeMap::from([("a{x=\"1\"}".to_string(), 1.0), ("b".to_string(), 2.0)]);
     assert_eq!(compare(dom, &m), Ok(2));
+    // Between two scrapes: a value inside their range passes, one outside it does not.
+    let mut later = m.clone();
+    later.insert("b".into(), 2.0);
+    assert_eq!(compare_between(dom, &m, &later), Ok(2));
+    let mut moved = m.clone();
+    moved.insert("a{x=\"1\"}".into(), 5.0);
+    moved.insert("b".into(), 4.0);
+    assert!(compare_between(dom, &moved, &moved).is_err());
     m.insert("b".into(), 3.0);
     assert!(compare(dom, &m).is_err());
     m.remove("b");
