@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use devmetrics::sim::chaos::Proxy;
 use devmetrics::sim::github::{APP_ID, GithubSim, INSTALLATION_ID, OrgSpec, TEST_APP_KEY_PEM};
-use devmetrics::sim::sinks::Received;
 use devmetrics::sim::spacelift::{KEY_ID, KEY_SECRET, SpaceliftFake};
 use devmetrics::sim::webhooks::{Generator, Sender};
 use devmetrics::sim::{FakeServer, Faults, backstage};
@@ -84,7 +83,20 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     fn inject(&self, kind: Kind) {
-        inject(kind, &self.faults, &self.proxy);
+        let f = &self.faults;
+        match kind {
+            Kind::Burst => f.fail_next.store(2, Ordering::Relaxed),
+            Kind::Errors => f.error_5xx_per_mille.store(1000, Ordering::Relaxed),
+            Kind::Timeouts => {
+                f.hang_ms.store(3 * TIMEOUT_MS, Ordering::Relaxed);
+                f.timeout_per_mille.store(1000, Ordering::Relaxed);
+            }
+            Kind::Resets => self.proxy.cut(),
+            Kind::SlowBodies => f.slow_body_ms.store(4 * TIMEOUT_MS, Ordering::Relaxed),
+            Kind::Truncated => f.truncate_per_mille.store(1000, Ordering::Relaxed),
+            Kind::Malformed => f.malformed_per_mille.store(1000, Ordering::Relaxed),
+            Kind::RateLimited => f.rate_limit_per_mille.store(1000, Ordering::Relaxed),
+        }
     }
 
     fn heal(&self) {
@@ -95,22 +107,6 @@ impl Upstream {
     /// Faulty answers and refused connections so far.
     fn injected(&self) -> u64 {
         self.faults.injected.load(Ordering::Relaxed) + self.proxy.refused.load(Ordering::Relaxed)
-    }
-}
-
-fn inject(kind: Kind, f: &Faults, proxy: &Proxy) {
-    match kind {
-        Kind::Burst => f.fail_next.store(2, Ordering::Relaxed),
-        Kind::Errors => f.error_5xx_per_mille.store(1000, Ordering::Relaxed),
-        Kind::Timeouts => {
-            f.hang_ms.store(3 * TIMEOUT_MS, Ordering::Relaxed);
-            f.timeout_per_mille.store(1000, Ordering::Relaxed);
-        }
-        Kind::Resets => proxy.cut(),
-        Kind::SlowBodies => f.slow_body_ms.store(4 * TIMEOUT_MS, Ordering::Relaxed),
-        Kind::Truncated => f.truncate_per_mille.store(1000, Ordering::Relaxed),
-        Kind::Malformed => f.malformed_per_mille.store(1000, Ordering::Relaxed),
-        Kind::RateLimited => f.rate_limit_per_mille.store(1000, Ordering::Relaxed),
     }
 }
 
@@ -132,6 +128,9 @@ impl Drop for Service {
 
 type Series = BTreeMap<String, f64>;
 
+const CONFIG_FILE: &str = "config.yaml";
+const STATE_FILE: &str = "state.db";
+
 impl Service {
     pub(crate) async fn start(dir: tempfile::TempDir, config: &str) -> Service {
         Service::start_logging(dir, config, "info").await
@@ -142,7 +141,7 @@ impl Service {
         config: &str,
         level: &str,
     ) -> Service {
-        let cfg = dir.path().join("config.yaml");
+        let cfg = dir.path().join(CONFIG_FILE);
         std::fs::write(&cfg, config).unwrap();
         let port = crate::compat::free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_devmetrics"))
@@ -151,7 +150,7 @@ impl Service {
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--storage.path")
-            .arg(dir.path().join("state.db"))
+            .arg(dir.path().join(STATE_FILE))
             .env("DEVMETRICS_LOG__LEVEL", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -171,7 +170,7 @@ impl Service {
                 }
             });
         }
-        let s = Service {
+        let mut s = Service {
             child,
             base: format!("http://127.0.0.1:{port}"),
             logs,
@@ -200,52 +199,40 @@ impl Service {
         Some((r.status().as_u16(), r.text().await.ok()?))
     }
 
-    /// Fails the test if the process exited or anything in it panicked.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(crate) fn alive(&self) {
+    /// The configuration file it was started with.
+    pub(crate) fn config_file(&self) -> std::path::PathBuf {
+        self._dir.path().join(CONFIG_FILE)
+    }
+
+    /// Its SQLite file's write-ahead log.
+    pub(crate) fn wal(&self) -> std::path::PathBuf {
+        self._dir.path().join(STATE_FILE).with_extension("db-wal")
+    }
+
+    /// Fails the test if the process exited or anything in it panicked.
+    pub(crate) fn alive(&mut self) {
         let logs = self.logs.lock();
         assert!(!logs.contains("panicked"), "the service panicked:\n{logs}");
         drop(logs);
-        // `try_wait` needs `&mut`; the pid answering signal 0 says the same without it.
-        let pid = self.child.id() as i32;
-        assert!(
-            unsafe { libc::kill(pid, 0) } == 0 && !zombie(pid),
-            "the service exited:\n{}",
-            self.logs.lock()
-        );
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the service exited ({status}):\n{}", self.logs.lock());
+        }
     }
 
     async fn scrape(&self) -> Series {
         let (code, body) = self.get("/metrics").await.expect("/metrics answers");
         assert_eq!(code, 200, "{body}");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
+        crate::support::all_series(&body)
     }
 
     async fn healthz(&self) -> serde_json::Value {
         let (_, body) = self.get("/healthz").await.expect("/healthz answers");
         serde_json::from_str(&body).expect("/healthz is JSON")
     }
-}
-
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// The series the upstreams' data gives: the sources' own families, without the ones that
@@ -333,7 +320,7 @@ struct Matrix {
 impl Matrix {
     /// Waits until every source is up and the data is steady (two scrapes a cycle apart
     /// agree), and takes it as the truth every later scrape must show.
-    async fn settle(service: Service, sources: Vec<&'static str>) -> Matrix {
+    async fn settle(mut service: Service, sources: Vec<&'static str>) -> Matrix {
         let t = Instant::now();
         let mut last = Series::new();
         loop {
@@ -393,13 +380,13 @@ impl Matrix {
     async fn phase(
         &mut self,
         phase: &str,
-        injected: &dyn Fn() -> u64,
+        upstream: &Upstream,
         targets: &[&'static str],
         expect: Expect,
         inject: impl FnOnce(),
         heal: impl FnOnce(),
     ) {
-        let injected_before = injected();
+        let injected_before = upstream.injected();
         let all = self.observe(phase).await;
         let start: Vec<f64> = targets.iter().map(|s| polls(&all, s)).collect();
         inject();
@@ -467,7 +454,7 @@ impl Matrix {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let injected = injected() - injected_before;
+        let injected = upstream.injected() - injected_before;
         self.tally.phases += 1;
         self.tally.injected += injected;
         eprintln!(
@@ -481,7 +468,7 @@ impl Matrix {
             let phase = format!("{} {kind:?}", up.name);
             self.phase(
                 &phase,
-                &|| up.injected(),
+                up,
                 &up.sources,
                 expectations(kind),
                 || up.inject(kind),
@@ -594,12 +581,11 @@ async fn github_and_copilot_faults_keep_values_and_recover() {
 
     // GitHub's own faults. Each is absorbed: the values stay, and so do the sources.
     let sim = rig.sim.clone();
-    let faults = rig.github.faults.clone();
     let both = ["github/acme", "copilot/acme"];
     let issued = sim.tokens_issued.load(Ordering::Relaxed);
     m.phase(
         "github expired tokens",
-        &|| faults.injected.load(Ordering::Relaxed),
+        &rig.github,
         &both,
         Expect::Up,
         || sim.revoke_tokens(),
@@ -614,7 +600,7 @@ async fn github_and_copilot_faults_keep_values_and_recover() {
         let issued = sim.tokens_issued.load(Ordering::Relaxed);
         m.phase(
             &format!("github clock {skew:+}s from ours"),
-            &|| faults.injected.load(Ordering::Relaxed),
+            &rig.github,
             &both,
             Expect::Up,
             || {
@@ -632,7 +618,7 @@ async fn github_and_copilot_faults_keep_values_and_recover() {
     sim.knobs.clock_skew_secs.store(0, Ordering::Relaxed);
     m.phase(
         "github secondary limit",
-        &|| faults.injected.load(Ordering::Relaxed),
+        &rig.github,
         &both,
         Expect::Either,
         || sim.knobs.secondary_next.store(3, Ordering::Relaxed),
@@ -643,7 +629,7 @@ async fn github_and_copilot_faults_keep_values_and_recover() {
     for path in ["/graphql", "/search/"] {
         m.phase(
             &format!("github {path} failing"),
-            &|| faults.injected.load(Ordering::Relaxed),
+            &rig.github,
             &["github/acme"],
             Expect::Up,
             || sim.fail_path_with(path, 1_000_000, 502),
@@ -654,7 +640,7 @@ async fn github_and_copilot_faults_keep_values_and_recover() {
     // Copilot's report links fail alone: Copilot is down, activity is not.
     m.phase(
         "github copilot reports failing",
-        &|| faults.injected.load(Ordering::Relaxed),
+        &rig.github,
         &["copilot/acme"],
         Expect::Down,
         || sim.fail_path_with("/copilot/", 1_000_000, 503),
@@ -690,7 +676,7 @@ async fn spacelift_faults_keep_values_and_recover() {
     let sim = fake.sim.clone();
     m.phase(
         "spacelift expired tokens",
-        &|| up.injected(),
+        &up,
         &["spacelift"],
         Expect::Either,
         || sim.revoke_tokens(),
@@ -701,7 +687,7 @@ async fn spacelift_faults_keep_values_and_recover() {
     // account-wide form, with the same sums.
     m.phase(
         "spacelift stacks failing alone",
-        &|| up.injected(),
+        &up,
         &["spacelift"],
         Expect::Either,
         || sim.fail_field("searchStacks", "internal error"),
@@ -744,8 +730,9 @@ async fn backstage_faults_keep_the_last_catalog_and_recover() {
 }
 
 /// A workflow run of `jobs` jobs, as the receiver gets it: each job queued, started and
-/// completed, then the run completed. Returns the spans and events the sinks must get.
-async fn send_run(sender: &Sender, g: &mut Generator, n: &mut u64, jobs: usize) -> (usize, usize) {
+/// completed, then the run completed. Returns the items each sink must get: OTLP a span,
+/// App Insights a telemetry item, per run, job and step.
+async fn send_run(sender: &Sender, g: &mut Generator, n: &mut u64, jobs: usize) -> usize {
     let plan = g.run_plan(1_700_000_000.0 + *n as f64 * 1000.0, jobs);
     for j in &plan {
         for action in ["queued", "in_progress", "completed"] {
@@ -766,10 +753,7 @@ async fn send_run(sender: &Sender, g: &mut Generator, n: &mut u64, jobs: usize) 
         .unwrap();
     assert_eq!(code, 202);
     let steps: usize = plan.iter().map(|j| j.steps.len()).sum();
-    // OTLP: a span per run, job and step; App Insights: a request per run, a dependency per
-    // job and step.
-    let items = 1 + plan.len() + steps;
-    (items, items)
+    1 + plan.len() + steps
 }
 
 #[tokio::test]
@@ -796,23 +780,31 @@ async fn sink_faults_deliver_everything_exactly_once_afterwards() {
         otlp_proxy.addr,
         conn.display()
     );
-    let service = Service::start(dir, &config).await;
+    let mut service = Service::start(dir, &config).await;
     let sender = Sender::new(
         format!("http://127.0.0.1:{port}/webhooks/github"),
         WEBHOOK_SECRET,
     );
     let mut g = Generator::new(35);
-    let (mut n, mut want_spans, mut want_events) = (0u64, 0usize, 0usize);
-    let (s, e) = send_run(&sender, &mut g, &mut n, 2).await;
-    (want_spans, want_events) = (want_spans + s, want_events + e);
+    let mut n = 0u64;
+    // Each sink must get every item once: OTLP as spans, App Insights as events.
+    let mut want = send_run(&sender, &mut g, &mut n, 2).await;
     let sinks = [
-        ("otlp", otlp.faults.clone(), &otlp_proxy),
-        ("appinsights", ai.faults.clone(), &ai_proxy),
+        Upstream {
+            name: "otlp",
+            faults: otlp.faults.clone(),
+            proxy: otlp_proxy,
+            sources: Vec::new(),
+        },
+        Upstream {
+            name: "appinsights",
+            faults: ai.faults.clone(),
+            proxy: ai_proxy,
+            sources: Vec::new(),
+        },
     ];
     let (mut phases, mut injected) = (0, 0);
-    let delivered = |spans: &Received, events: &Received| {
-        (spans.spans.lock().len(), events.events.lock().len())
-    };
+    let delivered = || (spans.spans.lock().len(), events.events.lock().len());
     // Faults a sink answers with: each lasts while a run is sent, and then everything sent
     // so far must arrive exactly once. (An answer cut off after the sink took the items is
     // a failure to the sender, which sends them again: delivery is at least once, and only
@@ -825,36 +817,31 @@ async fn sink_faults_deliver_everything_exactly_once_afterwards() {
         Kind::SlowBodies,
         Kind::RateLimited,
     ] {
-        for (name, faults, proxy) in &sinks {
-            let before =
-                faults.injected.load(Ordering::Relaxed) + proxy.refused.load(Ordering::Relaxed);
-            inject(kind, faults, proxy);
-            let (s, e) = send_run(&sender, &mut g, &mut n, 1 + phases % 3).await;
-            (want_spans, want_events) = (want_spans + s, want_events + e);
+        for up in &sinks {
+            let before = up.injected();
+            up.inject(kind);
+            want += send_run(&sender, &mut g, &mut n, 1 + phases % 3).await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             service.alive();
-            faults.clear();
-            proxy.heal();
+            up.heal();
             let t = Instant::now();
-            while delivered(&spans, &events) != (want_spans, want_events) {
-                let got = delivered(&spans, &events);
+            while delivered() != (want, want) {
+                let got = delivered();
                 assert!(
-                    got.0 <= want_spans && got.1 <= want_events,
-                    "{name} {kind:?}: delivered twice: {got:?} of {:?}",
-                    (want_spans, want_events)
+                    got.0 <= want && got.1 <= want,
+                    "{} {kind:?}: delivered twice: {got:?} of {want} each",
+                    up.name
                 );
                 assert!(
                     t.elapsed() < PATIENCE,
-                    "{name} {kind:?}: {got:?} of {:?} delivered",
-                    (want_spans, want_events)
+                    "{} {kind:?}: {got:?} of {want} each delivered",
+                    up.name
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             phases += 1;
-            injected += faults.injected.load(Ordering::Relaxed)
-                + proxy.refused.load(Ordering::Relaxed)
-                - before;
-            eprintln!("{name} {kind:?}: all delivered once");
+            injected += up.injected() - before;
+            eprintln!("{} {kind:?}: all delivered once", up.name);
         }
     }
     // The retries showed in the queue's metrics.
@@ -877,6 +864,6 @@ async fn sink_faults_deliver_everything_exactly_once_afterwards() {
     }
     service.alive();
     eprintln!(
-        "fault matrix, sinks: {phases} phases, {injected} faulty answers, {want_spans} spans and {want_events} events each delivered once"
+        "fault matrix, sinks: {phases} phases, {injected} faulty answers, {want} spans and {want} events each delivered once"
     );
 }

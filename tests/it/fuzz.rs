@@ -179,8 +179,7 @@ fn workflow_payloads() {
 #[test]
 fn webhook_signatures() {
     use devmetrics::sources::signature;
-    use hmac::KeyInit;
-    let key = signature::Key::new_from_slice(b"fuzz-secret").unwrap();
+    let key = signature::key(&devmetrics::config::Secret::new("fuzz-secret"));
     let body = b"{\"action\":\"completed\"}";
     let good = devmetrics::sim::webhooks::signature("fuzz-secret", body);
     let seeds = vec![

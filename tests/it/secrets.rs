@@ -202,10 +202,8 @@ async fn a_full_run_shows_no_configured_secret() {
         .map(str::to_string)
         .collect();
     assert!(!key_lines.is_empty());
-    let cfg_path = dir.path().join("full.yaml");
-    std::fs::write(&cfg_path, &config).unwrap();
     let service_dir = tempfile::tempdir().unwrap();
-    let service = crate::faults::Service::start_logging(service_dir, &config, "debug").await;
+    let mut service = crate::faults::Service::start_logging(service_dir, &config, "debug").await;
     let http = reqwest::Client::new();
     let hook = format!("http://127.0.0.1:{hook_port}");
     let mut texts: Vec<(String, String)> = Vec::new();
@@ -298,7 +296,7 @@ async fn a_full_run_shows_no_configured_secret() {
     texts.push(keep("/metrics (OpenMetrics)".into(), r).await);
     let doctor = Command::new(env!("CARGO_BIN_EXE_devmetrics"))
         .args(["doctor", "--config.file"])
-        .arg(&cfg_path)
+        .arg(service.config_file())
         .arg("--storage.path")
         .arg(dir.path().join("doctor.db"))
         .output()

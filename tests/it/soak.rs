@@ -111,7 +111,6 @@ async fn serve_under_load_stays_flat() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("spacelift-secret");
     std::fs::write(&secret, devmetrics::sim::spacelift::KEY_SECRET).unwrap();
-    let db = dir.path().join("state.db");
     let config = format!(
         "{github}\
          spacelift:\n  api_endpoint: {spacelift}\n  api_key_id: {key}\n  api_key_secret_file: {secret}\n  interval: 5s\n\
@@ -130,7 +129,7 @@ async fn serve_under_load_stays_flat() {
         otlp = otlp.base_url(),
         ai = ai.base_url(),
     );
-    let service = crate::faults::Service::start(dir, &config).await;
+    let mut service = crate::faults::Service::start(dir, &config).await;
     let sender = devmetrics::sim::webhooks::Sender::new(
         format!("{}/webhooks/github", service.base),
         "soak-secret",
@@ -151,14 +150,7 @@ async fn serve_under_load_stays_flat() {
         Duration::from_secs(5),
         live.clone(),
     ));
-    let run = soak(
-        service.pid(),
-        &service.base,
-        &db.with_extension("db-wal"),
-        secs,
-        sender,
-    )
-    .await;
+    let run = soak(service.pid(), &service.base, &service.wal(), secs, sender).await;
     service.alive();
     live.cancel();
     ticking.abort();

@@ -101,16 +101,6 @@ fn hrefs(dom: &str) -> Vec<String> {
 }
 
 /// `/metrics` (text format) as series → value.
-fn exposition(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 /// What a figure should be, from `/metrics`; `Err` names a series `/metrics` lacks.
 fn expected(f: &BTreeMap<String, String>, m: &BTreeMap<String, f64>) -> Result<f64, String> {
     let sum = |keys: &[String]| -> Result<f64, String> {
@@ -209,7 +199,11 @@ async fn every_page_loads_cleanly_and_shows_what_metrics_says() {
             assert!(console.is_empty(), "{page}: console said {console:?}");
             assert!(dom.contains("<h1"), "{page} did not render: {dom}");
             let after = get(&format!("{base}/metrics"), None).await.unwrap().1;
-            match compare_between(&dom, &exposition(&before), &exposition(&after)) {
+            match compare_between(
+                &dom,
+                &crate::support::all_series(&before),
+                &crate::support::all_series(&after),
+            ) {
                 Ok(n) => {
                     shown = n;
                     last.clear();

@@ -328,6 +328,17 @@ pub fn example_with_section(name: &str, replace: &[(&str, &str)]) -> String {
 }
 
 /// `family{labels} value` lines of `body` as labels → value.
+/// Every series of an exposition, keyed by its name and labels as written.
+pub fn all_series(body: &str) -> std::collections::BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn series(body: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))

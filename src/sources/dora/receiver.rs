@@ -8,7 +8,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hmac::KeyInit;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -66,9 +65,7 @@ impl JiraReceiver {
                 .get("x-hub-signature")
                 .and_then(|v| signature::parse(v.as_bytes()));
             if let Some(tag) = tag {
-                let key = signature::Key::new_from_slice(secret.expose().as_bytes())
-                    .expect("HMAC takes any key length");
-                ok |= signature::matches(&key, body, &tag);
+                ok |= signature::matches(&signature::key(secret), body, &tag);
             }
         }
         if let (Some(want), Some(got)) = (&self.config.url_token, token) {

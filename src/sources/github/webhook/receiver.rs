@@ -11,20 +11,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hmac::KeyInit;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{HookConfig, wire};
 use crate::clock::now_unix;
-use crate::config::{Secret, SecretSource};
+use crate::config::SecretSource;
 use crate::metrics;
 use crate::processors::{Deliveries, Envelope, workflows};
 use crate::queue::{self, Dedupe, Published, SharedQueue, topics};
+use crate::sources::signature;
 use crate::telemetry::Outcomes;
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 pub const PATHS: &[&str] = &["/webhooks/github", "/webhook", "/api/github"];
 
@@ -47,11 +45,6 @@ type Stamp = Option<(std::time::SystemTime, u64)>;
 fn stamp(path: &std::path::Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
-}
-
-fn mac(secret: &Secret) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(secret.expose().as_bytes())
-        .expect("HMAC accepts keys of any length")
 }
 
 /// Why a delivery was not accepted. Maps to a status; the body never carries the detail.
@@ -151,7 +144,7 @@ const OUTCOMES: &[&str] = &[
 pub struct Receiver {
     /// Keyed MAC states, one per accepted secret; cloned per delivery so the key schedule is
     /// computed once.
-    macs: parking_lot::RwLock<Vec<HmacSha256>>,
+    macs: parking_lot::RwLock<Vec<signature::Key>>,
     /// Secrets read from files, watched so a rotated file takes effect without a restart.
     watched: parking_lot::Mutex<Watched>,
     insecure: bool,
@@ -182,7 +175,7 @@ impl Receiver {
         queue: SharedQueue,
         routes: Vec<(&'static str, &'static str)>,
     ) -> Arc<Receiver> {
-        let macs = config.secrets.iter().map(mac).collect();
+        let macs = config.secrets.iter().map(signature::key).collect();
         let files = config
             .secret_files
             .iter()
@@ -230,12 +223,12 @@ impl Receiver {
     /// tried even after a match, so timing does not reveal which one matched.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> bool {
         self.reload_rotated_secrets();
-        let Some(tag) = header.and_then(crate::sources::signature::parse) else {
+        let Some(tag) = header.and_then(signature::parse) else {
             return false;
         };
         let mut ok = subtle::Choice::from(0u8);
         for key in self.macs.read().iter() {
-            ok |= crate::sources::signature::matches(key, body, &tag);
+            ok |= signature::matches(key, body, &tag);
         }
         bool::from(ok)
     }
@@ -256,7 +249,7 @@ impl Receiver {
             }
             match SecretSource::File(path.clone()).read() {
                 Ok(secret) => {
-                    self.macs.write()[*i] = mac(&secret);
+                    self.macs.write()[*i] = signature::key(&secret);
                     *seen = now;
                     tracing::info!(file = %path.display(), "webhook secret file changed; using its new secret");
                 }
